@@ -1,0 +1,50 @@
+"""Command-line checks that run before Hydra composes anything.
+
+Hydra's own message for an unknown ``model=`` choice lists every option; ours names
+the closest matches, which is what a typo at 8 pm needs. ``timm/<name>`` choices are
+registered as config nodes on demand (timm has over a thousand models; registering
+all of them up front would slow every start).
+"""
+
+from __future__ import annotations
+
+import re
+
+from hydra.core.config_store import ConfigStore
+
+from bench.config import ModelConfig
+from bench.models import UnknownModelError, get_model_spec
+
+_MODEL_ARG = re.compile(r"^(?:\+\+|\+)?model(?:\.name)?=(?P<value>.+)$")
+
+
+def requested_models(args: list[str]) -> list[str]:
+    """Model names in ``model=a,b`` or ``model.name=a`` overrides (sweep lists split)."""
+    names = []
+    for arg in args:
+        m = _MODEL_ARG.match(arg)
+        if not m:
+            continue
+        value = m.group("value").strip()
+        if value.startswith(("choice(", "range(", "glob(", "${")):
+            continue  # Hydra sweep functions and interpolations: Hydra validates those
+        names.extend(v.strip().strip("'\"") for v in value.split(",") if v.strip())
+    return names
+
+
+def check_model_overrides(args: list[str]) -> str | None:
+    """A one-paragraph error for the first unknown model name, or None."""
+    for name in requested_models(args):
+        try:
+            get_model_spec(name)
+        except UnknownModelError as exc:
+            return str(exc)
+    return None
+
+
+def register_requested_timm_models(args: list[str]) -> None:
+    """Make ``model=timm/<name>`` a valid config choice for the timm models asked for."""
+    cs = ConfigStore.instance()
+    for name in requested_models(args):
+        if name.startswith("timm/"):
+            cs.store(group="model", name=name, node=ModelConfig(name=name))

@@ -1,0 +1,121 @@
+"""From ``cfg.data`` to three in-memory splits: the one entry point the trainer calls."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.data.imagefolder import DataError, scan_imagefolder
+from bench.data.split import SPLITS, conflicting_duplicates, file_sha1, load_or_create_manifest
+from bench.data.store import SplitData, load_or_decode, to_split
+
+log = logging.getLogger(__name__)
+
+DATA_KINDS = ("synthetic", "imagefolder", "bloodmnist")
+
+
+@dataclass
+class DataBundle:
+    class_names: list[str]
+    splits: dict[str, SplitData]
+    root: str  # where the images came from (for messages and records)
+    # Files left out at start with the reason (corrupt, duplicate with conflicting labels).
+    excluded: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{s} {len(self.splits[s])}" for s in SPLITS)
+        return f"{self.num_classes} classes, {counts}, {len(self.excluded)} excluded ({self.root})"
+
+
+def build_data(data_cfg, *, image_size: int, exp_dir: Path, cache_dir: str | None) -> DataBundle:
+    """Load the dataset named by ``data_cfg.kind`` at ``image_size`` pixels."""
+    kind = data_cfg.kind
+    if kind == "bloodmnist":
+        return _bloodmnist(data_cfg, image_size)
+    if kind == "synthetic":
+        from bench.data.synthetic import synthetic_root
+
+        root = synthetic_root(
+            Path(cache_dir or ".cache/bench") / "datasets",
+            n_per_class=data_cfg.synthetic_n_per_class,
+            image_size=data_cfg.synthetic_size,
+            seed=data_cfg.synthetic_seed,
+        )
+        return _imagefolder(root, data_cfg, image_size, exp_dir, cache_dir)
+    if kind == "imagefolder":
+        if not data_cfg.root:
+            raise DataError("data=imagefolder needs data.root=PATH: a folder with one sub-folder per class.")
+        return _imagefolder(Path(data_cfg.root).expanduser(), data_cfg, image_size, exp_dir, cache_dir)
+    raise DataError(f"data.kind={kind!r} is not one of {', '.join(DATA_KINDS)}.")
+
+
+def _imagefolder(root: Path, data_cfg, image_size: int, exp_dir: Path, cache_dir) -> DataBundle:
+    records, class_names = scan_imagefolder(root)
+    files = [root / r.path for r in records]
+    images, reasons = load_or_decode(
+        files, image_size, Path(cache_dir) if cache_dir else None, workers=data_cfg.decode_workers
+    )
+    table = pd.DataFrame({"path": [r.path for r in records], "label": [r.label for r in records]})
+    ok = np.array([r is None for r in reasons])
+    excluded = pd.DataFrame(
+        {"path": table["path"][~ok].tolist(), "reason": [r for r in reasons if r is not None]}
+    )
+    for _, row in excluded.iterrows():
+        log.warning("excluded %s: %s", row.path, row.reason)
+    table = table[ok].copy()
+    table["sha1"] = [file_sha1(root / p) for p in table["path"]]
+    conflicts = conflicting_duplicates(table)
+    if len(conflicts):
+        log.warning(
+            "%d file(s) have identical bytes under different labels; kept in train only, never in val/test: %s",
+            len(conflicts),
+            ", ".join(conflicts["path"].head(6)),
+        )
+        excluded = pd.concat(
+            [excluded, pd.DataFrame({"path": conflicts["path"], "reason": "identical bytes under another label: "
+                                     "kept out of validation and test"})],
+            ignore_index=True,
+        )
+    manifest = load_or_create_manifest(
+        Path(exp_dir) / "manifest.csv", table, seed=data_cfg.split_seed, fractions=data_cfg.split_fractions
+    )
+    row_of = {p: i for i, p in enumerate(r.path for r in records)}
+    class_index = {c: i for i, c in enumerate(class_names)}
+    splits = {}
+    for split in SPLITS:
+        part = manifest[manifest["split"] == split]
+        rows = [row_of[p] for p in part["path"]]
+        splits[split] = to_split(images[rows], [class_index[c] for c in part["label"]], part["path"].tolist())
+    return DataBundle(class_names, splits, str(root), excluded)
+
+
+def _bloodmnist(data_cfg, image_size: int) -> DataBundle:
+    import torch
+    import torch.nn.functional as F
+
+    from bench.data.bloodmnist import BLOODMNIST_CLASSES, load_bloodmnist
+
+    if not data_cfg.root:
+        raise DataError("data=bloodmnist needs data.root=PATH: the folder holding bloodmnist_<size>.npz.")
+    arrays = load_bloodmnist(data_cfg.root, data_cfg.bloodmnist_size, download=data_cfg.download)
+    splits = {}
+    for split in SPLITS:
+        images, labels = arrays[split]
+        data = to_split(images, labels, [f"{split}/{i:06d}" for i in range(len(labels))])
+        if data.images.shape[-1] != image_size:
+            # Official files come in fixed sizes; resize the batch once (antialiased bilinear).
+            resized = F.interpolate(
+                data.images.float(), size=(image_size, image_size), mode="bilinear", antialias=True,
+                align_corners=False,
+            )
+            data.images = resized.round().clamp(0, 255).to(torch.uint8)
+        splits[split] = data
+    return DataBundle(list(BLOODMNIST_CLASSES), splits, str(data_cfg.root))

@@ -1,0 +1,452 @@
+"""``bench-train``: fine-tune and evaluate one architecture (or sweep many with ``-m``).
+
+``train(cfg) -> dict`` is the whole job and is pure Python (tests call it directly);
+``hydra_main`` is a thin ``@hydra.main`` over it and ``cli`` the console script,
+which checks model names before Hydra starts and turns failed runs into a non-zero
+exit status at the end of a sweep.
+
+A run never raises for a model's failure (exception, NaN loss, out of memory): it
+records status ``failed`` with the error in its run folder and returns, so a sweep
+goes on to the next model; Ctrl-C still stops everything (the run resumes later).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import hydra
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from bench import runs
+from bench.data.build import build_data
+from bench.data.loader import BatchLoader
+from bench.data.transforms import BatchAugment, Normalize
+from bench.engine import compute_loss, evaluate, train_one_epoch  # noqa: F401  (compute_loss re-exported)
+from bench.metrics import classification_metrics
+from bench.models import count_gflops, count_params, create_model, get_model_spec
+
+log = logging.getLogger("bench.train")
+
+# Config keys that do not change results: excluded from the run's identity hash, so
+# e.g. turning progress bars off does not retrain a finished model.
+NON_RESULT_KEYS = {"paths": None, "trainer": ("progress", "num_threads"), "data": ("decode_workers",)}
+
+_RESULTS: list[dict] = []  # what this process's runs returned (read by cli at the end)
+
+
+# --------------------------------------------------------------------------- set-up
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"trainer.device={name!r} but CUDA is not available; use trainer.device=auto or cpu.")
+    return device
+
+
+def run_identity(cfg: DictConfig) -> tuple[dict, str]:
+    """The resolved config as a plain dict and its hash over the keys that change results."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    ident = {}
+    for key, value in container.items():
+        drop = NON_RESULT_KEYS.get(key, ())
+        if drop is None:
+            continue
+        ident[key] = {k: v for k, v in value.items() if k not in drop} if isinstance(value, dict) else value
+    return container, runs.config_hash(ident)
+
+
+def env_info(device: torch.device) -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "platform": platform.platform(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
+    }
+    return info
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated by tensors on CUDA; on CPU the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    except ImportError:  # Windows
+        return float("nan")
+
+
+# --------------------------------------------------------------------------- outputs
+def predictions_frame(paths, result: dict, class_names) -> pd.DataFrame:
+    """Per-image predictions: path, label, predicted, one probability column per class."""
+    frame = pd.DataFrame(
+        {
+            "path": paths,
+            "label": [class_names[i] for i in result["labels"]],
+            "predicted": [class_names[i] for i in result["preds"]],
+        }
+    )
+    for j, name in enumerate(class_names):
+        frame[f"prob_{name}"] = result["probs"][:, j].round(6)
+    return frame
+
+
+def save_checkpoint(path: Path, model, *, model_name, class_names, input_size, data_cfg, **extra) -> None:
+    """Weights plus what a predictor needs to use them (class order, input size, normalisation)."""
+    runs.save_torch_atomic(
+        path,
+        {
+            "model": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
+            "model_name": model_name,
+            "class_names": list(class_names),
+            "input_size": int(input_size),
+            "mean": list(data_cfg.mean),
+            "std": list(data_cfg.std),
+            **extra,
+        },
+    )
+
+
+def _unwrap(model):
+    return getattr(model, "_orig_mod", model)  # torch.compile wraps the module
+
+
+# --------------------------------------------------------------------------- the run
+def train(cfg: DictConfig) -> dict:
+    """Train, select by validation, evaluate on test, write the run folder; never raises
+    for a model failure (the returned dict has ``status`` and ``error``)."""
+    exp_dir = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name)
+    model_name, seed = cfg.model.name, int(cfg.seed)
+    run_dir = runs.RunDir.for_run(exp_dir, model_name, seed)
+    container, chash = run_identity(cfg)
+    summary = {"model": model_name, "seed": seed, "experiment": cfg.experiment_name, "run_dir": str(run_dir.root)}
+
+    previous = run_dir.read_status()
+    if previous and previous.get("config_hash") != chash:
+        _set_aside(run_dir, previous)
+        previous = None
+    if previous and previous["status"] == runs.STATUS_COMPLETED and run_dir.metrics.exists():
+        log.info("%s seed %d: already completed with this config, skipped (%s)", model_name, seed, run_dir.root)
+        metrics = runs.read_json(run_dir.metrics)
+        return {**summary, "status": "skipped", "val_acc": metrics["val"]["accuracy"],
+                "test_acc": metrics["test"]["accuracy"]}
+
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    runs.write_text_atomic(run_dir.config, OmegaConf.to_yaml(container))
+    run_dir.write_status(runs.STATUS_RUNNING, config_hash=chash, model=model_name, seed=seed)
+    try:
+        metrics = _fit_with_oom_retry(cfg, run_dir, exp_dir, chash)
+    except KeyboardInterrupt:
+        raise  # stays "running": the next invocation resumes from last.pt
+    except Exception as exc:  # a failed model is a row with an error, never a crash of the sweep
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("%s seed %d FAILED: %s", model_name, seed, error)
+        runs.write_text_atomic(run_dir.root / "error.log", traceback.format_exc())
+        run_dir.write_status(runs.STATUS_FAILED, config_hash=chash, error=error, model=model_name, seed=seed)
+        result = {**summary, "status": runs.STATUS_FAILED, "error": error}
+    else:
+        run_dir.write_status(runs.STATUS_COMPLETED, config_hash=chash, model=model_name, seed=seed)
+        result = {**summary, "status": runs.STATUS_COMPLETED, "val_acc": metrics["val"]["accuracy"],
+                  "test_acc": metrics["test"]["accuracy"]}
+    finally:
+        _release_memory()
+    _update_leaderboard(exp_dir)
+    return result
+
+
+def _set_aside(run_dir: runs.RunDir, previous: dict) -> None:
+    """A run folder from a different config is moved aside, never reused and never deleted."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = run_dir.root.parent / "replaced" / f"{run_dir.root.name}-{previous.get('config_hash')}-{stamp}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.root.rename(dest)
+    log.warning("config changed since %s was written; the old run was moved to %s", run_dir.root, dest)
+
+
+def _fit_with_oom_retry(cfg, run_dir, exp_dir, chash) -> dict:
+    """On CUDA out-of-memory, retry once with half the micro-batch and twice the gradient
+    accumulation, so the effective batch (and the protocol) stays the same."""
+    try:
+        return _fit(cfg, run_dir, exp_dir, chash, grad_accum=cfg.trainer.grad_accum)
+    except torch.cuda.OutOfMemoryError as exc:
+        if cfg.trainer.batch_size // (2 * cfg.trainer.grad_accum) < 1:
+            raise
+        log.warning("CUDA out of memory (%s); retrying with half the micro-batch", str(exc).splitlines()[0])
+        _release_memory()
+        return _fit(cfg, run_dir, exp_dir, chash, grad_accum=2 * cfg.trainer.grad_accum, oom_retry=True)
+
+
+def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: int, oom_retry: bool = False) -> dict:
+    tcfg = cfg.trainer
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+    device = resolve_device(tcfg.device)
+    on_cuda = device.type == "cuda"
+    amp = on_cuda if tcfg.amp is None else bool(tcfg.amp)
+    channels_last = on_cuda if tcfg.channels_last is None else bool(tcfg.channels_last)
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+        torch.cuda.reset_peak_memory_stats(device)
+
+    spec = get_model_spec(cfg.model.name)
+    image_size = int(cfg.data.image_size or spec.input_size)
+    if image_size < spec.min_input_size:
+        raise ValueError(
+            f"data.image_size={image_size} is below {cfg.model.name}'s minimum input of "
+            f"{spec.min_input_size} px; set data.image_size>={spec.min_input_size} or leave it null "
+            f"for the model's own {spec.input_size} px."
+        )
+
+    bundle = build_data(cfg.data, image_size=image_size, exp_dir=exp_dir, cache_dir=cfg.paths.cache_dir)
+    log.info("data: %s", bundle.summary())
+    runs.write_csv_atomic(run_dir.excluded, bundle.excluded)
+
+    torch.manual_seed(cfg.seed)  # head initialisation (and whole net when not pretrained)
+    model = create_model(
+        cfg.model.name, num_classes=bundle.num_classes, pretrained=cfg.model.pretrained, weights=cfg.model.weights
+    )
+    params_m = count_params(model)
+    gflops = count_gflops(model, image_size)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = instantiate(cfg.optim)(params=model.parameters())
+    scheduler = instantiate(cfg.sched)(optimizer=optimizer)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
+    train_model = torch.compile(model) if tcfg.compile else model
+
+    splits = bundle.splits
+    if device.type != "cpu":
+        splits = {k: _to_device_if_fits(v, device) for k, v in splits.items()}
+    norm = Normalize(cfg.data.mean, cfg.data.std, device=device)
+    micro_batch = max(1, tcfg.batch_size // grad_accum)
+    aug = cfg.data.augment
+    train_loader = BatchLoader(
+        splits["train"], micro_batch, normalize=norm, device=device, shuffle=True,
+        augment=BatchAugment(aug.hflip, aug.vflip, aug.rotation), channels_last=channels_last,
+        seed=cfg.seed, max_batches=tcfg.max_batches,
+    )
+
+    def eval_loader(split):
+        return BatchLoader(splits[split], tcfg.eval_batch_size, normalize=norm, device=device,
+                           channels_last=channels_last, max_batches=tcfg.max_batches)
+
+    state = _resume_state(run_dir, chash, model, optimizer, scheduler)
+    history: list[dict] = state["history"]
+    best = {"val_acc": state["best_val_acc"], "epoch": state["best_epoch"]}
+    ckpt_meta = dict(model_name=cfg.model.name, class_names=bundle.class_names, input_size=image_size,
+                     data_cfg=cfg.data)
+
+    for epoch in range(state["next_epoch"], tcfg.epochs):
+        # Global RNG (dropout) seeded per epoch: a resumed epoch replays an uninterrupted one.
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+        train_loader.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        with _progress(tcfg.progress, len(train_loader), f"{cfg.model.name} epoch {epoch + 1}/{tcfg.epochs}") as bar:
+            tr = train_one_epoch(
+                train_model, train_loader, optimizer, criterion, device=device, amp=amp,
+                aux_weight=spec.aux_weight, grad_accum=grad_accum, on_batch=bar.on_batch,
+            )
+            va = evaluate(train_model, eval_loader("val"), criterion, device=device, amp=amp)
+            bar.done(tr, va)
+        scheduler.step()
+        history.append({
+            "epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
+            "val_loss": va["loss"], "val_acc": va["acc"], "seconds": tr["seconds"] + va["seconds"],
+            "train_img_s": tr["img_s"],
+        })
+        log.info("%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f img/s",
+                 cfg.model.name, epoch + 1, tcfg.epochs, tr["loss"], tr["acc"], va["loss"], va["acc"], tr["img_s"])
+        # Best by validation accuracy; a tie keeps the earlier epoch (strictly greater to replace).
+        if va["acc"] > best["val_acc"]:
+            best = {"val_acc": va["acc"], "epoch": epoch + 1}
+            save_checkpoint(run_dir.best_ckpt, model, epoch=epoch + 1, val_acc=va["acc"], **ckpt_meta)
+        runs.write_csv_atomic(run_dir.history, pd.DataFrame(history))
+        runs.save_torch_atomic(run_dir.last_ckpt, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": None,  # bf16 autocast needs no loss scaling
+            "epoch": epoch + 1, "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
+            "history": history, "config_hash": chash, "rng": torch.get_rng_state(),
+        })
+
+    if not run_dir.best_ckpt.exists():
+        raise RuntimeError("no epoch was trained (trainer.epochs=0?); nothing to evaluate")
+    best_state = torch.load(run_dir.best_ckpt, map_location="cpu", weights_only=True)
+    model.load_state_dict(best_state["model"])
+    results = {}
+    for split in ("val", "test"):
+        results[split] = evaluate(model, eval_loader(split), criterion, device=device, amp=amp)
+        runs.write_csv_atomic(
+            run_dir.predictions(split),
+            predictions_frame(splits[split].paths[: results[split]["n"]], results[split], bundle.class_names),
+        )
+    metrics = {
+        "experiment": cfg.experiment_name, "model": cfg.model.name, "seed": int(cfg.seed),
+        "status": runs.STATUS_COMPLETED, "classes": bundle.class_names,
+        "epochs": int(tcfg.epochs), "epochs_run": len(history), "best_epoch": best["epoch"],
+        "val": classification_metrics(results["val"]["labels"], results["val"]["preds"], bundle.class_names),
+        "test": classification_metrics(results["test"]["labels"], results["test"]["preds"], bundle.class_names),
+        "params_m": params_m, "gflops": gflops, "input_size": image_size,
+        "train_time_s": sum(h["seconds"] for h in history),
+        "train_img_s": _mean([h["train_img_s"] for h in history]),
+        "eval_img_s": results["test"]["img_s"],
+        "peak_mem_mb": peak_memory_mb(device),
+        "batch_size": int(tcfg.batch_size), "grad_accum": grad_accum, "oom_retry": oom_retry,
+        "amp": amp, "channels_last": channels_last,
+        "n_excluded": len(bundle.excluded), "data_root": bundle.root,
+        "device": str(device), "env": env_info(device), "config_hash": chash,
+    }
+    runs.write_json_atomic(run_dir.metrics, metrics)
+    log.info("%s seed %d: best epoch %d, val acc %.4f, test acc %.4f -> %s", cfg.model.name, cfg.seed,
+             best["epoch"], metrics["val"]["accuracy"], metrics["test"]["accuracy"], run_dir.root)
+    return metrics
+
+
+def _resume_state(run_dir: runs.RunDir, chash: str, model, optimizer, scheduler) -> dict:
+    """Restore the last finished epoch of an interrupted run with the same config."""
+    fresh = {"next_epoch": 0, "history": [], "best_val_acc": -1.0, "best_epoch": 0}
+    if not run_dir.last_ckpt.exists():
+        return fresh
+    state = torch.load(run_dir.last_ckpt, map_location="cpu", weights_only=True)
+    if state.get("config_hash") != chash:
+        return fresh
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    log.info("resuming %s after epoch %d", run_dir.root, state["epoch"])
+    return {"next_epoch": state["epoch"], "history": list(state["history"]),
+            "best_val_acc": state["best_val_acc"], "best_epoch": state["best_epoch"]}
+
+
+def _to_device_if_fits(split, device):
+    """Keep the uint8 store on the GPU when it fits (no host copies per batch); else stay on the host."""
+    try:
+        return split.to(device)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        log.warning("the decoded images do not fit on %s; batches are copied from pinned host memory", device)
+        return split
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v == v]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _update_leaderboard(exp_dir: Path) -> None:
+    """Refresh the experiment's leaderboard after every run, so a half-done night has a table."""
+    try:
+        from bench.leaderboard import write_leaderboard
+
+        write_leaderboard(exp_dir)
+    except Exception as exc:  # the table is a convenience; a failure here must not fail the run
+        log.warning("could not update the leaderboard of %s: %s", exp_dir, exc)
+
+
+class _progress:
+    """A tqdm bar over one epoch's batches (or nothing when trainer.progress=false)."""
+
+    def __init__(self, enabled: bool, total: int, desc: str):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+        self.start = time.perf_counter()
+        self.n = 0
+        self.count = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+    def on_batch(self, info: dict) -> None:
+        if self.bar is None:
+            return
+        self.n += info["n"]
+        self.count += 1
+        self.bar.update(1)
+        if self.count % 10 == 0:  # .item() syncs the GPU; don't do it every batch
+            rate = self.n / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.set_postfix(loss=f"{info['loss'].item():.3f}", img_s=f"{rate:.0f}")
+
+    def done(self, tr: dict, va: dict) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{tr['loss']:.3f}", acc=f"{tr['acc']:.3f}", val_acc=f"{va['acc']:.3f}",
+                                 img_s=f"{tr['img_s']:.0f}")
+
+
+# --------------------------------------------------------------------------- entry points
+# An absolute path: Hydra resolves relative paths as Python packages when called from one.
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def hydra_main(cfg: DictConfig) -> float | None:
+    result = train(cfg)
+    _RESULTS.append(result)
+    return result.get("val_acc")  # what a hyper-parameter sweeper would optimise
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Console script: validate model names early, run Hydra, exit non-zero if any run failed."""
+    from bench.cli_checks import check_model_overrides, register_requested_timm_models
+    from bench.config import register_configs
+
+    args = sys.argv[1:] if argv is None else argv
+    problem = check_model_overrides(args)
+    if problem:
+        print(f"bench-train: {problem}", file=sys.stderr)
+        return 2
+    register_configs()
+    register_requested_timm_models(args)
+    _RESULTS.clear()
+    sys.argv = [sys.argv[0], *args]
+    hydra_main()
+    return _report(_RESULTS)
+
+
+def _report(results: list[dict]) -> int:
+    if len(results) > 1:
+        from bench.leaderboard import format_leaderboard, build_leaderboard
+
+        for exp_dir in sorted({str(Path(r["run_dir"]).parents[2]) for r in results}):
+            print(f"\nLeaderboard of {exp_dir} (ranked by validation accuracy):")
+            print(format_leaderboard(build_leaderboard(exp_dir)))
+    failed = [r for r in results if r["status"] == runs.STATUS_FAILED]
+    if failed:
+        print(f"\n{len(failed)} of {len(results)} run(s) failed:", file=sys.stderr)
+        for r in failed:
+            print(f"  {r['model']} seed {r['seed']}: {r['error']} ({r['run_dir']})", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,232 @@
+"""Data layer: decoding, split and manifest, duplicates and corrupt files, store, augmentation."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from bench import runs
+from bench.data.build import build_data
+from bench.data.imagefolder import DataError, decode_resized, scan_imagefolder
+from bench.data.loader import BatchLoader
+from bench.data.split import make_manifest
+from bench.data.store import load_or_decode
+from bench.data.transforms import BatchAugment, Normalize, apply_augment
+from bench.train import train
+
+from .conftest import compose_cfg
+
+
+def _write_folder(root, counts: dict[str, int], size=24, seed=0):
+    rng = np.random.default_rng(seed)
+    for cls, n in counts.items():
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / cls / f"{cls}_{i:03d}.png")
+    return root
+
+
+# --------------------------------------------------------------------------- decoding
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "CMYK", "P", "LA", "I;16"])
+def test_any_image_mode_decodes_to_rgb(tmp_path, mode):
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    img = rgb.convert(mode) if mode != "I;16" else Image.fromarray(
+        (np.arange(600).reshape(20, 30) * 100).astype(np.uint16))
+    path = tmp_path / ("x.tiff" if mode in ("CMYK", "I;16") else "x.png")
+    img.save(path)
+    out = decode_resized(path, 16)
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+
+
+def test_transparent_pixels_become_white_not_black(tmp_path):
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "t.png")
+    assert (decode_resized(tmp_path / "t.png", 8) == 255).all()
+
+
+def test_decode_matches_torchvision_resize(tmp_path):
+    from torchvision.transforms import Resize
+
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (90, 70, 3), dtype=np.uint8))
+    img.save(tmp_path / "a.png")
+    expected = np.asarray(Resize((32, 32))(img))
+    np.testing.assert_array_equal(decode_resized(tmp_path / "a.png", 32), expected)
+
+
+def test_scan_needs_two_classes(tmp_path):
+    _write_folder(tmp_path, {"only": 3})
+    with pytest.raises(DataError, match="at least 2"):
+        scan_imagefolder(tmp_path)
+
+
+def test_missing_root_names_the_option(tmp_path):
+    with pytest.raises(DataError, match="data.root"):
+        scan_imagefolder(tmp_path / "nope")
+
+
+# --------------------------------------------------------------------------- split
+def _table(counts):
+    rows = [(f"{c}/{i}.png", f"{c}-{i}", c) for c, n in counts.items() for i in range(n)]
+    return pd.DataFrame(rows, columns=["path", "sha1", "label"])
+
+
+def test_split_is_stratified_deterministic_and_seeded():
+    table = _table({"a": 100, "b": 50, "c": 25})
+    m1 = make_manifest(table, seed=3, fractions=[0.64, 0.24, 0.12])
+    m2 = make_manifest(table.sample(frac=1, random_state=0), seed=3, fractions=[0.64, 0.24, 0.12])
+    pd.testing.assert_frame_equal(m1, m2)
+    counts = m1.groupby(["label", "split"]).size().unstack()
+    assert counts.loc["a"].to_dict() == {"test": 12, "train": 64, "val": 24}
+    assert counts.loc["b"].to_dict() == {"test": 6, "train": 32, "val": 12}
+    m3 = make_manifest(table, seed=4, fractions=[0.64, 0.24, 0.12])
+    assert not m1["split"].equals(m3["split"])
+
+
+def test_class_too_small_is_named():
+    with pytest.raises(DataError, match=r"'tiny' \(2 distinct"):
+        make_manifest(_table({"big": 30, "tiny": 2}), seed=0, fractions=[0.64, 0.24, 0.12])
+
+
+def test_identical_bytes_share_a_split_and_conflicts_stay_in_train():
+    table = _table({"a": 40, "b": 40})
+    table.loc[table.path == "a/1.png", "sha1"] = "same"  # duplicates within a class
+    table.loc[table.path == "a/2.png", "sha1"] = "same"
+    table.loc[table.path == "a/3.png", "sha1"] = "clash"  # identical bytes, two labels
+    table.loc[table.path == "b/3.png", "sha1"] = "clash"
+    for seed in range(10):
+        m = make_manifest(table, seed=seed, fractions=[0.64, 0.24, 0.12]).set_index("path")
+        assert m.loc["a/1.png", "split"] == m.loc["a/2.png", "split"]
+        assert m.loc["a/3.png", "split"] == m.loc["b/3.png", "split"] == "train"
+
+
+# --------------------------------------------------------------------------- an imagefolder run
+def test_corrupt_and_duplicate_files_in_a_real_run(tmp_path, cache_dir):
+    root = _write_folder(tmp_path / "data", {"a": 12, "b": 12, "c": 12})
+    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "b" / "notes.png").write_text("this is text")
+    full = (root / "c" / "c_000.png").read_bytes()
+    (root / "c" / "truncated.png").write_bytes(full[: len(full) // 2])
+    shutil.copy(root / "a" / "a_000.png", root / "b" / "copy_of_a.png")  # same bytes, other label
+    results = tmp_path / "results"
+    cfg = compose_cfg(
+        "trainer=cpu_smoke", "model=simple_cnn", "model.pretrained=false", "data=imagefolder",
+        f"data.root={root}", "data.image_size=16", "trainer.epochs=1", "data.decode_workers=1",
+        f"paths.results_dir={results}", f"paths.cache_dir={cache_dir}",
+    )
+    out = train(cfg)
+    assert out["status"] == "completed"
+    rd = runs.RunDir.for_run(results / "default", "simple_cnn", 0)
+    excluded = pd.read_csv(rd.excluded).set_index("path")
+    for bad in ("a/broken.jpg", "b/notes.png", "c/truncated.png"):
+        assert bad in excluded.index and excluded.loc[bad, "reason"]
+    assert "b/copy_of_a.png" in excluded.index  # reported
+    manifest = pd.read_csv(results / "default" / "manifest.csv").set_index("path")
+    assert "a/broken.jpg" not in manifest.index
+    assert manifest.loc["b/copy_of_a.png", "split"] == manifest.loc["a/a_000.png", "split"] == "train"
+    assert runs.read_json(rd.metrics)["n_excluded"] == len(excluded)
+
+
+def test_changed_data_under_an_existing_manifest_is_an_error(tmp_path, cache_dir):
+    root = _write_folder(tmp_path / "data", {"a": 6, "b": 6})
+    cfg = compose_cfg("data=imagefolder", f"data.root={root}", "data.decode_workers=1",
+                      f"paths.cache_dir={cache_dir}")
+    build_data(cfg.data, image_size=8, exp_dir=tmp_path / "exp", cache_dir=str(cache_dir))
+    _write_folder(tmp_path / "data", {"a": 7}, seed=5)  # rewrites a_000..a_005, adds a_006
+    with pytest.raises(DataError, match="no longer matches"):
+        build_data(cfg.data, image_size=8, exp_dir=tmp_path / "exp", cache_dir=str(cache_dir))
+
+
+# --------------------------------------------------------------------------- store
+def test_store_cache_hits_and_rebuilds_on_change(tmp_path):
+    root = _write_folder(tmp_path / "data", {"a": 3, "b": 3})
+    files = sorted(root.rglob("*.png"))
+    a1, _ = load_or_decode(files, 12, tmp_path / "cache", workers=1)
+    stores = sorted((tmp_path / "cache" / "stores").glob("*.npy"))
+    assert len(stores) == 1
+    a2, _ = load_or_decode(files, 12, tmp_path / "cache", workers=1)
+    np.testing.assert_array_equal(a1, a2)
+    assert len(list((tmp_path / "cache" / "stores").glob("*.npy"))) == 1  # a hit, no new store
+    load_or_decode(files, 16, tmp_path / "cache", workers=1)  # another size: a new store
+    Image.new("RGB", (24, 24), "red").save(files[0])  # a changed file: a new store
+    a3, _ = load_or_decode(files, 12, tmp_path / "cache", workers=1)
+    assert len(list((tmp_path / "cache" / "stores").glob("*.npy"))) == 3
+    assert (a3[0] != a1[0]).any()
+
+
+def test_parallel_decode_equals_serial(tmp_path):
+    root = _write_folder(tmp_path / "data", {"a": 40, "b": 40})
+    files = sorted(root.rglob("*.png"))
+    serial, _ = load_or_decode(files, 10, None, workers=1)
+    parallel, _ = load_or_decode(files, 10, None, workers=2)
+    np.testing.assert_array_equal(serial, parallel)
+
+
+# --------------------------------------------------------------------------- augmentation
+def _batch(n=4, size=16):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
+
+
+def test_flips_are_exact():
+    x = _batch()
+    zero = torch.zeros(4)
+    yes, no = torch.ones(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool)
+    torch.testing.assert_close(apply_augment(x, hflip=yes, vflip=no, angle=zero), x.flip(-1), atol=1e-3, rtol=0)
+    torch.testing.assert_close(apply_augment(x, hflip=no, vflip=yes, angle=zero), x.flip(-2), atol=1e-3, rtol=0)
+    torch.testing.assert_close(apply_augment(x, hflip=no, vflip=no, angle=zero), x, atol=1e-3, rtol=0)
+
+
+def test_rotation_by_90_degrees_is_rot90():
+    x = _batch()
+    no = torch.zeros(4, dtype=torch.bool)
+    out = apply_augment(x, hflip=no, vflip=no, angle=torch.full((4,), math.pi / 2))
+    rotated = [x.rot90(k, dims=(-2, -1)) for k in (1, -1)]
+    assert min((out - r).abs().max().item() for r in rotated) < 1e-2
+
+
+def test_augmentation_is_seeded_and_covers_flips_and_rotations():
+    aug = BatchAugment(rotation=60)
+    p1 = aug.sample(2000, torch.Generator().manual_seed(7))
+    p2 = aug.sample(2000, torch.Generator().manual_seed(7))
+    for k in p1:
+        assert torch.equal(p1[k], p2[k])
+    assert 0.4 < p1["hflip"].float().mean() < 0.6 and 0.4 < p1["vflip"].float().mean() < 0.6
+    deg = torch.rad2deg(p1["angle"])
+    assert deg.abs().max() <= 60 and deg.min() < -55 and deg.max() > 55
+    off = BatchAugment(hflip=False, vflip=False, rotation=0).sample(100, torch.Generator().manual_seed(0))
+    assert not off["hflip"].any() and not off["vflip"].any() and (off["angle"] == 0).all()
+
+
+def test_eval_batches_are_the_normalised_store():
+    from bench.data.store import SplitData
+
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    split = SplitData(images, torch.arange(5), [str(i) for i in range(5)])
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    loader = BatchLoader(split, 2, normalize=Normalize(mean, std), device=torch.device("cpu"))
+    xs, ys = zip(*loader)
+    expected = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(torch.cat(xs), expected, atol=1e-5, rtol=0)
+    assert torch.cat(ys).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_training_batches_depend_only_on_seed_and_epoch():
+    from bench.data.store import SplitData
+
+    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    split = SplitData(images, torch.arange(10), [str(i) for i in range(10)])
+
+    def epoch_batches(epoch):
+        loader = BatchLoader(split, 4, normalize=Normalize([0.5] * 3, [0.5] * 3), device=torch.device("cpu"),
+                             shuffle=True, augment=BatchAugment(), seed=1)
+        loader.set_epoch(epoch)
+        return [(x.clone(), y.clone()) for x, y in loader]
+
+    a, b, c = epoch_batches(2), epoch_batches(2), epoch_batches(3)
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    assert not all(torch.equal(y1, y2) for (_, y1), (_, y2) in zip(a, c))

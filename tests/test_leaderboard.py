@@ -1,0 +1,220 @@
+"""bench.leaderboard on hand-built run folders with real metric sets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import leaderboard as lb
+from bench import runs
+from bench.metrics import classification_metrics
+
+CLASSES = ["basophil", "eosinophil", "ig", "platelet"]
+
+
+def _metric_set(n_wrong: int, n_per_class: int = 5) -> dict:
+    """A real metric set: every class has n_per_class images; the first n_wrong
+    images of class 0 and 2 are predicted as the next class."""
+    y_true = np.repeat(np.arange(len(CLASSES)), n_per_class)
+    y_pred = y_true.copy()
+    for cls in (0, 2):
+        idx = np.flatnonzero(y_true == cls)[:n_wrong]
+        y_pred[idx] = cls + 1
+    return classification_metrics(y_true, y_pred, CLASSES)
+
+
+def _write_run(exp_dir, model, seed, *, val_wrong=0, test_wrong=0, status="completed",
+               error=None, with_metrics=True, **extra):
+    run = runs.RunDir.for_run(exp_dir, model, seed)
+    run.write_status(status, config_hash="abc", error=error, model=model, seed=seed)
+    if status == "completed" and with_metrics:
+        metrics = {
+            "experiment": "exp", "model": model, "seed": seed, "status": "completed",
+            "classes": CLASSES, "epochs": 3, "epochs_run": 3, "best_epoch": 2,
+            "val": _metric_set(val_wrong), "test": _metric_set(test_wrong),
+            "params_m": 11.2, "gflops": 1.8, "input_size": 224,
+            "train_time_s": 12.5, "train_img_s": 100.0, "eval_img_s": 300.0, "peak_mem_mb": None,
+            "device": "cpu", "env": {},
+        }
+        metrics.update(extra)
+        runs.write_json_atomic(run.metrics, metrics)
+    return run
+
+
+@pytest.fixture
+def exp(tmp_path):
+    exp_dir = tmp_path / "exp"
+    # resnet18: best on validation, worse on test. vgg19: the reverse.
+    _write_run(exp_dir, "resnet18", 0, val_wrong=0, test_wrong=2)
+    _write_run(exp_dir, "vgg19", 0, val_wrong=1, test_wrong=0)
+    _write_run(exp_dir, "timm/tiny_net", 0, val_wrong=3, test_wrong=1)
+    _write_run(exp_dir, "alexnet", 0, status="failed", error="RuntimeError: out of memory")
+    _write_run(exp_dir, "squeezenet1_0", 0, status="running")
+    return exp_dir
+
+
+def _row(board, model, seed=0):
+    rows = board[(board["model"] == model) & (board["seed"] == seed)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_rows_and_per_class_columns_match_run_folders(exp):
+    board = lb.build_leaderboard(exp)
+    assert len(board) == 5
+    assert set(board["kind"]) == {"model"}
+    for model in ("resnet18", "vgg19", "timm/tiny_net"):
+        metrics = runs.read_json(runs.RunDir.for_run(exp, model, 0).metrics)
+        row = _row(board, model)
+        assert row["status"] == "completed"
+        assert row["val_acc"] == pytest.approx(metrics["val"]["accuracy"])
+        assert row["test_acc"] == pytest.approx(metrics["test"]["accuracy"])
+        for cls in CLASSES:
+            assert row[cls] == pytest.approx(metrics["test"]["per_class"][cls]["accuracy"])
+        for key in ("precision", "sensitivity", "specificity", "f1"):
+            assert row[f"test_{key}"] == pytest.approx(metrics["test"]["macro"][key])
+        assert row["params_m"] == pytest.approx(11.2)
+        assert row["epochs"] == 3 and row["best_epoch"] == 2
+    cols = list(board.columns)
+    assert cols[:7] == ["rank", "kind", "model", "seed", "status", "val_acc", "test_acc"]
+    assert cols[7:7 + len(CLASSES)] == CLASSES
+    assert cols[-2:] == ["paper_test_acc", "paper_diff"]
+
+
+def test_ranked_by_validation_not_test(exp):
+    board = lb.build_leaderboard(exp)
+    resnet, vgg = _row(board, "resnet18"), _row(board, "vgg19")
+    assert vgg["test_acc"] > resnet["test_acc"] and resnet["val_acc"] > vgg["val_acc"]
+    assert resnet["rank"] == 1 and vgg["rank"] == 2 and _row(board, "timm/tiny_net")["rank"] == 3
+    assert list(board["model"][:3]) == ["resnet18", "vgg19", "timm/tiny_net"]
+
+
+def test_ties_broken_by_model_then_seed(tmp_path):
+    for model, seed in [("b_net", 1), ("b_net", 0), ("a_net", 5)]:
+        _write_run(tmp_path, model, seed, val_wrong=1)
+    board = lb.build_leaderboard(tmp_path)
+    assert list(zip(board["model"], board["seed"], board["rank"])) == [
+        ("a_net", 5, 1), ("b_net", 0, 2), ("b_net", 1, 3)]
+
+
+def test_failed_and_running_rows_are_unranked_and_last(exp):
+    board = lb.build_leaderboard(exp)
+    failed, running = _row(board, "alexnet"), _row(board, "squeezenet1_0")
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: out of memory"
+    assert running["status"] == "running"
+    assert pd.isna(failed["rank"]) and pd.isna(running["rank"]) and pd.isna(failed["test_acc"])
+    assert list(board["status"][-2:]) == ["failed", "running"]
+
+
+def test_paper_columns(exp):
+    board = lb.build_leaderboard(exp)
+    ref = pd.read_csv(lb.reference_dir() / "gavas2021_table2.csv").set_index("model")["overall"]
+    vgg = _row(board, "vgg19")
+    assert vgg["paper_test_acc"] == pytest.approx(ref["vgg19"])
+    assert vgg["paper_diff"] == pytest.approx(vgg["test_acc"] - ref["vgg19"])
+    assert pd.isna(_row(board, "timm/tiny_net")["paper_test_acc"])
+    assert pd.isna(_row(board, "timm/tiny_net")["paper_diff"])
+
+
+def test_missing_reference_gives_empty_paper_columns(exp, tmp_path):
+    assert lb.load_reference(tmp_path / "absent.csv") == {}
+    frame = lb.model_rows_frame(lb.collect_runs(exp), reference={})
+    assert frame["paper_test_acc"].isna().all() and frame["paper_diff"].isna().all()
+
+
+def test_write_files_and_per_class_rows(exp):
+    path = lb.write_leaderboard(exp)
+    assert path == exp / "leaderboard.csv" and path.exists()
+    on_disk = pd.read_csv(path)
+    assert len(on_disk) == 5
+    per_class = pd.read_csv(exp / "per_class.csv")
+    assert list(per_class.columns) == list(lb.PER_CLASS_COLUMNS)
+    assert len(per_class) == 3 * 2 * len(CLASSES)  # completed runs x splits x classes
+    row = per_class[(per_class["model"] == "vgg19") & (per_class["split"] == "val")
+                    & (per_class["class"] == "basophil")].iloc[0]
+    assert row["accuracy"] == pytest.approx(0.8) and row["support"] == 5
+    assert (exp / "summary.csv").exists()
+    assert not list(exp.glob(".*.tmp"))  # no temp files left behind
+
+
+def test_summary_mean_std_over_seeds(tmp_path):
+    for seed, (v, t) in enumerate([(0, 1), (1, 2), (2, 2)]):
+        _write_run(tmp_path, "resnet18", seed, val_wrong=v, test_wrong=t)
+    _write_run(tmp_path, "vgg19", 0)
+    lb.write_leaderboard(tmp_path)
+    board = lb.build_leaderboard(tmp_path)
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("model")
+    seeds = board[board["model"] == "resnet18"]
+    assert summary.loc["resnet18", "n_seeds"] == 3
+    for col in ("val_acc", "test_acc", "test_f1", "ig"):
+        values = seeds[col].to_numpy(dtype=float)
+        assert summary.loc["resnet18", f"{col}_mean"] == pytest.approx(np.mean(values), abs=1e-6)
+        assert summary.loc["resnet18", f"{col}_std"] == pytest.approx(np.std(values, ddof=1), abs=1e-6)
+    assert summary.loc["vgg19", "n_seeds"] == 1 and pd.isna(summary.loc["vgg19", "val_acc_std"])
+
+
+def test_existing_ensemble_rows_are_preserved(exp):
+    lb.write_leaderboard(exp)
+    board = pd.read_csv(exp / "leaderboard.csv")
+    ensemble = {"kind": "ensemble", "model": "vote(resnet18,vgg19)", "status": "completed",
+                "val_acc": 0.95, "test_acc": 0.97, "members": "resnet18/seed0;vgg19/seed0"}
+    runs.write_csv_atomic(exp / "leaderboard.csv", pd.concat([board, pd.DataFrame([ensemble])]))
+    _write_run(exp, "densenet121", 0, val_wrong=4)  # a new run, then a rebuild
+    lb.write_leaderboard(exp)
+    rebuilt = pd.read_csv(exp / "leaderboard.csv")
+    assert len(rebuilt) == 7
+    last = rebuilt.iloc[-1]
+    assert last["kind"] == "ensemble" and last["members"] == "resnet18/seed0;vgg19/seed0"
+    assert last["test_acc"] == pytest.approx(0.97)
+    assert list(rebuilt["kind"]) == ["model"] * 6 + ["ensemble"]
+    assert list(rebuilt.columns)[-1] == "members"
+
+
+def test_tolerates_runs_caught_mid_write(exp, caplog):
+    # status says completed but metrics.json is not there yet -> counts as running
+    _write_run(exp, "resnet34", 0, with_metrics=False)
+    # a status.json that cannot be parsed -> skipped with a warning
+    broken = runs.RunDir.for_run(exp, "vgg11", 0)
+    broken.root.mkdir(parents=True)
+    broken.status.write_text('{"status": "compl')
+    with caplog.at_level("WARNING"):
+        board = lb.build_leaderboard(exp)
+    assert _row(board, "resnet34")["status"] == "running"
+    assert pd.isna(_row(board, "resnet34")["rank"])
+    assert "vgg11" not in set(board["model"])
+    assert any("vgg11" in rec.getMessage() for rec in caplog.records)
+
+
+def test_format_leaderboard(exp):
+    text = lb.format_leaderboard(lb.build_leaderboard(exp))
+    lines = text.splitlines()
+    assert lines[0].split() == ["rank", "model", "seed", "status", "val_acc", "test_acc",
+                                "macro_f1", "params_m", "train_time_s"]
+    assert lines[2].split()[:2] == ["1", "resnet18"]
+    assert len(lines) == 2 + 5
+    short = lb.format_leaderboard(lb.build_leaderboard(exp), max_rows=2)
+    assert short.splitlines()[-1] == "... 3 more rows"
+
+
+def test_cli_writes_and_prints(exp, capsys):
+    assert lb.main([str(exp)]) == 0
+    out = capsys.readouterr().out
+    assert "resnet18" in out and (exp / "leaderboard.csv").exists()
+
+
+def test_cli_exit_2_without_runs_folder(tmp_path, capsys):
+    assert lb.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no runs/ folder" in err and str(tmp_path) in err
+    assert not (tmp_path / "leaderboard.csv").exists()
+
+
+def test_status_json_fields_used_for_identity(tmp_path):
+    # A model name with "/" is stored as "timm--x"; status.json carries the real name.
+    _write_run(tmp_path, "timm/convnext_tiny", 3)
+    board = lb.build_leaderboard(tmp_path)
+    assert _row(board, "timm/convnext_tiny", 3)["rank"] == 1
+    assert json.loads((tmp_path / "runs/timm--convnext_tiny/seed3/status.json").read_text())["seed"] == 3

@@ -1,0 +1,175 @@
+"""The harness end to end on the CPU: config, training, run folder, metrics, failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError
+
+from bench import runs
+from bench.metrics import classification_metrics
+from bench.train import cli, train
+
+from .conftest import compose_cfg
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+# --------------------------------------------------------------------------- configuration
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_experiment_composes(experiment):
+    cfg = compose_cfg(f"experiment={experiment}", "data.root=/data")
+    assert cfg.experiment_name == experiment
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"data={o}" for o in _options("data")]
+    + [f"optim={o}" for o in _options("optim")]
+    + [f"sched={o}" for o in _options("sched")]
+    + [f"trainer={o}" for o in _options("trainer")]
+    + ["model=inception_v3", "model=vgg19_bn"],
+)
+def test_every_group_option_composes(override):
+    cfg = compose_cfg(override, "data.root=/data")
+    assert cfg.trainer.epochs >= 1
+
+
+def test_defaults_are_the_published_protocol():
+    cfg = compose_cfg()
+    assert cfg.optim._target_ == "torch.optim.SGD" and cfg.optim.lr == 1e-3 and cfg.optim.momentum == 0.9
+    assert cfg.optim.weight_decay == 0.0
+    assert cfg.sched.step_size == 7 and cfg.sched.gamma == 0.1
+    assert cfg.trainer.epochs == 25 and cfg.trainer.batch_size == 32
+    assert cfg.model.pretrained is True
+    assert list(cfg.data.split_fractions) == [0.64, 0.24, 0.12]
+
+
+@pytest.mark.parametrize("bad", ["trainer.epocs=3", "data.image_sise=64", "modle.name=resnet18"])
+def test_typo_in_a_key_fails_at_compose(bad):
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)):
+        compose_cfg(bad)
+
+
+def test_unknown_model_fails_at_start_with_closest_match(capsys):
+    assert cli(["model=resnt34"]) == 2
+    err = capsys.readouterr().err
+    assert "resnt34" in err and "resnet34" in err
+
+
+# --------------------------------------------------------------------------- one training run
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache_dir):
+    """A short real training run shared by the checks below."""
+    results = tmp_path_factory.mktemp("results")
+    cfg = compose_cfg(
+        "trainer=cpu_smoke", "model=simple_cnn", "model.pretrained=false", "data.image_size=32",
+        "data.synthetic_n_per_class=60", "data.synthetic_size=48", "data.decode_workers=1",
+        "trainer.epochs=4", "optim=adam", "optim.lr=0.003", "sched=constant",
+        f"paths.results_dir={results}", f"paths.cache_dir={cache_dir}",
+    )
+    out = train(cfg)
+    return cfg, out, runs.RunDir.for_run(results / cfg.experiment_name, "simple_cnn", 0)
+
+
+def test_short_training_beats_chance_by_a_wide_margin(trained):
+    _, out, _ = trained
+    assert out["status"] == "completed"
+    assert out["test_acc"] > 0.5  # chance is 1/8
+
+
+def test_run_folder_has_every_output(trained):
+    _, _, rd = trained
+    for path in (rd.config, rd.status, rd.history, rd.metrics, rd.best_ckpt, rd.last_ckpt,
+                 rd.predictions("val"), rd.predictions("test"), rd.excluded):
+        assert path.exists(), path
+    history = pd.read_csv(rd.history)
+    assert list(history.columns) == ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
+                                     "seconds", "train_img_s"]
+    assert history["epoch"].tolist() == [1, 2, 3, 4]
+    metrics = runs.read_json(rd.metrics)
+    assert metrics["best_epoch"] == int(history["val_acc"].idxmax()) + 1  # idxmax: first of ties
+    assert metrics["params_m"] > 0 and metrics["gflops"] > 0 and metrics["train_time_s"] > 0
+    assert metrics["env"]["torch"]
+    assert (rd.root.parents[2] / "leaderboard.csv").exists()
+
+
+def test_metrics_equal_a_recomputation_from_the_predictions(trained):
+    _, _, rd = trained
+    metrics = runs.read_json(rd.metrics)
+    classes = metrics["classes"]
+    for split in ("val", "test"):
+        pred = pd.read_csv(rd.predictions(split))
+        assert list(pred.columns[3:]) == [f"prob_{c}" for c in classes]
+        probs = pred[[f"prob_{c}" for c in classes]].to_numpy()
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+        index = {c: i for i, c in enumerate(classes)}
+        y_true = pred["label"].map(index).to_numpy()
+        y_pred = pred["predicted"].map(index).to_numpy()
+        assert (probs.argmax(1) == y_pred).all()
+        assert classification_metrics(y_true, y_pred, classes) == metrics[split]
+
+
+def test_best_checkpoint_loads_with_weights_only(trained):
+    import torch
+
+    _, _, rd = trained
+    ckpt = torch.load(rd.best_ckpt, map_location="cpu", weights_only=True)
+    assert ckpt["class_names"] == runs.read_json(rd.metrics)["classes"]
+    assert ckpt["input_size"] == 32 and ckpt["model_name"] == "simple_cnn"
+
+
+def test_second_invocation_skips_a_completed_run(trained):
+    cfg, _, rd = trained
+    before = rd.metrics.stat().st_mtime_ns
+    again = train(cfg)
+    assert again["status"] == "skipped"
+    assert rd.metrics.stat().st_mtime_ns == before
+
+
+# --------------------------------------------------------------------------- split and devices
+def test_split_is_identical_across_models_and_invocations(make_cfg, tmp_path):
+    train(make_cfg("trainer.epochs=1", "trainer.max_batches=1"))
+    manifest = tmp_path / "results" / "default" / "manifest.csv"
+    first = manifest.read_bytes()
+    train(make_cfg("model=squeezenet1_1", "trainer.epochs=1", "trainer.max_batches=1", "trainer.eval_batch_size=512"))
+    assert manifest.read_bytes() == first
+    sq = runs.RunDir.for_run(tmp_path / "results" / "default", "squeezenet1_1", 0)
+    test_paths = set(pd.read_csv(sq.predictions("test"))["path"])
+    m = pd.read_csv(manifest)
+    assert test_paths == set(m.loc[m.split == "test", "path"])
+    counts = m.groupby(["label", "split"]).size().unstack()
+    assert (counts["test"] >= 1).all() and (counts["train"] > counts["val"]).all()
+
+
+def test_bf16_autocast_and_channels_last_run_on_cpu(make_cfg):
+    out = train(make_cfg("trainer.amp=true", "trainer.channels_last=true", "trainer.epochs=1", "trainer.max_batches=2"))
+    assert out["status"] == "completed"
+
+
+def test_a_failing_model_is_recorded_not_raised(make_cfg, tmp_path):
+    # inception_v3 cannot run at 32 px: the run fails with a clear message and a status file.
+    out = train(make_cfg("model=inception_v3"))
+    assert out["status"] == "failed" and "inception_v3" in out["error"]
+    rd = runs.RunDir.for_run(tmp_path / "results" / "default", "inception_v3", 0)
+    status = json.loads(rd.status.read_text())
+    assert status["status"] == "failed" and status["error"]
+    board = pd.read_csv(tmp_path / "results" / "default" / "leaderboard.csv")
+    assert board.loc[board.model == "inception_v3", "status"].item() == "failed"
+
+
+def test_a_changed_config_never_reuses_the_old_result(make_cfg, tmp_path):
+    train(make_cfg("trainer.epochs=1", "trainer.max_batches=1"))
+    out = train(make_cfg("trainer.epochs=1", "trainer.max_batches=1", "optim.lr=0.5"))
+    assert out["status"] == "completed"
+    replaced = list((tmp_path / "results" / "default" / "runs" / "simple_cnn" / "replaced").iterdir())
+    assert len(replaced) == 1 and (replaced[0] / "metrics.json").exists()
