@@ -210,10 +210,10 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
 
     spec = get_model_spec(cfg.model.name)
     image_size = int(cfg.data.image_size or spec.input_size)
-    if image_size < spec.min_input_size:
+    if image_size < spec.min_train_size:
         raise ValueError(
-            f"data.image_size={image_size} is below {cfg.model.name}'s minimum input of "
-            f"{spec.min_input_size} px; set data.image_size>={spec.min_input_size} or leave it null "
+            f"data.image_size={image_size} is below {cfg.model.name}'s minimum training input of "
+            f"{spec.min_train_size} px; set data.image_size>={spec.min_train_size} or leave it null "
             f"for the model's own {spec.input_size} px."
         )
 
@@ -255,7 +255,7 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
     history: list[dict] = state["history"]
     best = {"val_acc": state["best_val_acc"], "epoch": state["best_epoch"]}
     ckpt_meta = dict(model_name=cfg.model.name, class_names=bundle.class_names, input_size=image_size,
-                     data_cfg=cfg.data)
+                     data_cfg=cfg.data, pretrained=bool(cfg.model.pretrained))
 
     for epoch in range(state["next_epoch"], tcfg.epochs):
         # Global RNG (dropout) seeded per epoch: a resumed epoch replays an uninterrupted one.
@@ -419,9 +419,14 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Console script: validate model names early, run Hydra, exit non-zero if any run failed."""
+    """Console script: validate names and run the preflight, run Hydra, then print the
+    leaderboard and exit non-zero if any run failed."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     from bench.cli_checks import check_model_overrides, register_requested_timm_models
     from bench.config import register_configs
+    from bench.preflight import plan_runs, preflight
 
     args = sys.argv[1:] if argv is None else argv
     problem = check_model_overrides(args)
@@ -430,22 +435,54 @@ def cli(argv: list[str] | None = None) -> int:
         return 2
     register_configs()
     register_requested_timm_models(args)
+    if not any(a.startswith(("--help", "-h", "--cfg", "-c", "--info", "--hydra-help")) for a in args):
+        try:
+            plan = plan_runs(args)
+        except (HydraException, OmegaConfBaseException) as exc:
+            print(f"bench-train: the configuration does not compose: {exc}", file=sys.stderr)
+            return 2
+        report = preflight(plan)
+        print(f"preflight for {plan.n_runs} run(s) ({', '.join(plan.models[:6])}"
+              f"{', ...' if len(plan.models) > 6 else ''}):\n{report.format()}", file=sys.stderr)
+        if not report.ok:
+            print(f"bench-train: preflight found {len(report.problems)} problem(s); nothing was trained.",
+                  file=sys.stderr)
+            return 2
+    else:
+        plan = None
     _RESULTS.clear()
-    sys.argv = [sys.argv[0], *args]
+    # Hydra's argparse wants flags before overrides; accept `-m` anywhere on the line.
+    flags = [a for a in args if a in ("-m", "--multirun")]
+    sys.argv = [sys.argv[0], *flags, *[a for a in args if a not in flags]]
     hydra_main()
-    return _report(_RESULTS)
+    return _report(_RESULTS, plan)
 
 
-def _report(results: list[dict]) -> int:
-    if len(results) > 1:
-        from bench.leaderboard import format_leaderboard, build_leaderboard
+def _report(results: list[dict], plan) -> int:
+    """End-of-sweep summary. Runs launched in other processes (submitit) are read back
+    from the leaderboard, since their return values never reach this process."""
+    from bench.leaderboard import build_leaderboard, format_leaderboard
 
-        for exp_dir in sorted({str(Path(r["run_dir"]).parents[2]) for r in results}):
-            print(f"\nLeaderboard of {exp_dir} (ranked by validation accuracy):")
-            print(format_leaderboard(build_leaderboard(exp_dir)))
+    if plan is None:
+        return 0
+    exp_dirs = sorted({str(Path(r["run_dir"]).parents[2]) for r in results}) or [
+        str(runs.experiment_dir(plan.cfg.paths.results_dir, plan.cfg.experiment_name))]
     failed = [r for r in results if r["status"] == runs.STATUS_FAILED]
+    for exp_dir in exp_dirs:
+        if not (Path(exp_dir) / "runs").is_dir():
+            continue
+        board = build_leaderboard(exp_dir)
+        if plan.multirun:
+            print(f"\nLeaderboard of {exp_dir} (ranked by validation accuracy):")
+            print(format_leaderboard(board))
+        if not results:  # remote launcher: failures of the planned runs, from the run folders
+            planned = {(m, s) for m in plan.models for s in plan.seeds}
+            for row in board[board["status"] == runs.STATUS_FAILED].itertuples():
+                if (row.model, int(row.seed)) in planned:
+                    failed.append({"model": row.model, "seed": int(row.seed), "error": row.error,
+                                   "run_dir": exp_dir})
     if failed:
-        print(f"\n{len(failed)} of {len(results)} run(s) failed:", file=sys.stderr)
+        print(f"\n{len(failed)} run(s) failed:", file=sys.stderr)
         for r in failed:
             print(f"  {r['model']} seed {r['seed']}: {r['error']} ({r['run_dir']})", file=sys.stderr)
         return 1
