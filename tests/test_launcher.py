@@ -69,7 +69,7 @@ def test_submitit_sweep_completes_then_skips(tmp_path, cache_dir):
 
     # Both jobs start at once; draw the shared synthetic dataset first, since its
     # generator is not safe against two processes creating the same cache folder.
-    synthetic_root(cache_dir, n_per_class=30, image_size=48, seed=0)
+    synthetic_root(cache_dir / "datasets", n_per_class=30, image_size=48, seed=0)  # as build_data names it
     results = tmp_path / "results"
     exp_dir = results / "default"
 

@@ -173,3 +173,20 @@ def test_a_changed_config_never_reuses_the_old_result(make_cfg, tmp_path):
     assert out["status"] == "completed"
     replaced = list((tmp_path / "results" / "default" / "runs" / "simple_cnn" / "replaced").iterdir())
     assert len(replaced) == 1 and (replaced[0] / "metrics.json").exists()
+
+
+def test_bloodmnist_trains_on_its_official_splits(tmp_path, cache_dir):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 40), ("val", 16), ("test", 16)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 8).reshape(-1, 1)
+    np.savez(tmp_path / "bloodmnist.npz", **arrays)
+    results = tmp_path / "results"
+    cfg = compose_cfg("trainer=cpu_smoke", "model=simple_cnn", "model.pretrained=false", "data=bloodmnist",
+                      f"data.root={tmp_path}", "data.bloodmnist_size=28", "data.image_size=32", "trainer.epochs=1",
+                      f"paths.results_dir={results}", f"paths.cache_dir={cache_dir}")
+    assert train(cfg)["status"] == "completed"
+    metrics = runs.read_json(results / "default" / "runs" / "simple_cnn" / "seed0" / "metrics.json")
+    assert metrics["test"]["n"] == 16 and metrics["val"]["n"] == 16 and metrics["input_size"] == 32
+    assert metrics["classes"][3] == "ig"

@@ -63,7 +63,8 @@ def decode_all(files: Sequence[Path], size: int, *, workers: int = 0) -> tuple[n
     out = np.zeros((len(files), size, size, 3), dtype=np.uint8)
     reasons: list[str | None] = [None] * len(files)
     jobs = [(str(f), size) for f in files]
-    workers = workers or os.cpu_count() or 1
+    # CPUs this process may use (a Slurm job gets a share of the node, not all of it).
+    workers = workers or usable_cpus()
     if workers > 1 and len(files) >= 64:
         # Chunks of images per task keep inter-process overhead well under decode cost.
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -74,6 +75,13 @@ def decode_all(files: Sequence[Path], size: int, *, workers: int = 0) -> tuple[n
         for i, job in enumerate(jobs):
             _put(out, reasons, i, *try_decode(job))
     return out, reasons
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: a Slurm job or a taskset gets a share of the node, not all of it."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _put(out, reasons, i, arr, reason) -> None:
