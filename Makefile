@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The main job on the embedded synthetic dataset: a 4-model sweep at 64 px on the CPU,
-# then the leaderboard (results/quickstart/leaderboard.csv).
+# the leaderboard (results/quickstart/leaderboard.csv), then a majority vote of the top 3
+# models chosen on validation data (results/quickstart/ensembles/majority-k3/).
 demo: setup
 	$(BIN)/bench-train -m experiment=quickstart
+	$(BIN)/bench-ensemble results/quickstart k=3 method=majority
 
 test: setup
 	$(BIN)/python -m pytest

@@ -113,23 +113,29 @@ def _resolve(keys: Sequence[np.ndarray], member_votes: np.ndarray) -> np.ndarray
     """Per row, the class that maximises ``keys[0]``, then ``keys[1]``, ... (equal within
     TIE_TOL = tied), then the class voted by the best-ranked member (row order of
     ``member_votes``, shape (M, N)) among the tied ones, then the lowest index."""
-    n, c = keys[0].shape
-    cand = np.ones((n, c), dtype=bool)
-    for key in keys:
-        masked = np.where(cand, key, -np.inf)
-        best = masked.max(axis=1, keepdims=True)
-        cand &= masked >= best - TIE_TOL
-    rows = np.arange(n)
+    first = keys[0]
+    cand = first >= first.max(axis=1, keepdims=True) - TIE_TOL
+    pred = cand.argmax(axis=1)
+    rows = np.flatnonzero(cand.sum(axis=1) > 1)  # only rows with a tie need the other rules
+    if not len(rows):
+        return pred
+    cand = cand[rows]
+    for key in keys[1:]:
+        masked = np.where(cand, key[rows], -np.inf)
+        cand &= masked >= masked.max(axis=1, keepdims=True) - TIE_TOL
+    local = np.arange(len(rows))
     multi = cand.sum(axis=1) > 1
     for votes in member_votes:
         if not multi.any():
             break
-        hit = multi & cand[rows, votes]
+        v = votes[rows]
+        hit = multi & cand[local, v]
         if hit.any():
             cand[hit] = False
-            cand[hit, votes[hit]] = True
+            cand[hit, v[hit]] = True
             multi &= ~hit
-    return cand.argmax(axis=1)  # first True = lowest index among what is left
+    pred[rows] = cand.argmax(axis=1)  # first True = lowest index among what is left
+    return pred
 
 
 def combine(probs: np.ndarray, weights: Sequence[float] | None = None, voting: str = HARD) -> Combined:
@@ -431,17 +437,30 @@ class GreedySelection(_Ensemble):
         if int(self.max_steps) < 1:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
         pool = list(self.ranking_ if self.top_n is None else self.ranking_[: int(self.top_n)])
+        hard = self._get_voting() == HARD
+        rank_pos = {c: r for r, c in enumerate(self.ranking_)}
+        member_votes = X.argmax(axis=2)  # (M, N)
+        n, c_ = X.shape[1:]
+        onehot = np.zeros((X.shape[0], n, c_))
+        for c in pool:
+            onehot[c, np.arange(n), member_votes[c]] = 1.0
         counts = np.zeros(X.shape[0])
+        prob_sum, vote_sum = np.zeros((n, c_)), np.zeros((n, c_))
         trace, best_counts, best_score = [], None, -1.0
         for step in range(1, int(self.max_steps) + 1):
             scores = []
             for c in pool:
+                # The same keys as combine() with integer weights, built incrementally.
+                p, v = prob_sum + X[c], vote_sum + onehot[c]
                 trial = counts.copy()
                 trial[c] += 1
-                idx = np.flatnonzero(trial)
-                scores.append(_accuracy(self._combine_idx(X, list(idx), trial[idx]).pred, y))
+                order = sorted(np.flatnonzero(trial), key=rank_pos.__getitem__)
+                keys = (v, p) if hard else (p / step, v)
+                scores.append(_accuracy(_resolve(keys, member_votes[order]), y))
             j = int(np.argmax(scores))  # first maximum = best-ranked on ties
             counts[pool[j]] += 1
+            prob_sum += X[pool[j]]
+            vote_sum += onehot[pool[j]]
             trace.append({"step": step, "added": self.candidates_[pool[j]], "val_acc": float(scores[j])})
             if scores[j] > best_score + ACC_TOL:
                 best_counts, best_score = counts.copy(), scores[j]
@@ -521,6 +540,11 @@ class Candidates:
         return len(self.ids)
 
 
+def _classes_of(metrics: dict) -> list[str]:
+    classes = metrics.get("classes") or list((metrics.get("val") or {}).get("per_class", {}))
+    return [str(c) for c in classes]
+
+
 def member_id(model: str, seed) -> str:
     return f"{model}/seed{seed}"
 
@@ -583,16 +607,16 @@ def load_candidates(exp_dir, splits: Sequence[str] = SPLITS) -> Candidates:
     if not found:
         return cands
     ref_record, ref_dir, _ = found[0]
-    classes = lb._classes_of(ref_record.metrics)
+    classes = _classes_of(ref_record.metrics)
     cands.classes = classes
     per_split: dict[str, list] = {s: [] for s in splits}
     ref_split: dict[str, tuple] = {}
     for record, run_dir, _ in found:
         rid = member_id(record.model, record.seed)
-        if lb._classes_of(record.metrics) != classes:
+        if _classes_of(record.metrics) != classes:
             raise EnsembleError(
                 f"runs {member_id(ref_record.model, ref_record.seed)} and {rid} have different classes "
-                f"({classes} vs {lb._classes_of(record.metrics)}); members of one ensemble must share the "
+                f"({classes} vs {_classes_of(record.metrics)}); members of one ensemble must share the "
                 f"class order. Ensemble runs of one experiment only.")
         for split in splits:
             paths, labels, probs = _read_predictions(run_dir.predictions(split), classes, rid)
@@ -693,16 +717,15 @@ def run_ensemble(exp_dir, *, method: str = "majority", k: int = 4, top_n: int | 
 
     metric_sets = {s: classification_metrics(cands.splits[s].labels, combined[s].pred, classes) for s in SPLITS}
     member_rows = []
-    rank_of = {c: r + 1 for r, c in enumerate(range(len(cands)))}  # candidates are in leaderboard order
     total_w = float(np.sum(est.weights_))
     for idx, w in zip(est.member_indices_, est.weights_):
         run_dir = cands.run_dirs[idx]
         m = cands.metrics[idx]
         member_rows.append({
-            "rank": rank_of[idx], "member": cands.ids[idx], "model": cands.models[idx], "seed": cands.seeds[idx],
+            "rank": int(idx) + 1, "member": cands.ids[idx], "model": cands.models[idx], "seed": cands.seeds[idx],
             "val_acc": round(float(est.candidate_val_acc_[idx]), lb.DECIMALS),
             "test_acc": round(float((m.get("test") or {}).get("accuracy", math.nan)), lb.DECIMALS),
-            "weight": round(float(w) / total_w, lb.DECIMALS), "count": float(w),
+            "weight": round(float(w) / total_w, lb.DECIMALS), "count": int(round(w)),
             "run_dir": run_dir.root.relative_to(exp_dir).as_posix(),
             "checkpoint": run_dir.best_ckpt.relative_to(exp_dir).as_posix(),
         })
@@ -772,7 +795,7 @@ def leaderboard_row(name: str, metrics: dict, member_ids: Sequence[str], columns
                 "val_acc": round(metrics["val"]["accuracy"], lb.DECIMALS),
                 "test_acc": round(test["accuracy"], lb.DECIMALS)})
     for cls, scores in test["per_class"].items():
-        row[lb._class_column(cls)] = round(scores["accuracy"], lb.DECIMALS)
+        row[lb.class_column(cls)] = round(scores["accuracy"], lb.DECIMALS)
     for key in lb.MACRO_KEYS:
         row[f"test_{key}"] = round(test["macro"][key], lb.DECIMALS)
     for key in ("params_m", "gflops"):
@@ -801,7 +824,6 @@ def append_leaderboard_row(exp_dir, name: str, metrics: dict, member_ids: Sequen
         board = board.reindex(columns=[*board.columns, *extra])
         parts = [p.astype(object) for p in (board, new.reindex(columns=board.columns)) if len(p)]
         board = pd.concat(parts, ignore_index=True)
-        board = lb._as_int_where_integral(board, lb.INT_COLUMNS)
         runs.write_csv_atomic(exp_dir / lb.LEADERBOARD_CSV, board)
     return row
 

@@ -190,7 +190,7 @@ def _union_classes(records: Sequence[RunRecord]) -> list[str]:
     return list(seen)
 
 
-def _class_column(name: str) -> str:
+def class_column(name: str) -> str:
     # A class named like a fixed column would overwrite it; such a name gets a prefix.
     return f"test_acc_{name}" if name in LEAD_COLUMNS or name in TAIL_COLUMNS else name
 
@@ -247,7 +247,7 @@ def _model_row(record: RunRecord, classes: Sequence[str], reference: dict[str, f
         "status": record.status, "val_acc": math.nan, "test_acc": math.nan,
     }
     for name in classes:
-        row[_class_column(name)] = math.nan
+        row[class_column(name)] = math.nan
     for key in MACRO_KEYS:
         row[f"test_{key}"] = math.nan
     for key in RUN_INFO_KEYS:
@@ -263,7 +263,7 @@ def _model_row(record: RunRecord, classes: Sequence[str], reference: dict[str, f
     row["val_acc"] = _num((metrics.get("val") or {}).get("accuracy"))
     row["test_acc"] = _num(test.get("accuracy"))
     for name, scores in (test.get("per_class") or {}).items():
-        row[_class_column(str(name))] = _num(scores.get("accuracy"))  # class accuracy = recall
+        row[class_column(str(name))] = _num(scores.get("accuracy"))  # class accuracy = recall
     for key in MACRO_KEYS:
         row[f"test_{key}"] = _num((test.get("macro") or {}).get(key))
     for key in RUN_INFO_KEYS:
@@ -290,7 +290,7 @@ def _rank_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _leaderboard_columns(classes: Sequence[str]) -> list[str]:
-    return [*LEAD_COLUMNS, *(_class_column(c) for c in classes), *TAIL_COLUMNS]
+    return [*LEAD_COLUMNS, *(class_column(c) for c in classes), *TAIL_COLUMNS]
 
 
 def read_ensemble_rows(exp_dir) -> pd.DataFrame | None:
@@ -369,7 +369,7 @@ def summary_frame(model_rows: pd.DataFrame, classes: Sequence[str]) -> pd.DataFr
     with the same columns. Sorted by mean val_acc, then model.
     """
     done = model_rows[model_rows["status"] == runs.STATUS_COMPLETED]
-    values = ["val_acc", "test_acc", *(f"test_{k}" for k in MACRO_KEYS), *(_class_column(c) for c in classes)]
+    values = ["val_acc", "test_acc", *(f"test_{k}" for k in MACRO_KEYS), *(class_column(c) for c in classes)]
     columns = ["model", "n_seeds", *(f"{v}_{s}" for v in values for s in ("mean", "std")),
                "paper_test_acc", "paper_diff"]
     if done.empty:

@@ -1,0 +1,159 @@
+"""bench-predict on a folder the test writes, with a checkpoint from a short real training run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from bench import ensemble as ens
+from bench import predict
+from bench import runs
+from bench.models import create_model
+from bench.train import train
+
+from .conftest import SMOKE_OVERRIDES, compose_cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache_dir):
+    """One tiny training run (1 epoch, 2 batches): its run folder and experiment folder."""
+    results = tmp_path_factory.mktemp("results")
+    cfg = compose_cfg(*SMOKE_OVERRIDES, "trainer.epochs=1", "trainer.max_batches=2", "experiment_name=pred",
+                      f"paths.results_dir={results}", f"paths.cache_dir={cache_dir}")
+    out = train(cfg)
+    assert out["status"] == "completed", out
+    run_dir = runs.RunDir(Path(out["run_dir"]))
+    return run_dir, run_dir.root.parents[2]
+
+
+@pytest.fixture
+def images(tmp_path, trained):
+    """A folder with 5 real cell images (one nested), a broken PNG, a text file and a hidden file."""
+    run_dir, _ = trained
+    data_root = Path(runs.read_json(run_dir.metrics)["data_root"])
+    sources = sorted(data_root.rglob("*.png"))[::37][:5]
+    folder = tmp_path / "new_cells"
+    (folder / "slide2").mkdir(parents=True)
+    for i, src in enumerate(sources):
+        dest = folder / ("slide2" if i == 0 else "") / f"cell{i}.png"
+        shutil.copy(src, dest)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (folder / "notes.txt").write_text("not an image")
+    Image.new("RGB", (8, 8)).save(folder / ".hidden.png")
+    return folder
+
+
+def _classes(run_dir) -> list[str]:
+    return torch.load(run_dir.best_ckpt, map_location="cpu", weights_only=True)["class_names"]
+
+
+def test_single_checkpoint(trained, images, tmp_path, capsys):
+    run_dir, _ = trained
+    out = tmp_path / "out"
+    assert predict.main([str(images), "--checkpoint", str(run_dir.best_ckpt), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "5 image(s) classified" in printed and "broken.png" in printed
+    classes = _classes(run_dir)
+    preds = pd.read_csv(out / "predictions.csv")
+    assert list(preds.columns) == ["path", "predicted", "confidence", *(f"prob_{c}" for c in classes)]
+    assert sorted(preds["path"]) == sorted(["slide2/cell0.png", *(f"cell{i}.png" for i in range(1, 5))])
+    assert set(preds["predicted"]) <= set(classes)
+    probs = preds[[f"prob_{c}" for c in classes]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(preds["confidence"], probs.max(axis=1), atol=1e-6)
+    counts = pd.read_csv(out / "counts.csv")
+    assert counts["class"].tolist() == classes
+    assert counts["count"].sum() == 5 and counts["percent"].sum() == pytest.approx(100.0, abs=0.05)
+    assert counts.set_index("class")["count"].to_dict() == {c: int((preds["predicted"] == c).sum()) for c in classes}
+    unreadable = pd.read_csv(out / "unreadable.csv")
+    assert unreadable["path"].tolist() == ["broken.png", "notes.txt"]  # the hidden file is ignored
+    assert runs.read_json(out / "summary.json")["classes"] == classes
+
+
+def test_reproduces_the_runs_own_test_predictions(trained, tmp_path):
+    """Same eval transform as training: the run's recorded probabilities come back."""
+    run_dir, _ = trained
+    data_root = Path(runs.read_json(run_dir.metrics)["data_root"])
+    out = tmp_path / "out"
+    assert predict.main([str(data_root), "-c", str(run_dir.best_ckpt), "--out", str(out), "--batch-size", "50",
+                         "--device", "cpu"]) == 0  # CPU like the run: no TF32 differences
+    recorded = pd.read_csv(run_dir.predictions("test")).set_index("path")
+    ours = pd.read_csv(out / "predictions.csv").set_index("path").loc[recorded.index]
+    prob_cols = [c for c in recorded.columns if c.startswith("prob_")]
+    np.testing.assert_allclose(ours[prob_cols].to_numpy(), recorded[prob_cols].to_numpy(), atol=1e-4)
+    assert (ours["predicted"] == recorded["predicted"]).all()
+
+
+def test_two_checkpoints_majority_vote(trained, images, tmp_path):
+    run_dir, _ = trained
+    single, double = tmp_path / "one", tmp_path / "two"
+    ckpt = str(run_dir.best_ckpt)
+    assert predict.main([str(images), "-c", ckpt, "--out", str(single)]) == 0
+    assert predict.main([str(images), "-c", ckpt, "-c", ckpt, "--out", str(double)]) == 0
+    one, two = pd.read_csv(single / "predictions.csv"), pd.read_csv(double / "predictions.csv")
+    classes = _classes(run_dir)
+    assert [c for c in two.columns if c.startswith("votes_")] == [f"votes_{c}" for c in classes]
+    assert (two[[f"votes_{c}" for c in classes]].sum(axis=1) == 2).all()
+    assert (two["confidence"] == 1.0).all()  # vote share of identical members
+    assert (two["predicted"] == one["predicted"]).all()
+    assert predict.main([str(images), "-c", ckpt, "-c", ckpt, "--method", "soft", "--out", str(tmp_path / "s")]) == 0
+    soft = pd.read_csv(tmp_path / "s" / "predictions.csv")
+    np.testing.assert_allclose(soft["confidence"], one["confidence"], atol=1e-6)
+
+
+def test_ensemble_folder(trained, images, tmp_path):
+    run_dir, exp_dir = trained
+    assert ens.main([str(exp_dir), "k=1", "method=majority"]) == 0
+    out = tmp_path / "out"
+    assert predict.main([str(images), "--ensemble", str(exp_dir / "ensembles" / "majority-k1"),
+                         "--out", str(out)]) == 0
+    summary = runs.read_json(out / "summary.json")
+    assert summary["method"] == "majority"
+    assert summary["checkpoints"] == [str(run_dir.best_ckpt)]
+    assert pd.read_csv(out / "counts.csv")["count"].sum() == 5
+
+
+def test_class_mismatch_names_both_checkpoints(trained, images, tmp_path, capsys):
+    run_dir, _ = trained
+    ckpt = torch.load(run_dir.best_ckpt, map_location="cpu", weights_only=True)
+    ckpt["class_names"] = list(reversed(ckpt["class_names"]))
+    other = tmp_path / "reordered.pt"
+    torch.save(ckpt, other)
+    code = predict.main([str(images), "-c", str(run_dir.best_ckpt), "-c", str(other), "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(run_dir.best_ckpt) in err and str(other) in err and "different class names" in err
+
+
+def test_bad_input_exits_2(trained, images, tmp_path, capsys):
+    run_dir, _ = trained
+    ckpt = str(run_dir.best_ckpt)
+    assert predict.main([str(tmp_path / "missing"), "-c", ckpt, "--out", str(tmp_path / "o")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert predict.main([str(images), "--out", str(tmp_path / "o")]) == 2
+    assert "no model given" in capsys.readouterr().err
+    assert predict.main([str(images), "-c", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert predict.main([str(images), "-c", str(run_dir.last_ckpt), "--out", str(tmp_path / "o")]) == 2
+    assert "not a bench-train best.pt" in capsys.readouterr().err
+    assert predict.main([str(images), "--ensemble", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "members.csv" in capsys.readouterr().err
+
+
+def test_transform_input_follows_pretrained(tmp_path):
+    """googlenet/inception_v3 fine-tuned from ImageNet weights expect transform_input=True."""
+    model = create_model("googlenet", num_classes=3, pretrained=False)
+    ckpt = {"model": model.state_dict(), "model_name": "googlenet", "class_names": ["a", "b", "c"],
+            "input_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3, "pretrained": True}
+    torch.save(ckpt, tmp_path / "pretrained.pt")
+    del ckpt["pretrained"]  # older checkpoints: treated as trained from scratch
+    torch.save(ckpt, tmp_path / "old.pt")
+    loaded = predict.load_checkpoint(tmp_path / "pretrained.pt")
+    assert loaded.model.transform_input is True and not loaded.model.training
+    assert predict.load_checkpoint(tmp_path / "old.pt").model.transform_input is False
