@@ -8,11 +8,13 @@ all of them up front would slow every start).
 
 from __future__ import annotations
 
+import difflib
 import re
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
-from bench.config import ModelConfig
+from bench.config import BenchConfig, ModelConfig
 from bench.models import UnknownModelError, get_model_spec
 
 _MODEL_ARG = re.compile(r"^(?:\+\+|\+)?model(?:\.name)?=(?P<value>.+)$")
@@ -48,3 +50,29 @@ def register_requested_timm_models(args: list[str]) -> None:
     for name in requested_models(args):
         if name.startswith("timm/"):
             cs.store(group="model", name=name, node=ModelConfig(name=name))
+
+
+_KEY_ARG = re.compile(r"^(?P<key>[A-Za-z_][\w.]*)=")
+FREE_FORM = ("optim", "sched", "hydra")  # keys belong to torch / Hydra, not to our schema
+
+
+def unknown_key_hint(args: list[str]) -> str | None:
+    """For an override of a key our schema does not have, name it and the closest valid keys."""
+    schema = OmegaConf.structured(BenchConfig)
+    for arg in args:
+        m = _KEY_ARG.match(arg)
+        if not m or m.group("key").split(".")[0] in FREE_FORM:
+            continue
+        node, path = schema, []
+        for part in m.group("key").split("."):
+            if not isinstance(node, DictConfig):
+                break
+            if part not in node:
+                valid = sorted(str(k) for k in node.keys())
+                close = difflib.get_close_matches(part, valid, n=3)
+                where = ".".join(path) or "the top level"
+                hint = f" Did you mean {', '.join('.'.join([*path, c]) for c in close)}?" if close else ""
+                return (f"unknown key {m.group('key')!r}: {where} has no {part!r}.{hint} "
+                        f"Valid keys there: {', '.join(valid)}.")
+            node, path = node[part], [*path, part]
+    return None

@@ -424,7 +424,7 @@ def cli(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from bench.cli_checks import check_model_overrides, register_requested_timm_models
+    from bench.cli_checks import check_model_overrides, register_requested_timm_models, unknown_key_hint
     from bench.config import register_configs
     from bench.preflight import plan_runs, preflight
 
@@ -439,7 +439,8 @@ def cli(argv: list[str] | None = None) -> int:
         try:
             plan = plan_runs(args)
         except (HydraException, OmegaConfBaseException) as exc:
-            print(f"bench-train: the configuration does not compose: {exc}", file=sys.stderr)
+            hint = unknown_key_hint(args)
+            print(f"bench-train: the configuration does not compose: {hint or exc}", file=sys.stderr)
             return 2
         report = preflight(plan)
         print(f"preflight for {plan.n_runs} run(s) ({', '.join(plan.models[:6])}"

@@ -190,3 +190,9 @@ def test_bloodmnist_trains_on_its_official_splits(tmp_path, cache_dir):
     metrics = runs.read_json(results / "default" / "runs" / "simple_cnn" / "seed0" / "metrics.json")
     assert metrics["test"]["n"] == 16 and metrics["val"]["n"] == 16 and metrics["input_size"] == 32
     assert metrics["classes"][3] == "ig"
+
+
+def test_a_typo_on_the_command_line_names_the_closest_key(capsys):
+    assert cli(["trainer.epocs=3"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.epochs" in err and "epocs" in err
