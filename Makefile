@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml
 
 # The main job on the embedded synthetic dataset: a 4-model sweep at 64 px on the CPU,
 # the leaderboard (results/quickstart/leaderboard.csv), then a majority vote of the top 3
-# models chosen on validation data (results/quickstart/ensembles/majority-k3/).
+# models chosen on validation data (results/quickstart/ensembles/majority-k3/), and the
+# report with figures and statistics (results/quickstart/report/report.md).
 demo: setup
 	$(BIN)/bench-train -m experiment=quickstart
 	$(BIN)/bench-ensemble results/quickstart k=3 method=majority
+	$(BIN)/bench-report results/quickstart
 
 test: setup
 	$(BIN)/python -m pytest
