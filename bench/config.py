@@ -14,7 +14,7 @@ single list of models and ``model=resnet34`` can never drift from it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -50,6 +50,16 @@ class DataConfig:
     bloodmnist_size: int = 64
     download: bool = False
     decode_workers: int = 0  # processes decoding images into the store; 0 = one per CPU core
+    # --- Cross-validation splits (bench/protocols/cv.py sets these per fold; see split.py).
+    # holdout: the one split above (manifest.csv). kfold: stratified fold ``fold`` of ``n_folds`` is
+    # the test set, validation is carved from the other folds in the train:val ratio of
+    # split_fractions. montecarlo: split_fractions drawn afresh for repetition ``fold``.
+    split_mode: str = "holdout"  # holdout | kfold | montecarlo
+    n_folds: Optional[int] = None  # kfold: number of folds
+    fold: Optional[int] = None  # kfold: the test fold; montecarlo: the repetition (0-based)
+    # --- Class selection, applied after the split (two-level classifier, transfer to subsets).
+    classes: Optional[List[str]] = None  # keep only these classes; the others are excluded (counted)
+    class_map: Optional[Dict[str, str]] = None  # rename classes, e.g. to group labels (merges classes)
 
 
 @dataclass
@@ -57,6 +67,14 @@ class ModelConfig:
     name: str = "resnet18"
     pretrained: bool = True  # ImageNet weights, as in the published protocol
     weights: Optional[str] = None  # a local checkpoint or state dict to start from
+    # Head and freezing (bench.models.heads): hidden widths of an MLP head replacing the
+    # family's head ([] = the family's own head, as built by the registry), dropout after
+    # each hidden layer, freeze everything but the head, or train only the last N blocks
+    # (per-family definition of a block in bench/models/heads.py; null = all trainable).
+    head_hidden: List[int] = field(default_factory=list)
+    head_dropout: float = 0.0
+    freeze_backbone: bool = False
+    trainable_blocks: Optional[int] = None
 
 
 @dataclass
@@ -82,6 +100,46 @@ class PathsConfig:
     cache_dir: str = "${oc.env:BENCH_CACHE_DIR,.cache/bench}"
 
 
+def _paper_groups() -> Dict[str, List[str]]:
+    # Cheuque et al. 2022 (Diagnostics 12:248): mononuclear vs polymorphonuclear cells.
+    return {"mononuclear": ["lymphocyte", "monocyte"], "polymorphonuclear": ["neutrophil", "eosinophil"]}
+
+
+@dataclass
+class CvConfig:
+    """Cross-validation, run by ``bench-cv`` (bench/protocols/cv.py); ``bench-train`` ignores it."""
+
+    folds: Optional[int] = None  # stratified k-fold with this many folds
+    repeats: Optional[int] = None  # Monte Carlo: this many stratified train/test splits
+    test_fraction: float = 0.3  # Monte Carlo test share; the rest is train + val as in split_fractions
+    fold: Optional[int] = None  # run only this fold / repetition (e.g. one per job); null = all
+
+
+@dataclass
+class TwoLevelConfig:
+    """Two-level classifier (bench/protocols/two_level.py): level 1 tells the groups apart,
+    level 2 has one classifier per group for its classes. Classes outside every group are excluded."""
+
+    enabled: bool = False
+    groups: Dict[str, List[str]] = field(default_factory=_paper_groups)
+
+
+@dataclass
+class SvmConfig:
+    """SVMs on frozen-CNN features (``bench-svm``, bench/protocols/svm_features.py)."""
+
+    feature_models: List[str] = field(default_factory=lambda: ["vgg16", "inception_v3"])
+    kernels: List[str] = field(default_factory=lambda: ["rbf", "cubic"])  # rbf | linear | cubic | poly<d>
+    cv_folds: int = 5  # stratified k-fold on the training split selects C (and gamma)
+    c_grid: List[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0])
+    gamma_grid: List[Any] = field(default_factory=lambda: ["scale"])  # "scale", "auto" or numbers
+    coef0: float = 1.0  # polynomial kernels: (gamma <x, y> + coef0)^degree
+    standardize: bool = True  # z-score features (fitted inside each CV fold)
+    probability: bool = False  # Platt-scaled probabilities; false: softmax of the decision function
+    balance_to: Optional[int] = None  # augment minority classes up to N training images (paper: 4096)
+    n_jobs: int = 1  # parallel CV fits
+
+
 @dataclass
 class BenchConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -90,8 +148,11 @@ class BenchConfig:
     sched: Any = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    svm: SvmConfig = field(default_factory=SvmConfig)
     experiment_name: str = "default"
     seed: int = 0
+    cv: CvConfig = field(default_factory=CvConfig)
+    two_level: TwoLevelConfig = field(default_factory=TwoLevelConfig)
 
 
 def register_configs() -> None:

@@ -75,6 +75,7 @@ class LoadedCheckpoint:
 def load_checkpoint(path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
     """Rebuild the network of a ``best.pt`` (weights_only load) in eval mode on ``device``."""
     from bench.models import create_model
+    from bench.models.heads import match_state_dict
 
     path = Path(path)
     if not path.is_file():
@@ -97,6 +98,7 @@ def load_checkpoint(path, device: torch.device | str = "cpu") -> LoadedCheckpoin
             # torchvision sets transform_input=True only when it builds these with ImageNet
             # weights; the fine-tuned weights expect it.
             model.transform_input = True
+        match_state_dict(model, name, ckpt["model"])  # an MLP head / no aux head, as trained
         model.load_state_dict(ckpt["model"])
     except Exception as exc:
         raise PredictError(f"could not rebuild {name} from {path} ({type(exc).__name__}: {exc}).") from exc

@@ -38,7 +38,10 @@ log = logging.getLogger("bench.train")
 
 # Config keys that do not change results: excluded from the run's identity hash, so
 # e.g. turning progress bars off does not retrain a finished model.
-NON_RESULT_KEYS = {"paths": None, "trainer": ("progress", "num_threads"), "data": ("decode_workers",)}
+# cv / two_level / svm drive other commands (bench-cv, bench-svm); a training run's own data
+# selection is in data.* (fold, classes, class_map), which stays in the hash.
+NON_RESULT_KEYS = {"paths": None, "trainer": ("progress", "num_threads"), "data": ("decode_workers",),
+                   "cv": None, "two_level": None, "svm": None}
 
 _RESULTS: list[dict] = []  # what this process's runs returned (read by cli at the end)
 
@@ -225,12 +228,15 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
     model = create_model(
         cfg.model.name, num_classes=bundle.num_classes, pretrained=cfg.model.pretrained, weights=cfg.model.weights
     )
+    from bench.models.heads import configure_model  # MLP head, frozen backbone / blocks
+
+    model = configure_model(model, cfg.model, num_classes=bundle.num_classes)
     params_m = count_params(model)
     gflops = count_gflops(model, image_size)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = instantiate(cfg.optim)(params=model.parameters())
+    optimizer = instantiate(cfg.optim)(params=[p for p in model.parameters() if p.requires_grad])
     scheduler = instantiate(cfg.sched)(optimizer=optimizer)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
     train_model = torch.compile(model) if tcfg.compile else model
@@ -307,6 +313,7 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
         "val": classification_metrics(results["val"]["labels"], results["val"]["preds"], bundle.class_names),
         "test": classification_metrics(results["test"]["labels"], results["test"]["preds"], bundle.class_names),
         "params_m": params_m, "gflops": gflops, "input_size": image_size,
+        "trainable_params_m": count_params(model, trainable_only=True),
         "train_time_s": sum(h["seconds"] for h in history),
         "train_img_s": _mean([h["train_img_s"] for h in history]),
         "eval_img_s": results["test"]["img_s"],
@@ -441,6 +448,11 @@ def cli(argv: list[str] | None = None) -> int:
         except (HydraException, OmegaConfBaseException) as exc:
             hint = unknown_key_hint(args)
             print(f"bench-train: the configuration does not compose: {hint or exc}", file=sys.stderr)
+            return 2
+        if plan.cfg.cv.folds or plan.cfg.cv.repeats or plan.cfg.two_level.enabled:
+            print(f"bench-train: experiment_name={plan.cfg.experiment_name} is a cross-validation protocol "
+                  "(cv.folds, cv.repeats or two_level.enabled is set), which bench-train would silently run as "
+                  "one ordinary split. Run it with `bench-cv` and the same arguments.", file=sys.stderr)
             return 2
         report = preflight(plan)
         print(f"preflight for {plan.n_runs} run(s) ({', '.join(plan.models[:6])}"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bench import runs
-from bench.models import list_models, register_model
+from bench.models import register_model
 from bench.preflight import plan_runs, preflight
 from bench.train import cli, train
 
@@ -36,13 +36,19 @@ class _Exploding(torch.nn.Module):
         raise RuntimeError("exploding_net always fails")
 
 
-if "exploding_net" not in list_models():
+@pytest.fixture
+def exploding_net(monkeypatch):
+    """Register a failing model for one test only (the registry is restored afterwards)."""
+    from bench.models import _registry
+
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
     register_model("exploding_net", input_size=32, min_input_size=8, family="test", source="custom")(
         lambda num_classes, pretrained=False: _Exploding(num_classes)
     )
+    return "exploding_net"
 
 
-def test_sweep_isolates_a_failing_model_and_exits_nonzero(tmp_path, cache_dir, capsys):
+def test_sweep_isolates_a_failing_model_and_exits_nonzero(tmp_path, cache_dir, capsys, exploding_net):
     args = _cli_args(tmp_path, cache_dir, "-m", "model=simple_cnn,exploding_net,squeezenet1_1",
                      "trainer.epochs=1", "trainer.max_batches=2")
     assert cli(args) == 1

@@ -196,3 +196,8 @@ def test_a_typo_on_the_command_line_names_the_closest_key(capsys):
     assert cli(["trainer.epocs=3"]) == 2
     err = capsys.readouterr().err
     assert "trainer.epochs" in err and "epocs" in err
+
+
+def test_bench_train_refuses_a_cross_validation_protocol(capsys):
+    assert cli(["experiment=cheuque2022_two_level", "data.root=/data"]) == 2
+    assert "bench-cv" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.imagefolder import DataError, scan_imagefolder
-from bench.data.split import SPLITS, conflicting_duplicates, file_sha1, load_or_create_manifest
+from bench.data.split import SPLITS, conflicting_duplicates, file_sha1, load_or_create_manifest, manifest_filename
 from bench.data.store import SplitData, load_or_decode, to_split
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,24 @@ class DataBundle:
 
 def build_data(data_cfg, *, image_size: int, exp_dir: Path, cache_dir: str | None) -> DataBundle:
     """Load the dataset named by ``data_cfg.kind`` at ``image_size`` pixels."""
+    # Class selection (data.classes / data.class_map) happens after the split, so every
+    # subset of the classes sees the same images in the same splits (two-level classifier).
+    bundle = _build(data_cfg, image_size=image_size, exp_dir=exp_dir, cache_dir=cache_dir)
+    return select_classes(bundle, _opt(data_cfg, "classes"), _opt(data_cfg, "class_map"))
+
+
+def _opt(data_cfg, key: str, default=None):
+    """A data key added after the first release (old config.yaml files lack it)."""
+    value = getattr(data_cfg, key, default)
+    return default if value is None else value
+
+
+def _build(data_cfg, *, image_size: int, exp_dir: Path, cache_dir: str | None) -> DataBundle:
     kind = data_cfg.kind
     if kind == "bloodmnist":
+        if _opt(data_cfg, "split_mode", "holdout") != "holdout":
+            raise DataError("data=bloodmnist has official splits; cross-validation (data.split_mode="
+                            f"{data_cfg.split_mode}) needs data=imagefolder (or synthetic).")
         return _bloodmnist(data_cfg, image_size)
     if kind == "synthetic":
         from bench.data.synthetic import synthetic_root
@@ -84,8 +100,12 @@ def _imagefolder(root: Path, data_cfg, image_size: int, exp_dir: Path, cache_dir
                                      "kept out of validation and test"})],
             ignore_index=True,
         )
+    # Holdout: manifest.csv as always. Cross-validation: one manifest file per fold / repetition.
+    split_options = dict(split_mode=_opt(data_cfg, "split_mode", "holdout"), n_folds=_opt(data_cfg, "n_folds"),
+                         fold=_opt(data_cfg, "fold"))
     manifest = load_or_create_manifest(
-        Path(exp_dir) / "manifest.csv", table, seed=data_cfg.split_seed, fractions=data_cfg.split_fractions
+        Path(exp_dir) / manifest_filename(**split_options, fractions=list(data_cfg.split_fractions)), table,
+        seed=data_cfg.split_seed, fractions=data_cfg.split_fractions, **split_options,
     )
     row_of = {p: i for i, p in enumerate(r.path for r in records)}
     class_index = {c: i for i, c in enumerate(class_names)}
@@ -119,3 +139,44 @@ def _bloodmnist(data_cfg, image_size: int) -> DataBundle:
             data.images = resized.round().clamp(0, 255).to(torch.uint8)
         splits[split] = data
     return DataBundle(list(BLOODMNIST_CLASSES), splits, str(data_cfg.root))
+
+
+def select_classes(bundle: DataBundle, classes=None, class_map=None) -> DataBundle:
+    """Keep only ``classes`` (None: all) and rename them by ``class_map`` (classes mapped to the
+    same name become one class). Images of the other classes are added to ``excluded`` with
+    the reason, so runs report how many were left out. New class order: the dataset's order
+    of each new class's first member."""
+    if not classes and not class_map:
+        return bundle
+    import torch
+
+    names = list(bundle.class_names)
+    keep = list(classes) if classes else names
+    mapping = dict(class_map or {})
+    unknown = sorted({c for c in [*keep, *mapping] if c not in names})
+    if unknown:
+        raise DataError(f"data.classes / data.class_map name class(es) {unknown} that the dataset does not have; "
+                        f"its classes are {names}.")
+    keep_set = set(keep)
+    new_of = {c: str(mapping.get(c, c)) for c in names if c in keep_set}
+    new_names = list(dict.fromkeys(new_of.values()))
+    if len(new_names) < 2:
+        raise DataError(f"data.classes / data.class_map leave {len(new_names)} class(es) ({new_names}); "
+                        "a classifier needs at least 2.")
+    lookup = torch.full((len(names),), -1, dtype=torch.long)
+    for c, new in new_of.items():
+        lookup[names.index(c)] = new_names.index(new)
+    splits, dropped = {}, []
+    for split, data in bundle.splits.items():
+        new_labels = lookup[data.labels.cpu()]
+        mask = new_labels >= 0
+        idx = torch.nonzero(mask).flatten()
+        splits[split] = SplitData(data.images[idx.to(data.images.device)], new_labels[idx].to(data.labels.device),
+                                  [data.paths[i] for i in idx.tolist()])
+        dropped += [(data.paths[i], f"class {names[int(data.labels[i])]!r} is not in data.classes")
+                    for i in torch.nonzero(~mask).flatten().tolist()]
+    parts = [f for f in (bundle.excluded, pd.DataFrame(dropped, columns=["path", "reason"])) if len(f)]
+    excluded = pd.concat(parts, ignore_index=True) if parts else bundle.excluded
+    log.info("class selection: %d classes %s, %d image(s) of other classes excluded", len(new_names), new_names,
+             len(dropped))
+    return DataBundle(new_names, splits, bundle.root, excluded)

@@ -47,12 +47,16 @@ def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
     return n - n_val - n_test, n_val, n_test
 
 
-def stratified_split(table: pd.DataFrame, *, seed: int, fractions: Sequence[float]) -> pd.Series:
+def stratified_split(
+    table: pd.DataFrame, *, seed: int, fractions: Sequence[float], stream: Sequence[int] = ()
+) -> pd.Series:
     """Assign each row of ``table`` (columns path, sha1, label) to train/val/test.
 
     Rows are grouped by content hash; each class's groups are shuffled with a
     generator seeded by ``seed`` and the class name, then cut by ``fractions``.
-    Returns a Series of split names aligned with ``table``.
+    Returns a Series of split names aligned with ``table``. ``stream`` (Monte Carlo
+    cross-validation: the repetition) is appended to the generator seed; empty for the
+    holdout split, whose generator is unchanged.
     """
     if len(fractions) != 3 or min(fractions) <= 0:
         raise DataError(
@@ -73,7 +77,7 @@ def stratified_split(table: pd.DataFrame, *, seed: int, fractions: Sequence[floa
             too_small.append(f"{label!r} ({n} distinct images)")
             continue
         # Seed with the class name too, so adding a class does not reshuffle the others.
-        rng = np.random.default_rng([seed, int(hashlib.sha1(label.encode()).hexdigest()[:8], 16)])
+        rng = np.random.default_rng([seed, _label_key(label), *stream])
         # Sorted by hash first: the split must not depend on the order files were listed in.
         hashes = np.sort(class_groups["sha1"].to_numpy())[rng.permutation(n)]
         assign = dict.fromkeys(hashes[n_train : n_train + n_val], "val")
@@ -89,9 +93,99 @@ def stratified_split(table: pd.DataFrame, *, seed: int, fractions: Sequence[floa
     return split
 
 
-def make_manifest(table: pd.DataFrame, *, seed: int, fractions: Sequence[float]) -> pd.DataFrame:
+def _label_key(label: str) -> int:
+    return int(hashlib.sha1(label.encode()).hexdigest()[:8], 16)
+
+
+# --------------------------------------------------------------------------- cross-validation
+# Added for bench/protocols/cv.py. data.split_mode picks the split; "holdout" (the default)
+# is the function above with its generator unchanged, written to manifest.csv as before.
+SPLIT_MODES = ("holdout", "kfold", "montecarlo")
+
+
+def kfold_assignment(table: pd.DataFrame, *, seed: int, n_folds: int) -> pd.Series:
+    """Stratified fold index (0..n_folds-1) of each row; -1 for rows that stay in train.
+
+    Like the holdout split, rows are grouped by content hash (copies share a fold) and
+    identical bytes under different labels never reach a test fold (-1). Each class's
+    groups, sorted by hash, are shuffled by a generator seeded with ``seed``, the class
+    name and ``n_folds`` (never the fold), then dealt to the folds in turn, starting
+    where the previous class stopped so that folds differ in size by at most one. So
+    the folds are disjoint, cover every image, and do not depend on which fold is asked for.
+    """
+    if n_folds is None or int(n_folds) != n_folds or n_folds < 2:
+        raise DataError(f"data.n_folds={n_folds!r}: k-fold cross-validation needs an integer of at least 2.")
+    labels_per_hash = table.groupby("sha1")["label"].nunique()
+    conflicting = set(labels_per_hash.index[labels_per_hash > 1])
+    n_folds = int(n_folds)
+    fold_of_hash: dict[str, int] = {}
+    start, too_small = 0, []
+    clean = table[~table["sha1"].isin(conflicting)]
+    for label, class_groups in clean.drop_duplicates("sha1").groupby("label", sort=True):
+        n = len(class_groups)
+        if n < max(n_folds, 3):
+            too_small.append(f"{label!r} ({n} distinct images)")
+            continue
+        rng = np.random.default_rng([seed, _label_key(label), n_folds])
+        hashes = np.sort(class_groups["sha1"].to_numpy())[rng.permutation(n)]
+        fold_of_hash.update(zip(hashes, (start + np.arange(n)) % n_folds))
+        start = (start + n) % n_folds
+    if too_small:
+        raise DataError(
+            f"class(es) too small for {n_folds}-fold cross-validation: {', '.join(too_small)}. Each class "
+            f"needs at least max(n_folds, 3) distinct images; use fewer folds or remove the folder."
+        )
+    return table["sha1"].map(fold_of_hash).fillna(-1).astype(int)
+
+
+def kfold_split(
+    table: pd.DataFrame, *, seed: int, n_folds: int, fold: int, fractions: Sequence[float]
+) -> pd.Series:
+    """Fold ``fold`` is the test set; validation is carved per class from the other folds
+    in the train:val ratio of ``fractions`` (at least one group each), the rest is train."""
+    if fold is None or not 0 <= fold < n_folds:
+        raise DataError(f"data.fold={fold!r} must be in 0..{n_folds - 1} for data.n_folds={n_folds}.")
+    f_train, f_val = fractions[0], fractions[1]
+    folds = kfold_assignment(table, seed=seed, n_folds=n_folds)
+    split = pd.Series("train", index=table.index, dtype=object)
+    split[folds == fold] = "test"
+    rest = table[(folds >= 0) & (folds != fold)].drop_duplicates("sha1")
+    for label, class_groups in rest.groupby("label", sort=True):
+        n = len(class_groups)
+        n_val = min(n - 1, max(1, int(round(n * f_val / (f_train + f_val)))))
+        rng = np.random.default_rng([seed, _label_key(label), n_folds, fold])
+        val_hashes = np.sort(class_groups["sha1"].to_numpy())[rng.permutation(n)][:n_val]
+        split[table["sha1"].isin(set(val_hashes)) & (folds >= 0)] = "val"
+    return split
+
+
+def manifest_filename(split_mode: str = "holdout", *, n_folds=None, fold=None, fractions=None) -> str:
+    """``manifest.csv`` for the holdout split; one file per fold / repetition otherwise."""
+    if split_mode == "holdout":
+        return "manifest.csv"
+    if split_mode == "kfold":
+        return f"manifest-kfold{n_folds}-fold{int(fold):02d}.csv"
+    if split_mode == "montecarlo":
+        test = 100 * fractions[2] / sum(fractions)
+        return f"manifest-mc{test:g}-rep{int(fold):02d}.csv"
+    raise DataError(f"data.split_mode={split_mode!r} is not one of {', '.join(SPLIT_MODES)}.")
+
+
+def make_manifest(
+    table: pd.DataFrame, *, seed: int, fractions: Sequence[float], split_mode: str = "holdout",
+    n_folds: int | None = None, fold: int | None = None,
+) -> pd.DataFrame:
     manifest = table[["path", "sha1", "label"]].copy()
-    manifest["split"] = stratified_split(manifest, seed=seed, fractions=fractions)
+    if split_mode == "kfold":
+        manifest["split"] = kfold_split(manifest, seed=seed, n_folds=n_folds, fold=fold, fractions=fractions)
+    elif split_mode == "montecarlo":
+        if fold is None or fold < 0:
+            raise DataError(f"data.fold={fold!r}: Monte Carlo splits need the repetition index (0, 1, ...).")
+        manifest["split"] = stratified_split(manifest, seed=seed, fractions=fractions, stream=(fold,))
+    elif split_mode == "holdout":
+        manifest["split"] = stratified_split(manifest, seed=seed, fractions=fractions)
+    else:
+        raise DataError(f"data.split_mode={split_mode!r} is not one of {', '.join(SPLIT_MODES)}.")
     return manifest.sort_values("path").reset_index(drop=True)[MANIFEST_COLUMNS]
 
 
@@ -102,7 +196,7 @@ def conflicting_duplicates(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_or_create_manifest(
-    path: Path, table: pd.DataFrame, *, seed: int, fractions: Sequence[float]
+    path: Path, table: pd.DataFrame, *, seed: int, fractions: Sequence[float], **split_options
 ) -> pd.DataFrame:
     """Read the experiment's manifest, or write it from ``table`` on first use.
 
@@ -116,7 +210,7 @@ def load_or_create_manifest(
             raise DataError(f"{path} is not a split manifest (columns {list(manifest.columns)}); delete it.")
         _check_same_files(path, manifest, table)
         return manifest
-    manifest = make_manifest(table, seed=seed, fractions=fractions)
+    manifest = make_manifest(table, seed=seed, fractions=fractions, **split_options)  # split_mode, n_folds, fold
     write_csv_atomic(path, manifest)
     counts = manifest.groupby("split").size().reindex(SPLITS, fill_value=0)
     log.info("wrote split manifest %s (%s)", path, ", ".join(f"{k} {v}" for k, v in counts.items()))

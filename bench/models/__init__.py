@@ -23,6 +23,7 @@ from .weights import PretrainedWeightsUnavailable, load_local_weights
 from . import torchvision_zoo as _torchvision_zoo  # noqa: E402,F401  isort: skip
 from . import timm_zoo as _timm_zoo  # noqa: E402,F401  isort: skip
 from . import custom as _custom  # noqa: E402,F401  isort: skip
+from . import wbcsnet as _wbcsnet  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "ModelSpec",

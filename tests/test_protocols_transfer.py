@@ -1,0 +1,295 @@
+"""Transfer-learning protocols: MLP heads and freezing (bench.models.heads), SVMs on cached
+CNN features (bench-svm, acevedo2019_svm), fine-tuning the last blocks (acevedo2019_finetune)
+and scratch vs frozen side by side (scratch_vs_pretrained + bench.protocols.compare).
+
+Architecture checks build the big networks on the meta device (shapes, no memory, no
+compute); the end-to-end runs use tiny synthetic data, random-weight extractors and simple_cnn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from torch import nn
+
+from bench import runs
+from bench.metrics import classification_metrics
+from bench.models import create_model
+from bench.models.heads import (
+    apply_head,
+    configure_model,
+    freeze_backbone,
+    head_path,
+    list_blocks,
+    match_state_dict,
+    set_trainable_blocks,
+)
+from bench.protocols import compare, svm_features
+from bench.train import train
+
+from .conftest import compose_cfg
+
+NUM_CLASSES = 8
+
+
+def _meta_model(name: str) -> nn.Module:
+    with torch.device("meta"):
+        return create_model(name, num_classes=NUM_CLASSES, pretrained=False)
+
+
+def _trainable_roots(model: nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+# --------------------------------------------------------------------------- configs
+def test_the_three_experiments_compose():
+    svm = compose_cfg("experiment=acevedo2019_svm", "data.root=/data")
+    assert svm.experiment_name == "acevedo2019_svm" and svm.data.kind == "imagefolder"
+    assert list(svm.svm.feature_models) == ["vgg16", "inception_v3"] and list(svm.svm.kernels) == ["rbf", "cubic"]
+    assert svm.svm.cv_folds == 5 and svm.model.pretrained is True and svm.data.image_size is None
+
+    ft = compose_cfg("experiment=acevedo2019_finetune", "data.root=/data", "model=inception_v3")
+    assert ft.experiment_name == "acevedo2019_finetune"
+    assert list(ft.model.head_hidden) == [1024] and ft.model.trainable_blocks == 2 and ft.model.pretrained
+    assert ft.optim.lr == 1e-4 and ft.trainer.epochs == 100
+
+    base = compose_cfg("experiment=scratch_vs_pretrained", "data.root=/data")
+    assert base.experiment_name == "scratch_vs_pretrained"
+    scratch = compose_cfg("experiment=scratch_vs_pretrained", "variant=scratch", "data.root=/data")
+    frozen = compose_cfg("experiment=scratch_vs_pretrained", "variant=frozen", "data.root=/data",
+                         "model.name=timm/legacy_xception")
+    assert scratch.experiment_name == "scratch_vs_pretrained/scratch"
+    assert frozen.experiment_name == "scratch_vs_pretrained/frozen"
+    assert (scratch.model.pretrained, scratch.model.freeze_backbone) == (False, False)
+    assert (frozen.model.pretrained, frozen.model.freeze_backbone) == (True, True)
+    for cfg in (scratch, frozen):
+        assert list(cfg.model.head_hidden) == [256] and cfg.model.head_dropout == 0.5
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg("variant=frozen")  # only reachable through its experiment
+
+
+def test_scratch_vs_pretrained_sweeps_both_variants_of_every_model():
+    from bench.preflight import plan_runs
+
+    plan = plan_runs(["-m", "experiment=scratch_vs_pretrained", "data.root=/data"])
+    assert plan.models == ["resnet50", "vgg16", "vgg19", "inception_v3", "timm/legacy_xception",
+                           "densenet121", "densenet169", "densenet201"]
+    assert str(plan.cfg.hydra.sweeper.params.variant) == "scratch,frozen"
+
+
+# --------------------------------------------------------------------------- heads and freezing
+@pytest.mark.parametrize("name,in_features,size", [("vgg16", 4096, 224), ("inception_v3", 2048, 299),
+                                                    ("resnet50", 2048, 224)])
+def test_mlp_head_shapes(name, in_features, size):
+    model = _meta_model(name)
+    apply_head(model, name, NUM_CLASSES, [1024], 0.5)
+    head = model.get_submodule(head_path(model, name))
+    assert [type(m) for m in head] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
+    assert (head[0].in_features, head[0].out_features) == (in_features, 1024)
+    assert (head[3].in_features, head[3].out_features) == (1024, NUM_CLASSES)
+    assert head[2].p == 0.5
+    model.train()
+    out = model(torch.empty(2, 3, size, size, device="meta"))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, NUM_CLASSES)  # inception: aux head removed
+
+
+@pytest.mark.parametrize("name", ["vgg16", "inception_v3", "resnet50"])
+def test_freeze_backbone_leaves_only_the_head_trainable(name):
+    model = _meta_model(name)
+    apply_head(model, name, NUM_CLASSES, [256], 0.5)
+    freeze_backbone(model, name)
+    path = head_path(model, name)
+    trainable = _trainable_roots(model)
+    head_params = {f"{path}.{n}" for n, _ in model.get_submodule(path).named_parameters()}
+    assert trainable == head_params and len(head_params) == 4
+    model.train()
+    pinned = [m for n, m in model.named_modules() if isinstance(m, (nn.BatchNorm2d, nn.Dropout))
+              and not n.startswith(path)]
+    assert all(not m.training for m in pinned)  # frozen BN statistics and dropout stay in eval mode
+    assert model.get_submodule(path)[2].training  # the head's own dropout trains
+
+
+def test_trainable_blocks_vgg16():
+    model = _meta_model("vgg16")
+    assert [b.name for b in list_blocks(model, "vgg16")] == [
+        "stage1", "stage2", "stage3", "stage4", "stage5", "classifier"]
+    apply_head(model, "vgg16", NUM_CLASSES, [1024], 0.0)
+    set_trainable_blocks(model, "vgg16", 2)
+    layers = {n.rsplit(".", 1)[0] for n in _trainable_roots(model)}
+    # conv stage 5 = features 24, 26, 28 (then its MaxPool 30); fc6, fc7; the MLP head.
+    assert layers == {"features.24", "features.26", "features.28", "classifier.0", "classifier.3",
+                      "classifier.6.0", "classifier.6.2"}
+    model.train()
+    assert model.classifier[2].training  # dropout of a trainable block trains
+    set_trainable_blocks(model, "vgg16", 1)
+    assert {n.rsplit(".", 1)[0] for n in _trainable_roots(model)} == {
+        "classifier.0", "classifier.3", "classifier.6.0", "classifier.6.2"}
+
+
+def test_trainable_blocks_resnet18():
+    model = _meta_model("resnet18")
+    assert [b.name for b in list_blocks(model, "resnet18")] == ["conv1", "layer1", "layer2", "layer3", "layer4"]
+    all_params = {n for n, _ in model.named_parameters()}
+    for n, expected_roots in [(0, ("fc",)), (1, ("layer4", "fc")), (2, ("layer3", "layer4", "fc"))]:
+        set_trainable_blocks(model, "resnet18", n)
+        assert _trainable_roots(model) == {p for p in all_params if p.split(".")[0] in expected_roots}
+        model.train()
+        for name, m in model.named_modules():
+            if isinstance(m, nn.BatchNorm2d):
+                assert m.training == (name.split(".")[0] in expected_roots), name
+    set_trainable_blocks(model, "resnet18", 5)
+    assert _trainable_roots(model) == all_params
+    model.train()
+    assert all(m.training for m in model.modules())
+
+
+def test_configure_model_defaults_change_nothing_and_contradictions_fail():
+    cfg = compose_cfg("model=resnet18")
+    model = _meta_model("resnet18")
+    before = [n for n, _ in model.named_parameters()]
+    configure_model(model, cfg.model, num_classes=NUM_CLASSES)
+    assert [n for n, _ in model.named_parameters()] == before
+    assert all(p.requires_grad for p in model.parameters())
+    bad = compose_cfg("model=resnet18", "model.freeze_backbone=true", "model.trainable_blocks=2")
+    with pytest.raises(ValueError, match="contradict"):
+        configure_model(model, bad.model, num_classes=NUM_CLASSES)
+
+
+def test_match_state_dict_rebuilds_an_mlp_head():
+    torch.manual_seed(0)
+    trained = create_model("resnet18", num_classes=NUM_CLASSES, pretrained=False)
+    apply_head(trained, "resnet18", NUM_CLASSES, [32, 16], 0.5)
+    fresh = create_model("resnet18", num_classes=NUM_CLASSES, pretrained=False)
+    match_state_dict(fresh, "resnet18", trained.state_dict())
+    fresh.load_state_dict(trained.state_dict())  # strict
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(fresh.eval()(x), trained.eval()(x))
+
+
+def test_feature_extractors_give_the_published_feature_sizes():
+    with torch.device("meta"):
+        vgg = svm_features.feature_extractor("vgg16", pretrained=False)
+        inception = svm_features.feature_extractor("inception_v3", pretrained=False)
+        assert vgg(torch.empty(2, 3, 224, 224)).shape == (2, 4096)  # fc7 (penultimate FC), after ReLU
+        assert inception(torch.empty(2, 3, 299, 299)).shape == (2, 2048)  # pooled
+    assert isinstance(vgg.classifier[4], nn.ReLU) and isinstance(vgg.classifier[6], nn.Identity)
+
+
+# --------------------------------------------------------------------------- the SVM protocol
+def test_svm_protocol_end_to_end_with_cached_features(make_cfg, tmp_path, monkeypatch):
+    calls = []
+    real_extract = svm_features.extract_features
+
+    def spy(*args, **kwargs):
+        calls.append(len(args[1]) if kwargs.get("index") is None else len(kwargs["index"]))
+        return real_extract(*args, **kwargs)
+
+    monkeypatch.setattr(svm_features, "extract_features", spy)
+    overrides = ["experiment=acevedo2019_svm", "data=synthetic", "svm.feature_models=[resnet18]",
+                 "svm.balance_to=24", "trainer.eval_batch_size=64"]
+    cfg = make_cfg(*overrides, "svm.c_grid=[1,10]")
+    exp_dir = tmp_path / "results" / "acevedo2019_svm"
+
+    out = svm_features.run_svm_protocol(cfg)
+    assert [(r["model"], r["status"]) for r in out] == [("resnet18+svm-rbf", "completed"),
+                                                       ("resnet18+svm-cubic", "completed")]
+    assert len(calls) == 4  # train, val, test and the augmented minority images, once each
+    feature_files = sorted((exp_dir / "features").glob("*.npz"))
+    assert [f.name for f in feature_files] == [
+        "resnet18-random-seed0-test-32.npz", "resnet18-random-seed0-train-32.npz",
+        "resnet18-random-seed0-train-balanced24-seed0-32.npz", "resnet18-random-seed0-val-32.npz"]
+    mtimes = {f: f.stat().st_mtime_ns for f in feature_files}
+
+    for kernel in ("rbf", "cubic"):
+        rd = runs.RunDir.for_run(exp_dir, f"resnet18+svm-{kernel}", 0)
+        assert rd.read_status()["status"] == "completed"
+        m = runs.read_json(rd.metrics)
+        assert m["protocol"] == "svm_features" and m["epochs"] is None and m["params_m"] is None
+        folds = m["svm"]["cv_fold_accuracy"]
+        assert len(folds) == 5 and all(0.0 <= a <= 1.0 for a in folds)
+        assert m["svm"]["cv_mean_accuracy"] == pytest.approx(np.mean(folds))
+        assert m["svm"]["selected"]["C"] in (1.0, 10.0)
+        assert set(m["svm"]["n_fit_per_class"].values()) == {24}  # every class balanced up to 24
+        cv_table = pd.read_csv(rd.root / "cv.csv")
+        assert len(cv_table) == 2 and cv_table["selected"].sum() == 1
+        classes = m["classes"]
+        assert len(classes) == 8
+        for split in ("val", "test"):
+            pred = pd.read_csv(rd.predictions(split))
+            probs = pred[[f"prob_{c}" for c in classes]].to_numpy()
+            np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+            index = {c: i for i, c in enumerate(classes)}
+            y_pred = pred["predicted"].map(index).to_numpy()
+            assert (probs.argmax(1) == y_pred).all()
+            assert classification_metrics(pred["label"].map(index).to_numpy(), y_pred, classes) == m[split]
+
+    board = pd.read_csv(exp_dir / "leaderboard.csv")
+    assert sorted(board["model"]) == ["resnet18+svm-cubic", "resnet18+svm-rbf"]
+    assert (board["status"] == "completed").all() and board["rank"].notna().all()
+    assert {"basophil", "platelet"} <= set(board.columns)  # per-class accuracy columns
+
+    # A different C grid re-fits both SVMs from the cached features: no extraction at all.
+    calls.clear()
+    out = svm_features.run_svm_protocol(make_cfg(*overrides, "svm.c_grid=[1]"))
+    assert [r["status"] for r in out] == ["completed", "completed"]
+    assert calls == []
+    assert {f: f.stat().st_mtime_ns for f in feature_files} == mtimes
+    m = runs.read_json(runs.RunDir.for_run(exp_dir, "resnet18+svm-rbf", 0).metrics)
+    assert m["svm"]["selected"]["C"] == 1.0 and all(f["cached"] for f in m["features"].values())
+
+    # The same config again: nothing to do.
+    out = svm_features.run_svm_protocol(make_cfg(*overrides, "svm.c_grid=[1]"))
+    assert [r["status"] for r in out] == ["skipped", "skipped"] and calls == []
+
+
+def test_bench_svm_rejects_bad_input(capsys):
+    assert svm_features.main(["experiment=acevedo2019_svm", "svm.kernels=[cubical]"]) == 2
+    assert "cubical" in capsys.readouterr().err
+    assert svm_features.main(["-m", "experiment=acevedo2019_svm"]) == 2
+
+
+# --------------------------------------------------------------------------- frozen training, comparison
+def test_frozen_backbone_training_and_the_side_by_side_table(make_cfg, tmp_path):
+    common = ["experiment=scratch_vs_pretrained", "data=synthetic", "model=simple_cnn", "model.pretrained=false",
+              "model.head_hidden=[16]", "model.head_dropout=0.5", "optim=adam", "optim.lr=0.01",
+              "sched=constant", "trainer.epochs=2"]
+    frozen_cfg = make_cfg(*common, "variant=frozen", "model.pretrained=false")
+    assert frozen_cfg.model.freeze_backbone and frozen_cfg.experiment_name == "scratch_vs_pretrained/frozen"
+    out = train(frozen_cfg)
+    assert out["status"] == "completed", out.get("error")
+    exp = tmp_path / "results" / "scratch_vs_pretrained"
+    rd = runs.RunDir.for_run(exp / "frozen", "simple_cnn", 0)
+
+    torch.manual_seed(0)  # what _fit built before training
+    initial = create_model("simple_cnn", num_classes=NUM_CLASSES, pretrained=False)
+    configure_model(initial, frozen_cfg.model, num_classes=NUM_CLASSES)
+    start = initial.state_dict()
+    best = torch.load(rd.best_ckpt, map_location="cpu", weights_only=True)["model"]
+    assert set(best) == set(start)
+    backbone = [k for k in start if not k.startswith("fc.")]
+    assert backbone and any("running_mean" in k for k in backbone)
+    for k in backbone:  # weights and BatchNorm statistics untouched
+        assert torch.equal(best[k], start[k]), k
+    assert any(not torch.equal(best[k], start[k]) for k in start if k.startswith("fc."))
+    metrics = runs.read_json(rd.metrics)
+    head_m = (256 * 16 + 16 + 16 * NUM_CLASSES + NUM_CLASSES) / 1e6
+    assert metrics["trainable_params_m"] == pytest.approx(head_m)
+    assert metrics["params_m"] > metrics["trainable_params_m"]
+
+    out = train(make_cfg(*common, "variant=scratch"))
+    assert out["status"] == "completed", out.get("error")
+    assert compare.main([str(exp)]) == 0
+    table = pd.read_csv(exp / "comparison.csv")
+    assert table["model"].tolist() == ["simple_cnn"]
+    row = table.iloc[0]
+    for v in ("scratch", "frozen"):
+        assert row[f"{v}_status"] == "completed" and row[f"{v}_n_seeds"] == 1
+        assert 0 <= row[f"{v}_test_acc"] <= 1 and row[f"{v}_train_time_s"] > 0
+        assert 0 <= row[f"{v}_basophil"] <= 1  # per-class test accuracy
+    assert row["frozen_trainable_params_m"] < row["scratch_trainable_params_m"]
+    assert row["test_acc_frozen_minus_scratch"] == pytest.approx(row["frozen_test_acc"] - row["scratch_test_acc"],
+                                                                 abs=1e-5)
+    assert list(table.columns[:3]) == ["model", "scratch_status", "scratch_n_seeds"]
