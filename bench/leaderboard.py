@@ -443,6 +443,14 @@ def _cell(value: Any, column: str) -> str:
     return str(value)
 
 
+def refresh_leaderboard(exp_dir) -> None:
+    """``write_leaderboard`` after a run; a failure here is logged, never fails the run."""
+    try:
+        write_leaderboard(exp_dir)
+    except Exception as exc:  # the table is a convenience; the run's own files are what count
+        log.warning("could not update the leaderboard of %s: %s", exp_dir, exc)
+
+
 def format_leaderboard(df: pd.DataFrame, max_rows: int | None = None) -> str:
     """A compact text table: rank, model, seed, status, val/test accuracy, macro F1, size, time."""
     shown = df if max_rows is None else df.head(max_rows)

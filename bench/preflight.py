@@ -215,7 +215,7 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 
 
 def _check_disk(plan: Plan, report: Report) -> None:
-    from bench.models import count_params, get_model_spec
+    from bench.models import get_model_spec
 
     cfg = plan.cfg
     results = Path(cfg.paths.results_dir).expanduser().resolve()

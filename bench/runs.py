@@ -142,6 +142,22 @@ class RunDir:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
+    def set_aside(self, old_hash: str | None) -> Path:
+        """Move a run folder written under another config to ``replaced/``: a changed config
+        never reuses an old result, and the old result is never deleted. Returns where it went."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dest = self.root.parent / "replaced" / f"{self.root.name}-{old_hash}-{stamp}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.root.rename(dest)
+        return dest
+
+    def record_failure(self, exc: BaseException, traceback_text: str, *, config_hash: str, **extra) -> str:
+        """Status ``failed`` with a one-line error, and the full traceback in error.log."""
+        error = f"{type(exc).__name__}: {exc}"
+        write_text_atomic(self.root / "error.log", traceback_text)
+        self.write_status(STATUS_FAILED, config_hash=config_hash, error=error, **extra)
+        return error
+
     def write_status(self, status: str, *, config_hash: str, error: str | None = None, **extra) -> None:
         payload = {
             "status": status,

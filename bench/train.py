@@ -30,6 +30,7 @@ from bench import runs
 from bench.data.build import build_data
 from bench.data.loader import BatchLoader
 from bench.data.transforms import BatchAugment, Normalize
+from bench.leaderboard import refresh_leaderboard
 from bench.engine import compute_loss, evaluate, train_one_epoch  # noqa: F401  (compute_loss re-exported)
 from bench.metrics import classification_metrics
 from bench.models import count_gflops, count_params, create_model, get_model_spec
@@ -146,7 +147,8 @@ def train(cfg: DictConfig) -> dict:
 
     previous = run_dir.read_status()
     if previous and previous.get("config_hash") != chash:
-        _set_aside(run_dir, previous)
+        dest = run_dir.set_aside(previous.get("config_hash"))
+        log.warning("config changed since %s was written; the old run was moved to %s", run_dir.root, dest)
         previous = None
     if previous and previous["status"] == runs.STATUS_COMPLETED and run_dir.metrics.exists():
         log.info("%s seed %d: already completed with this config, skipped (%s)", model_name, seed, run_dir.root)
@@ -162,10 +164,8 @@ def train(cfg: DictConfig) -> dict:
     except KeyboardInterrupt:
         raise  # stays "running": the next invocation resumes from last.pt
     except Exception as exc:  # a failed model is a row with an error, never a crash of the sweep
-        error = f"{type(exc).__name__}: {exc}"
+        error = run_dir.record_failure(exc, traceback.format_exc(), config_hash=chash, model=model_name, seed=seed)
         log.error("%s seed %d FAILED: %s", model_name, seed, error)
-        runs.write_text_atomic(run_dir.root / "error.log", traceback.format_exc())
-        run_dir.write_status(runs.STATUS_FAILED, config_hash=chash, error=error, model=model_name, seed=seed)
         result = {**summary, "status": runs.STATUS_FAILED, "error": error}
     else:
         run_dir.write_status(runs.STATUS_COMPLETED, config_hash=chash, model=model_name, seed=seed)
@@ -173,17 +173,8 @@ def train(cfg: DictConfig) -> dict:
                   "test_acc": metrics["test"]["accuracy"]}
     finally:
         _release_memory()
-    _update_leaderboard(exp_dir)
+    refresh_leaderboard(exp_dir)
     return result
-
-
-def _set_aside(run_dir: runs.RunDir, previous: dict) -> None:
-    """A run folder from a different config is moved aside, never reused and never deleted."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    dest = run_dir.root.parent / "replaced" / f"{run_dir.root.name}-{previous.get('config_hash')}-{stamp}"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    run_dir.root.rename(dest)
-    log.warning("config changed since %s was written; the old run was moved to %s", run_dir.root, dest)
 
 
 def _fit_with_oom_retry(cfg, run_dir, exp_dir, chash) -> dict:
@@ -365,16 +356,6 @@ def _release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _update_leaderboard(exp_dir: Path) -> None:
-    """Refresh the experiment's leaderboard after every run, so a half-done night has a table."""
-    try:
-        from bench.leaderboard import write_leaderboard
-
-        write_leaderboard(exp_dir)
-    except Exception as exc:  # the table is a convenience; a failure here must not fail the run
-        log.warning("could not update the leaderboard of %s: %s", exp_dir, exc)
 
 
 class _progress:

@@ -76,6 +76,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from bench import runs
+from bench.leaderboard import refresh_leaderboard
 
 log = logging.getLogger("bench.svm")
 
@@ -417,28 +418,9 @@ def identity(cfg: DictConfig, feature_model: str, kernel: str) -> dict:
     }
 
 
-def _set_aside(run_dir: runs.RunDir, previous: dict) -> None:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    dest = run_dir.root.parent / "replaced" / f"{run_dir.root.name}-{previous.get('config_hash')}-{stamp}"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    run_dir.root.rename(dest)
-    log.warning("config changed since %s was written; the old run was moved to %s", run_dir.root, dest)
-
-
-def _update_leaderboard(exp_dir: Path) -> None:
-    try:
-        from bench.leaderboard import write_leaderboard
-
-        write_leaderboard(exp_dir)
-    except Exception as exc:  # a convenience; never fails a run
-        log.warning("could not update the leaderboard of %s: %s", exp_dir, exc)
-
-
 def _fail(run_dir: runs.RunDir, chash: str, name: str, seed: int, exc: BaseException, tb: str) -> dict:
-    error = f"{type(exc).__name__}: {exc}"
+    error = run_dir.record_failure(exc, tb, config_hash=chash, model=name, seed=seed)
     log.error("%s seed %d FAILED: %s", name, seed, error)
-    runs.write_text_atomic(run_dir.root / "error.log", tb)
-    run_dir.write_status(runs.STATUS_FAILED, config_hash=chash, error=error, model=name, seed=seed)
     return {"model": name, "seed": seed, "status": runs.STATUS_FAILED, "error": error, "run_dir": str(run_dir.root)}
 
 
@@ -510,7 +492,8 @@ def run_svm_protocol(cfg: DictConfig) -> list[dict]:
             chash = runs.config_hash(identity(cfg, feature_model, kernel))
             previous = run_dir.read_status()
             if previous and previous.get("config_hash") != chash:
-                _set_aside(run_dir, previous)
+                dest = run_dir.set_aside(previous.get("config_hash"))
+                log.warning("config changed since %s was written; the old run was moved to %s", run_dir.root, dest)
                 previous = None
             if previous and previous["status"] == runs.STATUS_COMPLETED and run_dir.metrics.exists():
                 m = runs.read_json(run_dir.metrics)
@@ -538,7 +521,7 @@ def run_svm_protocol(cfg: DictConfig) -> list[dict]:
         except Exception as exc:  # no features: every kernel of this model fails, the others go on
             tb = traceback.format_exc()
             results += [_fail(rd, ch, nm, seed, exc, tb) for _, nm, rd, ch in todo]
-            _update_leaderboard(exp_dir)
+            refresh_leaderboard(exp_dir)
             continue
         for kernel, name, run_dir, chash in todo:
             try:
@@ -560,9 +543,9 @@ def run_svm_protocol(cfg: DictConfig) -> list[dict]:
                                 "run_dir": str(run_dir.root), "val_acc": metrics["val"]["accuracy"],
                                 "test_acc": metrics["test"]["accuracy"],
                                 "cv_fold_accuracy": s["cv_fold_accuracy"]})
-            _update_leaderboard(exp_dir)
+            refresh_leaderboard(exp_dir)
         del feats, bundle
-    _update_leaderboard(exp_dir)
+    refresh_leaderboard(exp_dir)
     return results
 
 

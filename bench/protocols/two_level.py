@@ -99,7 +99,7 @@ def level_configs(cfg: DictConfig) -> tuple[DictConfig, dict[str, DictConfig]]:
 def run_two_level(cfg: DictConfig) -> dict:
     """Train level 1 and the level-2 classifiers, then evaluate the composed classifier and
     write its run folder. Never raises for a failed level: the composed run is then ``failed``."""
-    from bench.leaderboard import write_leaderboard
+    from bench.leaderboard import refresh_leaderboard
     from bench.train import run_identity, train
 
     exp_dir = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name)
@@ -123,19 +123,14 @@ def run_two_level(cfg: DictConfig) -> dict:
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        error = run_dir.record_failure(exc, traceback.format_exc(), config_hash=chash, model=name, seed=seed)
         log.error("two-level %s seed %d FAILED: %s", cfg.model.name, seed, error)
-        runs.write_text_atomic(run_dir.root / "error.log", traceback.format_exc())
-        run_dir.write_status(runs.STATUS_FAILED, config_hash=chash, error=error, model=name, seed=seed)
         result = {**summary, "status": runs.STATUS_FAILED, "error": error}
     else:
         run_dir.write_status(runs.STATUS_COMPLETED, config_hash=chash, model=name, seed=seed)
         result = {**summary, "status": runs.STATUS_COMPLETED, "val_acc": metrics["val"]["accuracy"],
                   "test_acc": metrics["test"]["accuracy"], "n_excluded": metrics["n_excluded"]}
-    try:
-        write_leaderboard(exp_dir)
-    except Exception as exc:  # a convenience table; never fails the run
-        log.warning("could not update the leaderboard of %s: %s", exp_dir, exc)
+    refresh_leaderboard(exp_dir)
     return result
 
 
