@@ -21,6 +21,8 @@ import json
 import math
 import os
 import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -322,21 +324,16 @@ def _marker_matches(root: Path, params: dict) -> bool:
         return False
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file and os.replace so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def make_synthetic_dataset(root: str | os.PathLike, *, n_per_class: int = 200,
                            image_size: int = 96, seed: int = 0) -> Path:
     """Write an ImageFolder tree ``root/<class>/<class>_<i:05d>.png``.
 
     Deterministic for (n_per_class, image_size, seed). The marker file
-    ``root/.complete.json`` (written last, atomically) records the parameters:
-    if it matches, return at once; otherwise (missing, other parameters, an
-    interrupted run) the class folders are deleted and redrawn. Returns root.
+    ``root/.complete.json`` records the parameters: if it matches, return at once.
+    Otherwise the tree is drawn in a private temporary folder beside ``root`` and
+    renamed into place when complete, so several processes starting on a fresh cache
+    at once (a sweep's parallel jobs) never see, or delete, a half-drawn tree: the
+    first to finish wins and the others discard their copy. Returns root.
     """
     if n_per_class < 1:
         raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
@@ -344,17 +341,35 @@ def make_synthetic_dataset(root: str | os.PathLike, *, n_per_class: int = 200,
     params = _params(n_per_class, image_size, seed)
     if _marker_matches(root, params):
         return root
-    root.mkdir(parents=True, exist_ok=True)
-    (root / MARKER_NAME).unlink(missing_ok=True)  # invalid until fully rebuilt
-    for c, name in enumerate(CLASS_NAMES):
-        folder = root / name
-        shutil.rmtree(folder, ignore_errors=True)  # drop stale/extra files
-        folder.mkdir()
-        for i in range(n_per_class):
-            img = render_cell(name, np.random.default_rng([seed, c, i]), image_size)
-            _atomic_write(folder / f"{name}_{i:05d}.png", lambda p: img.save(p, format="PNG"))
-    _atomic_write(root / MARKER_NAME, lambda p: p.write_text(json.dumps(params, indent=1)))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
+    try:
+        _draw_tree(tmp, params)
+        if _marker_matches(root, params):
+            return root  # another process finished first
+        if root.exists():  # stale parameters or an interrupted older layout: replace it whole
+            stale = root.with_name(f".{root.name}.stale-{os.getpid()}-{time.time_ns()}")
+            root.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            tmp.rename(root)
+        except OSError:
+            if not _marker_matches(root, params):  # lost a race to a complete tree: fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _draw_tree(folder: Path, params: dict) -> None:
+    """Draw every image into ``folder``, then write the marker (last)."""
+    n, size, seed = params["n_per_class"], params["image_size"], params["seed"]
+    for c, name in enumerate(CLASS_NAMES):
+        (folder / name).mkdir()
+        for i in range(n):
+            img = render_cell(name, np.random.default_rng([seed, c, i]), size)
+            img.save(folder / name / f"{name}_{i:05d}.png", format="PNG")
+    (folder / MARKER_NAME).write_text(json.dumps(params, indent=1))
 
 
 def synthetic_root(cache_dir: str | os.PathLike, *, n_per_class: int = 200,
