@@ -54,6 +54,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cpu_bf16_supported() -> bool:
+    """Whether oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def merge_epoch_parts(parts: list[dict]) -> dict:
+    """One epoch's result from ``train_one_epoch`` results over consecutive slices of it."""
+    n = sum(p["n"] for p in parts)
+    seconds = sum(p["seconds"] for p in parts)
+    return {
+        "loss": sum(p["loss"] * p["n"] for p in parts) / max(n, 1),
+        "acc": sum(p["acc"] * p["n"] for p in parts) / max(n, 1),
+        "n": n,
+        "seconds": seconds,
+        "img_s": n / seconds if seconds > 0 else float("nan"),
+    }
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],

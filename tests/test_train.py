@@ -8,12 +8,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError
 
 from bench import runs
 from bench.metrics import classification_metrics
-from bench.train import cli, train
+from omegaconf import OmegaConf
+
+from bench.engine import cpu_bf16_supported
+from bench.train import cli, resolve_precision, train
 
 from .conftest import compose_cfg
 
@@ -201,3 +205,37 @@ def test_a_typo_on_the_command_line_names_the_closest_key(capsys):
 def test_bench_train_refuses_a_cross_validation_protocol(capsys):
     assert cli(["experiment=cheuque2022_two_level", "data.root=/data"]) == 2
     assert "bench-cv" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- CPU precision trial
+
+def _t(amp=None, cl=None):
+    return OmegaConf.create({"amp": amp, "channels_last": cl})
+
+
+def test_resolve_precision_defaults():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision(_t(), cuda) == (True, True)
+    assert resolve_precision(_t(False, False), cuda) == (False, False)
+    assert resolve_precision(_t(), cpu) == ((None if cpu_bf16_supported() else False), True)
+    assert resolve_precision(_t(True, False), cpu) == (True, False)
+    assert resolve_precision(_t(), torch.device("mps")) == (False, False)
+
+
+def test_cpu_precision_trial_is_recorded_and_reused(make_cfg, tmp_path):
+    cfg = make_cfg("trainer.amp=null", "trainer.channels_last=null")
+    first = train(cfg)
+    assert first["status"] == "completed"
+    metrics = runs.read_json(runs.RunDir(Path(first["run_dir"])).metrics)
+    assert isinstance(metrics["amp"], bool) and metrics["channels_last"] is True
+    cache = Path(cfg.paths.cache_dir) / "cpu_precision.json"
+    if not cpu_bf16_supported():
+        assert not metrics["amp"]
+        return
+    choice = runs.read_json(cache)
+    assert [v["amp"] for v in choice.values()] == [metrics["amp"]]
+    # A second experiment on this machine reuses the choice: the same numbers, batch for batch.
+    again = train(make_cfg("trainer.amp=null", "trainer.channels_last=null", "experiment_name=again"))
+    h1 = pd.read_csv(Path(first["run_dir"]) / "history.csv")
+    h2 = pd.read_csv(Path(again["run_dir"]) / "history.csv")
+    assert h1["train_loss"].tolist() == pytest.approx(h2["train_loss"].tolist(), rel=0, abs=0)

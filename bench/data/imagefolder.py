@@ -87,10 +87,17 @@ def decode_resized(path: str | os.PathLike, size: int) -> np.ndarray:
     """Decode one image to an RGB uint8 array of shape (size, size, 3).
 
     The whole image is resized to size x size (no crop), bilinear with antialiasing:
-    the protocol's eval transform, identical to torchvision's ``Resize((size, size))``
-    on a PIL image. Raises on any decode problem; the caller records the reason.
+    the protocol's eval transform, torchvision's ``Resize((size, size))`` on a PIL image.
+    A JPEG at least twice the target size is first decoded at 1/2, 1/4 or 1/8 scale
+    (libjpeg DCT scaling, PIL ``draft``), about 3x faster for PBC's 360 px images at 64 px;
+    the result differs from a full decode by about 1 grey level (of 255) on average.
+    Raises on any decode problem; the caller records the reason.
     """
     with Image.open(path) as img:
+        if img.format == "JPEG":
+            # Decode at 1/2, 1/4 or 1/8 scale in the DCT domain when that still leaves at least
+            # size x size pixels (PBC's 360 px JPEGs for 64 px: a 90 px decode, about 3x faster).
+            img.draft("RGB", (size, size))
         img.load()  # force the full decode so truncated files fail here
         rgb = to_rgb(img)
     if rgb.size != (size, size):

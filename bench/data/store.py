@@ -31,7 +31,7 @@ from bench.runs import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-STORE_FORMAT = 1  # bump when the decoded bytes would change (resize rule, colour handling)
+STORE_FORMAT = 2  # bump when the decoded bytes would change (resize rule, colour handling)
 
 
 @dataclass
