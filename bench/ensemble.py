@@ -351,22 +351,14 @@ class MajorityVote(_Ensemble):
         return indices, [1.0] * len(indices), info
 
 
-class SoftVote(_Ensemble):
-    """Mean probability of the top ``k`` candidates (member-tie rule as :class:`MajorityVote`).
+class SoftVote(MajorityVote):
+    """Mean probability of the top ``k`` candidates (member selection as :class:`MajorityVote`).
 
     Ties in mean probability: more votes, then the best-ranked member's vote, then
     lowest class index.
     """
 
     _voting = SOFT
-
-    def __init__(self, members=None, *, k: int = 4):
-        self.members = members
-        self.k = k
-
-    def _select(self, X, y):
-        indices, info = self._top_k(X, y, self._check_k(X.shape[0]))
-        return indices, [1.0] * len(indices), info
 
 
 class WeightedVote(_Ensemble):

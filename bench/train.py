@@ -32,6 +32,7 @@ from bench.data.build import build_data
 from bench.data.loader import BatchLoader
 from bench.data.transforms import BatchAugment, Normalize
 from bench.leaderboard import refresh_leaderboard
+from bench.benchmark import cpu_model as env_cpu_model
 from bench.engine import (  # noqa: F401  (compute_loss re-exported)
     compute_loss,
     cpu_bf16_supported,
@@ -95,17 +96,7 @@ def resolve_precision(tcfg, device: torch.device) -> tuple[bool | None, bool]:
 
 def _precision_key(model_name: str, image_size: int, batch_size: int, channels_last: bool) -> str:
     return "|".join(map(str, [model_name, image_size, batch_size, channels_last, torch.get_num_threads(),
-                              _cpu_model(), torch.__version__]))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+                              env_cpu_model(), torch.__version__]))
 
 
 def _read_precision_cache(path: Path | None) -> dict:
