@@ -108,13 +108,11 @@ def _read_precision_cache(path: Path | None) -> dict:
         return {}
 
 
-def _precision_trial(model, batches, optimizer, criterion, *, device, aux_weight, grad_accum, on_batch,
-                     known: bool | None) -> tuple[bool, dict, list[dict]]:
+def _precision_trial(model, batches, optimizer, criterion, *, device, aux_weight, grad_accum,
+                     on_batch) -> tuple[dict, list[dict]]:
     """Train the first ``TRIAL_BATCHES`` batches of a fresh run in fp32 and the next ones with
-    bf16 autocast, timing each step (no batch is wasted: all of them are training). Returns
-    the faster precision (bf16 must win by ``BF16_CPU_MIN_GAIN``), or ``known`` when this
-    machine already decided for this model, plus the step times and the partial results.
-    The trial batches always run, so a run is the same whether or not the choice was cached."""
+    bf16 autocast, timing each step (no batch is wasted: all of them are training). Returns the
+    fastest step time per precision (``{False: s, True: s}``) and the partial epoch results."""
     parts, step_s = [], {}
     for amp in (False, True):
         stamps: list[float] = []
@@ -129,8 +127,26 @@ def _precision_trial(model, batches, optimizer, criterion, *, device, aux_weight
         ))
         gaps = [b - a for a, b in zip(stamps, stamps[1:])]
         step_s[amp] = min(gaps) if gaps else float("nan")
-    faster = bool(step_s[False] >= BF16_CPU_MIN_GAIN * step_s[True])  # False when a time is missing (NaN)
-    return (faster if known is None else known), step_s, parts
+    return step_s, parts
+
+
+def _choose_precision(step_s: dict, earlier: dict) -> dict:
+    """Fold one trial into this machine's record for the model and decide from the record.
+
+    The record keeps the fastest step ever timed per precision: a busy machine only makes
+    steps slower, so the minimum over trials tends to the unloaded speed, and a choice made
+    while another job shared the CPU is corrected by the next quiet run instead of being
+    cached for good. bf16 must beat fp32 by ``BF16_CPU_MIN_GAIN``; a missing time (NaN)
+    never wins.
+    """
+    def fastest(amp: bool) -> float:
+        times = [t for t in (step_s.get(amp), earlier.get(f"step_s_{'bf16' if amp else 'fp32'}"))
+                 if t is not None and t == t]
+        return min(times) if times else float("nan")
+
+    fp32, bf16 = fastest(False), fastest(True)
+    return {"amp": bool(fp32 >= BF16_CPU_MIN_GAIN * bf16), "step_s_fp32": fp32, "step_s_bf16": bf16,
+            "trials": int(earlier.get("trials", 0)) + 1}
 
 
 def run_identity(cfg: DictConfig) -> tuple[dict, str]:
@@ -340,16 +356,18 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
             batches, parts = train_loader, []
             if amp is None:  # first epoch of a fresh run on a CPU with bf16 kernels
                 batches = iter(train_loader)
-                known = _read_precision_cache(precision_cache).get(precision_key, {}).get("amp")
-                amp, step_s, parts = _precision_trial(
+                step_s, parts = _precision_trial(
                     train_model, batches, optimizer, criterion, device=device, aux_weight=spec.aux_weight,
-                    grad_accum=grad_accum, on_batch=bar.on_batch, known=known,
+                    grad_accum=grad_accum, on_batch=bar.on_batch,
                 )
-                log.info("%s: step %.0f ms fp32, %.0f ms bf16 -> amp=%s%s", cfg.model.name, 1e3 * step_s[False],
-                         1e3 * step_s[True], amp, " (this machine's earlier choice)" if known is not None else "")
-                if known is None and precision_cache is not None:
-                    cache = _read_precision_cache(precision_cache)
-                    cache[precision_key] = {"amp": amp, "step_s_fp32": step_s[False], "step_s_bf16": step_s[True]}
+                cache = _read_precision_cache(precision_cache)
+                record = _choose_precision(step_s, cache.get(precision_key, {}))
+                amp = record["amp"]
+                log.info("%s: step %.0f ms fp32, %.0f ms bf16 (fastest of %d trial(s) on this machine: %.0f / %.0f)"
+                         " -> amp=%s", cfg.model.name, 1e3 * step_s[False], 1e3 * step_s[True], record["trials"],
+                         1e3 * record["step_s_fp32"], 1e3 * record["step_s_bf16"], amp)
+                if precision_cache is not None:
+                    cache[precision_key] = record
                     runs.write_json_atomic(precision_cache, cache)
             tr = train_one_epoch(
                 train_model, batches, optimizer, criterion, device=device, amp=amp,

@@ -17,7 +17,7 @@ from bench.metrics import classification_metrics
 from omegaconf import OmegaConf
 
 from bench.engine import cpu_bf16_supported
-from bench.train import cli, resolve_precision, train
+from bench.train import _choose_precision, cli, resolve_precision, train
 
 from .conftest import compose_cfg
 
@@ -222,7 +222,7 @@ def test_resolve_precision_defaults():
     assert resolve_precision(_t(), torch.device("mps")) == (False, False)
 
 
-def test_cpu_precision_trial_is_recorded_and_reused(make_cfg, tmp_path):
+def test_cpu_precision_trial_is_recorded_and_refined(make_cfg, tmp_path):
     cfg = make_cfg("trainer.amp=null", "trainer.channels_last=null")
     first = train(cfg)
     assert first["status"] == "completed"
@@ -232,10 +232,26 @@ def test_cpu_precision_trial_is_recorded_and_reused(make_cfg, tmp_path):
     if not cpu_bf16_supported():
         assert not metrics["amp"]
         return
-    choice = runs.read_json(cache)
-    assert [v["amp"] for v in choice.values()] == [metrics["amp"]]
-    # A second experiment on this machine reuses the choice: the same numbers, batch for batch.
+    (record,) = runs.read_json(cache).values()
+    assert record["amp"] == metrics["amp"] and record["trials"] == 1
+    # A second run on this machine adds its trial to the record and follows the record's verdict.
     again = train(make_cfg("trainer.amp=null", "trainer.channels_last=null", "experiment_name=again"))
-    h1 = pd.read_csv(Path(first["run_dir"]) / "history.csv")
-    h2 = pd.read_csv(Path(again["run_dir"]) / "history.csv")
-    assert h1["train_loss"].tolist() == pytest.approx(h2["train_loss"].tolist(), rel=0, abs=0)
+    (refined,) = runs.read_json(cache).values()
+    assert refined["trials"] == 2
+    assert refined["step_s_fp32"] <= record["step_s_fp32"] and refined["step_s_bf16"] <= record["step_s_bf16"]
+    assert runs.read_json(runs.RunDir(Path(again["run_dir"])).metrics)["amp"] == refined["amp"]
+
+
+def test_precision_record_keeps_the_fastest_steps():
+    # A trial on a busy machine (both steps slow, bf16 looking worse) does not undo a quiet one.
+    quiet = _choose_precision({False: 0.100, True: 0.060}, {})
+    assert quiet == {"amp": True, "step_s_fp32": 0.100, "step_s_bf16": 0.060, "trials": 1}
+    busy = _choose_precision({False: 0.200, True: 0.400}, quiet)
+    assert busy["amp"] is True and busy["trials"] == 2 and busy["step_s_bf16"] == 0.060
+    # A choice made under load is corrected by the next quiet trial.
+    loaded = _choose_precision({False: 0.300, True: 0.280}, {})
+    assert loaded["amp"] is False
+    assert _choose_precision({False: 0.100, True: 0.060}, loaded)["amp"] is True
+    # bf16 must win by BF16_CPU_MIN_GAIN; a missing time never wins.
+    assert _choose_precision({False: 0.100, True: 0.095}, {})["amp"] is False
+    assert _choose_precision({False: 0.100, True: float("nan")}, {})["amp"] is False
