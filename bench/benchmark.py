@@ -265,7 +265,7 @@ def measure_loader(split, *, batch_size: int, mean, std, augment_cfg, device, ch
     from bench.data.transforms import BatchAugment, Normalize
 
     norm = Normalize(mean, std, device=device)
-    aug = BatchAugment(augment_cfg.hflip, augment_cfg.vflip, augment_cfg.rotation) if augment else None
+    aug = BatchAugment(augment_cfg.hflip, augment_cfg.vflip, augment_cfg.rotation, augment_cfg.interpolation) if augment else None
     loader = BatchLoader(split, batch_size, normalize=norm, device=device, shuffle=True, augment=aug,
                          channels_last=channels_last, seed=0)
     best = 0.0

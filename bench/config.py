@@ -29,6 +29,7 @@ class AugmentConfig:
     hflip: bool = True
     vflip: bool = True
     rotation: float = 60.0  # degrees, uniform in [-rotation, +rotation]
+    interpolation: str = "nearest"  # rotation resampling: nearest (torchvision's default) | bilinear
 
 
 @dataclass

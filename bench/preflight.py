@@ -126,6 +126,17 @@ def _check_data(cfg, report: Report) -> None:
             report.notes.append(f"data: {kind}")
     except (DataError, ValueError, OSError) as exc:
         report.problems.append(str(exc))
+    _check_augment(cfg, report)
+
+
+def _check_augment(cfg, report: Report) -> None:
+    from bench.data.transforms import BatchAugment
+
+    aug = cfg.data.augment
+    try:
+        BatchAugment(aug.hflip, aug.vflip, aug.rotation, aug.interpolation)
+    except ValueError as exc:
+        report.problems.append(str(exc))
 
 
 def _check_models(plan: Plan, report: Report) -> None:

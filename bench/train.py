@@ -326,7 +326,7 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
     aug = cfg.data.augment
     train_loader = BatchLoader(
         splits["train"], micro_batch, normalize=norm, device=device, shuffle=True,
-        augment=BatchAugment(aug.hflip, aug.vflip, aug.rotation), channels_last=channels_last,
+        augment=BatchAugment(aug.hflip, aug.vflip, aug.rotation, aug.interpolation), channels_last=channels_last,
         seed=cfg.seed, max_batches=tcfg.max_batches,
     )
 

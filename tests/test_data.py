@@ -189,6 +189,26 @@ def test_rotation_by_90_degrees_is_rot90():
     assert min((out - r).abs().max().item() for r in rotated) < 1e-2
 
 
+@pytest.mark.parametrize("angle_deg", [-60.0, -23.0, 37.0, 60.0])
+def test_nearest_rotation_matches_torchvision_random_rotation(angle_deg):
+    # The per-image pipeline of the paper: torchvision's rotate (counter-clockwise for a
+    # positive angle) with its default nearest sampling and a black fill. The batched path
+    # lands on the same pixels; 0.5% slack covers sample points on a pixel boundary.
+    from torchvision.transforms.v2 import functional as TF
+
+    x = _batch(size=48)
+    ref = torch.stack([TF.rotate(img, angle_deg) for img in x])
+    no = torch.zeros(x.shape[0], dtype=torch.bool)
+    out = apply_augment(x, hflip=no, vflip=no, angle=torch.full((x.shape[0],), math.radians(angle_deg)))
+    mismatch = ((out - ref).abs() > 1e-6).any(1).float().mean().item()
+    assert mismatch < 0.005, f"batched rotation differs from torchvision on {mismatch:.1%} of pixels"
+
+
+def test_unknown_interpolation_is_a_clear_error():
+    with pytest.raises(ValueError, match="data.augment.interpolation='bicubic'.*nearest"):
+        BatchAugment(interpolation="bicubic")
+
+
 def test_augmentation_is_seeded_and_covers_flips_and_rotations():
     aug = BatchAugment(rotation=60)
     p1 = aug.sample(2000, torch.Generator().manual_seed(7))

@@ -144,7 +144,8 @@ def test_a_run_killed_mid_training_resumes_to_the_same_metrics(tmp_path, cache_d
 # --------------------------------------------------------------------------- preflight
 def test_preflight_lists_every_problem_at_once(tmp_path):
     plan = plan_runs(["-m", "data=imagefolder", f"data.root={tmp_path / 'missing'}", "model=resnet18,inception_v3",
-                      "data.image_size=64", "model.pretrained=true", f"paths.results_dir={tmp_path}"])
+                      "data.image_size=64", "model.pretrained=true", f"paths.results_dir={tmp_path}",
+                      "data.augment.interpolation=bicubic"])
     assert plan.models == ["resnet18", "inception_v3"]
     os.environ["TORCH_HOME"] = str(tmp_path / "torch")  # an empty cache
     try:
@@ -160,6 +161,7 @@ def test_preflight_lists_every_problem_at_once(tmp_path):
     assert "data.root" in text  # the missing folder
     assert "inception_v3: data.image_size=64" in text  # too small for inception's aux head
     assert "resnet18 (resnet18-" in text and "model.pretrained=false" in text
+    assert "data.augment.interpolation='bicubic'" in text
 
 
 def test_plan_expands_the_experiments_sweep():

@@ -275,7 +275,7 @@ def compute_features(cfg: DictConfig, exp_dir: Path, name: str, size: int, bundl
         labels = train.labels.cpu().numpy()
         src = _balance_plan(labels, bundle.num_classes, int(n), seed)
         aug = cfg.data.augment
-        augmenter = BatchAugment(bool(aug.hflip), bool(aug.vflip), float(aug.rotation))
+        augmenter = BatchAugment(bool(aug.hflip), bool(aug.vflip), float(aug.rotation), str(aug.interpolation))
         params = augmenter.sample(len(src), torch.Generator().manual_seed(seed))
         split_name = f"train-balanced{int(n)}-seed{seed}"
         meta = {**base_meta, "split": split_name, "train": _fingerprint(train.paths),
