@@ -83,12 +83,26 @@ def write_csv_atomic(path, frame: pd.DataFrame) -> None:
     write_text_atomic(path, frame.to_csv(index=False))
 
 
-def save_torch_atomic(path, obj: Any) -> None:
+def save_torch_atomic(path, obj: Any, *, durable: bool = True) -> None:
+    """``torch.save`` through a temporary file and a rename: a killed process never leaves a
+    half-written file. ``durable=False`` skips the fsync, which only matters if the machine
+    itself goes down before the page cache is flushed; per-epoch checkpoints use it (a
+    90 MB fsync per epoch is measurable in a sweep of small models) and the run makes its
+    final files durable once with ``fsync_file``."""
     import torch  # local: readers of results need not import torch
 
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    write_bytes_atomic(path, buf.getvalue())
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+
+
+def fsync_file(path) -> None:
+    """Flush a file written with ``durable=False`` to the disk."""
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def read_json(path) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import pickle
 import platform
 import sys
 import time
@@ -202,7 +203,8 @@ def predictions_frame(paths, result: dict, class_names) -> pd.DataFrame:
     return frame
 
 
-def save_checkpoint(path: Path, model, *, model_name, class_names, input_size, data_cfg, **extra) -> None:
+def save_checkpoint(path: Path, model, *, model_name, class_names, input_size, data_cfg, durable: bool = True,
+                    **extra) -> None:
     """Weights plus what a predictor needs to use them (class order, input size, normalisation)."""
     runs.save_torch_atomic(
         path,
@@ -215,6 +217,7 @@ def save_checkpoint(path: Path, model, *, model_name, class_names, input_size, d
             "std": list(data_cfg.std),
             **extra,
         },
+        durable=durable,
     )
 
 
@@ -389,17 +392,18 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
         if va["acc"] > best["val_acc"]:
             best = {"val_acc": va["acc"], "epoch": epoch + 1}
             best_val = va
-            save_checkpoint(run_dir.best_ckpt, model, epoch=epoch + 1, val_acc=va["acc"], **ckpt_meta)
+            save_checkpoint(run_dir.best_ckpt, model, epoch=epoch + 1, val_acc=va["acc"], durable=False, **ckpt_meta)
         runs.write_csv_atomic(run_dir.history, pd.DataFrame(history))
         runs.save_torch_atomic(run_dir.last_ckpt, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": None,  # bf16 autocast needs no loss scaling
             "epoch": epoch + 1, "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
             "history": history, "config_hash": chash, "rng": torch.get_rng_state(), "amp": amp,
-        })
+        }, durable=False)  # an unreadable last.pt after a power cut only means starting over
 
     if not run_dir.best_ckpt.exists():
         raise RuntimeError("no epoch was trained (trainer.epochs=0?); nothing to evaluate")
+    runs.fsync_file(run_dir.best_ckpt)  # durable before the run can be marked completed
     amp = bool(amp)
     best_state = torch.load(run_dir.best_ckpt, map_location="cpu", weights_only=True)
     model.load_state_dict(best_state["model"])
@@ -441,7 +445,15 @@ def _resume_state(run_dir: runs.RunDir, chash: str, model, optimizer, scheduler)
     fresh = {"next_epoch": 0, "history": [], "best_val_acc": -1.0, "best_epoch": 0, "amp": None}
     if not run_dir.last_ckpt.exists():
         return fresh
-    state = torch.load(run_dir.last_ckpt, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(run_dir.last_ckpt, map_location="cpu", weights_only=True)
+        if state.get("config_hash") == chash and state["best_epoch"] > 0:
+            torch.load(run_dir.best_ckpt, map_location="cpu", weights_only=True)  # resuming needs it too
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+        # Truncated by a crash of the machine (per-epoch checkpoints are not fsynced): the
+        # finished epochs are lost, not the sweep.
+        log.warning("cannot resume %s (%s: %s); training it from the start", run_dir.root, type(exc).__name__, exc)
+        return fresh
     if state.get("config_hash") != chash:
         return fresh
     model.load_state_dict(state["model"])

@@ -255,3 +255,23 @@ def test_precision_record_keeps_the_fastest_steps():
     # bf16 must win by BF16_CPU_MIN_GAIN; a missing time never wins.
     assert _choose_precision({False: 0.100, True: 0.095}, {})["amp"] is False
     assert _choose_precision({False: 0.100, True: float("nan")}, {})["amp"] is False
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_an_unreadable_last_checkpoint_means_training_again(make_cfg, damage, caplog):
+    # Per-epoch checkpoints skip fsync, so a crash of the machine can leave last.pt cut short:
+    # the run starts over (and ends where an uninterrupted run ends) instead of failing.
+    cfg = make_cfg("trainer.epochs=2")
+    first = train(cfg)
+    run_dir = runs.RunDir(Path(first["run_dir"]))
+    before = runs.read_json(run_dir.metrics)
+    status = runs.read_json(run_dir.status)
+    run_dir.write_status(runs.STATUS_RUNNING, config_hash=status["config_hash"])
+    run_dir.metrics.unlink()
+    data = run_dir.last_ckpt.read_bytes()
+    run_dir.last_ckpt.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    again = train(cfg)
+    assert again["status"] == "completed"
+    assert "cannot resume" in caplog.text and "training it from the start" in caplog.text
+    after = runs.read_json(run_dir.metrics)
+    assert after["epochs_run"] == 2 and after["val"] == before["val"] and after["test"] == before["test"]
