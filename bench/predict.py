@@ -46,7 +46,8 @@ import torch
 from bench import runs
 from bench.data.imagefolder import IMAGE_EXTENSIONS, try_decode
 from bench.data.transforms import Normalize
-from bench.ensemble import HARD, MEMBERS_CSV, SOFT, combine
+from bench.ensemble import HARD, SOFT, combine
+from bench.ensemble_runs import MEMBERS_CSV
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from bench import ensemble as ens
+from bench import ensemble_runs as ens_runs
 from bench import leaderboard as lb
 from bench import runs
 from bench.metrics import classification_metrics
@@ -302,7 +303,7 @@ def exp(tmp_path):
 
 
 def test_load_candidates_aligns_by_path_in_leaderboard_order(exp):
-    cands = ens.load_candidates(exp)
+    cands = ens_runs.load_candidates(exp)
     board = lb.build_leaderboard(exp)
     ranked = board[board["rank"].notna()]
     assert cands.ids == [f"{m}/seed{s}" for m, s in zip(ranked["model"], ranked["seed"])]
@@ -315,7 +316,7 @@ def test_load_candidates_aligns_by_path_in_leaderboard_order(exp):
 
 
 def test_cli_writes_folder_and_leaderboard_row(exp, capsys):
-    assert ens.main([str(exp), "k=3", "method=majority"]) == 0
+    assert ens_runs.main([str(exp), "k=3", "method=majority"]) == 0
     out = capsys.readouterr().out
     assert "majority-k3" in out and "test" in out
     folder = exp / "ensembles" / "majority-k3"
@@ -323,7 +324,7 @@ def test_cli_writes_folder_and_leaderboard_row(exp, capsys):
     members = pd.read_csv(folder / "members.csv")
     assert metrics["method"] == "majority" and metrics["k"] == 3 and metrics["classes"] == CLASSES
     assert len(members) == 3 and list(members["member"]) == [m["member"] for m in metrics["members"]]
-    cands = ens.load_candidates(exp)
+    cands = ens_runs.load_candidates(exp)
     assert list(members["member"]) == cands.ids[:3]  # no tie here: the top 3 by validation
     preds = pd.read_csv(folder / "predictions_test.csv")
     assert list(preds.columns[:3]) == ["path", "label", "predicted"]
@@ -357,8 +358,8 @@ def test_cli_writes_folder_and_leaderboard_row(exp, capsys):
     assert kept.iloc[0]["test_acc"] == pytest.approx(row["test_acc"])
 
     # Same name again: replaced, not duplicated; another name: added.
-    assert ens.main([str(exp), "k=3", "method=majority"]) == 0
-    assert ens.main([str(exp), "k=2", "method=soft", "name=my-soft"]) == 0
+    assert ens_runs.main([str(exp), "k=3", "method=majority"]) == 0
+    assert ens_runs.main([str(exp), "k=2", "method=soft", "name=my-soft"]) == 0
     board = pd.read_csv(exp / "leaderboard.csv")
     assert sorted(board.loc[board["kind"] == "ensemble", "model"]) == ["majority-k3", "my-soft"]
     soft = pd.read_csv(exp / "ensembles" / "my-soft" / "predictions_val.csv")
@@ -367,7 +368,7 @@ def test_cli_writes_folder_and_leaderboard_row(exp, capsys):
 
 @pytest.mark.parametrize("method", ["weighted", "greedy", "best_subset"])
 def test_cli_other_methods(exp, method):
-    assert ens.main([str(exp), "k=2", f"method={method}", "top_n=4", "steps=5"]) == 0
+    assert ens_runs.main([str(exp), "k=2", f"method={method}", "top_n=4", "steps=5"]) == 0
     name = "greedy" if method == "greedy" else f"{method}-k2"
     metrics = runs.read_json(exp / "ensembles" / name / "metrics.json")
     assert metrics["method"] == method
@@ -377,22 +378,22 @@ def test_cli_other_methods(exp, method):
 
 
 def test_cli_weights_option(exp):
-    cands = ens.load_candidates(exp)
+    cands = ens_runs.load_candidates(exp)
     a, b = cands.ids[0], cands.ids[3]
-    assert ens.main([str(exp), "method=weighted", f"weights={a}=2;{b}=1", "name=w"]) == 0
+    assert ens_runs.main([str(exp), "method=weighted", f"weights={a}=2;{b}=1", "name=w"]) == 0
     members = pd.read_csv(exp / "ensembles" / "w" / "members.csv")
     assert members["member"].tolist() == [a, b]
     assert members["weight"].tolist() == pytest.approx([2 / 3, 1 / 3], abs=1e-6)
 
 
 def test_cli_errors(exp, tmp_path, capsys):
-    assert ens.main([str(exp), "k=6"]) == 2  # 5 completed runs
+    assert ens_runs.main([str(exp), "k=6"]) == 2  # 5 completed runs
     assert "fewer than k=6" in capsys.readouterr().err
-    assert ens.main([str(exp), "kk=3"]) == 2
+    assert ens_runs.main([str(exp), "kk=3"]) == 2
     assert "not an option" in capsys.readouterr().err
-    assert ens.main([str(exp), "method=stacking"]) == 2
+    assert ens_runs.main([str(exp), "method=stacking"]) == 2
     assert "stacking" in capsys.readouterr().err
-    assert ens.main([str(tmp_path / "nowhere")]) == 2
+    assert ens_runs.main([str(tmp_path / "nowhere")]) == 2
     assert "no runs/ folder" in capsys.readouterr().err
 
 
@@ -400,8 +401,8 @@ def test_mismatched_images_name_both_runs(exp):
     y = np.zeros(39, dtype=int)  # one validation image fewer
     p = np.tile([0.6, 0.3, 0.1], (39, 1))
     _write_run(exp, "zzz_net", 0, y, p, np.zeros(30, dtype=int), np.tile([0.6, 0.3, 0.1], (30, 1)))
-    with pytest.raises(ens.EnsembleError, match=r"zzz_net/seed0") as info:
-        ens.load_candidates(exp)
+    with pytest.raises(ens_runs.EnsembleError, match=r"zzz_net/seed0") as info:
+        ens_runs.load_candidates(exp)
     assert "different val images" in str(info.value)
 
 
@@ -413,5 +414,5 @@ def test_recorded_prediction_wins_a_rounding_tie(tmp_path):
     frame = pd.read_csv(run.predictions("val"))
     frame.loc[0, "predicted"] = "eosinophil"  # the unrounded probability was higher for class 1
     runs.write_csv_atomic(run.predictions("val"), frame)
-    cands = ens.load_candidates(exp)
+    cands = ens_runs.load_candidates(exp)
     assert cands.splits["val"].probs[0].argmax(1).tolist() == [1, 1]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import ensemble as ens
+from bench import ensemble_runs as ens
 from bench import predict
 from bench import runs
 from bench.models import create_model

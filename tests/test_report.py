@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from bench import ensemble as ens
+from bench import ensemble_runs as ens
 from bench import report, runs, stats
 from bench.metrics import classification_metrics
 from bench.train import train
@@ -196,7 +196,7 @@ def test_known_answers_on_hand_made_runs(tmp_path):
                                   stats.bootstrap_accuracy_ci(~first40, n_resamples=500, seed=1))
     assert st.loc["best_net", ["ci_low", "ci_high"]].tolist() == [1.0, 1.0]
     # Pareto front on validation: worse_net (cheapest) and best_net; twin_net is dearer and worse.
-    pts = report._cost_points(res, "gflops")
+    pts = report.plots._cost_points(res, "gflops")
     assert stats.pareto_front(pts["cost"], pts["val_acc"]).tolist() == [True, False, True]
     # No reference folder and no matching names: no published rows.
     text = report.build_report(exp, results=res).read_text()
