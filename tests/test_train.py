@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +276,14 @@ def test_an_unreadable_last_checkpoint_means_training_again(make_cfg, damage, ca
     assert "cannot resume" in caplog.text and "training it from the start" in caplog.text
     after = runs.read_json(run_dir.metrics)
     assert after["epochs_run"] == 2 and after["val"] == before["val"] and after["test"] == before["test"]
+
+
+def test_progress_bar_is_sparse_when_logging_to_a_file(capsys):
+    from bench.train import _progress
+
+    with _progress(True, 100, "model epoch 1/1") as bar:
+        for _ in range(100):  # 0.5 s: a terminal's bar (0.1 s interval) would be redrawn ~5 times
+            time.sleep(0.005)
+            bar.on_batch({"loss": torch.tensor(1.0), "n": 32})
+    err = capsys.readouterr().err  # pytest's capture is not a terminal
+    assert 0 < err.count("model epoch 1/1") <= 3
