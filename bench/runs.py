@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+
+log = logging.getLogger("bench.runs")
 
 STATUS_RUNNING = "running"
 STATUS_COMPLETED = "completed"
@@ -163,6 +166,19 @@ class RunDir:
         dest.parent.mkdir(parents=True, exist_ok=True)
         self.root.rename(dest)
         return dest
+
+    def completed_metrics(self, config_hash: str) -> dict | None:
+        """The metrics of this run if it completed under ``config_hash`` (so it can be
+        skipped), else None. A run folder written under another config is first moved to
+        ``replaced/`` (logged), so a changed config never silently reuses an old result."""
+        previous = self.read_status()
+        if previous and previous.get("config_hash") != config_hash:
+            dest = self.set_aside(previous.get("config_hash"))
+            log.warning("config changed since %s was written; the old run was moved to %s", self.root, dest)
+            return None
+        if previous and previous["status"] == STATUS_COMPLETED and self.metrics.exists():
+            return read_json(self.metrics)
+        return None
 
     def record_failure(self, exc: BaseException, traceback_text: str, *, config_hash: str, **extra) -> str:
         """Status ``failed`` with a one-line error, and the full traceback in error.log."""

@@ -235,14 +235,9 @@ def train(cfg: DictConfig) -> dict:
     container, chash = run_identity(cfg)
     summary = {"model": model_name, "seed": seed, "experiment": cfg.experiment_name, "run_dir": str(run_dir.root)}
 
-    previous = run_dir.read_status()
-    if previous and previous.get("config_hash") != chash:
-        dest = run_dir.set_aside(previous.get("config_hash"))
-        log.warning("config changed since %s was written; the old run was moved to %s", run_dir.root, dest)
-        previous = None
-    if previous and previous["status"] == runs.STATUS_COMPLETED and run_dir.metrics.exists():
+    metrics = run_dir.completed_metrics(chash)
+    if metrics is not None:
         log.info("%s seed %d: already completed with this config, skipped (%s)", model_name, seed, run_dir.root)
-        metrics = runs.read_json(run_dir.metrics)
         return {**summary, "status": "skipped", "val_acc": metrics["val"]["accuracy"],
                 "test_acc": metrics["test"]["accuracy"]}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from ._registry import register_model
+from .torchvision_zoo import init_head_
 from .weights import PretrainedWeightsUnavailable
 
 
@@ -38,9 +39,7 @@ class SimpleCNN(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                init_head_(m)  # Kaiming (fan_in, ReLU gain), zero bias: from scratch, every layer
 
     def forward(self, x):
         x = self.pool(self.features(x)).flatten(1)

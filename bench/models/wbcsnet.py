@@ -27,6 +27,7 @@ from __future__ import annotations
 from torch import nn
 
 from ._registry import register_model
+from .torchvision_zoo import init_head_
 from .weights import PretrainedWeightsUnavailable
 
 
@@ -54,9 +55,7 @@ class WBCsNet(nn.Module):
         self.fc = nn.Linear(512, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                init_head_(m)  # Kaiming (fan_in, ReLU gain), zero bias: from scratch, every layer
 
     def forward(self, x):
         x = self.conv1(x)

@@ -490,13 +490,8 @@ def run_svm_protocol(cfg: DictConfig) -> list[dict]:
             name = run_name(feature_model, kernel)
             run_dir = runs.RunDir.for_run(exp_dir, name, seed)
             chash = runs.config_hash(identity(cfg, feature_model, kernel))
-            previous = run_dir.read_status()
-            if previous and previous.get("config_hash") != chash:
-                dest = run_dir.set_aside(previous.get("config_hash"))
-                log.warning("config changed since %s was written; the old run was moved to %s", run_dir.root, dest)
-                previous = None
-            if previous and previous["status"] == runs.STATUS_COMPLETED and run_dir.metrics.exists():
-                m = runs.read_json(run_dir.metrics)
+            m = run_dir.completed_metrics(chash)
+            if m is not None:
                 log.info("%s seed %d: already completed with this config, skipped", name, seed)
                 results.append({"model": name, "seed": seed, "status": "skipped", "run_dir": str(run_dir.root),
                                 "val_acc": m["val"]["accuracy"], "test_acc": m["test"]["accuracy"]})
