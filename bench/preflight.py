@@ -98,23 +98,31 @@ def preflight(plan: Plan) -> Report:
     """Check data, weights, image sizes, disk and device for every planned run."""
     report = Report()
     cfg = plan.cfg
-    _check_data(cfg, report)
+    n_images = _check_data(cfg, report)
     _check_models(plan, report)
     _check_disk(plan, report)
+    _check_memory(plan, report, n_images)
     _check_device(cfg, report)
     return report
 
 
-def _check_data(cfg, report: Report) -> None:
+def _check_data(cfg, report: Report) -> int | None:
+    """Problems with the data; returns the number of images when it is known cheaply."""
     from bench.data.imagefolder import DataError, scan_imagefolder
 
     kind = cfg.data.kind
+    n_images = None
+    if kind == "synthetic":
+        from bench.data.synthetic import CLASS_NAMES
+
+        n_images = cfg.data.synthetic_n_per_class * len(CLASS_NAMES)
     try:
         if kind == "imagefolder":
             if not cfg.data.root or cfg.data.root == "???":
                 raise DataError("data=imagefolder needs data.root=PATH (a folder with one sub-folder per class)")
             records, classes = scan_imagefolder(cfg.data.root)
-            report.notes.append(f"data: {len(records)} images in {len(classes)} classes under {cfg.data.root}")
+            n_images = len(records)
+            report.notes.append(f"data: {n_images} images in {len(classes)} classes under {cfg.data.root}")
         elif kind == "bloodmnist":
             from bench.data.bloodmnist import bloodmnist_file
 
@@ -127,6 +135,7 @@ def _check_data(cfg, report: Report) -> None:
     except (DataError, ValueError, OSError) as exc:
         report.problems.append(str(exc))
     _check_augment(cfg, report)
+    return n_images
 
 
 def _check_augment(cfg, report: Report) -> None:
@@ -239,10 +248,56 @@ def _check_disk(plan: Plan, report: Report) -> None:
             need += _param_count(name, spec) * BYTES_PER_PARAM_ON_DISK * len(plan.seeds)
         except Exception:
             continue  # reported by the model checks
-    gb = 1024**3
-    line = f"disk: checkpoints need about {need / gb:.1f} GiB, {free / gb:.1f} GiB free at {existing}"
+    line = f"disk: checkpoints need about {_size(need)}, {_size(free)} free at {existing}"
     if need * 1.2 > free:
         report.problems.append(line + "; free some space or set paths.results_dir=... elsewhere.")
+    else:
+        report.notes.append(line)
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+# The decoded images are held once as the splits' tensors, plus a transient copy of the
+# largest split while it is transposed to channels-first: budget twice the store.
+STORE_MEMORY_FACTOR = 2
+
+
+def _check_memory(plan: Plan, report: Report, n_images: int | None) -> None:
+    from bench.data.store import store_bytes
+    from bench.models import get_model_spec
+
+    available = available_memory()
+    if not n_images or available is None:
+        return
+    cfg = plan.cfg
+    sizes = []
+    for name in plan.models:
+        try:
+            sizes.append(int(cfg.data.image_size or get_model_spec(name).input_size))
+        except Exception:
+            continue  # reported by the model checks
+    if not sizes:
+        return
+    size = max(sizes)
+    need = STORE_MEMORY_FACTOR * store_bytes(n_images, size)
+    line = f"memory: {n_images} decoded images at {size} px need about {_size(need)}, {_size(available)} available"
+    if need > available:
+        report.problems.append(line + "; free memory, run on a machine with more, or set a smaller "
+                               "data.image_size (the protocol's 224 px needs ~5 GiB for the 17,092 PBC images).")
     else:
         report.notes.append(line)
 

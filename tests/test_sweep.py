@@ -164,6 +164,21 @@ def test_preflight_lists_every_problem_at_once(tmp_path):
     assert "data.augment.interpolation='bicubic'" in text
 
 
+def test_preflight_refuses_a_store_that_cannot_fit_in_memory(tmp_path, monkeypatch):
+    import bench.preflight as pf
+
+    plan = plan_runs(["-m", "model=simple_cnn,resnet18", "model.pretrained=false", "data.synthetic_n_per_class=100",
+                      f"paths.results_dir={tmp_path}"])
+    monkeypatch.setattr(pf, "available_memory", lambda: 8 * 2**20)  # 8 MiB free
+    text = preflight(plan).format()
+    # 800 images at resnet18's 224 px: 120 MB of uint8, twice that budgeted.
+    assert "memory: 800 decoded images at 224 px need about 230 MiB, 8 MiB available" in text
+    assert "data.image_size" in text
+    monkeypatch.setattr(pf, "available_memory", lambda: 64 * 2**30)
+    report = preflight(plan)
+    assert report.ok and any(n.startswith("memory:") for n in report.notes)
+
+
 def test_plan_expands_the_experiments_sweep():
     plan = plan_runs(["-m", "experiment=gavas2021", "data.root=/data", "seed=0,1"])
     assert len(plan.models) == 27 and plan.seeds == [0, 1] and plan.n_runs == 54
