@@ -270,9 +270,12 @@ def _fit_with_oom_retry(cfg, run_dir, exp_dir, chash) -> dict:
     except torch.cuda.OutOfMemoryError as exc:
         if cfg.trainer.batch_size // (2 * cfg.trainer.grad_accum) < 1:
             raise
-        log.warning("CUDA out of memory (%s); retrying with half the micro-batch", str(exc).splitlines()[0])
-        _release_memory()
-        return _fit(cfg, run_dir, exp_dir, chash, grad_accum=2 * cfg.trainer.grad_accum, oom_retry=True)
+        message = str(exc).splitlines()[0]
+    # Retry outside the except block: there the traceback still holds the failed attempt's
+    # frames, and with them its model, optimizer state and batches on the GPU.
+    log.warning("CUDA out of memory (%s); retrying with half the micro-batch", message)
+    _release_memory()
+    return _fit(cfg, run_dir, exp_dir, chash, grad_accum=2 * cfg.trainer.grad_accum, oom_retry=True)
 
 
 def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: int, oom_retry: bool = False) -> dict:

@@ -85,13 +85,19 @@ def test_nan_loss_is_a_failed_run(make_cfg):
 def test_cuda_oom_retries_with_half_the_micro_batch(make_cfg, monkeypatch, tmp_path):
     import bench.train as train_mod
 
-    calls = []
+    import weakref
+
+    calls, first_attempt = [], []
     real_fit = train_mod._fit
 
     def flaky_fit(cfg, run_dir, exp_dir, chash, *, grad_accum, oom_retry=False):
         calls.append(grad_accum)
         if len(calls) == 1:
+            weights = torch.zeros(1024, 1024)  # stands for the failed attempt's model on the GPU
+            first_attempt.append(weakref.ref(weights))
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        # The failed attempt's tensors are gone before the retry allocates its own.
+        assert first_attempt[0]() is None
         return real_fit(cfg, run_dir, exp_dir, chash, grad_accum=grad_accum, oom_retry=oom_retry)
 
     monkeypatch.setattr(train_mod, "_fit", flaky_fit)
