@@ -54,6 +54,7 @@ NON_RESULT_KEYS = {"paths": None, "trainer": ("progress", "num_threads"), "data"
                    "cv": None, "two_level": None, "svm": None}
 
 _RESULTS: list[dict] = []  # what this process's runs returned (read by cli at the end)
+_SWEEP: dict = {}  # planned run count and start time of a bench-train command (for progress lines)
 
 
 # --------------------------------------------------------------------------- set-up
@@ -538,7 +539,25 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 def hydra_main(cfg: DictConfig) -> float | None:
     result = train(cfg)
     _RESULTS.append(result)
+    _log_sweep_progress(_RESULTS, _SWEEP)
     return result.get("val_acc")  # what a hyper-parameter sweeper would optimise
+
+
+def _log_sweep_progress(results: list[dict], sweep: dict) -> None:
+    """One line after each run of a sweep: how many are done, failed and skipped, and the time."""
+    total = sweep.get("total", 0)
+    if total <= 1:
+        return
+    count = {s: sum(r["status"] == s for r in results) for s in (runs.STATUS_FAILED, "skipped")}
+    elapsed = time.perf_counter() - sweep["start"]
+    log.info("sweep: %d of %d run(s) done (%d failed, %d already complete) after %s", len(results), total,
+             count[runs.STATUS_FAILED], count["skipped"], _duration(elapsed))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -580,6 +599,9 @@ def cli(argv: list[str] | None = None) -> int:
     else:
         plan = None
     _RESULTS.clear()
+    _SWEEP.clear()
+    if plan is not None:
+        _SWEEP.update(total=plan.n_runs, start=time.perf_counter())
     # Hydra's argparse wants flags before overrides; accept `-m` anywhere on the line.
     flags = [a for a in args if a in ("-m", "--multirun")]
     sys.argv = [sys.argv[0], *flags, *[a for a in args if a not in flags]]

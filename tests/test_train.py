@@ -287,3 +287,16 @@ def test_progress_bar_is_sparse_when_logging_to_a_file(capsys):
             bar.on_batch({"loss": torch.tensor(1.0), "n": 32})
     err = capsys.readouterr().err  # pytest's capture is not a terminal
     assert 0 < err.count("model epoch 1/1") <= 3
+
+
+def test_sweep_progress_line(caplog):
+    import logging
+
+    from bench.train import _log_sweep_progress
+
+    done = [{"status": "completed"}, {"status": "failed"}, {"status": "skipped"}]
+    with caplog.at_level(logging.INFO, logger="bench.train"):
+        _log_sweep_progress(done, {"total": 27, "start": time.perf_counter() - 3725})
+        _log_sweep_progress(done[:1], {"total": 1, "start": time.perf_counter()})  # a single run: no line
+    assert [r.getMessage() for r in caplog.records] == [
+        "sweep: 3 of 27 run(s) done (1 failed, 1 already complete) after 1 h 02 min"]
