@@ -301,14 +301,9 @@ def harness_overrides(args, model: str, *, results_dir: Path, cache_dir: Path, e
 
 
 def compose_cfg(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
+    from bench.config import compose_config
 
-    from bench.config import register_configs
-    from bench.train import CONF_DIR
-
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose_config(overrides)
 
 
 def run_harness(cfg) -> dict:
@@ -560,7 +555,7 @@ def model_list(text: str) -> list[str]:
     if text.strip() == "gavas2021":
         from omegaconf import OmegaConf
 
-        from bench.train import CONF_DIR
+        from bench.config import CONF_DIR
 
         exp = OmegaConf.load(Path(CONF_DIR) / "experiment" / "gavas2021.yaml")
         text = str(exp.hydra.sweeper.params.model)

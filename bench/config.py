@@ -14,6 +14,7 @@ single list of models and ``model=resnet34`` can never drift from it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -164,3 +165,23 @@ def register_configs() -> None:
     cs.store(name="bench_schema", node=BenchConfig)
     for name in list_models():
         cs.store(group="model", name=name, node=ModelConfig(name=name))
+
+
+# Absolute: Hydra resolves a relative config path as a Python package when called from one.
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def compose_config(overrides=(), *, return_hydra_config: bool = False):
+    """``conf/config.yaml`` composed with ``overrides``, as ``bench-train`` would see it.
+
+    Outside a Hydra app this opens the config directory for the call; inside one (a run
+    of ``bench-train``) Hydra is already set up on the same directory and is reused.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)

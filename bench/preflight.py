@@ -20,13 +20,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from bench.config import compose_config
+
 log = logging.getLogger(__name__)
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 MULTIRUN_FLAGS = ("-m", "--multirun")
 BYTES_PER_PARAM_ON_DISK = 4 * 4  # best.pt (fp32) + last.pt (weights + SGD momentum + margin)
 
@@ -82,8 +82,7 @@ def plan_runs(args: list[str]) -> Plan:
             base.append(f"{o.get_key_element()}={values[0]}")
         else:
             base.append(o.input_line)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=base, return_hydra_config=True)
+    cfg = compose_config(base, return_hydra_config=True)
     params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
     if multirun:
         for key, text in params.items():

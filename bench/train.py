@@ -34,6 +34,7 @@ from bench.data.loader import BatchLoader
 from bench.data.transforms import BatchAugment, Normalize
 from bench.leaderboard import refresh_leaderboard
 from bench.benchmark import cpu_model as env_cpu_model
+from bench.config import CONF_DIR
 from bench.engine import (  # noqa: F401  (compute_loss re-exported)
     compute_loss,
     cpu_bf16_supported,
@@ -531,8 +532,6 @@ class _progress:
 
 
 # --------------------------------------------------------------------------- entry points
-# An absolute path: Hydra resolves relative paths as Python packages when called from one.
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -6,12 +6,8 @@ import os
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from bench.config import compose_config
 
-from bench.config import register_configs
-from bench.train import CONF_DIR
-
-register_configs()
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # Small enough for seconds per run on 2 cores, big enough that every class reaches all splits.
@@ -27,8 +23,7 @@ SMOKE_OVERRIDES = [
 
 
 def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose_config(overrides)
 
 
 @pytest.fixture(scope="session")

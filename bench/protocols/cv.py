@@ -273,18 +273,6 @@ def format_summary(summary: pd.DataFrame) -> str:
 
 
 # --------------------------------------------------------------------------- entry point
-def compose_config(overrides: Sequence[str]) -> DictConfig:
-    """The config for ``overrides``, composed like bench-train's (Hydra compose API)."""
-    from hydra import compose, initialize_config_dir
-
-    from bench.config import register_configs
-    from bench.preflight import CONF_DIR
-
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
 def main(argv: list[str] | None = None) -> int:
     """``bench-cv experiment=almotairi2019 data.root=/data/PBC`` (any Hydra overrides)."""
     from hydra.errors import HydraException
@@ -314,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     register_requested_timm_models(args.overrides)
     try:
+        from bench.config import compose_config
+
         cfg = compose_config(args.overrides)
         report = preflight(plan_runs(args.overrides))
     except (HydraException, OmegaConfBaseException) as exc:

@@ -555,14 +555,12 @@ One invocation runs every svm.feature_models x svm.kernels (no -m). Results go t
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from bench.config import register_configs
+    from bench.config import compose_config
     from bench.leaderboard import build_leaderboard, format_leaderboard
     from bench.models import UnknownModelError, get_model_spec
-    from bench.preflight import CONF_DIR
 
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
@@ -572,10 +570,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("bench-svm: no -m: one invocation runs every svm.feature_models x svm.kernels; list them with "
               "svm.feature_models=[vgg16,inception_v3] svm.kernels=[rbf,cubic].", file=sys.stderr)
         return 2
-    register_configs()
     try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=args)
+        cfg = compose_config(args)
         for name in cfg.svm.feature_models:
             get_model_spec(name)
         for kernel in cfg.svm.kernels:
