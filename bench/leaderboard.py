@@ -67,9 +67,14 @@ TAIL_COLUMNS = (
     "eval_img_s",
     "peak_mem_mb",
     "error",
+    "protocol",
     "paper_test_acc",
     "paper_diff",
 )
+# protocol column: how the run differs from the paper's recipe (bench.protocol); paper_diff is
+# only filled for runs that follow it, since any other difference is not a replication.
+PROTOCOL_FOLLOWED = "paper"
+PROTOCOL_UNKNOWN = "unknown"
 # Copied as-is from metrics.json.
 RUN_INFO_KEYS = (
     "params_m", "gflops", "epochs", "best_epoch",
@@ -253,6 +258,7 @@ def _model_row(record: RunRecord, classes: Sequence[str], reference: dict[str, f
     for key in RUN_INFO_KEYS:
         row[key] = math.nan
     row["error"] = record.error if record.error else None
+    row["protocol"] = None
     row["paper_test_acc"] = paper_accuracy(record.model, reference)
     row["paper_diff"] = math.nan
     if not record.completed:
@@ -268,8 +274,18 @@ def _model_row(record: RunRecord, classes: Sequence[str], reference: dict[str, f
         row[f"test_{key}"] = _num((test.get("macro") or {}).get(key))
     for key in RUN_INFO_KEYS:
         row[key] = _num(metrics.get(key))
-    row["paper_diff"] = row["test_acc"] - row["paper_test_acc"]
+    deviations = metrics.get("protocol_deviations")
+    row["protocol"] = protocol_text(deviations)
+    if deviations == []:
+        row["paper_diff"] = row["test_acc"] - row["paper_test_acc"]
     return {k: _round(v) for k, v in row.items()}
+
+
+def protocol_text(deviations: list[str] | None) -> str:
+    """The protocol column: "paper", the deviations joined by "; ", or "unknown"."""
+    if deviations is None:
+        return PROTOCOL_UNKNOWN
+    return "; ".join(deviations) if deviations else PROTOCOL_FOLLOWED
 
 
 def _rank_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -381,7 +397,9 @@ def summary_frame(model_rows: pd.DataFrame, classes: Sequence[str]) -> pd.DataFr
         out[f"{v}_mean"] = mean[v].values
         out[f"{v}_std"] = std[v].values
     out["paper_test_acc"] = grouped["paper_test_acc"].first().values
-    out["paper_diff"] = out["test_acc_mean"] - out["paper_test_acc"]
+    # Only when every seed followed the paper's recipe (see the protocol column).
+    followed = grouped["protocol"].agg(lambda s: bool((s == PROTOCOL_FOLLOWED).all())).values
+    out["paper_diff"] = (out["test_acc_mean"] - out["paper_test_acc"]).where(followed)
     out = out.sort_values(["val_acc_mean", "model"], ascending=[False, True], kind="mergesort")
     return out.round(DECIMALS).reset_index(drop=True)[columns]
 

@@ -44,6 +44,7 @@ from bench.engine import (  # noqa: F401  (compute_loss re-exported)
 )
 from bench.metrics import classification_metrics
 from bench.models import count_gflops, count_params, create_model, get_model_spec
+from bench.protocol import protocol_deviations
 
 log = logging.getLogger("bench.train")
 
@@ -433,6 +434,7 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
         "amp": amp, "channels_last": channels_last,
         "n_excluded": len(bundle.excluded), "data_root": bundle.root,
         "device": str(device), "env": env_info(device), "config_hash": chash,
+        "protocol_deviations": protocol_deviations(cfg),  # vs. the paper's recipe; [] = follows it
     }
     runs.write_json_atomic(run_dir.metrics, metrics)
     log.info("%s seed %d: best epoch %d, val acc %.4f, test acc %.4f -> %s", cfg.model.name, cfg.seed,

@@ -22,8 +22,8 @@ SMOKE_OVERRIDES = [
 ]
 
 
-def compose_cfg(*overrides: str):
-    return compose_config(overrides)
+def compose_cfg(*overrides: str, return_hydra_config: bool = False):
+    return compose_config(overrides, return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ def _write_run(exp_dir, model, seed, *, val_wrong=0, test_wrong=0, status="compl
             "val": _metric_set(val_wrong), "test": _metric_set(test_wrong),
             "params_m": 11.2, "gflops": 1.8, "input_size": 224,
             "train_time_s": 12.5, "train_img_s": 100.0, "eval_img_s": 300.0, "peak_mem_mb": None,
-            "device": "cpu", "env": {},
+            "device": "cpu", "env": {}, "protocol_deviations": [],
         }
         metrics.update(extra)
         runs.write_json_atomic(run.metrics, metrics)
@@ -117,6 +117,22 @@ def test_paper_columns(exp):
     assert vgg["paper_diff"] == pytest.approx(vgg["test_acc"] - ref["vgg19"])
     assert pd.isna(_row(board, "timm/tiny_net")["paper_test_acc"])
     assert pd.isna(_row(board, "timm/tiny_net")["paper_diff"])
+    assert vgg["protocol"] == "paper"
+
+
+def test_paper_difference_only_for_runs_that_follow_the_paper(tmp_path):
+    short = ["trainer.epochs=3 (paper: 25)", "model.pretrained=false (paper: true)"]
+    _write_run(tmp_path, "vgg19", 0, protocol_deviations=short)
+    _write_run(tmp_path, "vgg19", 1)
+    _write_run(tmp_path, "resnet18", 0, protocol_deviations=None)  # written before the check existed
+    board = lb.build_leaderboard(tmp_path)
+    deviating, following, unknown = _row(board, "vgg19", 0), _row(board, "vgg19", 1), _row(board, "resnet18")
+    assert deviating["protocol"] == "trainer.epochs=3 (paper: 25); model.pretrained=false (paper: true)"
+    assert pd.notna(deviating["paper_test_acc"]) and pd.isna(deviating["paper_diff"])
+    assert following["protocol"] == "paper" and pd.notna(following["paper_diff"])
+    assert unknown["protocol"] == "unknown" and pd.isna(unknown["paper_diff"])
+    summary = lb.summary_frame(board[board["kind"] == "model"], CLASSES).set_index("model")
+    assert pd.isna(summary.loc["vgg19", "paper_diff"])  # one of its seeds deviates
 
 
 def test_missing_reference_gives_empty_paper_columns(exp, tmp_path):

@@ -105,7 +105,26 @@ def test_run_folder_has_every_output(trained):
     assert metrics["best_epoch"] == int(history["val_acc"].idxmax()) + 1  # idxmax: first of ties
     assert metrics["params_m"] > 0 and metrics["gflops"] > 0 and metrics["train_time_s"] > 0
     assert metrics["env"]["torch"]
+    # The smoke run is far from the paper's recipe, and says how.
+    assert "data.kind=synthetic (paper: imagefolder)" in metrics["protocol_deviations"]
+    assert "model.pretrained=false (paper: true)" in metrics["protocol_deviations"]
     assert (rd.root.parents[2] / "leaderboard.csv").exists()
+
+
+def test_the_published_sweep_follows_the_published_protocol():
+    from bench.protocol import protocol_deviations
+
+    sweep = compose_cfg("experiment=gavas2021", "data.root=/data", return_hydra_config=True)
+    models = str(sweep.hydra.sweeper.params.model).split(",")
+    assert len(models) == 27
+    for model in models:
+        assert protocol_deviations(compose_cfg("experiment=gavas2021", "data.root=/data", f"model={model}")) == []
+    changed = compose_cfg("experiment=gavas2021", "data.root=/data", "model=inception_v3", "data.image_size=224",
+                          "optim=adam", "sched=cosine")
+    found = protocol_deviations(changed)
+    assert "data.image_size=224 (paper: 299)" in found
+    assert "optim._target_=torch.optim.Adam (paper: torch.optim.SGD)" in found
+    assert any(d.startswith("sched._target_=") for d in found)
 
 
 def test_metrics_equal_a_recomputation_from_the_predictions(trained):

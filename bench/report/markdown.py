@@ -114,6 +114,23 @@ def _fmt_frac_table(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     return table.apply(lambda col: col.map(lambda v: _pct(v, digits)))
 
 
+def _protocol_note(res: ExperimentResults, models: set[str]) -> str:
+    """Whether the runs compared with the paper followed its recipe, and if not, how not."""
+    differ: dict[str, list[str]] = {}
+    for entry in res.runs:
+        if entry.model in models:
+            text = lb.protocol_text(entry.metrics.get("protocol_deviations"))
+            if text == lb.PROTOCOL_UNKNOWN:
+                text = "not recorded (written by an older bench)"
+            if text != lb.PROTOCOL_FOLLOWED:
+                differ.setdefault(text, []).append(entry.label)
+    if not differ:
+        return "Every run compared here followed the published protocol."
+    parts = [f"{', '.join(labels)}: {text}" for text, labels in differ.items()]
+    return ("**Not a replication** where a run departs from the published protocol, so read these "
+            "differences with that in mind: " + " | ".join(parts) + ".")
+
+
 def _data_note(res: ExperimentResults) -> str:
     kind = (res.data_kind or "").lower()
     root = res.data_root or ""
@@ -180,7 +197,8 @@ def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int
             shown["ours − paper (overall)"] = [f"{100 * d:+.2f}" if math.isfinite(d) else "-"
                                               for d in published["ours_minus_paper"]]
             lines += ["", f"Published class-wise accuracy for the same models ({PAPER}, Table 2), %. "
-                      "Their split is not ours: differences of a few tenths are within split-to-split noise.",
+                      "Their split is not ours: differences of a few tenths are within split-to-split noise. "
+                      + _protocol_note(res, set(published.index)),
                       "", md_table(shown, bold=list(published.columns.drop("ours_minus_paper")), index=True)]
         if "classes" in figures:
             lines += ["", _link("classes", "class-wise test accuracy heatmap")]
