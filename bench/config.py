@@ -52,6 +52,9 @@ class DataConfig:
     bloodmnist_size: int = 64
     download: bool = False
     decode_workers: int = 0  # processes decoding images into the store; 0 = one per CPU core
+    # Where training reads the decoded images: memory | mmap (from the store file, batch by batch,
+    # for datasets that do not fit in memory) | auto (mmap only when memory would not suffice).
+    store: str = "auto"
     # --- Cross-validation splits (bench/protocols/cv.py sets these per fold; see split.py).
     # holdout: the one split above (manifest.csv). kfold: stratified fold ``fold`` of ``n_folds`` is
     # the test set, validation is carved from the other folds in the train:val ratio of

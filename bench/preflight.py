@@ -258,31 +258,17 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to new allocations (Linux ``MemAvailable``), None if unknown."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-# The decoded images are held once as the splits' tensors, plus a transient copy of the
-# largest split while it is transposed to channels-first: budget twice the store.
-STORE_MEMORY_FACTOR = 2
-
-
 def _check_memory(plan: Plan, report: Report, n_images: int | None) -> None:
-    from bench.data.store import store_bytes
+    from bench.data.store import STORE_MODES, available_memory, memory_need
     from bench.models import get_model_spec
 
-    available = available_memory()
-    if not n_images or available is None:
-        return
     cfg = plan.cfg
+    if cfg.data.store not in STORE_MODES:
+        report.problems.append(f"data.store={cfg.data.store!r} is not one of {', '.join(STORE_MODES)}.")
+        return
+    available = available_memory()
+    if not n_images or available is None or cfg.data.store == "mmap":
+        return
     sizes = []
     for name in plan.models:
         try:
@@ -292,13 +278,16 @@ def _check_memory(plan: Plan, report: Report, n_images: int | None) -> None:
     if not sizes:
         return
     size = max(sizes)
-    need = STORE_MEMORY_FACTOR * store_bytes(n_images, size)
+    need = memory_need(n_images, size)
     line = f"memory: {n_images} decoded images at {size} px need about {_size(need)}, {_size(available)} available"
-    if need > available:
-        report.problems.append(line + "; free memory, run on a machine with more, or set a smaller "
-                               "data.image_size (the protocol's 224 px needs ~5 GiB for the 17,092 PBC images).")
-    else:
+    if need <= available:
         report.notes.append(line)
+    elif cfg.data.store == "auto":
+        report.warnings.append(line + "; training reads them from the memory-mapped store file instead "
+                               "(data.store=auto), which is slower where the disk is slow.")
+    else:
+        report.problems.append(line + "; free memory, set data.store=auto (or mmap) to read them from the store "
+                               "file, or set a smaller data.image_size.")
 
 
 _PARAMS: dict[str, int] = {}

@@ -52,7 +52,7 @@ log = logging.getLogger("bench.train")
 # e.g. turning progress bars off does not retrain a finished model.
 # cv / two_level / svm drive other commands (bench-cv, bench-svm); a training run's own data
 # selection is in data.* (fold, classes, class_map), which stays in the hash.
-NON_RESULT_KEYS = {"paths": None, "trainer": ("progress", "num_threads"), "data": ("decode_workers",),
+NON_RESULT_KEYS = {"paths": None, "trainer": ("progress", "num_threads"), "data": ("decode_workers", "store"),
                    "cv": None, "two_level": None, "svm": None}
 
 _RESULTS: list[dict] = []  # what this process's runs returned (read by cli at the end)

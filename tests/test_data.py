@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -250,3 +251,35 @@ def test_training_batches_depend_only_on_seed_and_epoch():
     a, b, c = epoch_batches(2), epoch_batches(2), epoch_batches(3)
     assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
     assert not all(torch.equal(y1, y2) for (_, y1), (_, y2) in zip(a, c))
+
+
+def test_mapped_images_index_like_the_in_memory_tensor(tmp_path):
+    from bench.data.store import MappedImages, SplitData
+
+    store = np.random.default_rng(0).integers(0, 256, (20, 6, 6, 3), dtype=np.uint8)
+    np.save(tmp_path / "s.npy", store)
+    mapped_store = np.load(tmp_path / "s.npy", mmap_mode="r")
+    rows = [7, 3, 19, 0, 11]
+    lazy = MappedImages(mapped_store, rows)
+    eager = torch.from_numpy(np.ascontiguousarray(store[rows].transpose(0, 3, 1, 2)))
+    assert lazy.shape == tuple(eager.shape) and len(lazy) == 5
+    for index in (slice(1, 4), torch.tensor([4, 0, 2]), np.array([3, 3]), [1, 0]):
+        assert torch.equal(lazy[index], eager[index])
+    assert torch.equal(lazy[2], eager[2])
+    assert lazy.to("cuda") is lazy  # stays on the host; the loader moves batches
+    split = SplitData(lazy, torch.arange(5), [str(r) for r in rows])
+    assert split.to("cuda") is split  # labels stay with the images (pinned copies need host tensors)
+
+
+def test_training_from_the_memory_mapped_store_matches_training_in_memory(make_cfg, caplog):
+    import logging
+
+    in_memory = train(make_cfg("trainer.epochs=2", "data.store=memory"))
+    with caplog.at_level(logging.INFO, logger="bench.data.build"):
+        mapped = train(make_cfg("trainer.epochs=2", "data.store=mmap", "experiment_name=mapped"))
+    assert "read from the memory-mapped store" in caplog.text
+    assert in_memory["status"] == mapped["status"] == "completed"
+    a = runs.read_json(Path(in_memory["run_dir"]) / "metrics.json")
+    b = runs.read_json(Path(mapped["run_dir"]) / "metrics.json")
+    assert a["val"] == b["val"] and a["test"] == b["test"]
+

@@ -170,19 +170,25 @@ def test_preflight_lists_every_problem_at_once(tmp_path):
     assert "data.augment.interpolation='bicubic'" in text
 
 
-def test_preflight_refuses_a_store_that_cannot_fit_in_memory(tmp_path, monkeypatch):
-    import bench.preflight as pf
+def test_preflight_checks_memory_for_the_decoded_images(tmp_path, monkeypatch):
+    import bench.data.store as store
 
-    plan = plan_runs(["-m", "model=simple_cnn,resnet18", "model.pretrained=false", "data.synthetic_n_per_class=100",
-                      f"paths.results_dir={tmp_path}"])
-    monkeypatch.setattr(pf, "available_memory", lambda: 8 * 2**20)  # 8 MiB free
-    text = preflight(plan).format()
+    def plan(store_mode):
+        return plan_runs(["-m", "model=simple_cnn,resnet18", "model.pretrained=false", "data.synthetic_n_per_class=100",
+                          f"data.store={store_mode}", f"paths.results_dir={tmp_path}"])
+
+    monkeypatch.setattr(store, "available_memory", lambda: 8 * 2**20)  # 8 MiB free
     # 800 images at resnet18's 224 px: 120 MB of uint8, twice that budgeted.
-    assert "memory: 800 decoded images at 224 px need about 230 MiB, 8 MiB available" in text
-    assert "data.image_size" in text
-    monkeypatch.setattr(pf, "available_memory", lambda: 64 * 2**30)
-    report = preflight(plan)
-    assert report.ok and any(n.startswith("memory:") for n in report.notes)
+    forced = preflight(plan("memory"))
+    assert not forced.ok
+    assert "memory: 800 decoded images at 224 px need about 230 MiB, 8 MiB available" in forced.format()
+    assert "data.store=auto" in forced.format()
+    auto = preflight(plan("auto"))  # reads from the memory-mapped store instead, and says so
+    assert auto.ok and any("memory-mapped" in w for w in auto.warnings)
+    assert not preflight(plan("bogus")).ok
+    monkeypatch.setattr(store, "available_memory", lambda: 64 * 2**30)
+    roomy = preflight(plan("memory"))
+    assert roomy.ok and any(n.startswith("memory:") for n in roomy.notes)
 
 
 def test_plan_expands_the_experiments_sweep():

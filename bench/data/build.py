@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from bench.data.imagefolder import DataError, scan_imagefolder
 from bench.data.split import SPLITS, conflicting_duplicates, file_sha1, load_or_create_manifest, manifest_filename
-from bench.data.store import SplitData, load_or_decode, to_split
+from bench.data.store import MappedImages, SplitData, choose_store_mode, load_or_decode, to_split
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,12 @@ def _build(data_cfg, *, image_size: int, exp_dir: Path, cache_dir: str | None) -
 def _imagefolder(root: Path, data_cfg, image_size: int, exp_dir: Path, cache_dir) -> DataBundle:
     records, class_names = scan_imagefolder(root)
     files = [root / r.path for r in records]
+    mode = choose_store_mode(data_cfg.store, len(files), image_size)
+    if mode == "mmap" and not cache_dir and data_cfg.store == "auto":
+        mode = "memory"  # no store file to read from: try memory
+    elif mode == "mmap" and not cache_dir:
+        raise DataError("data.store=mmap reads the images from the decoded-image store file, which lives under "
+                        "paths.cache_dir; set paths.cache_dir=PATH or data.store=memory.")
     images, reasons = load_or_decode(
         files, image_size, Path(cache_dir) if cache_dir else None, workers=data_cfg.decode_workers
     )
@@ -113,7 +120,13 @@ def _imagefolder(root: Path, data_cfg, image_size: int, exp_dir: Path, cache_dir
     for split in SPLITS:
         part = manifest[manifest["split"] == split]
         rows = [row_of[p] for p in part["path"]]
-        splits[split] = to_split(images[rows], [class_index[c] for c in part["label"]], part["path"].tolist())
+        labels, paths = [class_index[c] for c in part["label"]], part["path"].tolist()
+        if mode == "mmap":
+            splits[split] = SplitData(MappedImages(images, rows), torch.as_tensor(labels, dtype=torch.long), paths)
+        else:
+            splits[split] = to_split(images[rows], labels, paths)
+    if mode == "mmap":
+        log.info("images are read from the memory-mapped store batch by batch (data.store=%s)", data_cfg.store)
     return DataBundle(class_names, splits, str(root), excluded)
 
 

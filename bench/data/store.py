@@ -36,9 +36,10 @@ STORE_FORMAT = 2  # bump when the decoded bytes would change (resize rule, colou
 
 @dataclass
 class SplitData:
-    """One split held in memory: images uint8 (N, 3, S, S), labels int64 (N,), paths."""
+    """One split: images uint8 (N, 3, S, S), labels int64 (N,), paths. The images are a
+    tensor in memory, or ``MappedImages`` read from the store file batch by batch."""
 
-    images: torch.Tensor
+    images: "torch.Tensor | MappedImages"
     labels: torch.Tensor
     paths: list[str]
 
@@ -46,7 +47,48 @@ class SplitData:
         return len(self.paths)
 
     def to(self, device) -> "SplitData":
+        if isinstance(self.images, MappedImages):
+            return self  # read batch by batch from the store file; the loader moves each batch
         return SplitData(self.images.to(device), self.labels.to(device), self.paths)
+
+
+class MappedImages:
+    """A split's images left in the memory-mapped store (N, S, S, 3) and read on indexing,
+    for datasets whose decoded images do not fit in memory (``data.store``).
+
+    Indexing with an int, a slice, or an index array/tensor returns what the same index of
+    the in-memory tensor would: uint8 (…, 3, S, S) on the CPU. It stays on the host when
+    asked to move (``to``): the loader copies each batch to the device instead.
+    """
+
+    def __init__(self, store: np.ndarray, rows: Sequence[int]):
+        self.store = store
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.dtype = torch.uint8
+        self.device = torch.device("cpu")
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        _, h, w, c = self.store.shape
+        return (len(self.rows), c, h, w)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        rows = self.rows[index]
+        if np.ndim(rows) == 0:
+            return self[np.asarray([index])][0]
+        # Reading the file in row order is kinder to the disk; then undo the sort.
+        order = np.argsort(rows, kind="stable")
+        block = np.empty((len(rows), *self.store.shape[1:]), dtype=np.uint8)
+        block[order] = self.store[rows[order]]
+        return torch.from_numpy(block).permute(0, 3, 1, 2).contiguous()
+
+    def to(self, device) -> "MappedImages":
+        return self
 
 
 def store_key(files: Sequence[Path], size: int) -> str:
@@ -58,9 +100,12 @@ def store_key(files: Sequence[Path], size: int) -> str:
     return h.hexdigest()[:20]
 
 
-def decode_all(files: Sequence[Path], size: int, *, workers: int = 0) -> tuple[np.ndarray, list[str | None]]:
-    """Decode ``files`` to an (N, S, S, 3) uint8 array; failures give a zero image and a reason."""
-    out = np.zeros((len(files), size, size, 3), dtype=np.uint8)
+def decode_all(files: Sequence[Path], size: int, *, workers: int = 0,
+               out: np.ndarray | None = None) -> tuple[np.ndarray, list[str | None]]:
+    """Decode ``files`` to an (N, S, S, 3) uint8 array (``out``, e.g. a memory-mapped file,
+    when given); failures give a zero image and a reason."""
+    if out is None:
+        out = np.zeros((len(files), size, size, 3), dtype=np.uint8)
     reasons: list[str | None] = [None] * len(files)
     jobs = [(str(f), size) for f in files]
     # CPUs this process may use (a Slurm job gets a share of the node, not all of it).
@@ -111,19 +156,56 @@ def load_or_decode(
                 return arr, meta["reasons"]
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: rebuild below
-    arr, reasons = decode_all(files, size, workers=workers)
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(arr_path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, arr)  # straight to the file: no second copy in memory (2.6 GB for PBC at 224 px)
+    with atomic_path(arr_path) as tmp:
+        # Decoded straight into the file: the images never need to fit in memory at once.
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
+        _, reasons = decode_all(files, size, workers=workers, out=out)
+        out.flush()
+        del out
     # The metadata is written last: its presence means the array is complete (a truncated
     # array after a machine crash fails the shape check above and is decoded again).
     write_json_atomic(meta_path, {"size": size, "n": len(files), "reasons": reasons})
-    return arr, reasons
+    return np.load(arr_path, mmap_mode="r"), reasons
 
 
 def store_bytes(n_images: int, size: int) -> int:
     """Bytes of the decoded uint8 images of ``n_images`` at ``size`` x ``size`` px."""
     return n_images * 3 * size * size
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+STORE_MODES = ("auto", "memory", "mmap")
+# In memory, the decoded images are held once as the splits' tensors, plus a transient copy of
+# the largest split while it is transposed to channels-first: budget twice the store.
+STORE_MEMORY_FACTOR = 2
+
+
+def memory_need(n_images: int, size: int) -> int:
+    """Bytes of memory the in-memory store needs for ``n_images`` at ``size`` px."""
+    return STORE_MEMORY_FACTOR * store_bytes(n_images, size)
+
+
+def choose_store_mode(requested: str, n_images: int, size: int) -> str:
+    """``memory`` or ``mmap`` for ``data.store`` (``auto``: mmap only when memory would not do)."""
+    if requested not in STORE_MODES:
+        raise ValueError(f"data.store={requested!r} is not one of {', '.join(STORE_MODES)}; auto keeps the "
+                         "decoded images in memory when they fit and reads them from the store file otherwise.")
+    if requested != "auto":
+        return requested
+    available = available_memory()
+    return "mmap" if available is not None and memory_need(n_images, size) > available else "memory"
 
 
 def to_split(images_nhwc: np.ndarray, labels: Sequence[int], paths: Sequence[str]) -> SplitData:
