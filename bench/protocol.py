@@ -21,11 +21,12 @@ log = logging.getLogger(__name__)
 PROTOCOL_EXPERIMENT = "gavas2021"
 # The config keys (dotted) that make up the recipe; whole groups are compared key by key.
 PROTOCOL_KEYS = (
-    "data.kind", "data.split_fractions", "data.mean", "data.std", "data.augment",
+    "data.kind", "data.split_mode", "data.split_fractions", "data.classes", "data.class_map",
+    "data.mean", "data.std", "data.augment",
     "model.pretrained", "model.weights", "model.head_hidden", "model.head_dropout",
     "model.freeze_backbone", "model.trainable_blocks",
     "optim", "sched",
-    "trainer.epochs", "trainer.batch_size", "trainer.label_smoothing",
+    "trainer.epochs", "trainer.max_batches", "trainer.batch_size", "trainer.label_smoothing",
 )
 
 
