@@ -52,7 +52,7 @@ log = logging.getLogger("bench.train")
 # e.g. turning progress bars off does not retrain a finished model.
 # cv / two_level / svm drive other commands (bench-cv, bench-svm); a training run's own data
 # selection is in data.* (fold, classes, class_map), which stays in the hash.
-NON_RESULT_KEYS = {"paths": None, "trainer": ("progress", "num_threads"), "data": ("decode_workers", "store"),
+NON_RESULT_KEYS = {"paths": None, "trainer": ("progress", "num_threads", "checkpoint_every_s"), "data": ("decode_workers", "store"),
                    "cv": None, "two_level": None, "svm": None}
 
 _RESULTS: list[dict] = []  # what this process's runs returned (read by cli at the end)
@@ -206,13 +206,13 @@ def predictions_frame(paths, result: dict, class_names) -> pd.DataFrame:
     return frame
 
 
-def save_checkpoint(path: Path, model, *, model_name, class_names, input_size, data_cfg, durable: bool = True,
-                    **extra) -> None:
+def save_checkpoint(path: Path, weights: dict, *, model_name, class_names, input_size, data_cfg,
+                    durable: bool = True, **extra) -> None:
     """Weights plus what a predictor needs to use them (class order, input size, normalisation)."""
     runs.save_torch_atomic(
         path,
         {
-            "model": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
+            "model": weights,
             "model_name": model_name,
             "class_names": list(class_names),
             "input_size": int(input_size),
@@ -348,6 +348,8 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
     history: list[dict] = state["history"]
     best = {"val_acc": state["best_val_acc"], "epoch": state["best_epoch"]}
     best_val = None  # the best epoch's validation result, when that epoch ran in this process
+    best_weights = None  # the best epoch's weights (CPU copy) until they are written to best.pt
+    last_write = time.monotonic()
     ckpt_meta = dict(model_name=cfg.model.name, class_names=bundle.class_names, input_size=image_size,
                      data_cfg=cfg.data, pretrained=bool(cfg.model.pretrained))
 
@@ -393,14 +395,22 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
         if va["acc"] > best["val_acc"]:
             best = {"val_acc": va["acc"], "epoch": epoch + 1}
             best_val = va
-            save_checkpoint(run_dir.best_ckpt, model, epoch=epoch + 1, val_acc=va["acc"], durable=False, **ckpt_meta)
+            best_weights = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
         runs.write_csv_atomic(run_dir.history, pd.DataFrame(history))
-        runs.save_torch_atomic(run_dir.last_ckpt, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": None,  # bf16 autocast needs no loss scaling
-            "epoch": epoch + 1, "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
-            "history": history, "config_hash": chash, "rng": torch.get_rng_state(), "amp": amp,
-        }, durable=False)  # an unreadable last.pt after a power cut only means starting over
+        final = epoch + 1 == tcfg.epochs
+        if final or time.monotonic() - last_write >= tcfg.checkpoint_every_s:
+            # best.pt first: on resume it is the record of the best epoch (see _resume_state).
+            if best_weights is not None:
+                save_checkpoint(run_dir.best_ckpt, best_weights, epoch=best["epoch"], val_acc=best["val_acc"],
+                                durable=False, **ckpt_meta)
+                best_weights = None
+            runs.save_torch_atomic(run_dir.last_ckpt, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": None,  # bf16 autocast needs no loss scaling
+                "epoch": epoch + 1, "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
+                "history": history, "config_hash": chash, "rng": torch.get_rng_state(), "amp": amp,
+            }, durable=False)  # an unreadable last.pt after a power cut only means starting over
+            last_write = time.monotonic()
 
     if not run_dir.best_ckpt.exists():
         raise RuntimeError("no epoch was trained (trainer.epochs=0?); nothing to evaluate")
@@ -450,7 +460,10 @@ def _resume_state(run_dir: runs.RunDir, chash: str, model, optimizer, scheduler)
     try:
         state = torch.load(run_dir.last_ckpt, map_location="cpu", weights_only=True)
         if state.get("config_hash") == chash and state["best_epoch"] > 0:
-            torch.load(run_dir.best_ckpt, map_location="cpu", weights_only=True)  # resuming needs it too
+            # best.pt is written just before last.pt, so after a kill between the two it can be
+            # one checkpoint newer: its own epoch and accuracy describe the weights it holds.
+            best_ckpt = torch.load(run_dir.best_ckpt, map_location="cpu", weights_only=True)
+            state["best_epoch"], state["best_val_acc"] = int(best_ckpt["epoch"]), float(best_ckpt["val_acc"])
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
         # Truncated by a crash of the machine (per-epoch checkpoints are not fsynced): the
         # finished epochs are lost, not the sweep.

@@ -111,7 +111,7 @@ def test_cuda_oom_retries_with_half_the_micro_batch(make_cfg, monkeypatch, tmp_p
 def _train_cmd(results: Path, cache_dir: Path) -> list[str]:
     return [
         sys.executable, "-c", "from bench.train import cli; raise SystemExit(cli())",
-        *SMOKE_OVERRIDES, "trainer.epochs=4", "data.synthetic_n_per_class=60",
+        *SMOKE_OVERRIDES, "trainer.epochs=4", "data.synthetic_n_per_class=60", "trainer.checkpoint_every_s=0",
         f"paths.results_dir={results}", f"paths.cache_dir={cache_dir}",
     ]
 

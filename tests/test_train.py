@@ -319,3 +319,23 @@ def test_sweep_progress_line(caplog):
         _log_sweep_progress(done[:1], {"total": 1, "start": time.perf_counter()})  # a single run: no line
     assert [r.getMessage() for r in caplog.records] == [
         "sweep: 3 of 27 run(s) done (1 failed, 1 already complete) after 1 h 02 min"]
+
+
+@pytest.mark.parametrize("every_s, last_writes", [(0, 3), (1e9, 1)])
+def test_checkpoints_are_written_at_most_every_checkpoint_every_s(make_cfg, monkeypatch, every_s, last_writes):
+    written = []
+    real_save = runs.save_torch_atomic
+
+    def counting_save(path, obj, **kw):
+        written.append(Path(path).name)
+        return real_save(path, obj, **kw)
+
+    monkeypatch.setattr(runs, "save_torch_atomic", counting_save)
+    out = train(make_cfg("trainer.epochs=3", f"trainer.checkpoint_every_s={every_s}"))
+    assert out["status"] == "completed"
+    assert written.count("last.pt") == last_writes  # the last epoch is always written
+    assert 1 <= written.count("best.pt") <= last_writes
+    best = torch.load(Path(out["run_dir"]) / "best.pt", weights_only=True)
+    metrics = runs.read_json(Path(out["run_dir"]) / "metrics.json")
+    assert best["epoch"] == metrics["best_epoch"]
+
