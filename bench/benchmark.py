@@ -96,16 +96,6 @@ def steady(values: list[float]) -> float:
     return max(vals[1:] if len(vals) > 1 else vals)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_flags() -> list[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -128,6 +118,7 @@ def environment(device) -> dict:
     import torchvision
 
     from bench.data.store import usable_cpus
+    from bench.precision import cpu_model
 
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

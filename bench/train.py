@@ -13,7 +13,6 @@ goes on to the next model; Ctrl-C still stops everything (the run resumes later)
 from __future__ import annotations
 
 import gc
-import itertools
 import logging
 import pickle
 import platform
@@ -32,18 +31,12 @@ from bench import runs
 from bench.data.build import build_data
 from bench.data.loader import BatchLoader
 from bench.data.transforms import BatchAugment, Normalize
-from bench.leaderboard import refresh_leaderboard
-from bench.benchmark import cpu_model as env_cpu_model
 from bench.config import CONF_DIR
-from bench.engine import (  # noqa: F401  (compute_loss re-exported)
-    compute_loss,
-    cpu_bf16_supported,
-    evaluate,
-    merge_epoch_parts,
-    train_one_epoch,
-)
+from bench.engine import evaluate, merge_epoch_parts, train_one_epoch
+from bench.leaderboard import refresh_leaderboard
 from bench.metrics import classification_metrics
 from bench.models import count_gflops, count_params, create_model, get_model_spec
+from bench.precision import choose_cpu_precision, precision_record_key, read_precision_records, resolve_precision
 from bench.protocol import protocol_deviations
 
 log = logging.getLogger("bench.train")
@@ -72,85 +65,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"trainer.device={name!r} but CUDA is not available; use trainer.device=auto or cpu.")
     return device
-
-
-# On a CPU with bf16 kernels, trainer.amp=null keeps bf16 autocast only when it trains the
-# model at least this much faster than fp32 (measured on the first batches of the run).
-BF16_CPU_MIN_GAIN = 1.10
-TRIAL_BATCHES = 3  # batches per precision in the trial (the first is warm-up, not timed)
-
-
-def resolve_precision(tcfg, device: torch.device) -> tuple[bool | None, bool]:
-    """``(amp, channels_last)`` from ``trainer.amp`` / ``trainer.channels_last``.
-
-    ``null`` means: on CUDA both on; on a CPU channels_last on (faster for every model
-    measured once the precision is chosen) and amp ``None``, i.e. decided by a timed trial at
-    the start of training when the CPU has bf16 kernels (bf16 + channels_last is 1.3-1.9x
-    fp32 for squeezenet1_1, resnet18, densenet121, googlenet on a Xeon with AMX, but 0.7x for
-    mobilenet_v2 and 0.9x for alexnet), off otherwise. Elsewhere (MPS) both off.
-    """
-    on_cuda, on_cpu = device.type == "cuda", device.type == "cpu"
-    channels_last = (on_cuda or on_cpu) if tcfg.channels_last is None else bool(tcfg.channels_last)
-    if tcfg.amp is not None:
-        return bool(tcfg.amp), channels_last
-    if on_cuda:
-        return True, channels_last
-    return (None if on_cpu and cpu_bf16_supported() else False), channels_last
-
-
-def _precision_key(model_name: str, image_size: int, batch_size: int, channels_last: bool) -> str:
-    return "|".join(map(str, [model_name, image_size, batch_size, channels_last, torch.get_num_threads(),
-                              env_cpu_model(), torch.__version__]))
-
-
-def _read_precision_cache(path: Path | None) -> dict:
-    if path is None or not path.exists():
-        return {}
-    try:
-        return runs.read_json(path)
-    except (OSError, ValueError):
-        return {}
-
-
-def _precision_trial(model, batches, optimizer, criterion, *, device, aux_weight, grad_accum,
-                     on_batch) -> tuple[dict, list[dict]]:
-    """Train the first ``TRIAL_BATCHES`` batches of a fresh run in fp32 and the next ones with
-    bf16 autocast, timing each step (no batch is wasted: all of them are training). Returns the
-    fastest step time per precision (``{False: s, True: s}``) and the partial epoch results."""
-    parts, step_s = [], {}
-    for amp in (False, True):
-        stamps: list[float] = []
-
-        def stamp(info, stamps=stamps):
-            stamps.append(time.perf_counter())
-            on_batch(info)
-
-        parts.append(train_one_epoch(
-            model, itertools.islice(batches, TRIAL_BATCHES * grad_accum), optimizer, criterion, device=device,
-            amp=amp, aux_weight=aux_weight, grad_accum=grad_accum, on_batch=stamp,
-        ))
-        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-        step_s[amp] = min(gaps) if gaps else float("nan")
-    return step_s, parts
-
-
-def _choose_precision(step_s: dict, earlier: dict) -> dict:
-    """Fold one trial into this machine's record for the model and decide from the record.
-
-    The record keeps the fastest step ever timed per precision: a busy machine only makes
-    steps slower, so the minimum over trials tends to the unloaded speed, and a choice made
-    while another job shared the CPU is corrected by the next quiet run instead of being
-    cached for good. bf16 must beat fp32 by ``BF16_CPU_MIN_GAIN``; a missing time (NaN)
-    never wins.
-    """
-    def fastest(amp: bool) -> float:
-        times = [t for t in (step_s.get(amp), earlier.get(f"step_s_{'bf16' if amp else 'fp32'}"))
-                 if t is not None and t == t]
-        return min(times) if times else float("nan")
-
-    fp32, bf16 = fastest(False), fastest(True)
-    return {"amp": bool(fp32 >= BF16_CPU_MIN_GAIN * bf16), "step_s_fp32": fp32, "step_s_bf16": bf16,
-            "trials": int(earlier.get("trials", 0)) + 1}
 
 
 def run_identity(cfg: DictConfig) -> tuple[dict, str]:
@@ -340,11 +254,11 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
 
     state = _resume_state(run_dir, chash, model, optimizer, scheduler)
     precision_cache = Path(cfg.paths.cache_dir) / "cpu_precision.json" if cfg.paths.cache_dir else None
-    precision_key = _precision_key(cfg.model.name, image_size, micro_batch, channels_last)
+    precision_key = precision_record_key(cfg.model.name, image_size, micro_batch, channels_last)
     if amp is None and state["next_epoch"] > 0:  # a resumed run keeps the precision it started with
         amp = state.get("amp")
         if amp is None:
-            amp = bool(_read_precision_cache(precision_cache).get(precision_key, {}).get("amp", False))
+            amp = bool(read_precision_records(precision_cache).get(precision_key, {}).get("amp", False))
     history: list[dict] = state["history"]
     best = {"val_acc": state["best_val_acc"], "epoch": state["best_epoch"]}
     best_val = None  # the best epoch's validation result, when that epoch ran in this process
@@ -362,19 +276,11 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
             batches, parts = train_loader, []
             if amp is None:  # first epoch of a fresh run on a CPU with bf16 kernels
                 batches = iter(train_loader)
-                step_s, parts = _precision_trial(
+                amp, parts = choose_cpu_precision(
                     train_model, batches, optimizer, criterion, device=device, aux_weight=spec.aux_weight,
-                    grad_accum=grad_accum, on_batch=bar.on_batch,
+                    grad_accum=grad_accum, on_batch=bar.on_batch, record_path=precision_cache,
+                    key=precision_key, model_name=cfg.model.name,
                 )
-                cache = _read_precision_cache(precision_cache)
-                record = _choose_precision(step_s, cache.get(precision_key, {}))
-                amp = record["amp"]
-                log.info("%s: step %.0f ms fp32, %.0f ms bf16 (fastest of %d trial(s) on this machine: %.0f / %.0f)"
-                         " -> amp=%s", cfg.model.name, 1e3 * step_s[False], 1e3 * step_s[True], record["trials"],
-                         1e3 * record["step_s_fp32"], 1e3 * record["step_s_bf16"], amp)
-                if precision_cache is not None:
-                    cache[precision_key] = record
-                    runs.write_json_atomic(precision_cache, cache)
             tr = train_one_epoch(
                 train_model, batches, optimizer, criterion, device=device, amp=amp,
                 aux_weight=spec.aux_weight, grad_accum=grad_accum, on_batch=bar.on_batch,

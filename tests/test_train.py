@@ -18,7 +18,8 @@ from bench.metrics import classification_metrics
 from omegaconf import OmegaConf
 
 from bench.engine import cpu_bf16_supported
-from bench.train import _choose_precision, cli, resolve_precision, train
+from bench.precision import fold_trial, resolve_precision
+from bench.train import cli, train
 
 from .conftest import compose_cfg
 
@@ -264,17 +265,17 @@ def test_cpu_precision_trial_is_recorded_and_refined(make_cfg, tmp_path):
 
 def test_precision_record_keeps_the_fastest_steps():
     # A trial on a busy machine (both steps slow, bf16 looking worse) does not undo a quiet one.
-    quiet = _choose_precision({False: 0.100, True: 0.060}, {})
+    quiet = fold_trial({False: 0.100, True: 0.060}, {})
     assert quiet == {"amp": True, "step_s_fp32": 0.100, "step_s_bf16": 0.060, "trials": 1}
-    busy = _choose_precision({False: 0.200, True: 0.400}, quiet)
+    busy = fold_trial({False: 0.200, True: 0.400}, quiet)
     assert busy["amp"] is True and busy["trials"] == 2 and busy["step_s_bf16"] == 0.060
     # A choice made under load is corrected by the next quiet trial.
-    loaded = _choose_precision({False: 0.300, True: 0.280}, {})
+    loaded = fold_trial({False: 0.300, True: 0.280}, {})
     assert loaded["amp"] is False
-    assert _choose_precision({False: 0.100, True: 0.060}, loaded)["amp"] is True
+    assert fold_trial({False: 0.100, True: 0.060}, loaded)["amp"] is True
     # bf16 must win by BF16_CPU_MIN_GAIN; a missing time never wins.
-    assert _choose_precision({False: 0.100, True: 0.095}, {})["amp"] is False
-    assert _choose_precision({False: 0.100, True: float("nan")}, {})["amp"] is False
+    assert fold_trial({False: 0.100, True: 0.095}, {})["amp"] is False
+    assert fold_trial({False: 0.100, True: float("nan")}, {})["amp"] is False
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty"])
