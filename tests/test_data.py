@@ -283,3 +283,30 @@ def test_training_from_the_memory_mapped_store_matches_training_in_memory(make_c
     b = runs.read_json(Path(mapped["run_dir"]) / "metrics.json")
     assert a["val"] == b["val"] and a["test"] == b["test"]
 
+
+
+def test_file_hashes_are_cached_and_follow_changes(tmp_path, monkeypatch):
+    import os
+
+    import bench.data.split as split_mod
+    from bench.data.split import file_sha1
+    from bench.data.store import file_hashes
+
+    files = []
+    for i in range(3):
+        f = tmp_path / f"f{i}.bin"
+        f.write_bytes(bytes([i]) * 10)
+        files.append(f)
+    first = file_hashes(files, tmp_path / "cache")
+    assert first == [file_sha1(f) for f in files]
+
+    def no_reading(path):
+        raise AssertionError(f"{path} was read again")
+
+    monkeypatch.setattr(split_mod, "file_sha1", no_reading)
+    assert file_hashes(files, tmp_path / "cache") == first  # from the cache
+    monkeypatch.undo()
+    files[1].write_bytes(b"changed!")
+    os.utime(files[1], ns=(1, 1))  # a new mtime (and size): a new key
+    again = file_hashes(files, tmp_path / "cache")
+    assert again[1] == file_sha1(files[1]) != first[1] and again[0] == first[0]

@@ -11,8 +11,9 @@ import pandas as pd
 import torch
 
 from bench.data.imagefolder import DataError, scan_imagefolder
-from bench.data.split import SPLITS, conflicting_duplicates, file_sha1, load_or_create_manifest, manifest_filename
-from bench.data.store import MappedImages, SplitData, choose_store_mode, load_or_decode, to_split
+from bench.data.split import SPLITS, conflicting_duplicates, load_or_create_manifest, manifest_filename
+from bench.data.store import (MappedImages, SplitData, choose_store_mode, file_hashes, load_or_decode,
+                              to_split)
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def _imagefolder(root: Path, data_cfg, image_size: int, exp_dir: Path, cache_dir
     for _, row in excluded.iterrows():
         log.warning("excluded %s: %s", row.path, row.reason)
     table = table[ok].copy()
-    table["sha1"] = [file_sha1(root / p) for p in table["path"]]
+    table["sha1"] = file_hashes([root / p for p in table["path"]], cache_dir)
     conflicts = conflicting_duplicates(table)
     if len(conflicts):
         log.warning(
