@@ -486,6 +486,12 @@ def format_leaderboard(df: pd.DataFrame, max_rows: int | None = None) -> str:
         lines.append("(no runs)")
     if len(df) > len(shown):
         lines.append(f"... {len(df) - len(shown)} more rows")
+    if {"protocol", "paper_test_acc"} <= set(df.columns):
+        done = df[(df["status"] == runs.STATUS_COMPLETED) & df["paper_test_acc"].notna()]
+        departing = int((done["protocol"] != PROTOCOL_FOLLOWED).sum())
+        if departing:
+            lines.append(f"{departing} run(s) of models the paper trained depart from its protocol: their "
+                         "paper_diff is left empty (the protocol column of leaderboard.csv says how).")
     return "\n".join(lines)
 
 

@@ -133,6 +133,8 @@ def test_paper_difference_only_for_runs_that_follow_the_paper(tmp_path):
     assert unknown["protocol"] == "unknown" and pd.isna(unknown["paper_diff"])
     summary = lb.summary_frame(board[board["kind"] == "model"], CLASSES).set_index("model")
     assert pd.isna(summary.loc["vgg19", "paper_diff"])  # one of its seeds deviates
+    assert "2 run(s) of models the paper trained depart from its protocol" in lb.format_leaderboard(board)
+    assert "depart" not in lb.format_leaderboard(board[board["protocol"] == "paper"])
 
 
 def test_missing_reference_gives_empty_paper_columns(exp, tmp_path):
