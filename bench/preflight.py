@@ -259,12 +259,14 @@ def _size(n_bytes: float) -> str:
 
 
 def _check_memory(plan: Plan, report: Report, n_images: int | None) -> None:
-    from bench.data.store import STORE_MODES, available_memory, memory_need
+    from bench.data.store import available_memory, check_store_mode, memory_need
     from bench.models import get_model_spec
 
     cfg = plan.cfg
-    if cfg.data.store not in STORE_MODES:
-        report.problems.append(f"data.store={cfg.data.store!r} is not one of {', '.join(STORE_MODES)}.")
+    try:
+        check_store_mode(cfg.data.store)
+    except ValueError as exc:
+        report.problems.append(str(exc))
         return
     available = available_memory()
     if not n_images or available is None or cfg.data.store == "mmap":

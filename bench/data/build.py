@@ -78,10 +78,8 @@ def _build(data_cfg, *, image_size: int, exp_dir: Path, cache_dir: str | None) -
 def _imagefolder(root: Path, data_cfg, image_size: int, exp_dir: Path, cache_dir) -> DataBundle:
     records, class_names = scan_imagefolder(root)
     files = [root / r.path for r in records]
-    mode = choose_store_mode(data_cfg.store, len(files), image_size)
-    if mode == "mmap" and not cache_dir and data_cfg.store == "auto":
-        mode = "memory"  # no store file to read from: try memory
-    elif mode == "mmap" and not cache_dir:
+    mode = choose_store_mode(data_cfg.store, len(files), image_size, have_store_file=bool(cache_dir))
+    if mode == "mmap" and not cache_dir:
         raise DataError("data.store=mmap reads the images from the decoded-image store file, which lives under "
                         "paths.cache_dir; set paths.cache_dir=PATH or data.store=memory.")
     images, reasons = load_or_decode(

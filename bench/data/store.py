@@ -190,11 +190,6 @@ def file_hashes(files: Sequence[Path], cache_dir: str | os.PathLike | None) -> l
     return hashes
 
 
-def store_bytes(n_images: int, size: int) -> int:
-    """Bytes of the decoded uint8 images of ``n_images`` at ``size`` x ``size`` px."""
-    return n_images * 3 * size * size
-
-
 def available_memory() -> int | None:
     """Bytes of memory available to new allocations (Linux ``MemAvailable``), None if unknown."""
     try:
@@ -214,15 +209,22 @@ STORE_MEMORY_FACTOR = 2
 
 
 def memory_need(n_images: int, size: int) -> int:
-    """Bytes of memory the in-memory store needs for ``n_images`` at ``size`` px."""
-    return STORE_MEMORY_FACTOR * store_bytes(n_images, size)
+    """Bytes of memory the in-memory store needs for ``n_images`` uint8 images at ``size`` px."""
+    return STORE_MEMORY_FACTOR * n_images * 3 * size * size
 
 
-def choose_store_mode(requested: str, n_images: int, size: int) -> str:
-    """``memory`` or ``mmap`` for ``data.store`` (``auto``: mmap only when memory would not do)."""
+def check_store_mode(requested: str) -> None:
     if requested not in STORE_MODES:
         raise ValueError(f"data.store={requested!r} is not one of {', '.join(STORE_MODES)}; auto keeps the "
                          "decoded images in memory when they fit and reads them from the store file otherwise.")
+
+
+def choose_store_mode(requested: str, n_images: int, size: int, *, have_store_file: bool = True) -> str:
+    """``memory`` or ``mmap`` for ``data.store`` (``auto``: mmap only when memory would not do and
+    there is a store file to map)."""
+    check_store_mode(requested)
+    if requested == "auto" and not have_store_file:
+        return "memory"
     if requested != "auto":
         return requested
     available = available_memory()
