@@ -110,7 +110,22 @@ def test_model_list_and_sizes():
         benchmark.parse_args(["--ceiling-modes", "fp16"])
 
 
-def test_foreign_load_is_measured():
-    with benchmark.ForeignLoad() as load:
-        sum(i * i for i in range(200_000))
-    assert load.value >= 0.0 or math.isnan(load.value)  # NaN only without /proc/stat
+def test_foreign_load_is_the_busy_time_of_other_processes(monkeypatch):
+    # Machine busy time goes 100 s -> 105 s while our process uses 1 s over 2 s of wall time:
+    # the others kept (5 - 1) / 2 = 2 CPUs busy.
+    from bench.benchmark import common
+
+    busy, ours, clock = iter([100.0, 105.0]), iter([10.0, 11.0]), iter([50.0, 52.0])
+    monkeypatch.setattr(common.ForeignLoad, "_busy", staticmethod(lambda: next(busy)))
+    monkeypatch.setattr(common.ForeignLoad, "_ours", staticmethod(lambda: next(ours)))
+    monkeypatch.setattr(common.ForeignLoad, "_clock", staticmethod(lambda: next(clock)))
+    with common.ForeignLoad() as load:
+        pass
+    assert load.value == pytest.approx(2.0)
+    # Without /proc/stat there is no reading: NaN, never a made-up 0.
+    monkeypatch.setattr(common.ForeignLoad, "_busy", staticmethod(lambda: None))
+    monkeypatch.setattr(common.ForeignLoad, "_ours", staticmethod(lambda: 0.0))
+    monkeypatch.setattr(common.ForeignLoad, "_clock", staticmethod(iter([0.0, 1.0]).__next__))
+    with common.ForeignLoad() as none:
+        pass
+    assert math.isnan(none.value)

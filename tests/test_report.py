@@ -77,7 +77,7 @@ def test_report_from_a_sweep_has_every_section(sweep, tmp_path):
     for name in figures:
         assert not Path(name).is_absolute()
         assert (path.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert elapsed < 30, elapsed
+    assert elapsed < 120, elapsed  # ~3 s on 2 idle cores: only a runaway (e.g. quadratic) fails
 
 
 def test_statistics_match_a_direct_computation(sweep):
@@ -241,4 +241,4 @@ def test_thirty_runs_take_seconds(tmp_path):
     assert "one image is 0.0488 percentage points" in text and "majority-k4" in text
     table = text.split("## Ranking with uncertainty")[1].split("*How to read")[0]
     assert table.count("\n| ") == 31 + 1  # header + 30 runs + 1 ensemble
-    assert elapsed < 20, f"report took {elapsed:.1f} s"
+    assert elapsed < 120, f"report took {elapsed:.1f} s"  # ~6 s on 2 idle cores; only a runaway fails

@@ -148,20 +148,16 @@ def test_a_run_killed_mid_training_resumes_to_the_same_metrics(tmp_path, cache_d
 
 
 # --------------------------------------------------------------------------- preflight
-def test_preflight_lists_every_problem_at_once(tmp_path):
+def test_preflight_lists_every_problem_at_once(tmp_path, monkeypatch):
     plan = plan_runs(["-m", "data=imagefolder", f"data.root={tmp_path / 'missing'}", "model=resnet18,inception_v3",
                       "data.image_size=64", "model.pretrained=true", f"paths.results_dir={tmp_path}",
                       "data.augment.interpolation=bicubic"])
     assert plan.models == ["resnet18", "inception_v3"]
-    os.environ["TORCH_HOME"] = str(tmp_path / "torch")  # an empty cache
-    try:
-        import bench.preflight as pf
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache
+    import bench.preflight as pf
 
-        pf._REACHABLE.clear()
-        pf._REACHABLE["download.pytorch.org"] = False  # offline, deterministically
-        report = preflight(plan)
-    finally:
-        del os.environ["TORCH_HOME"]
+    monkeypatch.setattr(pf, "_REACHABLE", {"download.pytorch.org": False})  # offline, deterministically
+    report = preflight(plan)
     text = report.format()
     assert not report.ok
     assert "data.root" in text  # the missing folder

@@ -110,6 +110,8 @@ class ForeignLoad:
     ours; 1 = another process kept one core busy). Read from /proc/stat minus this
     process's own CPU time and that of its finished children (reference loops, sweep)."""
 
+    _clock = staticmethod(time.perf_counter)
+
     def __init__(self):
         self.value = float("nan")
 
@@ -128,12 +130,12 @@ class ForeignLoad:
         return t.user + t.system + t.children_user + t.children_system
 
     def __enter__(self):
-        self._t0, self._b0, self._o0 = time.perf_counter(), self._busy(), self._ours()
+        self._t0, self._b0, self._o0 = self._clock(), self._busy(), self._ours()
         return self
 
     def __exit__(self, *exc):
         b1 = self._busy()
-        wall = time.perf_counter() - self._t0
+        wall = self._clock() - self._t0
         if b1 is not None and self._b0 is not None and wall > 0:
             self.value = max(0.0, (b1 - self._b0) - (self._ours() - self._o0)) / wall
 

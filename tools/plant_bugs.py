@@ -1,0 +1,139 @@
+"""Plant one bug at a time in a copy of the project and check that the fast suite catches it.
+
+A reviewer's check of the test suite (issue 11): each entry below changes one line in a way
+that would silently corrupt results; the suite must fail for every one. The project is
+copied to a temporary folder per bug (the working tree is never touched), the copy is put
+first on ``PYTHONPATH`` and ``pytest -m "not slow" -x`` runs there; the first failing test is
+reported.
+
+    .venv/bin/python tools/plant_bugs.py                 # every bug, one after the other
+    .venv/bin/python tools/plant_bugs.py spec_fn cm_t    # some of them
+    .venv/bin/python tools/plant_bugs.py --list
+
+It takes seconds per caught bug and a whole fast-suite run (~3 min on 2 cores) per survivor.
+Run it alone: two CPU-heavy jobs at once slow torch down 10-50x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# id: (file, exact text, replacement, what the bug does)
+BUGS: dict[str, tuple[str, str, str, str]] = {
+    # ---- the nine bugs of issue 11
+    "spec_fn": ("bench/metrics.py", "tn, fp = mcm[:, 0, 0], mcm[:, 0, 1]", "tn, fp = mcm[:, 0, 0], mcm[:, 1, 0]",
+                "specificity computed with FN instead of FP"),
+    "cm_t": ("bench/metrics.py", '"confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels)',
+             '"confusion_matrix": confusion_matrix(y_pred, y_true, labels=labels)',
+             "confusion matrix transposed (rows = predicted)"),
+    "best_ge": ("bench/train.py", 'if va["acc"] > best["val_acc"]:', 'if va["acc"] >= best["val_acc"]:',
+                "best-epoch tie keeps the later epoch"),
+    "test_last": ("bench/train.py", 'model.load_state_dict(best_state["model"])', 'pass',
+                  "test metrics from the last epoch's weights, not best.pt"),
+    "lr_batch": ("bench/train.py", "aux_weight=spec.aux_weight, grad_accum=grad_accum, on_batch=bar.on_batch,",
+                 "aux_weight=spec.aux_weight, grad_accum=grad_accum, "
+                 "on_batch=lambda info: (bar.on_batch(info), scheduler.step()),",
+                 "learning rate stepped per batch"),
+    "lr_never": ("bench/train.py", "        scheduler.step()\n", "        pass\n", "learning rate never decayed"),
+    "aux_zero": ("bench/engine.py", "loss = loss + aux_weight * criterion(a, targets)",
+                 "loss = loss + 0.0 * criterion(a, targets)", "Inception auxiliary loss weight 0.4 -> 0"),
+    "sched_resume": ("bench/train.py", '    scheduler.load_state_dict(state["scheduler"])\n', "",
+                     "scheduler state not restored on resume"),
+    "atomic_inplace": ("bench/runs.py", "        yield tmp\n        os.replace(tmp, path)\n", "        yield path\n",
+                       "atomic write done in place"),
+    "accum_nodiv": ("bench/engine.py", "(loss / grad_accum).backward()", "loss.backward()",
+                    "gradient-accumulation loss not divided by the number of micro-batches"),
+    # ---- bugs of the same kinds elsewhere
+    "class_acc_prec": ("bench/metrics.py", '"accuracy": float(recall[i])', '"accuracy": float(precision[i])',
+                       "class-wise accuracy taken as precision"),
+    "macro_absent": ("bench/metrics.py", "present = support > 0", "present = support >= 0",
+                     "macro averages include classes absent from the truth"),
+    "f1_prec": ("bench/metrics.py", '"f1": float(f1[i])', '"f1": float(precision[i])', "F1 reported as precision"),
+    "momentum_resume": ("bench/train.py", '    optimizer.load_state_dict(state["optimizer"])\n', "",
+                        "optimizer (momentum) state not restored on resume"),
+    "aux_registry": ("bench/models/torchvision_zoo.py", "aux_weight=0.4,", "aux_weight=0.0,",
+                     "inception_v3 registered without its auxiliary loss"),
+    "eval_train_mode": ("bench/engine.py", "    model.eval()\n    losses, probs, labels", "    model.train()\n"
+                        "    losses, probs, labels", "evaluation in train mode (dropout, batch statistics)"),
+    "split_val_test": ("bench/data/split.py", "n_val = max(1, int(round(n * f_val / total)))",
+                       "n_val = max(1, int(round(n * f_test / total)))", "validation share taken from the test fraction"),
+    "norm_mean": ("bench/data/transforms.py",
+                  "self.shift = (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std))",
+                  "self.shift = (torch.tensor(mean, dtype=torch.float32))", "normalisation forgets to divide the mean by std"),
+    "rank_by_test": ("bench/leaderboard.py", '["val_acc", "model", "_seed_key"], ascending=[False, True, True]',
+                     '["test_acc", "model", "_seed_key"], ascending=[False, True, True]',
+                     "leaderboard ranked by test accuracy"),
+    "vote_tie_prob": ("bench/ensemble.py", "keys = (votes, prob_sum) if voting == HARD else (proba, votes)",
+                      "keys = (votes,) if voting == HARD else (proba, votes)",
+                      "hard-vote ties skip the summed-probability rule"),
+    "mcnemar_onesided": ("bench/stats.py", 'binomtest(only_a, n, 0.5, alternative="two-sided")',
+                         'binomtest(only_a, n, 0.5, alternative="greater")', "McNemar test made one-sided"),
+}
+
+
+def _copy_project(dest: Path) -> None:
+    ignore = shutil.ignore_patterns(".venv", ".git", ".cache", "results", "__pycache__", "*.egg-info", ".pytest_cache")
+    shutil.copytree(ROOT, dest, ignore=ignore)
+    shutil.copytree(ROOT / "results" / "reference", dest / "results" / "reference")
+
+
+def plant(bug_id: str, pytest_args: list[str]) -> tuple[bool, str, float]:
+    path, old, new, _ = BUGS[bug_id]
+    with tempfile.TemporaryDirectory(prefix=f"bug-{bug_id}-") as tmp:
+        copy = Path(tmp) / "project"
+        _copy_project(copy)
+        source = (copy / path).read_text()
+        if source.count(old) != 1:
+            raise SystemExit(f"{bug_id}: the text to change occurs {source.count(old)} times in {path}; update BUGS.")
+        (copy / path).write_text(source.replace(old, new))
+        env = {**os.environ, "PYTHONPATH": str(copy), "BENCH_CACHE_DIR": str(Path(tmp) / "cache")}
+        where = subprocess.run([sys.executable, "-c", "import bench; print(bench.__file__)"], cwd=copy, env=env,
+                               capture_output=True, text=True).stdout.strip()
+        if not where.startswith(str(copy)):
+            raise SystemExit(f"the copy is not what Python imports (bench is {where}); cannot plant bugs safely.")
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "not slow", "-x", "-q", "-p", "no:cacheprovider",
+                               *pytest_args], cwd=copy, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        failed = re.findall(r"^FAILED (\S+)", proc.stdout, flags=re.M)
+        if proc.returncode == 0:
+            return False, "", seconds
+        return True, failed[0] if failed else proc.stdout.strip().splitlines()[-1], seconds
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bugs", nargs="*", help="bug ids (default: all)")
+    p.add_argument("--list", action="store_true", help="list the bugs and exit")
+    p.add_argument("--pytest", default="", help="extra pytest arguments, e.g. a test path to run instead of all")
+    args = p.parse_args(argv)
+    if args.list:
+        for bug_id, (path, *_, what) in BUGS.items():
+            print(f"{bug_id:18s} {path:34s} {what}")
+        return 0
+    unknown = [b for b in args.bugs if b not in BUGS]
+    if unknown:
+        print(f"unknown bug id(s) {unknown}; --list shows them", file=sys.stderr)
+        return 2
+    survivors = []
+    for bug_id in args.bugs or list(BUGS):
+        caught, test, seconds = plant(bug_id, args.pytest.split())
+        print(f"{bug_id:18s} {'caught by ' + test if caught else 'SURVIVED'}  ({seconds:.0f} s)", flush=True)
+        if not caught:
+            survivors.append(bug_id)
+    print(f"\n{len(survivors)} bug(s) survived: {', '.join(survivors)}" if survivors else "\nevery bug was caught")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
