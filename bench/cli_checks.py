@@ -45,11 +45,38 @@ def check_model_overrides(args: list[str]) -> str | None:
 
 
 def register_requested_timm_models(args: list[str]) -> None:
-    """Make ``model=timm/<name>`` a valid config choice for the timm models asked for."""
+    """Make ``model=timm/<name>`` a valid config choice for the timm models asked for.
+
+    Hydra reads the choice ``timm/<name>`` of group ``model`` as the option ``<name>`` of the
+    sub-group ``model/timm``, so that is where the node goes (a node stored under the name
+    ``timm/<name>`` in ``model`` is never found)."""
     cs = ConfigStore.instance()
     for name in requested_models(args):
         if name.startswith("timm/"):
-            cs.store(group="model", name=name, node=ModelConfig(name=name))
+            cs.store(group="model/timm", name=name.split("/", 1)[1], node=ModelConfig(name=name))
+
+
+_GROUP_ARG = re.compile(r"^(?:\+\+|\+|~)?(?P<group>[A-Za-z_][\w/]*)=(?P<value>.*)$")
+
+
+def group_option_hint(args: list[str]) -> str | None:
+    """For ``experiment=nonexist`` (a config group given an option it does not have), name the
+    group's options; Hydra's own message would send you to the schema's keys instead."""
+    from bench.commands import config_groups
+
+    groups = config_groups()
+    for arg in args:
+        m = _GROUP_ARG.match(arg)
+        if not m or m.group("group") not in groups:
+            continue
+        options = groups[m.group("group")]
+        for value in (v.strip() for v in m.group("value").split(",")):
+            if value and value not in options and value != "null":
+                close = difflib.get_close_matches(value, options, n=3)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                return (f"{m.group('group')}={value!r} is not one of the {m.group('group')} options: "
+                        f"{', '.join(options)}.{hint}")
+    return None
 
 
 _KEY_ARG = re.compile(r"^(?P<key>[A-Za-z_][\w.]*)=")

@@ -14,10 +14,10 @@ single list of models and ``model=resnet34`` can never drift from it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -31,6 +31,13 @@ class AugmentConfig:
     vflip: bool = True
     rotation: float = 60.0  # degrees, uniform in [-rotation, +rotation]
     interpolation: str = "nearest"  # rotation resampling: nearest (torchvision's default) | bilinear
+    # Stain / colour jitter (off in the paper's protocol), torchvision's ColorJitter ranges:
+    # brightness, contrast and saturation factors uniform in [max(0, 1 - v), 1 + v], hue shift
+    # uniform in [-hue, hue] (hue <= 0.5). Per image, batched on the device like the flips.
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
 
 
 @dataclass
@@ -100,6 +107,15 @@ class TrainerConfig:
     # since the previous write, and after the last epoch: a 1 GB VGG checkpoint per 8 s GPU
     # epoch would cost a quarter of the time. A kill loses at most this much training. 0 = every epoch.
     checkpoint_every_s: float = 60.0
+    # The validation number that picks the best epoch and ranks the leaderboard:
+    # val_acc (the paper's) | val_balanced_acc | val_macro_f1 (both fairer on imbalanced classes).
+    select_by: str = "val_acc"
+    # Loss weights per class: null (plain cross-entropy, the paper) | balanced (n / (C x n_c) on the
+    # training split, scikit-learn's rule), so a rare class counts as much as a common one.
+    class_weights: Optional[str] = None
+    # Training order: shuffle (every image once per epoch, the paper) | balanced (each class drawn
+    # equally often, images drawn with replacement; same number of images per epoch).
+    sampler: str = "shuffle"
 
 
 @dataclass
@@ -164,6 +180,28 @@ class BenchConfig:
     two_level: TwoLevelConfig = field(default_factory=TwoLevelConfig)
 
 
+def default_experiment_name(kind: str, root: str = "", bloodmnist_size=None) -> str:
+    """The experiment folder name when none is given: named after the data, so a second dataset
+    gets its own folder (and split) instead of displacing the first one's results.
+
+    ``synthetic``; ``bloodmnist<size>``; an image folder: its name and 6 hex digits of its absolute
+    path (two folders called ``images`` in different places stay apart)."""
+    import hashlib
+    import os
+
+    if kind == "imagefolder" and root:
+        path = os.path.abspath(os.path.expanduser(str(root)))
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in os.path.basename(path.rstrip(os.sep)))
+        return f"{name or 'data'}-{hashlib.sha1(path.encode()).hexdigest()[:6]}"
+    if kind == "bloodmnist":
+        return f"bloodmnist{bloodmnist_size}"
+    return str(kind)
+
+
+# conf/config.yaml: experiment_name: ${bench_experiment_name:${data.kind},...}
+OmegaConf.register_new_resolver("bench_experiment_name", default_experiment_name, replace=True)
+
+
 def register_configs() -> None:
     """Register the schema and one ``model/<name>`` node per registered model."""
     from bench.models import list_models  # models are layer 1; config composes them
@@ -174,8 +212,9 @@ def register_configs() -> None:
         cs.store(group="model", name=name, node=ModelConfig(name=name))
 
 
-# Absolute: Hydra resolves a relative config path as a Python package when called from one.
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# The YAML configs ship inside the package (package data), so an installed wheel finds them from
+# any folder. Absolute: Hydra resolves a relative config path as a Python package when called from one.
+from bench import CONF_DIR  # noqa: E402  (defined in the light package __init__, for --help)
 
 
 def compose_config(overrides=(), *, return_hydra_config: bool = False):
@@ -192,3 +231,103 @@ def compose_config(overrides=(), *, return_hydra_config: bool = False):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+# --------------------------------------------------------------------------- one validation pass
+# The choices of the string options, defined once; the modules that act on them import these.
+DATA_KINDS = ("synthetic", "imagefolder", "bloodmnist")
+SPLIT_MODES = ("holdout", "kfold", "montecarlo")
+STORE_MODES = ("auto", "memory", "mmap")
+INTERPOLATIONS = ("nearest", "bilinear")
+SELECT_BY = ("val_acc", "val_balanced_acc", "val_macro_f1")
+CLASS_WEIGHTS = (None, "balanced")
+SAMPLERS = ("shuffle", "balanced")
+MAX_IMAGE_SIZE = 4096  # a side beyond this is a typo (PBC's images are 360 px)
+
+
+def validate_config(cfg) -> list[str]:
+    """Every bad value of a composed config, each as one sentence naming the option, the value and
+    what is valid; [] when the config can run. The schema already rejects unknown keys and wrong
+    types of typed keys; this catches ranges, choices, and the free-form optimizer's values."""
+    problems: list[str] = []
+
+    def check(ok: bool, option: str, value, valid: str) -> None:
+        if not ok:
+            problems.append(f"{option}={value!r} is not valid: {valid}.")
+
+    def choice(option: str, value, choices) -> None:
+        check(value in choices, option, value, "use one of " + ", ".join(str(c) for c in choices))
+
+    def number(option: str, value, *, low=None, high=None, low_open=False, integer=False, null=False) -> None:
+        if value is None and null:
+            return
+        is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if integer:
+            is_num = is_num and float(value).is_integer()
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if low_open else '>='} {low}")
+        if high is not None:
+            bounds.append(f"<= {high}")
+        kind = "an integer" if integer else "a number"
+        valid = f"{kind}{' ' + ' and '.join(bounds) if bounds else ''}{' (or null)' if null else ''}"
+        if not is_num:
+            check(False, option, value, valid)
+            return
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and value > high
+        check(not (too_low or too_high), option, value, valid)
+
+    data, trainer = cfg.data, cfg.trainer
+    choice("data.kind", data.kind, DATA_KINDS)
+    number("data.image_size", data.image_size, low=8, high=MAX_IMAGE_SIZE, integer=True, null=True)
+    fractions = list(data.split_fractions)
+    check(len(fractions) == 3 and all(isinstance(f, (int, float)) and f > 0 for f in fractions),
+          "data.split_fractions", fractions, "three positive fractions (train, val, test), e.g. [0.64,0.24,0.12]")
+    choice("data.split_mode", data.split_mode, SPLIT_MODES)
+    choice("data.store", data.store, STORE_MODES)
+    aug = data.augment
+    choice("data.augment.interpolation", aug.interpolation, INTERPOLATIONS)
+    number("data.augment.rotation", aug.rotation, low=0, high=180)
+    for key in ("brightness", "contrast", "saturation"):
+        number(f"data.augment.{key}", getattr(aug, key), low=0)
+    number("data.augment.hue", aug.hue, low=0, high=0.5)
+    number("data.decode_workers", data.decode_workers, low=0, integer=True)
+    number("trainer.epochs", trainer.epochs, low=1, integer=True)
+    number("trainer.batch_size", trainer.batch_size, low=1, integer=True)
+    number("trainer.eval_batch_size", trainer.eval_batch_size, low=1, integer=True)
+    number("trainer.grad_accum", trainer.grad_accum, low=1, high=max(1, trainer.batch_size), integer=True)
+    number("trainer.label_smoothing", trainer.label_smoothing, low=0, high=0.99)
+    number("trainer.num_threads", trainer.num_threads, low=1, integer=True, null=True)
+    number("trainer.max_batches", trainer.max_batches, low=1, integer=True, null=True)
+    number("trainer.checkpoint_every_s", trainer.checkpoint_every_s, low=0)
+    choice("trainer.select_by", trainer.select_by, SELECT_BY)
+    choice("trainer.class_weights", trainer.class_weights, CLASS_WEIGHTS)
+    choice("trainer.sampler", trainer.sampler, SAMPLERS)
+    optim = cfg.optim or {}
+    for key, low, high, low_open in (("lr", 0, None, True), ("momentum", 0, 0.9999, False),
+                                     ("weight_decay", 0, None, False), ("eps", 0, None, True)):
+        if key in optim:
+            number(f"optim.{key}", optim[key], low=low, high=high, low_open=low_open)
+    if "betas" in optim:
+        betas = list(optim.betas)
+        check(len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas),
+              "optim.betas", betas, "two numbers in [0, 1), e.g. [0.9,0.999]")
+    sched = cfg.sched or {}
+    for key in ("step_size", "T_max"):
+        if key in sched:
+            number(f"sched.{key}", sched[key], low=1, integer=True)
+    if "gamma" in sched:
+        number("sched.gamma", sched.gamma, low=0, high=1, low_open=True)
+    return problems
+
+
+class ConfigValueError(ValueError):
+    """A composed config with values that cannot run; the message lists every one of them."""
+
+
+def check_config(cfg) -> None:
+    """Raise :class:`ConfigValueError` listing every problem :func:`validate_config` finds."""
+    problems = validate_config(cfg)
+    if problems:
+        raise ConfigValueError(" ".join(problems))

@@ -75,6 +75,22 @@ def merge_epoch_parts(parts: list[dict]) -> dict:
     }
 
 
+def loss_class_weights(rule: str | None, train_labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    """Per-class loss weights (``trainer.class_weights``): None, or ``balanced`` =
+    scikit-learn's ``n_samples / (n_classes * count_c)`` over the training labels."""
+    if rule is None:
+        return None
+    if rule != "balanced":
+        raise ValueError(f"trainer.class_weights={rule!r} is not one of null, balanced.")
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = train_labels.cpu().numpy()
+    present = np.unique(labels)
+    weights = np.ones(num_classes)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],

@@ -24,7 +24,6 @@ tie rules): ``majority``, ``soft``, ``weighted``, ``greedy`` or ``best_subset``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
@@ -38,6 +37,7 @@ import pandas as pd
 
 from bench import leaderboard as lb
 from bench import runs
+from bench.commands import ENSEMBLE_OPTIONS as OPTIONS  # the key=value options (the CLI surface)
 from bench.ensemble import (HARD, SOFT, BestSubset, Combined, GreedySelection, MajorityVote, SoftVote,
                             WeightedVote, _Ensemble)
 from bench.metrics import classification_metrics
@@ -376,16 +376,6 @@ def append_leaderboard_row(exp_dir, name: str, metrics: dict, member_ids: Sequen
 
 
 # =========================================================================== CLI
-OPTIONS = {
-    "k": "number of members (default 4)",
-    "method": f"one of {', '.join(METHODS)} (default majority)",
-    "top_n": "pool size: best_subset searches the top N (default 8); greedy selects from the top N (default all)",
-    "weights": "weighted: comma-separated numbers for the members in rank order, or "
-               "member=weight pairs separated by ';' (e.g. 'resnet18/seed0=2;vgg16/seed0=1')",
-    "voting": "hard or soft, for weighted, greedy and best_subset",
-    "steps": "greedy: number of forward-selection steps (default 20)",
-    "name": "output folder and leaderboard name (default <method>-k<k>, or greedy)",
-}
 
 
 def _parse_weights(text: str):
@@ -444,16 +434,9 @@ def _fmt(value, col: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="bench-ensemble",
-        description="Ensemble the completed runs of an experiment from their saved predictions: choose "
-                    "members on validation, vote per image, report val and test metrics, write "
-                    "<exp>/ensembles/<name>/ and a leaderboard row of kind 'ensemble'.",
-        epilog="options (key=value): " + "; ".join(f"{k}: {d}" for k, d in OPTIONS.items()),
-    )
-    parser.add_argument("exp_dir", type=Path, help="experiment folder, e.g. results/<experiment>")
-    parser.add_argument("overrides", nargs="*", help="key=value options, e.g. k=4 method=majority")
-    args = parser.parse_args(argv)
+    from bench.commands import parser
+
+    args = parser("bench-ensemble").parse_args(argv)
     start = time.perf_counter()
     try:
         opts = parse_overrides(args.overrides)

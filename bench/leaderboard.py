@@ -26,7 +26,6 @@ newer leaderboard with an older snapshot.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import math
@@ -58,6 +57,10 @@ DECIMALS = 6  # enough for accuracies on test sets of up to ~10^6 images
 LEAD_COLUMNS = ("rank", "kind", "model", "seed", "status", "val_acc", "test_acc")
 TAIL_COLUMNS = (
     *(f"test_{k}" for k in MACRO_KEYS),  # test_precision, _sensitivity, _specificity, _f1
+    "test_balanced_acc",
+    "val_balanced_acc",
+    "val_macro_f1",
+    "select_by",  # the validation number that picked the best epoch (trainer.select_by)
     "params_m",
     "gflops",
     "epochs",
@@ -67,6 +70,7 @@ TAIL_COLUMNS = (
     "eval_img_s",
     "peak_mem_mb",
     "error",
+    "warnings",  # e.g. the run predicts one class only (bench.metrics.collapse_warning)
     "protocol",
     "paper_test_acc",
     "paper_diff",
@@ -91,8 +95,9 @@ FORMAT_COLUMNS = (
 
 
 def reference_dir() -> Path:
-    """``<repo>/results/reference``, found from the package so the CLI works from any cwd."""
-    return Path(bench.__file__).resolve().parents[1] / "results" / "reference"
+    """The published tables (``bench/reference``, package data): found from the package, so an
+    installed wheel and any working directory see them."""
+    return bench.REFERENCE_DIR
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -217,6 +222,17 @@ def _as_int_where_integral(frame: pd.DataFrame, columns: Sequence[str]) -> pd.Da
     return frame
 
 
+# The published tables are for the PBC dataset's eight classes; a run on other classes (another
+# lab's folder, a subset, grouped classes) is not comparable with them, whatever its model.
+PBC_CLASSES = frozenset({"basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil",
+                         "platelet"})
+
+
+def is_pbc_classes(classes: Sequence[str]) -> bool:
+    """Whether ``classes`` are PBC's eight (case and order aside): the published numbers apply."""
+    return len(classes) == len(PBC_CLASSES) and {str(c).lower() for c in classes} == PBC_CLASSES
+
+
 def load_reference(path: Path | None = None) -> dict[str, float]:
     """Model name -> overall test accuracy from Gavas & Olpadkar 2021, Table 2; {} if absent."""
     path = path or reference_dir() / "gavas2021_table2.csv"
@@ -257,7 +273,11 @@ def _model_row(record: RunRecord, classes: Sequence[str], reference: dict[str, f
         row[f"test_{key}"] = math.nan
     for key in RUN_INFO_KEYS:
         row[key] = math.nan
+    for key in ("test_balanced_acc", "val_balanced_acc", "val_macro_f1"):
+        row[key] = math.nan
+    row["select_by"] = None
     row["error"] = record.error if record.error else None
+    row["warnings"] = None
     row["protocol"] = None
     row["paper_test_acc"] = paper_accuracy(record.model, reference)
     row["paper_diff"] = math.nan
@@ -274,6 +294,12 @@ def _model_row(record: RunRecord, classes: Sequence[str], reference: dict[str, f
         row[f"test_{key}"] = _num((test.get("macro") or {}).get(key))
     for key in RUN_INFO_KEYS:
         row[key] = _num(metrics.get(key))
+    val = metrics.get("val") or {}
+    row["test_balanced_acc"] = _num(test.get("balanced_accuracy"))
+    row["val_balanced_acc"] = _num(val.get("balanced_accuracy"))
+    row["val_macro_f1"] = _num((val.get("macro") or {}).get("f1"))
+    row["select_by"] = metrics.get("select_by") or "val_acc"  # runs before trainer.select_by: accuracy
+    row["warnings"] = " ".join(metrics.get("warnings") or []) or None
     deviations = metrics.get("protocol_deviations")
     row["protocol"] = protocol_text(deviations)
     if deviations == []:
@@ -288,13 +314,37 @@ def protocol_text(deviations: list[str] | None) -> str:
     return "; ".join(deviations) if deviations else PROTOCOL_FOLLOWED
 
 
+def rank_key(frame: pd.DataFrame) -> str:
+    """The column the leaderboard ranks by: the runs' ``select_by`` (the validation number their
+    best epoch was chosen by) when they all agree, else plain validation accuracy."""
+    done = frame[frame["status"] == runs.STATUS_COMPLETED] if "status" in frame else frame
+    keys = set(done["select_by"].dropna()) if "select_by" in done else set()
+    if len(keys) == 1 and (key := keys.pop()) in done:
+        return key
+    if len(keys) > 1:
+        log.warning("runs were selected by different trainer.select_by (%s); ranking by val_acc", sorted(keys))
+    return "val_acc"
+
+
+RANK_NAMES = {"val_acc": "validation accuracy", "val_balanced_acc": "validation balanced accuracy",
+              "val_macro_f1": "validation macro F1"}
+
+
+def ranking_text(board: pd.DataFrame) -> str:
+    """``ranked by validation accuracy`` (or the rank key in words), for printed headers."""
+    models = board[board["kind"] == KIND_MODEL] if "kind" in board else board
+    return f"ranked by {RANK_NAMES[rank_key(models)]}" if len(models) else "ranked by validation accuracy"
+
+
 def _rank_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """Order: ranked runs by val_acc (desc), then model, seed; unranked runs after them."""
-    rankable = (frame["status"] == runs.STATUS_COMPLETED) & frame["val_acc"].notna()
+    """Order: ranked runs by the rank key (:func:`rank_key`, desc), then model, seed; unranked runs
+    after them."""
+    key = rank_key(frame)
+    rankable = (frame["status"] == runs.STATUS_COMPLETED) & frame[key].notna()
     ranked = frame[rankable].copy()
     ranked["_seed_key"] = pd.to_numeric(ranked["seed"], errors="coerce")
     ranked = ranked.sort_values(
-        ["val_acc", "model", "_seed_key"], ascending=[False, True, True], kind="mergesort"
+        [key, "model", "_seed_key"], ascending=[False, True, True], kind="mergesort"
     ).drop(columns="_seed_key")
     ranked["rank"] = range(1, len(ranked) + 1)
     rest = frame[~rankable].copy()
@@ -333,6 +383,8 @@ def model_rows_frame(records: Sequence[RunRecord], reference: dict[str, float] |
     """One ranked row per run (kind "model")."""
     reference = load_reference() if reference is None else reference
     classes = _union_classes([r for r in records if r.completed])
+    if classes and not is_pbc_classes(classes):
+        reference = {}  # the paper's numbers are for PBC's eight classes: nothing to compare with
     frame = pd.DataFrame([_model_row(r, classes, reference) for r in records],
                          columns=_leaderboard_columns(classes))
     if len(frame):
@@ -497,14 +549,9 @@ def format_leaderboard(df: pd.DataFrame, max_rows: int | None = None) -> str:
 
 # --------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="bench-leaderboard",
-        description="Collect the runs of an experiment folder into leaderboard.csv, "
-                    "per_class.csv and summary.csv, and print the ranking (by validation accuracy).",
-    )
-    parser.add_argument("exp_dir", type=Path, help="experiment folder, e.g. results/<experiment>")
-    parser.add_argument("--max-rows", type=int, default=None, help="print at most this many rows")
-    args = parser.parse_args(argv)
+    from bench.commands import parser
+
+    args = parser("bench-leaderboard").parse_args(argv)
 
     if not (args.exp_dir / "runs").is_dir():
         print(

@@ -9,12 +9,15 @@ of them, plus F1 and support, from the confusion matrix that scikit-learn builds
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
+    balanced_accuracy_score,
     confusion_matrix,
+    f1_score,
     multilabel_confusion_matrix,
     precision_recall_fscore_support,
 )
@@ -72,7 +75,82 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], class_n
     return {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        # Mean recall over the classes present: what accuracy would be on balanced classes.
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred),
         "macro": macro,
         "per_class": per_class,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+def balanced_accuracy(y_true, y_pred) -> float:
+    """scikit-learn's balanced accuracy (mean recall over the classes in ``y_true``); 0.0 when empty."""
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    if not len(y_true):
+        return 0.0
+    with warnings.catch_warnings():  # predicted classes absent from y_true are simply wrong answers
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(y_true, y_pred))
+
+
+def macro_f1(y_true, y_pred, n_classes: int) -> float:
+    """Macro F1 over the classes present in ``y_true`` (as in :func:`classification_metrics`)."""
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    present = sorted(set(y_true.tolist()))
+    if not present:
+        return 0.0
+    return float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
+
+
+# Selection rules: trainer.select_by names the validation number that picks the best epoch and
+# ranks the leaderboard. The paper's is accuracy; on imbalanced data a model that predicts the
+# majority class has high accuracy and nothing else, which the other two expose.
+SELECT_BY = {
+    "val_acc": lambda y, p, c: float((np.asarray(y) == np.asarray(p)).mean()) if len(y) else 0.0,
+    "val_balanced_acc": lambda y, p, c: balanced_accuracy(y, p),
+    "val_macro_f1": lambda y, p, c: macro_f1(y, p, c),
+}
+
+# A run "collapsed" when one class takes at least this share of the predictions while it is
+# clearly less of the truth: the model learned the class prior, not the cells.
+COLLAPSE_SHARE = 0.9
+
+
+def collapse_warning(y_true, y_pred, class_names: Sequence[str], split: str = "validation") -> str | None:
+    """A one-paragraph warning naming the class when (nearly) every prediction is one class, else None."""
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    n = len(y_pred)
+    if n < 2 or len(set(y_true.tolist())) < 2:
+        return None
+    counts = np.bincount(y_pred, minlength=len(class_names))
+    top = int(counts.argmax())
+    share = counts[top] / n
+    truth = float((y_true == top).mean())
+    if share < COLLAPSE_SHARE or share - truth < 0.1:
+        return None
+    predicted = int((counts > 0).sum())
+    return (f"the model predicts {class_names[top]!r} for {share:.0%} of the {split} images, where it is "
+            f"{truth:.0%} of them ({predicted} of {len(class_names)} classes ever predicted): it learned the "
+            "majority class, not the cells. Fixes: trainer.class_weights=balanced or trainer.sampler=balanced, "
+            "trainer.select_by=val_balanced_acc, more epochs or another learning rate; check the per-class "
+            "counts the preflight printed.")
+
+
+# bench-predict flags an image whose top probability is below this quantile of the top
+# probabilities of the validation images the model got right: "less sure than it is on 95 % of
+# the cells it classifies correctly".
+CONFIDENCE_QUANTILE = 0.05
+
+
+def confidence_threshold(probs, labels, quantile: float = CONFIDENCE_QUANTILE) -> dict | None:
+    """The low-confidence threshold chosen on validation predictions (never on test), with its rule."""
+    probs, labels = np.asarray(probs, dtype=float), np.asarray(labels, dtype=int)
+    if probs.ndim != 2 or not len(labels):
+        return None
+    top = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    if not correct.any():
+        return None
+    return {"value": float(np.quantile(top[correct], quantile)), "quantile": quantile,
+            "n_correct": int(correct.sum()),
+            "rule": f"{quantile:.0%} quantile of the top probability of correct validation predictions"}

@@ -235,25 +235,6 @@ def prediction_tables(paths: Sequence[str], probs: np.ndarray, class_names: Sequ
 
 
 # --------------------------------------------------------------------------- CLI
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="bench-predict",
-        description="Classify a folder of cell images with one checkpoint or an ensemble of checkpoints; write "
-                    "predictions.csv, counts.csv (differential count) and unreadable.csv into --out.",
-    )
-    p.add_argument("images_dir", type=Path, help="folder of images (searched recursively)")
-    p.add_argument("--checkpoint", "-c", action="append", type=Path, default=[], metavar="PT",
-                   help="a best.pt from bench-train; repeat for an ensemble (first = best ranked)")
-    p.add_argument("--ensemble", type=Path, default=None, metavar="DIR",
-                   help="an ensemble folder results/<exp>/ensembles/<name>: its members' best.pt")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--method", choices=sorted(METHODS), default=None,
-                   help="combine by majority vote or mean probability (default: see module help)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    return p
-
-
 def _device(name: str) -> torch.device:
     from bench.train import resolve_device
 
@@ -317,7 +298,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    from bench.commands import parser
+
+    args = parser("bench-predict").parse_args(argv)
     try:
         result = run(args)
     except PredictError as exc:

@@ -11,7 +11,6 @@ checks cover exactly the runs that will start.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import socket
@@ -95,8 +94,11 @@ def plan_runs(args: list[str]) -> Plan:
 # --------------------------------------------------------------------------- checks
 def preflight(plan: Plan) -> Report:
     """Check data, weights, image sizes, disk and device for every planned run."""
+    from bench.config import validate_config
+
     report = Report()
     cfg = plan.cfg
+    report.problems.extend(validate_config(cfg))
     n_images = _check_data(cfg, report)
     _check_models(plan, report)
     _check_disk(plan, report)
@@ -122,6 +124,8 @@ def _check_data(cfg, report: Report) -> int | None:
             records, classes = scan_imagefolder(cfg.data.root)
             n_images = len(records)
             report.notes.append(f"data: {n_images} images in {len(classes)} classes under {cfg.data.root}")
+            _check_classes(cfg, records, classes, report)
+            _check_manifest(cfg, records, report)
         elif kind == "bloodmnist":
             from bench.data.bloodmnist import bloodmnist_file
 
@@ -135,6 +139,86 @@ def _check_data(cfg, report: Report) -> int | None:
         report.problems.append(str(exc))
     _check_augment(cfg, report)
     return n_images
+
+
+# A class with fewer images than this gives validation / test shares of one or two images:
+# its per-class numbers are noise, and a sweep ranked on them is too.
+MIN_CLASS_IMAGES = 10
+
+
+def _check_classes(cfg, records, classes, report: Report) -> None:
+    """Per-class counts (printed), too-small classes (warned, by name) and class folders with no
+    image files (named: they are not classes of this run)."""
+    from collections import Counter
+
+    from bench.data.imagefolder import class_folders_without_images
+    from bench.data.split import split_counts
+
+    counts = Counter(r.label for r in records)
+    report.notes.append("classes: " + ", ".join(f"{c} {counts[c]}" for c in classes))
+    fractions = list(cfg.data.split_fractions)
+    for c in classes:
+        n = counts[c]
+        if n < 3:
+            report.problems.append(
+                f"class {c!r} has {n} image(s): a class needs at least 3 to reach train, validation and test. "
+                "Add images, merge it into another class (data.class_map) or leave it out (data.classes=[...]).")
+        elif n < MIN_CLASS_IMAGES and len(fractions) == 3:
+            n_train, n_val, n_test = split_counts(n, fractions)
+            report.warnings.append(
+                f"class {c!r} has only {n} images ({n_train} train / {n_val} validation / {n_test} test): its "
+                f"per-class numbers rest on {n_val} and {n_test} image(s) and say little. Add images, merge it "
+                "(data.class_map) or leave it out (data.classes=[...]); trainer.class_weights=balanced helps it "
+                "count in training.")
+    empty = class_folders_without_images(cfg.data.root)
+    if empty:
+        report.warnings.append(
+            f"folder(s) {', '.join(repr(e) for e in empty)} under {cfg.data.root} hold no image files and are "
+            "not classes of this run; put the images there, or move the folder out of data.root.")
+
+
+def _check_manifest(cfg, records, report: Report) -> None:
+    """An experiment's existing split must fit this data and these split settings; found here,
+    before any run folder is touched (a mismatch found later would have set runs aside first)."""
+    from bench import runs
+    from bench.data.imagefolder import DataError
+    from bench.data.split import check_split_settings, split_settings
+
+    if cfg.data.split_mode != "holdout":
+        return  # cross-validation folds are checked by each fold's run
+    path = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name) / "manifest.csv"
+    if not path.is_file():
+        return
+    try:
+        check_split_settings(path, split_settings(seed=cfg.data.split_seed, fractions=cfg.data.split_fractions),
+                             record_missing=False)
+    except DataError as exc:
+        report.problems.append(str(exc))
+    import pandas as pd
+
+    try:
+        manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
+        old = set(zip(manifest["path"], manifest["label"]))
+    except (OSError, ValueError, KeyError) as exc:
+        report.problems.append(f"cannot read the experiment's split manifest {path} ({exc}); delete it to re-split.")
+        return
+    new = {(r.path, r.label) for r in records}
+    # Files of the split that are gone or relabelled, or files it never saw: not the experiment's data.
+    # Files left out of the split because they did not decode are listed in the runs' excluded.csv.
+    excluded = set()
+    for excluded_csv in path.parent.glob("runs/*/seed*/excluded.csv"):
+        try:
+            excluded |= set(pd.read_csv(excluded_csv, dtype=str, keep_default_na=False)["path"])
+        except (OSError, ValueError, KeyError):
+            continue
+    missing = old - new
+    added = {(p, label) for p, label in new - old if p not in excluded}
+    if missing or added:
+        examples = ", ".join(p for p, _ in sorted(missing | added)[:3])
+        report.problems.append(
+            f"data.root={cfg.data.root} does not match the split of experiment {cfg.experiment_name!r} "
+            f"({path}: {len(missing)} file(s) of the split are missing or relabelled, {len(added)} are new; e.g. "
+            f"{examples}). Nothing was moved. Another dataset is another experiment: add experiment_name=<name>.")
 
 
 def _check_augment(cfg, report: Report) -> None:
@@ -330,14 +414,9 @@ def fetch_main(argv: list[str] | None = None) -> int:
     from bench.models import get_model_spec
     from bench.models.weights import fetch_weights
 
-    parser = argparse.ArgumentParser(
-        prog="bench-fetch-weights",
-        description="Download the ImageNet weights of every model a bench-train command would use "
-        "(same overrides, e.g. experiment=gavas2021 or model=resnet18,vgg19, or bare model names), "
-        "into the standard caches (torch hub, Hugging Face).",
-    )
-    parser.add_argument("overrides", nargs="*", help="bench-train overrides, or bare model names")
-    args = parser.parse_args(argv)
+    from bench.commands import parser
+
+    args = parser("bench-fetch-weights").parse_args(argv)
     register_configs()
     names = [a for a in args.overrides if "=" not in a]
     overrides = [a for a in args.overrides if "=" in a] + ([f"model={','.join(names)}"] if names else [])

@@ -12,6 +12,7 @@ goes on to the next model; Ctrl-C still stops everything (the run resumes later)
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import pickle
@@ -29,12 +30,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench import runs
 from bench.data.build import build_data
-from bench.data.loader import BatchLoader
+from bench.data.loader import BatchLoader, sampler_weights
 from bench.data.transforms import BatchAugment, Normalize
-from bench.config import CONF_DIR
-from bench.engine import evaluate, merge_epoch_parts, train_one_epoch
+from bench.config import CONF_DIR, check_config
+from bench.engine import evaluate, loss_class_weights, merge_epoch_parts, train_one_epoch
 from bench.leaderboard import refresh_leaderboard
-from bench.metrics import classification_metrics
+from bench.metrics import SELECT_BY, classification_metrics, collapse_warning, confidence_threshold
 from bench.models import count_gflops, count_params, create_model, get_model_spec
 from bench.precision import choose_cpu_precision, precision_record_key, read_precision_records, resolve_precision
 from bench.protocol import protocol_deviations
@@ -47,6 +48,18 @@ log = logging.getLogger("bench.train")
 # selection is in data.* (fold, classes, class_map), which stays in the hash.
 NON_RESULT_KEYS = {"paths": None, "trainer": ("progress", "num_threads", "checkpoint_every_s"), "data": ("decode_workers", "store"),
                    "cv": None, "two_level": None, "svm": None}
+# Options added after runs were already on disk, with the value that does what the code did before
+# them: at that value they stay out of the identity hash, so adding an option never retrains (or
+# sets aside) a finished run whose config did not ask for it.
+NEUTRAL_OPTIONS = {
+    ("trainer", "select_by"): "val_acc", ("trainer", "class_weights"): None, ("trainer", "sampler"): "shuffle",
+    ("data", "augment", "brightness"): 0.0, ("data", "augment", "contrast"): 0.0,
+    ("data", "augment", "saturation"): 0.0, ("data", "augment", "hue"): 0.0,
+}
+
+# Hydra flags that print something and train nothing: they skip the preflight and go to Hydra as they are.
+HYDRA_INFO_FLAGS = ("--help", "-h", "--cfg", "-c", "--info", "-i", "--hydra-help", "--shell-completion", "-sc",
+                    "--resolve", "--package", "-p")
 
 _RESULTS: list[dict] = []  # what this process's runs returned (read by cli at the end)
 _SWEEP: dict = {}  # planned run count and start time of a bench-train command (for progress lines)
@@ -76,6 +89,14 @@ def run_identity(cfg: DictConfig) -> tuple[dict, str]:
         if drop is None:
             continue
         ident[key] = {k: v for k, v in value.items() if k not in drop} if isinstance(value, dict) else value
+    ident = copy.deepcopy(ident)  # nested dicts are shared with the container written to config.yaml
+    for path, neutral in NEUTRAL_OPTIONS.items():
+        *parents, leaf = path
+        node = ident
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
+            del node[leaf]
     return container, runs.config_hash(ident)
 
 
@@ -197,6 +218,7 @@ def _fit_with_oom_retry(cfg, run_dir, exp_dir, chash) -> dict:
 
 def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: int, oom_retry: bool = False) -> dict:
     tcfg = cfg.trainer
+    check_config(cfg)  # the preflight said so already; a config that reaches here by the Python API too
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     device = resolve_device(tcfg.device)
@@ -233,6 +255,11 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
         model.to(memory_format=torch.channels_last)
     optimizer = instantiate(cfg.optim)(params=[p for p in model.parameters() if p.requires_grad])
     scheduler = instantiate(cfg.sched)(optimizer=optimizer)
+    train_labels = bundle.splits["train"].labels.cpu()
+    class_weight = loss_class_weights(tcfg.class_weights, train_labels, bundle.num_classes)
+    # Training loss (optionally class-weighted); validation loss stays the plain, comparable one.
+    train_criterion = torch.nn.CrossEntropyLoss(
+        weight=None if class_weight is None else class_weight.to(device), label_smoothing=tcfg.label_smoothing)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
     train_model = torch.compile(model) if tcfg.compile else model
 
@@ -244,8 +271,9 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
     aug = cfg.data.augment
     train_loader = BatchLoader(
         splits["train"], micro_batch, normalize=norm, device=device, shuffle=True,
-        augment=BatchAugment(aug.hflip, aug.vflip, aug.rotation, aug.interpolation), channels_last=channels_last,
+        augment=BatchAugment.from_config(aug), channels_last=channels_last,
         seed=cfg.seed, max_batches=tcfg.max_batches,
+        sample_weights=sampler_weights(tcfg.sampler, train_labels, bundle.num_classes),
     )
 
     def eval_loader(split):
@@ -260,7 +288,7 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
         if amp is None:
             amp = bool(read_precision_records(precision_cache).get(precision_key, {}).get("amp", False))
     history: list[dict] = state["history"]
-    best = {"val_acc": state["best_val_acc"], "epoch": state["best_epoch"]}
+    best = {"score": state["best_score"], "epoch": state["best_epoch"]}
     best_val = None  # the best epoch's validation result, when that epoch ran in this process
     best_weights = None  # the best epoch's weights (CPU copy) until they are written to best.pt
     last_write = time.monotonic()
@@ -277,12 +305,12 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
             if amp is None:  # first epoch of a fresh run on a CPU with bf16 kernels
                 batches = iter(train_loader)
                 amp, parts = choose_cpu_precision(
-                    train_model, batches, optimizer, criterion, device=device, aux_weight=spec.aux_weight,
+                    train_model, batches, optimizer, train_criterion, device=device, aux_weight=spec.aux_weight,
                     grad_accum=grad_accum, on_batch=bar.on_batch, record_path=precision_cache,
                     key=precision_key, model_name=cfg.model.name,
                 )
             tr = train_one_epoch(
-                train_model, batches, optimizer, criterion, device=device, amp=amp,
+                train_model, batches, optimizer, train_criterion, device=device, amp=amp,
                 aux_weight=spec.aux_weight, grad_accum=grad_accum, on_batch=bar.on_batch,
             )
             if parts:
@@ -290,16 +318,22 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
             va = evaluate(train_model, eval_loader("val"), criterion, device=device, amp=amp)
             bar.done(tr, va)
         scheduler.step()
+        va_scores = {"val_acc": va["acc"],
+                     "val_balanced_acc": SELECT_BY["val_balanced_acc"](va["labels"], va["preds"], bundle.num_classes),
+                     "val_macro_f1": SELECT_BY["val_macro_f1"](va["labels"], va["preds"], bundle.num_classes)}
         history.append({
             "epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
-            "val_loss": va["loss"], "val_acc": va["acc"], "seconds": tr["seconds"] + va["seconds"],
+            "val_loss": va["loss"], "val_acc": va["acc"], "val_balanced_acc": va_scores["val_balanced_acc"],
+            "val_macro_f1": va_scores["val_macro_f1"], "seconds": tr["seconds"] + va["seconds"],
             "train_img_s": tr["img_s"],
         })
-        log.info("%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f img/s",
-                 cfg.model.name, epoch + 1, tcfg.epochs, tr["loss"], tr["acc"], va["loss"], va["acc"], tr["img_s"])
-        # Best by validation accuracy; a tie keeps the earlier epoch (strictly greater to replace).
-        if va["acc"] > best["val_acc"]:
-            best = {"val_acc": va["acc"], "epoch": epoch + 1}
+        log.info("%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f bal %.4f | %.0f img/s",
+                 cfg.model.name, epoch + 1, tcfg.epochs, tr["loss"], tr["acc"], va["loss"], va["acc"],
+                 va_scores["val_balanced_acc"], tr["img_s"])
+        # Best by trainer.select_by on validation; a tie keeps the earlier epoch (strictly greater to replace).
+        score = va_scores[tcfg.select_by]
+        if score > best["score"]:
+            best = {"score": score, "epoch": epoch + 1}
             best_val = va
             best_weights = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
         runs.write_csv_atomic(run_dir.history, pd.DataFrame(history))
@@ -307,13 +341,13 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
         if final or time.monotonic() - last_write >= tcfg.checkpoint_every_s:
             # best.pt first: on resume it is the record of the best epoch (see _resume_state).
             if best_weights is not None:
-                save_checkpoint(run_dir.best_ckpt, best_weights, epoch=best["epoch"], val_acc=best["val_acc"],
-                                durable=False, **ckpt_meta)
+                save_checkpoint(run_dir.best_ckpt, best_weights, epoch=best["epoch"], val_score=best["score"],
+                                select_by=tcfg.select_by, durable=False, **ckpt_meta)
                 best_weights = None
             runs.save_torch_atomic(run_dir.last_ckpt, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": None,  # bf16 autocast needs no loss scaling
-                "epoch": epoch + 1, "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
+                "epoch": epoch + 1, "best_score": best["score"], "best_epoch": best["epoch"],
                 "history": history, "config_hash": chash, "rng": torch.get_rng_state(), "amp": amp,
             }, durable=False)  # an unreadable last.pt after a power cut only means starting over
             last_write = time.monotonic()
@@ -334,10 +368,16 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
             run_dir.predictions(split),
             predictions_frame(splits[split].paths[: results[split]["n"]], results[split], bundle.class_names),
         )
+    collapsed = collapse_warning(results["val"]["labels"], results["val"]["preds"], bundle.class_names)
+    if collapsed:
+        log.warning("%s seed %d: %s", cfg.model.name, cfg.seed, collapsed)
+    warnings = [*bundle.warnings, *([collapsed] if collapsed else [])]
     metrics = {
         "experiment": cfg.experiment_name, "model": cfg.model.name, "seed": int(cfg.seed),
         "status": runs.STATUS_COMPLETED, "classes": bundle.class_names,
         "epochs": int(tcfg.epochs), "epochs_run": len(history), "best_epoch": best["epoch"],
+        "select_by": tcfg.select_by, "warnings": warnings,
+        "confidence_threshold": confidence_threshold(results["val"]["probs"], results["val"]["labels"]),
         "val": classification_metrics(results["val"]["labels"], results["val"]["preds"], bundle.class_names),
         "test": classification_metrics(results["test"]["labels"], results["test"]["preds"], bundle.class_names),
         "params_m": params_m, "gflops": gflops, "input_size": image_size,
@@ -360,7 +400,7 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
 
 def _resume_state(run_dir: runs.RunDir, chash: str, model, optimizer, scheduler) -> dict:
     """Restore the last finished epoch of an interrupted run with the same config."""
-    fresh = {"next_epoch": 0, "history": [], "best_val_acc": -1.0, "best_epoch": 0, "amp": None}
+    fresh = {"next_epoch": 0, "history": [], "best_score": -1.0, "best_epoch": 0, "amp": None}
     if not run_dir.last_ckpt.exists():
         return fresh
     try:
@@ -369,7 +409,11 @@ def _resume_state(run_dir: runs.RunDir, chash: str, model, optimizer, scheduler)
             # best.pt is written just before last.pt, so after a kill between the two it can be
             # one checkpoint newer: its own epoch and accuracy describe the weights it holds.
             best_ckpt = torch.load(run_dir.best_ckpt, map_location="cpu", weights_only=True)
-            state["best_epoch"], state["best_val_acc"] = int(best_ckpt["epoch"]), float(best_ckpt["val_acc"])
+            # (val_acc / best_val_acc: what checkpoints written before trainer.select_by called the score)
+            state["best_epoch"] = int(best_ckpt["epoch"])
+            state["best_score"] = float(best_ckpt.get("val_score", best_ckpt.get("val_acc")))
+        if "best_score" not in state and "best_val_acc" in state:
+            state["best_score"] = state["best_val_acc"]
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
         # Truncated by a crash of the machine (per-epoch checkpoints are not fsynced): the
         # finished epochs are lost, not the sweep.
@@ -383,7 +427,7 @@ def _resume_state(run_dir: runs.RunDir, chash: str, model, optimizer, scheduler)
     torch.set_rng_state(state["rng"])
     log.info("resuming %s after epoch %d", run_dir.root, state["epoch"])
     return {"next_epoch": state["epoch"], "history": list(state["history"]),
-            "best_val_acc": state["best_val_acc"], "best_epoch": state["best_epoch"], "amp": state.get("amp")}
+            "best_score": state["best_score"], "best_epoch": state["best_epoch"], "amp": state.get("amp")}
 
 
 def _to_device_if_fits(split, device):
@@ -486,7 +530,8 @@ def cli(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from bench.cli_checks import check_model_overrides, register_requested_timm_models, unknown_key_hint
+    from bench.cli_checks import (check_model_overrides, group_option_hint, register_requested_timm_models,
+                                  unknown_key_hint)
     from bench.config import register_configs
     from bench.preflight import plan_runs, preflight
 
@@ -497,11 +542,11 @@ def cli(argv: list[str] | None = None) -> int:
         return 2
     register_configs()
     register_requested_timm_models(args)
-    if not any(a.startswith(("--help", "-h", "--cfg", "-c", "--info", "--hydra-help")) for a in args):
+    if not any(a.startswith(HYDRA_INFO_FLAGS) for a in args):
         try:
             plan = plan_runs(args)
         except (HydraException, OmegaConfBaseException) as exc:
-            hint = unknown_key_hint(args)
+            hint = group_option_hint(args) or unknown_key_hint(args)
             print(f"bench-train: the configuration does not compose: {hint or exc}", file=sys.stderr)
             return 2
         if plan.cfg.cv.folds or plan.cfg.cv.repeats or plan.cfg.two_level.enabled:
@@ -536,7 +581,7 @@ def cli(argv: list[str] | None = None) -> int:
 def _report(results: list[dict], plan) -> int:
     """End-of-sweep summary. Runs launched in other processes (submitit) are read back
     from the leaderboard, since their return values never reach this process."""
-    from bench.leaderboard import build_leaderboard, format_leaderboard
+    from bench.leaderboard import build_leaderboard, format_leaderboard, ranking_text
 
     if plan is None:
         return 0
@@ -548,7 +593,7 @@ def _report(results: list[dict], plan) -> int:
             continue
         board = build_leaderboard(exp_dir)
         if plan.multirun:
-            print(f"\nLeaderboard of {exp_dir} (ranked by validation accuracy):")
+            print(f"\nLeaderboard of {exp_dir} ({ranking_text(board)}):")
             print(format_leaderboard(board))
         if not results:  # remote launcher: failures of the planned runs, from the run folders
             planned = {(m, s) for m in plan.models for s in plan.seeds}
@@ -562,3 +607,9 @@ def _report(results: list[dict], plan) -> int:
             print(f"  {r['model']} seed {r['seed']}: {r['error']} ({r['run_dir']})", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":  # python -m bench.train ...
+    from bench.commands import run
+
+    sys.exit(run("bench-train"))

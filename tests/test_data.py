@@ -122,12 +122,14 @@ def test_corrupt_and_duplicate_files_in_a_real_run(tmp_path, cache_dir):
     )
     out = train(cfg)
     assert out["status"] == "completed"
-    rd = runs.RunDir.for_run(results / "default", "simple_cnn", 0)
+    # No experiment named: the folder is named after the data (its name and a hash of its path).
+    assert cfg.experiment_name.startswith("data-") and len(cfg.experiment_name) == len("data-") + 6
+    rd = runs.RunDir.for_run(results / cfg.experiment_name, "simple_cnn", 0)
     excluded = pd.read_csv(rd.excluded).set_index("path")
     for bad in ("a/broken.jpg", "b/notes.png", "c/truncated.png"):
         assert bad in excluded.index and excluded.loc[bad, "reason"]
     assert "b/copy_of_a.png" in excluded.index  # reported
-    manifest = pd.read_csv(results / "default" / "manifest.csv").set_index("path")
+    manifest = pd.read_csv(results / cfg.experiment_name / "manifest.csv").set_index("path")
     assert "a/broken.jpg" not in manifest.index
     assert manifest.loc["b/copy_of_a.png", "split"] == manifest.loc["a/a_000.png", "split"] == "train"
     assert runs.read_json(rd.metrics)["n_excluded"] == len(excluded)

@@ -71,7 +71,7 @@ def test_submitit_sweep_completes_then_skips(tmp_path, cache_dir):
     # generator is not safe against two processes creating the same cache folder.
     synthetic_root(cache_dir / "datasets", n_per_class=30, image_size=48, seed=0)  # as build_data names it
     results = tmp_path / "results"
-    exp_dir = results / "default"
+    exp_dir = results / "synthetic"
 
     first = _sweep(results, cache_dir, tmp_path / "sweep1", tmp_path)
     _check(first)

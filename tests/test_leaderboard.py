@@ -12,7 +12,7 @@ from bench import leaderboard as lb
 from bench import runs
 from bench.metrics import classification_metrics
 
-CLASSES = ["basophil", "eosinophil", "ig", "platelet"]
+CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
 
 
 def _metric_set(n_wrong: int, n_per_class: int = 5) -> dict:

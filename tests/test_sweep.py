@@ -55,7 +55,7 @@ def test_sweep_isolates_a_failing_model_and_exits_nonzero(tmp_path, cache_dir, c
     captured = capsys.readouterr()
     assert "1 run(s) failed" in captured.err and "exploding_net always fails" in captured.err
     assert "simple_cnn" in captured.out and "squeezenet1_1" in captured.out  # the leaderboard is printed
-    board = pd.read_csv(tmp_path / "results" / "default" / "leaderboard.csv").set_index("model")
+    board = pd.read_csv(tmp_path / "results" / "synthetic" / "leaderboard.csv").set_index("model")
     assert board.loc["exploding_net", "status"] == "failed"
     assert "exploding_net always fails" in board.loc["exploding_net", "error"]
     assert pd.isna(board.loc["exploding_net", "rank"])
@@ -66,7 +66,7 @@ def test_second_invocation_of_a_finished_sweep_trains_nothing(tmp_path, cache_di
     args = _cli_args(tmp_path, cache_dir, "-m", "model=simple_cnn,squeezenet1_1", "seed=0,1",
                      "trainer.epochs=1", "trainer.max_batches=1")
     assert cli(args) == 0
-    exp = tmp_path / "results" / "default"
+    exp = tmp_path / "results" / "synthetic"
     stamps = {p: p.stat().st_mtime_ns for p in exp.glob("runs/*/seed*/metrics.json")}
     assert len(stamps) == 4
     assert cli(args) == 0
@@ -103,7 +103,7 @@ def test_cuda_oom_retries_with_half_the_micro_batch(make_cfg, monkeypatch, tmp_p
     monkeypatch.setattr(train_mod, "_fit", flaky_fit)
     out = train(make_cfg("trainer.epochs=1", "trainer.max_batches=2"))
     assert out["status"] == "completed" and calls == [1, 2]
-    metrics = runs.read_json(tmp_path / "results" / "default" / "runs" / "simple_cnn" / "seed0" / "metrics.json")
+    metrics = runs.read_json(tmp_path / "results" / "synthetic" / "runs" / "simple_cnn" / "seed0" / "metrics.json")
     assert metrics["oom_retry"] is True and metrics["grad_accum"] == 2 and metrics["batch_size"] == 32
 
 
@@ -123,7 +123,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_metrics(tmp_path, cache_d
     subprocess.run(_train_cmd(reference, cache_dir), check=True, env=env, capture_output=True)
 
     killed = tmp_path / "killed"
-    run_dir = killed / "default" / "runs" / "simple_cnn" / "seed0"
+    run_dir = killed / "synthetic" / "runs" / "simple_cnn" / "seed0"
     proc = subprocess.Popen(_train_cmd(killed, cache_dir), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -138,11 +138,11 @@ def test_a_run_killed_mid_training_resumes_to_the_same_metrics(tmp_path, cache_d
     assert 1 <= done_before < 4
 
     subprocess.run(_train_cmd(killed, cache_dir), check=True, env=env, capture_output=True)
-    a = runs.read_json(reference / "default" / "runs" / "simple_cnn" / "seed0" / "metrics.json")
+    a = runs.read_json(reference / "synthetic" / "runs" / "simple_cnn" / "seed0" / "metrics.json")
     b = runs.read_json(run_dir / "metrics.json")
     for key in ("val", "test", "best_epoch", "epochs_run"):
         assert a[key] == b[key], key
-    ha = pd.read_csv(reference / "default" / "runs" / "simple_cnn" / "seed0" / "history.csv")
+    ha = pd.read_csv(reference / "synthetic" / "runs" / "simple_cnn" / "seed0" / "history.csv")
     hb = pd.read_csv(run_dir / "history.csv")
     pd.testing.assert_frame_equal(ha[["train_loss", "val_acc"]], hb[["train_loss", "val_acc"]])
 
@@ -199,7 +199,7 @@ def test_cli_refuses_to_start_when_preflight_fails(tmp_path, capsys):
                 "model.pretrained=false", "model=simple_cnn"])
     assert code == 2
     assert "nothing was trained" in capsys.readouterr().err
-    assert not (tmp_path / "default" / "runs").exists()
+    assert not any(tmp_path.glob("*/runs"))
 
 
 def _rss_mb() -> float:

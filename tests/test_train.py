@@ -23,7 +23,9 @@ from bench.train import cli, train
 
 from .conftest import compose_cfg
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from bench.config import CONF_DIR
+
+CONF = Path(CONF_DIR)
 
 
 def _options(group: str) -> list[str]:
@@ -108,7 +110,7 @@ def test_run_folder_has_every_output(trained):
         assert path.exists(), path
     history = pd.read_csv(rd.history)
     assert list(history.columns) == ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
-                                     "seconds", "train_img_s"]
+                                     "val_balanced_acc", "val_macro_f1", "seconds", "train_img_s"]
     assert history["epoch"].tolist() == [1, 2, 3, 4]
     metrics = runs.read_json(rd.metrics)
     assert metrics["best_epoch"] == int(history["val_acc"].idxmax()) + 1  # idxmax: first of ties
@@ -172,11 +174,11 @@ def test_second_invocation_skips_a_completed_run(trained):
 # --------------------------------------------------------------------------- split and devices
 def test_split_is_identical_across_models_and_invocations(make_cfg, tmp_path):
     train(make_cfg("trainer.epochs=1", "trainer.max_batches=1"))
-    manifest = tmp_path / "results" / "default" / "manifest.csv"
+    manifest = tmp_path / "results" / "synthetic" / "manifest.csv"
     first = manifest.read_bytes()
     train(make_cfg("model=squeezenet1_1", "trainer.epochs=1", "trainer.max_batches=1", "trainer.eval_batch_size=512"))
     assert manifest.read_bytes() == first
-    sq = runs.RunDir.for_run(tmp_path / "results" / "default", "squeezenet1_1", 0)
+    sq = runs.RunDir.for_run(tmp_path / "results" / "synthetic", "squeezenet1_1", 0)
     test_paths = set(pd.read_csv(sq.predictions("test"))["path"])
     m = pd.read_csv(manifest)
     assert test_paths == set(m.loc[m.split == "test", "path"])
@@ -193,10 +195,10 @@ def test_a_failing_model_is_recorded_not_raised(make_cfg, tmp_path):
     # inception_v3 cannot run at 32 px: the run fails with a clear message and a status file.
     out = train(make_cfg("model=inception_v3"))
     assert out["status"] == "failed" and "inception_v3" in out["error"]
-    rd = runs.RunDir.for_run(tmp_path / "results" / "default", "inception_v3", 0)
+    rd = runs.RunDir.for_run(tmp_path / "results" / "synthetic", "inception_v3", 0)
     status = json.loads(rd.status.read_text())
     assert status["status"] == "failed" and status["error"]
-    board = pd.read_csv(tmp_path / "results" / "default" / "leaderboard.csv")
+    board = pd.read_csv(tmp_path / "results" / "synthetic" / "leaderboard.csv")
     assert board.loc[board.model == "inception_v3", "status"].item() == "failed"
 
 
@@ -204,7 +206,7 @@ def test_a_changed_config_never_reuses_the_old_result(make_cfg, tmp_path):
     train(make_cfg("trainer.epochs=1", "trainer.max_batches=1"))
     out = train(make_cfg("trainer.epochs=1", "trainer.max_batches=1", "optim.lr=0.5"))
     assert out["status"] == "completed"
-    replaced = list((tmp_path / "results" / "default" / "runs" / "simple_cnn" / "replaced").iterdir())
+    replaced = list((tmp_path / "results" / "synthetic" / "runs" / "simple_cnn" / "replaced").iterdir())
     assert len(replaced) == 1 and (replaced[0] / "metrics.json").exists()
 
 
@@ -220,7 +222,7 @@ def test_bloodmnist_trains_on_its_official_splits(tmp_path, cache_dir):
                       f"data.root={tmp_path}", "data.bloodmnist_size=28", "data.image_size=32", "trainer.epochs=1",
                       f"paths.results_dir={results}", f"paths.cache_dir={cache_dir}")
     assert train(cfg)["status"] == "completed"
-    metrics = runs.read_json(results / "default" / "runs" / "simple_cnn" / "seed0" / "metrics.json")
+    metrics = runs.read_json(results / "bloodmnist28" / "runs" / "simple_cnn" / "seed0" / "metrics.json")
     assert metrics["test"]["n"] == 16 and metrics["val"]["n"] == 16 and metrics["input_size"] == 32
     assert metrics["classes"][3] == "ig"
 

@@ -54,7 +54,7 @@ def test_best_epoch_is_the_first_best_on_validation_and_test_uses_its_weights(ma
     assert pd.read_csv(rd.history)["val_acc"].tolist() == [0.5, 0.7, 0.7, 0.6]
 
     best = torch.load(rd.best_ckpt, map_location="cpu", weights_only=True)
-    assert best["epoch"] == 2 and best["val_acc"] == 0.7
+    assert best["epoch"] == 2 and best["val_score"] == 0.7 and best["select_by"] == "val_acc"
     assert _same_weights(best["model"], snapshots[1])
     assert not _same_weights(best["model"], snapshots[3])  # training moved on after epoch 2
 

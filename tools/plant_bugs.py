@@ -9,6 +9,7 @@ reported.
     .venv/bin/python tools/plant_bugs.py                 # every bug, one after the other
     .venv/bin/python tools/plant_bugs.py spec_fn cm_t    # some of them
     .venv/bin/python tools/plant_bugs.py --list
+    .venv/bin/python tools/plant_bugs.py --rev 3095398   # against an older commit's suite
 
 It takes seconds per caught bug and a whole fast-suite run (~3 min on 2 cores) per survivor.
 Run it alone: two CPU-heavy jobs at once slow torch down 10-50x.
@@ -81,17 +82,23 @@ BUGS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def _copy_project(dest: Path) -> None:
-    ignore = shutil.ignore_patterns(".venv", ".git", ".cache", "results", "__pycache__", "*.egg-info", ".pytest_cache")
-    shutil.copytree(ROOT, dest, ignore=ignore)
-    shutil.copytree(ROOT / "results" / "reference", dest / "results" / "reference")
+def _copy_project(dest: Path, rev: str | None) -> None:
+    """The working tree, or the files of commit ``rev`` (``git archive``: what a clone would hold)."""
+    if rev is None:
+        ignore = shutil.ignore_patterns(".venv", ".git", ".cache", "results", "__pycache__", "*.egg-info",
+                                        ".pytest_cache")
+        shutil.copytree(ROOT, dest, ignore=ignore)
+        return
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
 
 
-def plant(bug_id: str, pytest_args: list[str]) -> tuple[bool, str, float]:
+def plant(bug_id: str, pytest_args: list[str], rev: str | None = None) -> tuple[bool, str, float]:
     path, old, new, _ = BUGS[bug_id]
     with tempfile.TemporaryDirectory(prefix=f"bug-{bug_id}-") as tmp:
         copy = Path(tmp) / "project"
-        _copy_project(copy)
+        _copy_project(copy, rev)
         source = (copy / path).read_text()
         if source.count(old) != 1:
             raise SystemExit(f"{bug_id}: the text to change occurs {source.count(old)} times in {path}; update BUGS.")
@@ -116,6 +123,8 @@ def main(argv=None) -> int:
     p.add_argument("bugs", nargs="*", help="bug ids (default: all)")
     p.add_argument("--list", action="store_true", help="list the bugs and exit")
     p.add_argument("--pytest", default="", help="extra pytest arguments, e.g. a test path to run instead of all")
+    p.add_argument("--rev", default=None, help="plant into this commit's files (git archive) instead of the working "
+                                               "tree, e.g. to see which bugs an older suite let through")
     args = p.parse_args(argv)
     if args.list:
         for bug_id, (path, *_, what) in BUGS.items():
@@ -127,7 +136,7 @@ def main(argv=None) -> int:
         return 2
     survivors = []
     for bug_id in args.bugs or list(BUGS):
-        caught, test, seconds = plant(bug_id, args.pytest.split())
+        caught, test, seconds = plant(bug_id, args.pytest.split(), args.rev)
         print(f"{bug_id:18s} {'caught by ' + test if caught else 'SURVIVED'}  ({seconds:.0f} s)", flush=True)
         if not caught:
             survivors.append(bug_id)

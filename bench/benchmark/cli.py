@@ -36,14 +36,13 @@ the ceiling's timing windows; ``_all`` columns are over every epoch.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from .ceiling import measure_ceiling
-from .common import COLUMNS, DEFAULT_MODELS, MODES, POLLUTED, ForeignLoad, _log, environment, load_average, ratio
+from .common import COLUMNS, MODES, POLLUTED, ForeignLoad, _log, environment, load_average, ratio
 from .harness import compose_cfg, harness_overrides, run_harness
 from .output import format_table, write_outputs
 from .pipeline import measure_decode, measure_loader
@@ -51,45 +50,10 @@ from .reference import reference_main, run_reference
 from .sweep import run_sweep
 
 
-def _image_size(text: str) -> int | None:
-    if text in ("model", "native", "null", "0"):
-        return None
-    size = int(text)
-    if size < 8:
-        raise argparse.ArgumentTypeError(f"--image-size {size} is too small")
-    return size
-
-
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="bench-benchmark", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="synthetic", help="an imagefolder (one sub-folder per class) or 'synthetic'")
-    p.add_argument("--models", default=DEFAULT_MODELS,
-                   help=f"comma-separated, or 'gavas2021' for the 27 of the paper (default {DEFAULT_MODELS})")
-    p.add_argument("--image-size", type=_image_size, default=64,
-                   help="pixels, or 'model' for each model's own input size (224; 299 for inception_v3)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--eval-batch-size", type=int, default=128)
-    p.add_argument("--name", default=None, help="output name (default: <data>-<size>px)")
-    p.add_argument("--out", default="results/benchmarks")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ref-workers", type=int, default=2, help="DataLoader workers of the reference loop")
-    p.add_argument("--no-reference", action="store_true", help="skip the reference loop (and so the sweep)")
-    p.add_argument("--no-sweep", action="store_true", help="skip the bench-train -m timing")
-    p.add_argument("--no-ceiling", action="store_true", help="skip the model-alone measurements")
-    p.add_argument("--ceiling-modes", default=",".join(m for m, _, _ in MODES),
-                   help="model-alone modes to measure (fp32, fp32_cl, bf16, bf16_cl)")
-    p.add_argument("--ceiling-window", type=float, default=1.0, help="seconds per timing window (best of 3)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra bench-train override for the harness runs and the sweep, e.g. trainer.amp=true")
-    p.add_argument("--synthetic-n-per-class", type=int, default=60)
-    p.add_argument("--synthetic-size", type=int, default=96)
-    p.add_argument("--protocol-images", type=int, default=17092,
-                   help="images of the full dataset for est_protocol_s (PBC: 17,092)")
-    p.add_argument("--protocol-epochs", type=int, default=25)
-    p.add_argument("--keep-work", action="store_true", help="keep the run folders and caches under <out>/<name>.work")
+    from bench.commands import parser
+
+    p = parser("bench-benchmark")
     args = p.parse_args(argv)
     modes = args.ceiling_modes.split(",")
     unknown = [m for m in modes if m not in {m for m, _, _ in MODES}]

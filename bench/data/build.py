@@ -14,10 +14,10 @@ from bench.data.imagefolder import DataError, scan_imagefolder
 from bench.data.split import SPLITS, conflicting_duplicates, load_or_create_manifest, manifest_filename
 from bench.data.store import (MappedImages, SplitData, choose_store_mode, file_hashes, load_or_decode,
                               to_split)
+from bench.config import DATA_KINDS  # the choices, defined once
 
 log = logging.getLogger(__name__)
 
-DATA_KINDS = ("synthetic", "imagefolder", "bloodmnist")
 
 
 @dataclass
@@ -27,6 +27,8 @@ class DataBundle:
     root: str  # where the images came from (for messages and records)
     # Files left out at start with the reason (corrupt, duplicate with conflicting labels).
     excluded: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
+    # What the data told us that a user must hear (a class with no readable image, ...).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -92,6 +94,12 @@ def _imagefolder(root: Path, data_cfg, image_size: int, exp_dir: Path, cache_dir
     )
     for _, row in excluded.iterrows():
         log.warning("excluded %s: %s", row.path, row.reason)
+    warnings = _unusable_classes(root, table, ok, class_names)
+    dead = set(class_names) - set(table["label"][ok])
+    class_names = [c for c in class_names if c not in dead]
+    if len(class_names) < 2:
+        raise DataError(f"data.root={str(root)!r}: {len(class_names)} class(es) with readable images "
+                        f"({', '.join(class_names) or 'none'}); a classifier needs at least 2. {' '.join(warnings)}")
     table = table[ok].copy()
     table["sha1"] = file_hashes([root / p for p in table["path"]], cache_dir)
     conflicts = conflicting_duplicates(table)
@@ -126,7 +134,29 @@ def _imagefolder(root: Path, data_cfg, image_size: int, exp_dir: Path, cache_dir
             splits[split] = to_split(images[rows], labels, paths)
     if mode == "mmap":
         log.info("images are read from the memory-mapped store batch by batch (data.store=%s)", data_cfg.store)
-    return DataBundle(class_names, splits, str(root), excluded)
+    return DataBundle(class_names, splits, str(root), excluded, warnings)
+
+
+def _unusable_classes(root: Path, table: pd.DataFrame, ok: np.ndarray, class_names: list[str]) -> list[str]:
+    """Warnings (also logged) for class folders that give the run no image: empty folders, which
+    the scan skips, and folders whose every file failed to decode, which are left out of the
+    classes everywhere (not kept as a class with no images: an extra output with 0.0 accuracy)."""
+    from bench.data.imagefolder import class_folders_without_images
+
+    warnings = []
+    empty = class_folders_without_images(root)
+    if empty:
+        warnings.append(f"folder(s) {', '.join(repr(e) for e in empty)} under {root} hold no image files and are "
+                        "not classes of this run.")
+    readable = set(table["label"][ok])
+    for c in class_names:
+        if c not in readable:
+            n = int((table["label"] == c).sum())
+            warnings.append(f"class {c!r}: none of its {n} file(s) could be decoded (excluded.csv says why), so it "
+                            "is left out of the classes; fix or replace the files to train on it.")
+    for w in warnings:
+        log.warning("%s", w)
+    return warnings
 
 
 def _bloodmnist(data_cfg, image_size: int) -> DataBundle:
@@ -191,4 +221,4 @@ def select_classes(bundle: DataBundle, classes=None, class_map=None) -> DataBund
     excluded = pd.concat(parts, ignore_index=True) if parts else bundle.excluded
     log.info("class selection: %d classes %s, %d image(s) of other classes excluded", len(new_names), new_names,
              len(dropped))
-    return DataBundle(new_names, splits, bundle.root, excluded)
+    return DataBundle(new_names, splits, bundle.root, excluded, bundle.warnings)

@@ -112,3 +112,16 @@ def try_decode(args: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
         return decode_resized(path, size), None
     except Exception as exc:  # any decoder error means "exclude this file", with the reason
         return None, f"{type(exc).__name__}: {exc}".strip()
+
+
+def class_folders_without_images(root: str | os.PathLike) -> list[str]:
+    """Sub-folders of ``root`` holding no image file (``scan_imagefolder`` leaves them out)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return []
+    empty = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not any(f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
+                   for f in class_dir.rglob("*")):
+            empty.append(class_dir.name)
+    return empty

@@ -15,6 +15,17 @@ from bench.data.store import SplitData
 from bench.data.transforms import BatchAugment, Normalize
 
 
+def sampler_weights(rule: str, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    """Per-image drawing weights for ``trainer.sampler``: None (``shuffle``: every image once per
+    epoch), or ``balanced``: 1 / (images of its class), so each class is drawn equally often."""
+    if rule == "shuffle":
+        return None
+    if rule != "balanced":
+        raise ValueError(f"trainer.sampler={rule!r} is not one of shuffle, balanced.")
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
+    return 1.0 / counts[labels.cpu()]
+
+
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     """A CPU generator for one epoch: depends only on (seed, epoch, stream), never on history."""
     g = torch.Generator()
@@ -27,6 +38,8 @@ class BatchLoader:
 
     ``shuffle`` draws a permutation per epoch and ``augment`` per-image flips and
     rotations, both from ``epoch_generator(seed, epoch)``; call ``set_epoch`` first.
+    ``sample_weights`` (one per image) replaces the permutation by as many draws with
+    replacement, image i with probability proportional to its weight (a balanced sampler).
     """
 
     def __init__(
@@ -42,6 +55,7 @@ class BatchLoader:
         seed: int = 0,
         drop_last: bool = False,
         max_batches: int | None = None,
+        sample_weights: torch.Tensor | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -55,6 +69,9 @@ class BatchLoader:
         self.seed = seed
         self.drop_last = drop_last
         self.max_batches = max_batches
+        self.sample_weights = sample_weights
+        if sample_weights is not None and len(sample_weights) != len(split):
+            raise ValueError(f"{len(sample_weights)} sample weights for {len(split)} images")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -69,7 +86,12 @@ class BatchLoader:
         n = len(self.split)
         order_gen = epoch_generator(self.seed, self.epoch, stream=0)
         aug_gen = epoch_generator(self.seed, self.epoch, stream=1)
-        order = torch.randperm(n, generator=order_gen) if self.shuffle else torch.arange(n)
+        if self.sample_weights is not None:
+            order = torch.multinomial(self.sample_weights, n, replacement=True, generator=order_gen)
+        elif self.shuffle:
+            order = torch.randperm(n, generator=order_gen)
+        else:
+            order = torch.arange(n)
         images, labels = self.split.images, self.split.labels
         on_device = images.device == self.device
         for b in range(len(self)):

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from bench.data.imagefolder import DataError
-from bench.runs import write_csv_atomic
+from bench.runs import read_json, write_csv_atomic, write_json_atomic
+from bench.config import SPLIT_MODES  # the choices, defined once
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,6 @@ def _label_key(label: str) -> int:
 # --------------------------------------------------------------------------- cross-validation
 # Added for bench/protocols/cv.py. data.split_mode picks the split; "holdout" (the default)
 # is the function above with its generator unchanged, written to manifest.csv as before.
-SPLIT_MODES = ("holdout", "kfold", "montecarlo")
 
 
 def kfold_assignment(table: pd.DataFrame, *, seed: int, n_folds: int) -> pd.Series:
@@ -195,22 +195,64 @@ def conflicting_duplicates(table: pd.DataFrame) -> pd.DataFrame:
     return table[n_labels > 1].sort_values(["sha1", "path"])
 
 
+def split_settings(*, seed: int, fractions: Sequence[float], split_mode: str = "holdout", n_folds=None,
+                   fold=None) -> dict:
+    """The settings a manifest was made with, as recorded beside it (``manifest.json``)."""
+    settings = {"data.split_seed": int(seed), "data.split_fractions": [float(f) for f in fractions],
+                "data.split_mode": str(split_mode)}
+    if split_mode != "holdout":
+        settings.update({"data.n_folds": n_folds, "data.fold": fold})
+    return settings
+
+
+def settings_path(manifest_path: Path) -> Path:
+    return Path(manifest_path).with_suffix(".json")
+
+
+def check_split_settings(manifest_path: Path, settings: dict, *, record_missing: bool = True) -> None:
+    """An existing manifest made with other split settings is an error naming the setting: reusing
+    it would run the new settings on the old split while config.yaml claims otherwise."""
+    recorded_path = settings_path(manifest_path)
+    try:
+        recorded = read_json(recorded_path)
+    except FileNotFoundError:
+        # A manifest from before the settings were recorded: it was made by this experiment's first
+        # run, whose settings we cannot see any more; adopt the current ones from now on.
+        if record_missing:
+            write_json_atomic(recorded_path, settings)
+        log.info("%s had no record of its split settings; recorded %s", manifest_path, settings)
+        return
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {recorded_path} ({exc}); delete it to record the current split settings.")
+    differ = [k for k in settings if recorded.get(k) != settings[k]]
+    if differ:
+        what = "; ".join(f"{k}={settings[k]} (the split was made with {recorded.get(k)})" for k in differ)
+        raise DataError(
+            f"{what}. The experiment's split {manifest_path} is shared by all its runs and stays as it is; "
+            "a different split is a different experiment: add experiment_name=<new name> (each experiment "
+            "has its own split), or put the setting back.")
+
+
 def load_or_create_manifest(
     path: Path, table: pd.DataFrame, *, seed: int, fractions: Sequence[float], **split_options
 ) -> pd.DataFrame:
     """Read the experiment's manifest, or write it from ``table`` on first use.
 
-    An existing manifest must describe the same files (path, bytes, label); if the data
-    changed, reusing it would silently mix splits, so that is an error naming the fix.
+    An existing manifest must describe the same files (path, bytes, label) and have been made
+    with the same split settings (``manifest.json`` beside it); otherwise reusing it would
+    silently mix splits or misreport them, so that is an error naming the fix.
     """
     path = Path(path)
+    settings = split_settings(seed=seed, fractions=fractions, **split_options)
     if path.exists():
         manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
         if list(manifest.columns) != MANIFEST_COLUMNS:
             raise DataError(f"{path} is not a split manifest (columns {list(manifest.columns)}); delete it.")
+        check_split_settings(path, settings)
         _check_same_files(path, manifest, table)
         return manifest
     manifest = make_manifest(table, seed=seed, fractions=fractions, **split_options)  # split_mode, n_folds, fold
+    write_json_atomic(settings_path(path), settings)
     write_csv_atomic(path, manifest)
     counts = manifest.groupby("split").size().reindex(SPLITS, fill_value=0)
     log.info("wrote split manifest %s (%s)", path, ", ".join(f"{k} {v}" for k, v in counts.items()))

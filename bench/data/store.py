@@ -28,6 +28,7 @@ import torch
 
 from bench.data.imagefolder import try_decode
 from bench.runs import atomic_path, write_json_atomic
+from bench.config import STORE_MODES  # the choices, defined once
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,6 @@ def available_memory() -> int | None:
     return None
 
 
-STORE_MODES = ("auto", "memory", "mmap")
 # In memory, the decoded images are held once as the splits' tensors, plus a transient copy of
 # the largest split while it is transposed to channels-first: budget twice the store.
 STORE_MEMORY_FACTOR = 2

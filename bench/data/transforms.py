@@ -24,8 +24,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from bench.config import INTERPOLATIONS  # the choices, defined once
 
-INTERPOLATIONS = ("nearest", "bilinear")
+
 
 
 @dataclass
@@ -34,6 +35,11 @@ class BatchAugment:
     vflip: bool = True
     rotation: float = 60.0  # degrees
     interpolation: str = "nearest"  # grid_sample mode: nearest (torchvision's default) | bilinear
+    # Colour jitter (torchvision ColorJitter's ranges); 0 = off.
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
 
     def __post_init__(self):
         if self.interpolation not in INTERPOLATIONS:
@@ -41,18 +47,40 @@ class BatchAugment:
                              f"{', '.join(INTERPOLATIONS)}; set data.augment.interpolation=nearest "
                              "(torchvision's RandomRotation default) or bilinear.")
 
+    @classmethod
+    def from_config(cls, aug) -> "BatchAugment":
+        """From ``cfg.data.augment`` (colour keys absent in configs written before they existed)."""
+        return cls(aug.hflip, aug.vflip, aug.rotation, aug.interpolation,
+                   **{k: float(getattr(aug, k, 0.0) or 0.0) for k in ("brightness", "contrast", "saturation", "hue")})
+
+    @property
+    def jitter(self) -> bool:
+        return any((self.brightness, self.contrast, self.saturation, self.hue))
+
     def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Draw the per-image parameters: flip masks and angles in radians (CPU tensors)."""
+        """Draw the per-image parameters: flip masks, angles in radians and, with colour jitter,
+        the colour factors (CPU tensors). Without jitter the draws are exactly those of the
+        flips and rotation alone, so runs without it replay bit for bit."""
         u = torch.rand(n, 3, generator=generator)
-        return {
+        params = {
             "hflip": (u[:, 0] < 0.5) & self.hflip,
             "vflip": (u[:, 1] < 0.5) & self.vflip,
             "angle": (u[:, 2] * 2.0 - 1.0) * math.radians(self.rotation),
         }
+        if self.jitter:
+            j = torch.rand(n, 4, generator=generator)
+            for i, key in enumerate(("brightness", "contrast", "saturation")):
+                v = getattr(self, key)
+                params[key] = max(0.0, 1.0 - v) + j[:, i] * (1.0 + v - max(0.0, 1.0 - v))
+            params["hue"] = (j[:, 3] * 2.0 - 1.0) * self.hue
+        return params
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Augment a float batch (N, C, H, W) in [0, 1]; returns a new tensor."""
+        """Augment a float batch (N, C, H, W) with values in [0, 255]; returns a new tensor."""
         params = {k: v.to(x.device, non_blocking=True) for k, v in self.sample(x.shape[0], generator).items()}
+        colour = {k: params.pop(k) for k in ("brightness", "contrast", "saturation", "hue") if k in params}
+        if colour:
+            x = color_jitter(x, **colour, bound=255.0)
         return apply_augment(x, **params, mode=self.interpolation)
 
 
@@ -78,6 +106,69 @@ def apply_augment(x: torch.Tensor, *, hflip: torch.Tensor, vflip: torch.Tensor, 
     theta[:, 1, 1] = cos * sy
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+# --------------------------------------------------------------------------- colour jitter
+# The definitions of torchvision's adjust_brightness / _contrast / _saturation / _hue (checked
+# against them in tests/test_data.py), with one factor per image instead of one per call, so a
+# batch is jittered in a few tensor operations. Applied in that fixed order, before the rotation
+# (so the black fill of a rotated corner stays black).
+_GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, torchvision's rgb_to_grayscale
+
+
+def _grayscale(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(dim=-3)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(-3)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor, bound: float) -> torch.Tensor:
+    f = factor.view(-1, 1, 1, 1)
+    return (f * x + (1.0 - f) * other).clamp(0.0, bound)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(dim=-3)
+    maxc, _ = x.max(dim=-3)
+    minc, _ = x.min(dim=-3)
+    chroma = maxc - minc
+    s = chroma / torch.where(maxc == 0, torch.ones_like(maxc), maxc)
+    safe = torch.where(chroma == 0, torch.ones_like(chroma), chroma)
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    is_r, is_g = maxc == r, (maxc == g) & (maxc != r)
+    h = torch.where(is_r, bc - gc, torch.where(is_g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.fmod(h / 6.0 + 1.0, 1.0)
+    return torch.stack((h, s, maxc), dim=-3)
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x.unbind(dim=-3)
+    h6 = h * 6.0
+    i = torch.floor(h6)
+    f = h6 - i
+    i = i.to(torch.int64) % 6
+    p, q, t = v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f))
+    choices = torch.stack((  # (sector, channel, ...): the rgb of each of the six hue sectors
+        torch.stack((v, t, p), dim=0), torch.stack((q, v, p), dim=0), torch.stack((p, v, t), dim=0),
+        torch.stack((p, q, v), dim=0), torch.stack((t, p, v), dim=0), torch.stack((v, p, q), dim=0)))
+    index = i.unsqueeze(0).unsqueeze(0).expand(1, 3, *i.shape)
+    return torch.gather(choices, 0, index)[0].movedim(0, -3)
+
+
+def color_jitter(x: torch.Tensor, *, brightness=None, contrast=None, saturation=None, hue=None,
+                 bound: float = 1.0) -> torch.Tensor:
+    """Brightness, contrast, saturation factors and hue shifts, one per image of ``x`` (N, 3, H, W)
+    with values in [0, bound]; None skips that adjustment."""
+    if brightness is not None:
+        x = (x * brightness.view(-1, 1, 1, 1)).clamp(0.0, bound)
+    if contrast is not None:
+        x = _blend(x, _grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), contrast, bound)
+    if saturation is not None:
+        x = _blend(x, _grayscale(x), saturation, bound)
+    if hue is not None:
+        hsv = _rgb_to_hsv(x / bound)
+        h = torch.remainder(hsv[:, 0] + hue.view(-1, 1, 1), 1.0)
+        x = _hsv_to_rgb(torch.cat((h.unsqueeze(1), hsv[:, 1:]), dim=1)) * bound
+    return x
 
 
 class Normalize:

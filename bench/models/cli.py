@@ -6,24 +6,14 @@ a pattern starting with ``timm/`` searches timm's catalogue (``'timm/efficientne
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Optional, Sequence
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="bench-models",
-        description="List the models bench can build: name, input size, family, source. "
-        "Any timm model can also be used as timm/<name>.",
-    )
-    parser.add_argument(
-        "pattern",
-        nargs="?",
-        default=None,
-        help="fnmatch glob, e.g. 'resnet*'; 'timm/<glob>' searches timm's models",
-    )
-    args = parser.parse_args(argv)
+    from bench.commands import parser
+
+    args = parser("bench-models").parse_args(argv)
 
     from . import get_model_spec, list_models
 

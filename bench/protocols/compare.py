@@ -21,7 +21,6 @@ published tables report.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -125,19 +124,14 @@ def format_comparison(frame: pd.DataFrame, variants: Sequence[str]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.protocols.compare",
-        description="Side-by-side table of an experiment's variants (e.g. results/scratch_vs_pretrained: "
-                    "scratch vs frozen), written to <exp_dir>/comparison.csv.",
-    )
-    parser.add_argument("exp_dir", type=Path, help="folder holding the variants' experiment folders")
-    parser.add_argument("--variants", nargs="+", default=None,
-                        help="sub-folders to compare, in column order (default: every sub-folder with runs/)")
-    args = parser.parse_args(argv)
+    from bench.commands import parser
+
+    cli = parser("bench-compare")
+    args = cli.parse_args(argv)
     variants = args.variants or find_variants(args.exp_dir)
     missing = [v for v in variants if not (args.exp_dir / v / "runs").is_dir()]
     if not variants or missing:
-        print(f"{parser.prog}: {args.exp_dir} has no variant folder{'s ' + ', '.join(missing) if missing else 's'} "
+        print(f"{cli.prog}: {args.exp_dir} has no variant folder{'s ' + ', '.join(missing) if missing else 's'} "
               "with runs/ (expected e.g. scratch/runs and frozen/runs, as written by "
               "bench-train -m experiment=scratch_vs_pretrained).", file=sys.stderr)
         return 2

@@ -34,7 +34,6 @@ composed end-to-end classifier.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import math
@@ -281,15 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.cli_checks import check_model_overrides, register_requested_timm_models
     from bench.preflight import plan_runs, preflight
 
-    parser = argparse.ArgumentParser(
-        prog="bench-cv",
-        description="Cross-validate a model (cv.folds=K stratified k-fold, or cv.repeats=R Monte Carlo "
-                    "with cv.test_fraction in test): one run per fold, then cv_folds.csv and cv_summary.csv "
-                    "(mean and std over folds) in results/<experiment>/. Experiments: almotairi2019 "
-                    "(WBCsNet, 10-fold), cheuque2022_two_level (two-level classifier, 10 x 70/30).",
-    )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=almotairi2019 cv.folds=5")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    from bench.commands import parser
+
+    args = parser("bench-cv").parse_args(sys.argv[1:] if argv is None else argv)
     if any(a in ("-m", "--multirun") for a in args.overrides):
         print("bench-cv: runs folds one after another; -m sweeps are not supported (run one bench-cv per "
               "model, or cv.fold=i per job).", file=sys.stderr)
@@ -307,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose_config(args.overrides)
         report = preflight(plan_runs(args.overrides))
     except (HydraException, OmegaConfBaseException) as exc:
-        print(f"bench-cv: the configuration does not compose: {exc}", file=sys.stderr)
+        from bench.cli_checks import group_option_hint, unknown_key_hint
+
+        hint = group_option_hint(args.overrides) or unknown_key_hint(args.overrides)
+        print(f"bench-cv: the configuration does not compose: {hint or exc}", file=sys.stderr)
         return 2
     print(f"preflight:\n{report.format()}", file=sys.stderr)
     if not report.ok:

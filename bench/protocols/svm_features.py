@@ -545,13 +545,6 @@ def run_svm_protocol(cfg: DictConfig) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- console script
-USAGE = """usage: bench-svm [OVERRIDES...]
-
-SVMs on frozen-CNN features (Acevedo et al. 2019). Takes bench-train's Hydra overrides, e.g.
-  bench-svm experiment=acevedo2019_svm data.root=/data/PBC_dataset_normal_DIB
-  bench-svm experiment=acevedo2019_svm data.root=... svm.kernels=[cubic] svm.balance_to=4096
-One invocation runs every svm.feature_models x svm.kernels (no -m). Results go to
-<paths.results_dir>/<experiment_name>/ (runs/, leaderboard.csv, features/)."""
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -559,12 +552,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from bench.config import compose_config
-    from bench.leaderboard import build_leaderboard, format_leaderboard
+    from bench.leaderboard import build_leaderboard, format_leaderboard, ranking_text
     from bench.models import UnknownModelError, get_model_spec
 
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
-        print(USAGE)
+        from bench.commands import print_help
+
+        print_help("bench-svm")
         return 0
     if any(a in ("-m", "--multirun") for a in args):
         print("bench-svm: no -m: one invocation runs every svm.feature_models x svm.kernels; list them with "
@@ -584,8 +579,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = run_svm_protocol(cfg)
     exp_dir = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name)
     if (exp_dir / "runs").is_dir():
-        print(f"\nLeaderboard of {exp_dir} (ranked by validation accuracy):")
-        print(format_leaderboard(build_leaderboard(exp_dir)))
+        board = build_leaderboard(exp_dir)
+        print(f"\nLeaderboard of {exp_dir} ({ranking_text(board)}):")
+        print(format_leaderboard(board))
     failed = [r for r in results if r["status"] == runs.STATUS_FAILED]
     for r in failed:
         print(f"  {r['model']} seed {r['seed']}: {r['error']} ({r['run_dir']})", file=sys.stderr)

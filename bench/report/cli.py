@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -49,29 +48,9 @@ def build_report(exp_dir, out_dir=None, *, top: int = DEFAULT_TOP, n_resamples: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="bench-report",
-        description="Write <experiment>/report/report.md with figures: ranking with bootstrap intervals and "
-                    "McNemar tests, class-wise and published-comparison tables, accuracy vs cost with the "
-                    "Pareto front, confusion matrices and training curves. Reads saved results only.",
-    )
-    parser.add_argument("exp_dir", type=Path, help="experiment folder, e.g. results/<experiment>")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default <exp_dir>/report)")
-    parser.add_argument("--top", type=int, default=DEFAULT_TOP, help="models in the comparison table and "
-                        f"training curves (default {DEFAULT_TOP})")
-    parser.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES,
-                        help=f"bootstrap resamples (default {stats.DEFAULT_RESAMPLES})")
-    parser.add_argument("--seed", type=int, default=stats.DEFAULT_SEED, help="bootstrap seed (default 0)")
-    parser.add_argument("--confidence", type=float, default=stats.DEFAULT_CONFIDENCE,
-                        help="confidence level of the intervals (default 0.95)")
-    parser.add_argument("--alpha", type=float, default=stats.DEFAULT_ALPHA,
-                        help="significance level of the McNemar column (default 0.05)")
-    parser.add_argument("--ensemble", default=None, help="ensemble to compare against, by name "
-                        "(default: the one with the highest validation accuracy)")
-    parser.add_argument("--reference", type=Path, default=None,
-                        help="folder with the published tables (default results/reference of the repository)")
-    parser.add_argument("--no-reference", action="store_true", help="leave the published numbers out")
-    args = parser.parse_args(argv)
+    from bench.commands import parser
+
+    args = parser("bench-report").parse_args(argv)
 
     if not (args.exp_dir / "runs").is_dir():
         print(f"bench-report: {args.exp_dir} has no runs/ folder. Pass an experiment folder written by "

@@ -121,6 +121,14 @@ class ExperimentResults:
                 self._cache[key] = None
         return self._cache[key]
 
+    def class_support(self, split: str = "test") -> dict[str, int]:
+        """Images per class in ``split`` (every run of an experiment shares the split)."""
+        for entry in self.entries:
+            per_class = (entry.metrics.get(split) or {}).get("per_class") or {}
+            if per_class:
+                return {str(c): int(v.get("support", 0)) for c, v in per_class.items()}
+        return {}
+
     def n_test(self) -> int | None:
         """Number of test images (of the best run; all runs of an experiment share the split)."""
         for entry in self.entries:
@@ -198,7 +206,7 @@ def load_results(exp_dir, *, reference_dir: Path | str | None = "default",
     """Read an experiment folder (runs, ensembles, reference tables) for the report.
 
     ``reference_dir``: folder of the published tables; ``"default"`` is the repository's
-    ``results/reference``, None leaves them out. ``ensemble``: the ensemble to compare
+    ``bench/reference`` (shipped with the package), None leaves them out. ``ensemble``: the ensemble to compare
     against by name (default: highest validation accuracy).
     """
     exp_dir = Path(exp_dir)
@@ -235,6 +243,8 @@ def load_results(exp_dir, *, reference_dir: Path | str | None = "default",
     ensembles = _load_ensembles(exp_dir)
     if not classes and ensembles:
         classes = classes_of(ensembles[0].metrics)
+    if classes and not lb.is_pbc_classes(classes):
+        reference_dir = None  # the published tables are PBC's; the data note says why they are absent
     chosen = None
     if ensemble is not None:
         chosen = next((e for e in ensembles if e.model == ensemble), None)

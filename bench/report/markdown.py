@@ -15,7 +15,6 @@ from bench.report.tables import (DEFAULT_TOP, MACRO_TABLE3, PAPER, class_accurac
                                  published_class_accuracy, seed_table, statistics_table)
 
 PBC_CITATION = "Acevedo et al., Data in Brief 30 (2020) 105474, CC BY 4.0"
-PBC_CLASSES = {"basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"}
 
 FIGURES = {
     "ci": "test_accuracy_ci.png",
@@ -45,7 +44,8 @@ def md_table(frame: pd.DataFrame, bold: Sequence[str] = (), index: bool = False)
         if col not in body:
             continue
         values = pd.to_numeric(_numeric_text(body[col]), errors="coerce")
-        if values.notna().any():
+        # All equal (e.g. every model at 0 % on a class): there is no best to mark.
+        if values.notna().any() and values.max() > values.min():
             best = values == values.max()
             body.loc[best, col] = "**" + body.loc[best, col] + "**"
     lines = ["| " + " | ".join(_esc(c) for c in cols) + " |",
@@ -138,12 +138,21 @@ def _data_note(res: ExperimentResults) -> str:
         return (f"Data: the embedded synthetic stand-in (procedurally drawn cells with the PBC class names), "
                 f"not real images; its accuracies are not comparable with published numbers. The class scheme "
                 f"follows the PBC dataset ({PBC_CITATION}).")
-    looks_pbc = (kind == "bloodmnist" or "pbc" in root.lower()
-                 or (len(res.classes) == len(PBC_CLASSES) and set(res.classes) == PBC_CLASSES))
+    if not lb.is_pbc_classes(res.classes):
+        return (f"Data: `{root or 'unknown'}`, classes {', '.join(res.classes) or '-'}. The published numbers are "
+                f"for the PBC dataset's eight classes ({PBC_CITATION}), so none is shown next to these.")
+    looks_pbc = kind == "bloodmnist" or "pbc" in root.lower()
     if looks_pbc:
         what = "BloodMNIST, derived from the PBC dataset" if kind == "bloodmnist" else "the PBC dataset"
         return f"Data: {what} ({PBC_CITATION})."
-    return f"Data: `{root or 'unknown'}`. Published reference numbers are for the PBC dataset ({PBC_CITATION})."
+    return (f"Data: `{root or 'unknown'}`, with PBC's class names. Published reference numbers are for the PBC "
+            f"dataset ({PBC_CITATION}): a comparison holds only if this is PBC.")
+
+
+def _with_support(res: ExperimentResults, columns: list[str]) -> list[str]:
+    """Class columns as ``name (n=K)``: a per-class number means little without its image count."""
+    support = res.class_support()
+    return [f"{c} (n={support[c]})" if c in support else c for c in columns]
 
 
 def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int = DEFAULT_TOP,
@@ -189,8 +198,10 @@ def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int
     classes = class_accuracy_table(res)
     if len(classes):
         mean_note = " Models with several seeds: mean over seeds." if res.several_seeds else ""
-        lines += [f"Accuracy per class (= recall), %; best per column in bold; rows by validation accuracy.{mean_note}",
-                  "", md_table(_fmt_frac_table(classes), bold=list(classes.columns), index=True)]
+        shown = _fmt_frac_table(classes)
+        shown.columns = _with_support(res, list(classes.columns))
+        lines += [f"Accuracy per class (= recall), %; n = test images of the class; best per column in bold; rows "
+                  f"by validation accuracy.{mean_note}", "", md_table(shown, bold=list(shown.columns), index=True)]
         published = published_class_accuracy(res)
         if published is not None:
             shown = _fmt_frac_table(published.drop(columns="ours_minus_paper"))

@@ -81,7 +81,9 @@ def plot_class_accuracy(res: ExperimentResults):
     finite = values[np.isfinite(values)]
     vmin = float(finite.min()) if len(finite) else 0.0
     im = ax.imshow(values, cmap="viridis", vmin=vmin, vmax=100, aspect="auto")
-    ax.set_xticks(range(cols), table.columns, rotation=40, ha="right", fontsize=8)
+    support = res.class_support()
+    ticks = [f"{c}\nn={support[c]}" if c in support else c for c in table.columns]
+    ax.set_xticks(range(cols), ticks, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(rows), table.index, fontsize=8)
     mid = (vmin + 100) / 2
     for i in range(rows):

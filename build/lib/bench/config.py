@@ -1,0 +1,333 @@
+"""Dataclass schemas for every config key the code reads.
+
+The YAML files in ``conf/`` set values; these schemas say which keys exist and
+their types, so ``trainer.epocs=3`` fails when the config is composed, before any
+data is touched. Optimizer and scheduler stay free-form (``_target_`` + ``_partial_``),
+since their keys belong to torch; a typo there fails at instantiation, which also
+happens before the first epoch.
+
+Model choices are not YAML files: one config node per registered architecture is
+generated from the model registry (``register_configs``), so the registry is the
+single list of models and ``model=resnet34`` can never drift from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class AugmentConfig:
+    # The published protocol (Gavas & Olpadkar 2021): random horizontal and vertical
+    # flips and random rotations up to 60 degrees, on training images only.
+    hflip: bool = True
+    vflip: bool = True
+    rotation: float = 60.0  # degrees, uniform in [-rotation, +rotation]
+    interpolation: str = "nearest"  # rotation resampling: nearest (torchvision's default) | bilinear
+    # Stain / colour jitter (off in the paper's protocol), torchvision's ColorJitter ranges:
+    # brightness, contrast and saturation factors uniform in [max(0, 1 - v), 1 + v], hue shift
+    # uniform in [-hue, hue] (hue <= 0.5). Per image, batched on the device like the flips.
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    kind: str = "synthetic"  # synthetic | imagefolder | bloodmnist
+    root: Optional[str] = None  # imagefolder / bloodmnist folder
+    image_size: Optional[int] = None  # null: the model's own input size (224; 299 for inception_v3)
+    split_seed: int = 42  # fixed across model seeds so every run sees the same split
+    # Stratified train / validation / test fractions (the paper's 64/24/12).
+    split_fractions: List[float] = field(default_factory=lambda: [0.64, 0.24, 0.12])
+    mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # synthetic dataset: images per class, native size in pixels, generator seed
+    synthetic_n_per_class: int = 200
+    synthetic_size: int = 96
+    synthetic_seed: int = 0
+    # bloodmnist: which official resolution file (28, 64, 128, 224); download when missing
+    bloodmnist_size: int = 64
+    download: bool = False
+    decode_workers: int = 0  # processes decoding images into the store; 0 = one per CPU core
+    # Where training reads the decoded images: memory | mmap (from the store file, batch by batch,
+    # for datasets that do not fit in memory) | auto (mmap only when memory would not suffice).
+    store: str = "auto"
+    # --- Cross-validation splits (bench/protocols/cv.py sets these per fold; see split.py).
+    # holdout: the one split above (manifest.csv). kfold: stratified fold ``fold`` of ``n_folds`` is
+    # the test set, validation is carved from the other folds in the train:val ratio of
+    # split_fractions. montecarlo: split_fractions drawn afresh for repetition ``fold``.
+    split_mode: str = "holdout"  # holdout | kfold | montecarlo
+    n_folds: Optional[int] = None  # kfold: number of folds
+    fold: Optional[int] = None  # kfold: the test fold; montecarlo: the repetition (0-based)
+    # --- Class selection, applied after the split (two-level classifier, transfer to subsets).
+    classes: Optional[List[str]] = None  # keep only these classes; the others are excluded (counted)
+    class_map: Optional[Dict[str, str]] = None  # rename classes, e.g. to group labels (merges classes)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"
+    pretrained: bool = True  # ImageNet weights, as in the published protocol
+    weights: Optional[str] = None  # a local checkpoint or state dict to start from
+    # Head and freezing (bench.models.heads): hidden widths of an MLP head replacing the
+    # family's head ([] = the family's own head, as built by the registry), dropout after
+    # each hidden layer, freeze everything but the head, or train only the last N blocks
+    # (per-family definition of a block in bench/models/heads.py; null = all trainable).
+    head_hidden: List[int] = field(default_factory=list)
+    head_dropout: float = 0.0
+    freeze_backbone: bool = False
+    trainable_blocks: Optional[int] = None
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 25
+    batch_size: int = 32
+    eval_batch_size: int = 128  # evaluation has no gradients; a larger batch is just faster
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:1 | mps
+    amp: Optional[bool] = None  # bf16 autocast; null = on for CUDA, off elsewhere
+    channels_last: Optional[bool] = None  # null = on for CUDA, off elsewhere
+    compile: bool = False  # torch.compile the model
+    num_threads: Optional[int] = None  # CPU threads for torch; null = torch's default
+    grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size)
+    label_smoothing: float = 0.0
+    progress: bool = True  # tqdm bars
+    max_batches: Optional[int] = None  # cap batches per epoch (smoke tests only)
+    # Write last.pt (and a new best.pt) after an epoch only when this many seconds have passed
+    # since the previous write, and after the last epoch: a 1 GB VGG checkpoint per 8 s GPU
+    # epoch would cost a quarter of the time. A kill loses at most this much training. 0 = every epoch.
+    checkpoint_every_s: float = 60.0
+    # The validation number that picks the best epoch and ranks the leaderboard:
+    # val_acc (the paper's) | val_balanced_acc | val_macro_f1 (both fairer on imbalanced classes).
+    select_by: str = "val_acc"
+    # Loss weights per class: null (plain cross-entropy, the paper) | balanced (n / (C x n_c) on the
+    # training split, scikit-learn's rule), so a rare class counts as much as a common one.
+    class_weights: Optional[str] = None
+    # Training order: shuffle (every image once per epoch, the paper) | balanced (each class drawn
+    # equally often, images drawn with replacement; same number of images per epoch).
+    sampler: str = "shuffle"
+
+
+@dataclass
+class PathsConfig:
+    results_dir: str = "results"
+    # Generated datasets and decoded-image stores; shared across experiments.
+    cache_dir: str = "${oc.env:BENCH_CACHE_DIR,.cache/bench}"
+
+
+def _paper_groups() -> Dict[str, List[str]]:
+    # Cheuque et al. 2022 (Diagnostics 12:248): mononuclear vs polymorphonuclear cells.
+    return {"mononuclear": ["lymphocyte", "monocyte"], "polymorphonuclear": ["neutrophil", "eosinophil"]}
+
+
+@dataclass
+class CvConfig:
+    """Cross-validation, run by ``bench-cv`` (bench/protocols/cv.py); ``bench-train`` ignores it."""
+
+    folds: Optional[int] = None  # stratified k-fold with this many folds
+    repeats: Optional[int] = None  # Monte Carlo: this many stratified train/test splits
+    test_fraction: float = 0.3  # Monte Carlo test share; the rest is train + val as in split_fractions
+    fold: Optional[int] = None  # run only this fold / repetition (e.g. one per job); null = all
+
+
+@dataclass
+class TwoLevelConfig:
+    """Two-level classifier (bench/protocols/two_level.py): level 1 tells the groups apart,
+    level 2 has one classifier per group for its classes. Classes outside every group are excluded."""
+
+    enabled: bool = False
+    groups: Dict[str, List[str]] = field(default_factory=_paper_groups)
+
+
+@dataclass
+class SvmConfig:
+    """SVMs on frozen-CNN features (``bench-svm``, bench/protocols/svm_features.py)."""
+
+    feature_models: List[str] = field(default_factory=lambda: ["vgg16", "inception_v3"])
+    kernels: List[str] = field(default_factory=lambda: ["rbf", "cubic"])  # rbf | linear | cubic | poly<d>
+    cv_folds: int = 5  # stratified k-fold on the training split selects C (and gamma)
+    c_grid: List[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0])
+    gamma_grid: List[Any] = field(default_factory=lambda: ["scale"])  # "scale", "auto" or numbers
+    coef0: float = 1.0  # polynomial kernels: (gamma <x, y> + coef0)^degree
+    standardize: bool = True  # z-score features (fitted inside each CV fold)
+    probability: bool = False  # Platt-scaled probabilities; false: softmax of the decision function
+    balance_to: Optional[int] = None  # augment minority classes up to N training images (paper: 4096)
+    n_jobs: int = 1  # parallel CV fits
+
+
+@dataclass
+class BenchConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: Any = None
+    sched: Any = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    svm: SvmConfig = field(default_factory=SvmConfig)
+    experiment_name: str = "default"
+    seed: int = 0
+    cv: CvConfig = field(default_factory=CvConfig)
+    two_level: TwoLevelConfig = field(default_factory=TwoLevelConfig)
+
+
+def default_experiment_name(kind: str, root: str = "", bloodmnist_size=None) -> str:
+    """The experiment folder name when none is given: named after the data, so a second dataset
+    gets its own folder (and split) instead of displacing the first one's results.
+
+    ``synthetic``; ``bloodmnist<size>``; an image folder: its name and 6 hex digits of its absolute
+    path (two folders called ``images`` in different places stay apart)."""
+    import hashlib
+    import os
+
+    if kind == "imagefolder" and root:
+        path = os.path.abspath(os.path.expanduser(str(root)))
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in os.path.basename(path.rstrip(os.sep)))
+        return f"{name or 'data'}-{hashlib.sha1(path.encode()).hexdigest()[:6]}"
+    if kind == "bloodmnist":
+        return f"bloodmnist{bloodmnist_size}"
+    return str(kind)
+
+
+# conf/config.yaml: experiment_name: ${bench_experiment_name:${data.kind},...}
+OmegaConf.register_new_resolver("bench_experiment_name", default_experiment_name, replace=True)
+
+
+def register_configs() -> None:
+    """Register the schema and one ``model/<name>`` node per registered model."""
+    from bench.models import list_models  # models are layer 1; config composes them
+
+    cs = ConfigStore.instance()
+    cs.store(name="bench_schema", node=BenchConfig)
+    for name in list_models():
+        cs.store(group="model", name=name, node=ModelConfig(name=name))
+
+
+# The YAML configs ship inside the package (package data), so an installed wheel finds them from
+# any folder. Absolute: Hydra resolves a relative config path as a Python package when called from one.
+from bench import CONF_DIR  # noqa: E402  (defined in the light package __init__, for --help)
+
+
+def compose_config(overrides=(), *, return_hydra_config: bool = False):
+    """``conf/config.yaml`` composed with ``overrides``, as ``bench-train`` would see it.
+
+    Outside a Hydra app this opens the config directory for the call; inside one (a run
+    of ``bench-train``) Hydra is already set up on the same directory and is reused.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+# --------------------------------------------------------------------------- one validation pass
+# The choices of the string options, defined once; the modules that act on them import these.
+DATA_KINDS = ("synthetic", "imagefolder", "bloodmnist")
+SPLIT_MODES = ("holdout", "kfold", "montecarlo")
+STORE_MODES = ("auto", "memory", "mmap")
+INTERPOLATIONS = ("nearest", "bilinear")
+SELECT_BY = ("val_acc", "val_balanced_acc", "val_macro_f1")
+CLASS_WEIGHTS = (None, "balanced")
+SAMPLERS = ("shuffle", "balanced")
+MAX_IMAGE_SIZE = 4096  # a side beyond this is a typo (PBC's images are 360 px)
+
+
+def validate_config(cfg) -> list[str]:
+    """Every bad value of a composed config, each as one sentence naming the option, the value and
+    what is valid; [] when the config can run. The schema already rejects unknown keys and wrong
+    types of typed keys; this catches ranges, choices, and the free-form optimizer's values."""
+    problems: list[str] = []
+
+    def check(ok: bool, option: str, value, valid: str) -> None:
+        if not ok:
+            problems.append(f"{option}={value!r} is not valid: {valid}.")
+
+    def choice(option: str, value, choices) -> None:
+        check(value in choices, option, value, "use one of " + ", ".join(str(c) for c in choices))
+
+    def number(option: str, value, *, low=None, high=None, low_open=False, integer=False, null=False) -> None:
+        if value is None and null:
+            return
+        is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if integer:
+            is_num = is_num and float(value).is_integer()
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if low_open else '>='} {low}")
+        if high is not None:
+            bounds.append(f"<= {high}")
+        kind = "an integer" if integer else "a number"
+        valid = f"{kind}{' ' + ' and '.join(bounds) if bounds else ''}{' (or null)' if null else ''}"
+        if not is_num:
+            check(False, option, value, valid)
+            return
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and value > high
+        check(not (too_low or too_high), option, value, valid)
+
+    data, trainer = cfg.data, cfg.trainer
+    choice("data.kind", data.kind, DATA_KINDS)
+    number("data.image_size", data.image_size, low=8, high=MAX_IMAGE_SIZE, integer=True, null=True)
+    fractions = list(data.split_fractions)
+    check(len(fractions) == 3 and all(isinstance(f, (int, float)) and f > 0 for f in fractions),
+          "data.split_fractions", fractions, "three positive fractions (train, val, test), e.g. [0.64,0.24,0.12]")
+    choice("data.split_mode", data.split_mode, SPLIT_MODES)
+    choice("data.store", data.store, STORE_MODES)
+    aug = data.augment
+    choice("data.augment.interpolation", aug.interpolation, INTERPOLATIONS)
+    number("data.augment.rotation", aug.rotation, low=0, high=180)
+    for key in ("brightness", "contrast", "saturation"):
+        number(f"data.augment.{key}", getattr(aug, key), low=0)
+    number("data.augment.hue", aug.hue, low=0, high=0.5)
+    number("data.decode_workers", data.decode_workers, low=0, integer=True)
+    number("trainer.epochs", trainer.epochs, low=1, integer=True)
+    number("trainer.batch_size", trainer.batch_size, low=1, integer=True)
+    number("trainer.eval_batch_size", trainer.eval_batch_size, low=1, integer=True)
+    number("trainer.grad_accum", trainer.grad_accum, low=1, high=max(1, trainer.batch_size), integer=True)
+    number("trainer.label_smoothing", trainer.label_smoothing, low=0, high=0.99)
+    number("trainer.num_threads", trainer.num_threads, low=1, integer=True, null=True)
+    number("trainer.max_batches", trainer.max_batches, low=1, integer=True, null=True)
+    number("trainer.checkpoint_every_s", trainer.checkpoint_every_s, low=0)
+    choice("trainer.select_by", trainer.select_by, SELECT_BY)
+    choice("trainer.class_weights", trainer.class_weights, CLASS_WEIGHTS)
+    choice("trainer.sampler", trainer.sampler, SAMPLERS)
+    optim = cfg.optim or {}
+    for key, low, high, low_open in (("lr", 0, None, True), ("momentum", 0, 0.9999, False),
+                                     ("weight_decay", 0, None, False), ("eps", 0, None, True)):
+        if key in optim:
+            number(f"optim.{key}", optim[key], low=low, high=high, low_open=low_open)
+    if "betas" in optim:
+        betas = list(optim.betas)
+        check(len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas),
+              "optim.betas", betas, "two numbers in [0, 1), e.g. [0.9,0.999]")
+    sched = cfg.sched or {}
+    for key in ("step_size", "T_max"):
+        if key in sched:
+            number(f"sched.{key}", sched[key], low=1, integer=True)
+    if "gamma" in sched:
+        number("sched.gamma", sched.gamma, low=0, high=1, low_open=True)
+    return problems
+
+
+class ConfigValueError(ValueError):
+    """A composed config with values that cannot run; the message lists every one of them."""
+
+
+def check_config(cfg) -> None:
+    """Raise :class:`ConfigValueError` listing every problem :func:`validate_config` finds."""
+    problems = validate_config(cfg)
+    if problems:
+        raise ConfigValueError(" ".join(problems))

@@ -1,0 +1,224 @@
+"""From ``cfg.data`` to three in-memory splits: the one entry point the trainer calls."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bench.data.imagefolder import DataError, scan_imagefolder
+from bench.data.split import SPLITS, conflicting_duplicates, load_or_create_manifest, manifest_filename
+from bench.data.store import (MappedImages, SplitData, choose_store_mode, file_hashes, load_or_decode,
+                              to_split)
+from bench.config import DATA_KINDS  # the choices, defined once
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class DataBundle:
+    class_names: list[str]
+    splits: dict[str, SplitData]
+    root: str  # where the images came from (for messages and records)
+    # Files left out at start with the reason (corrupt, duplicate with conflicting labels).
+    excluded: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
+    # What the data told us that a user must hear (a class with no readable image, ...).
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{s} {len(self.splits[s])}" for s in SPLITS)
+        return f"{self.num_classes} classes, {counts}, {len(self.excluded)} excluded ({self.root})"
+
+
+def build_data(data_cfg, *, image_size: int, exp_dir: Path, cache_dir: str | None) -> DataBundle:
+    """Load the dataset named by ``data_cfg.kind`` at ``image_size`` pixels."""
+    # Class selection (data.classes / data.class_map) happens after the split, so every
+    # subset of the classes sees the same images in the same splits (two-level classifier).
+    bundle = _build(data_cfg, image_size=image_size, exp_dir=exp_dir, cache_dir=cache_dir)
+    return select_classes(bundle, _opt(data_cfg, "classes"), _opt(data_cfg, "class_map"))
+
+
+def _opt(data_cfg, key: str, default=None):
+    """A data key added after the first release (old config.yaml files lack it)."""
+    value = getattr(data_cfg, key, default)
+    return default if value is None else value
+
+
+def _build(data_cfg, *, image_size: int, exp_dir: Path, cache_dir: str | None) -> DataBundle:
+    kind = data_cfg.kind
+    if kind == "bloodmnist":
+        if _opt(data_cfg, "split_mode", "holdout") != "holdout":
+            raise DataError("data=bloodmnist has official splits; cross-validation (data.split_mode="
+                            f"{data_cfg.split_mode}) needs data=imagefolder (or synthetic).")
+        return _bloodmnist(data_cfg, image_size)
+    if kind == "synthetic":
+        from bench.data.synthetic import synthetic_root
+
+        root = synthetic_root(
+            Path(cache_dir or ".cache/bench") / "datasets",
+            n_per_class=data_cfg.synthetic_n_per_class,
+            image_size=data_cfg.synthetic_size,
+            seed=data_cfg.synthetic_seed,
+        )
+        return _imagefolder(root, data_cfg, image_size, exp_dir, cache_dir)
+    if kind == "imagefolder":
+        if not data_cfg.root:
+            raise DataError("data=imagefolder needs data.root=PATH: a folder with one sub-folder per class.")
+        return _imagefolder(Path(data_cfg.root).expanduser(), data_cfg, image_size, exp_dir, cache_dir)
+    raise DataError(f"data.kind={kind!r} is not one of {', '.join(DATA_KINDS)}.")
+
+
+def _imagefolder(root: Path, data_cfg, image_size: int, exp_dir: Path, cache_dir) -> DataBundle:
+    records, class_names = scan_imagefolder(root)
+    files = [root / r.path for r in records]
+    mode = choose_store_mode(data_cfg.store, len(files), image_size, have_store_file=bool(cache_dir))
+    if mode == "mmap" and not cache_dir:
+        raise DataError("data.store=mmap reads the images from the decoded-image store file, which lives under "
+                        "paths.cache_dir; set paths.cache_dir=PATH or data.store=memory.")
+    images, reasons = load_or_decode(
+        files, image_size, Path(cache_dir) if cache_dir else None, workers=data_cfg.decode_workers
+    )
+    table = pd.DataFrame({"path": [r.path for r in records], "label": [r.label for r in records]})
+    ok = np.array([r is None for r in reasons])
+    excluded = pd.DataFrame(
+        {"path": table["path"][~ok].tolist(), "reason": [r for r in reasons if r is not None]}
+    )
+    for _, row in excluded.iterrows():
+        log.warning("excluded %s: %s", row.path, row.reason)
+    warnings = _unusable_classes(root, table, ok, class_names)
+    dead = set(class_names) - set(table["label"][ok])
+    class_names = [c for c in class_names if c not in dead]
+    if len(class_names) < 2:
+        raise DataError(f"data.root={str(root)!r}: {len(class_names)} class(es) with readable images "
+                        f"({', '.join(class_names) or 'none'}); a classifier needs at least 2. {' '.join(warnings)}")
+    table = table[ok].copy()
+    table["sha1"] = file_hashes([root / p for p in table["path"]], cache_dir)
+    conflicts = conflicting_duplicates(table)
+    if len(conflicts):
+        log.warning(
+            "%d file(s) have identical bytes under different labels; kept in train only, never in val/test: %s",
+            len(conflicts),
+            ", ".join(conflicts["path"].head(6)),
+        )
+        excluded = pd.concat(
+            [excluded, pd.DataFrame({"path": conflicts["path"], "reason": "identical bytes under another label: "
+                                     "kept out of validation and test"})],
+            ignore_index=True,
+        )
+    # Holdout: manifest.csv as always. Cross-validation: one manifest file per fold / repetition.
+    split_options = dict(split_mode=_opt(data_cfg, "split_mode", "holdout"), n_folds=_opt(data_cfg, "n_folds"),
+                         fold=_opt(data_cfg, "fold"))
+    manifest = load_or_create_manifest(
+        Path(exp_dir) / manifest_filename(**split_options, fractions=list(data_cfg.split_fractions)), table,
+        seed=data_cfg.split_seed, fractions=data_cfg.split_fractions, **split_options,
+    )
+    row_of = {p: i for i, p in enumerate(r.path for r in records)}
+    class_index = {c: i for i, c in enumerate(class_names)}
+    splits = {}
+    for split in SPLITS:
+        part = manifest[manifest["split"] == split]
+        rows = [row_of[p] for p in part["path"]]
+        labels, paths = [class_index[c] for c in part["label"]], part["path"].tolist()
+        if mode == "mmap":
+            splits[split] = SplitData(MappedImages(images, rows), torch.as_tensor(labels, dtype=torch.long), paths)
+        else:
+            splits[split] = to_split(images[rows], labels, paths)
+    if mode == "mmap":
+        log.info("images are read from the memory-mapped store batch by batch (data.store=%s)", data_cfg.store)
+    return DataBundle(class_names, splits, str(root), excluded, warnings)
+
+
+def _unusable_classes(root: Path, table: pd.DataFrame, ok: np.ndarray, class_names: list[str]) -> list[str]:
+    """Warnings (also logged) for class folders that give the run no image: empty folders, which
+    the scan skips, and folders whose every file failed to decode, which are left out of the
+    classes everywhere (not kept as a class with no images: an extra output with 0.0 accuracy)."""
+    from bench.data.imagefolder import class_folders_without_images
+
+    warnings = []
+    empty = class_folders_without_images(root)
+    if empty:
+        warnings.append(f"folder(s) {', '.join(repr(e) for e in empty)} under {root} hold no image files and are "
+                        "not classes of this run.")
+    readable = set(table["label"][ok])
+    for c in class_names:
+        if c not in readable:
+            n = int((table["label"] == c).sum())
+            warnings.append(f"class {c!r}: none of its {n} file(s) could be decoded (excluded.csv says why), so it "
+                            "is left out of the classes; fix or replace the files to train on it.")
+    for w in warnings:
+        log.warning("%s", w)
+    return warnings
+
+
+def _bloodmnist(data_cfg, image_size: int) -> DataBundle:
+    import torch
+    import torch.nn.functional as F
+
+    from bench.data.bloodmnist import BLOODMNIST_CLASSES, load_bloodmnist
+
+    if not data_cfg.root:
+        raise DataError("data=bloodmnist needs data.root=PATH: the folder holding bloodmnist_<size>.npz.")
+    arrays = load_bloodmnist(data_cfg.root, data_cfg.bloodmnist_size, download=data_cfg.download)
+    splits = {}
+    for split in SPLITS:
+        images, labels = arrays[split]
+        data = to_split(images, labels, [f"{split}/{i:06d}" for i in range(len(labels))])
+        if data.images.shape[-1] != image_size:
+            # Official files come in fixed sizes; resize the batch once (antialiased bilinear).
+            resized = F.interpolate(
+                data.images.float(), size=(image_size, image_size), mode="bilinear", antialias=True,
+                align_corners=False,
+            )
+            data.images = resized.round().clamp(0, 255).to(torch.uint8)
+        splits[split] = data
+    return DataBundle(list(BLOODMNIST_CLASSES), splits, str(data_cfg.root))
+
+
+def select_classes(bundle: DataBundle, classes=None, class_map=None) -> DataBundle:
+    """Keep only ``classes`` (None: all) and rename them by ``class_map`` (classes mapped to the
+    same name become one class). Images of the other classes are added to ``excluded`` with
+    the reason, so runs report how many were left out. New class order: the dataset's order
+    of each new class's first member."""
+    if not classes and not class_map:
+        return bundle
+    import torch
+
+    names = list(bundle.class_names)
+    keep = list(classes) if classes else names
+    mapping = dict(class_map or {})
+    unknown = sorted({c for c in [*keep, *mapping] if c not in names})
+    if unknown:
+        raise DataError(f"data.classes / data.class_map name class(es) {unknown} that the dataset does not have; "
+                        f"its classes are {names}.")
+    keep_set = set(keep)
+    new_of = {c: str(mapping.get(c, c)) for c in names if c in keep_set}
+    new_names = list(dict.fromkeys(new_of.values()))
+    if len(new_names) < 2:
+        raise DataError(f"data.classes / data.class_map leave {len(new_names)} class(es) ({new_names}); "
+                        "a classifier needs at least 2.")
+    lookup = torch.full((len(names),), -1, dtype=torch.long)
+    for c, new in new_of.items():
+        lookup[names.index(c)] = new_names.index(new)
+    splits, dropped = {}, []
+    for split, data in bundle.splits.items():
+        new_labels = lookup[data.labels.cpu()]
+        mask = new_labels >= 0
+        idx = torch.nonzero(mask).flatten()
+        splits[split] = SplitData(data.images[idx.to(data.images.device)], new_labels[idx].to(data.labels.device),
+                                  [data.paths[i] for i in idx.tolist()])
+        dropped += [(data.paths[i], f"class {names[int(data.labels[i])]!r} is not in data.classes")
+                    for i in torch.nonzero(~mask).flatten().tolist()]
+    parts = [f for f in (bundle.excluded, pd.DataFrame(dropped, columns=["path", "reason"])) if len(f)]
+    excluded = pd.concat(parts, ignore_index=True) if parts else bundle.excluded
+    log.info("class selection: %d classes %s, %d image(s) of other classes excluded", len(new_names), new_names,
+             len(dropped))
+    return DataBundle(new_names, splits, bundle.root, excluded, bundle.warnings)

@@ -1,0 +1,277 @@
+"""The stratified train / validation / test split and its manifest.
+
+The split is made once per experiment from ``data.split_seed`` and written as
+``manifest.csv`` (path, sha1, label, split); every model of the experiment reads it
+back, so all models see the identical split (the paper's protocol: one stratified
+64/24/12 split shared by the 27 models).
+
+Duplicates: files with identical bytes are one *group* and always land in the same
+split, so a copy of a test image can never sit in train. Identical files that carry
+different labels cannot be scored honestly; they are reported and kept in train only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench.data.imagefolder import DataError
+from bench.runs import read_json, write_csv_atomic, write_json_atomic
+from bench.config import SPLIT_MODES  # the choices, defined once
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = ["path", "sha1", "label", "split"]
+
+
+def file_sha1(path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
+    """Group counts per split for a class of ``n`` groups: val and test are rounded,
+    at least 1 each, and train gets the rest (at least 1)."""
+    f_train, f_val, f_test = fractions
+    total = f_train + f_val + f_test
+    n_val = max(1, int(round(n * f_val / total)))
+    n_test = max(1, int(round(n * f_test / total)))
+    return n - n_val - n_test, n_val, n_test
+
+
+def stratified_split(
+    table: pd.DataFrame, *, seed: int, fractions: Sequence[float], stream: Sequence[int] = ()
+) -> pd.Series:
+    """Assign each row of ``table`` (columns path, sha1, label) to train/val/test.
+
+    Rows are grouped by content hash; each class's groups are shuffled with a
+    generator seeded by ``seed`` and the class name, then cut by ``fractions``.
+    Returns a Series of split names aligned with ``table``. ``stream`` (Monte Carlo
+    cross-validation: the repetition) is appended to the generator seed; empty for the
+    holdout split, whose generator is unchanged.
+    """
+    if len(fractions) != 3 or min(fractions) <= 0:
+        raise DataError(
+            f"data.split_fractions={list(fractions)} must be three positive fractions "
+            "(train, val, test), e.g. [0.64, 0.24, 0.12]."
+        )
+    labels_per_hash = table.groupby("sha1")["label"].nunique()
+    conflicting = set(labels_per_hash.index[labels_per_hash > 1])
+    split = pd.Series("train", index=table.index, dtype=object)
+
+    clean = table[~table["sha1"].isin(conflicting)]
+    groups = clean.drop_duplicates("sha1")[["sha1", "label"]]
+    too_small = []
+    for label, class_groups in groups.groupby("label", sort=True):
+        n = len(class_groups)
+        n_train, n_val, n_test = split_counts(n, fractions)
+        if n_train < 1:
+            too_small.append(f"{label!r} ({n} distinct images)")
+            continue
+        # Seed with the class name too, so adding a class does not reshuffle the others.
+        rng = np.random.default_rng([seed, _label_key(label), *stream])
+        # Sorted by hash first: the split must not depend on the order files were listed in.
+        hashes = np.sort(class_groups["sha1"].to_numpy())[rng.permutation(n)]
+        assign = dict.fromkeys(hashes[n_train : n_train + n_val], "val")
+        assign.update(dict.fromkeys(hashes[n_train + n_val :], "test"))
+        mask = clean["sha1"].isin(assign)
+        split[clean.index[mask]] = clean.loc[mask, "sha1"].map(assign)
+    if too_small:
+        raise DataError(
+            "class(es) too small to split into train/val/test: "
+            + ", ".join(too_small)
+            + ". Each class needs at least 3 distinct images; add images or remove the folder."
+        )
+    return split
+
+
+def _label_key(label: str) -> int:
+    return int(hashlib.sha1(label.encode()).hexdigest()[:8], 16)
+
+
+# --------------------------------------------------------------------------- cross-validation
+# Added for bench/protocols/cv.py. data.split_mode picks the split; "holdout" (the default)
+# is the function above with its generator unchanged, written to manifest.csv as before.
+
+
+def kfold_assignment(table: pd.DataFrame, *, seed: int, n_folds: int) -> pd.Series:
+    """Stratified fold index (0..n_folds-1) of each row; -1 for rows that stay in train.
+
+    Like the holdout split, rows are grouped by content hash (copies share a fold) and
+    identical bytes under different labels never reach a test fold (-1). Each class's
+    groups, sorted by hash, are shuffled by a generator seeded with ``seed``, the class
+    name and ``n_folds`` (never the fold), then dealt to the folds in turn, starting
+    where the previous class stopped so that folds differ in size by at most one. So
+    the folds are disjoint, cover every image, and do not depend on which fold is asked for.
+    """
+    if n_folds is None or int(n_folds) != n_folds or n_folds < 2:
+        raise DataError(f"data.n_folds={n_folds!r}: k-fold cross-validation needs an integer of at least 2.")
+    labels_per_hash = table.groupby("sha1")["label"].nunique()
+    conflicting = set(labels_per_hash.index[labels_per_hash > 1])
+    n_folds = int(n_folds)
+    fold_of_hash: dict[str, int] = {}
+    start, too_small = 0, []
+    clean = table[~table["sha1"].isin(conflicting)]
+    for label, class_groups in clean.drop_duplicates("sha1").groupby("label", sort=True):
+        n = len(class_groups)
+        if n < max(n_folds, 3):
+            too_small.append(f"{label!r} ({n} distinct images)")
+            continue
+        rng = np.random.default_rng([seed, _label_key(label), n_folds])
+        hashes = np.sort(class_groups["sha1"].to_numpy())[rng.permutation(n)]
+        fold_of_hash.update(zip(hashes, (start + np.arange(n)) % n_folds))
+        start = (start + n) % n_folds
+    if too_small:
+        raise DataError(
+            f"class(es) too small for {n_folds}-fold cross-validation: {', '.join(too_small)}. Each class "
+            f"needs at least max(n_folds, 3) distinct images; use fewer folds or remove the folder."
+        )
+    return table["sha1"].map(fold_of_hash).fillna(-1).astype(int)
+
+
+def kfold_split(
+    table: pd.DataFrame, *, seed: int, n_folds: int, fold: int, fractions: Sequence[float]
+) -> pd.Series:
+    """Fold ``fold`` is the test set; validation is carved per class from the other folds
+    in the train:val ratio of ``fractions`` (at least one group each), the rest is train."""
+    if fold is None or not 0 <= fold < n_folds:
+        raise DataError(f"data.fold={fold!r} must be in 0..{n_folds - 1} for data.n_folds={n_folds}.")
+    f_train, f_val = fractions[0], fractions[1]
+    folds = kfold_assignment(table, seed=seed, n_folds=n_folds)
+    split = pd.Series("train", index=table.index, dtype=object)
+    split[folds == fold] = "test"
+    rest = table[(folds >= 0) & (folds != fold)].drop_duplicates("sha1")
+    for label, class_groups in rest.groupby("label", sort=True):
+        n = len(class_groups)
+        n_val = min(n - 1, max(1, int(round(n * f_val / (f_train + f_val)))))
+        rng = np.random.default_rng([seed, _label_key(label), n_folds, fold])
+        val_hashes = np.sort(class_groups["sha1"].to_numpy())[rng.permutation(n)][:n_val]
+        split[table["sha1"].isin(set(val_hashes)) & (folds >= 0)] = "val"
+    return split
+
+
+def manifest_filename(split_mode: str = "holdout", *, n_folds=None, fold=None, fractions=None) -> str:
+    """``manifest.csv`` for the holdout split; one file per fold / repetition otherwise."""
+    if split_mode == "holdout":
+        return "manifest.csv"
+    if split_mode == "kfold":
+        return f"manifest-kfold{n_folds}-fold{int(fold):02d}.csv"
+    if split_mode == "montecarlo":
+        test = 100 * fractions[2] / sum(fractions)
+        return f"manifest-mc{test:g}-rep{int(fold):02d}.csv"
+    raise DataError(f"data.split_mode={split_mode!r} is not one of {', '.join(SPLIT_MODES)}.")
+
+
+def make_manifest(
+    table: pd.DataFrame, *, seed: int, fractions: Sequence[float], split_mode: str = "holdout",
+    n_folds: int | None = None, fold: int | None = None,
+) -> pd.DataFrame:
+    manifest = table[["path", "sha1", "label"]].copy()
+    if split_mode == "kfold":
+        manifest["split"] = kfold_split(manifest, seed=seed, n_folds=n_folds, fold=fold, fractions=fractions)
+    elif split_mode == "montecarlo":
+        if fold is None or fold < 0:
+            raise DataError(f"data.fold={fold!r}: Monte Carlo splits need the repetition index (0, 1, ...).")
+        manifest["split"] = stratified_split(manifest, seed=seed, fractions=fractions, stream=(fold,))
+    elif split_mode == "holdout":
+        manifest["split"] = stratified_split(manifest, seed=seed, fractions=fractions)
+    else:
+        raise DataError(f"data.split_mode={split_mode!r} is not one of {', '.join(SPLIT_MODES)}.")
+    return manifest.sort_values("path").reset_index(drop=True)[MANIFEST_COLUMNS]
+
+
+def conflicting_duplicates(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose bytes also appear under another label."""
+    n_labels = table.groupby("sha1")["label"].transform("nunique")
+    return table[n_labels > 1].sort_values(["sha1", "path"])
+
+
+def split_settings(*, seed: int, fractions: Sequence[float], split_mode: str = "holdout", n_folds=None,
+                   fold=None) -> dict:
+    """The settings a manifest was made with, as recorded beside it (``manifest.json``)."""
+    settings = {"data.split_seed": int(seed), "data.split_fractions": [float(f) for f in fractions],
+                "data.split_mode": str(split_mode)}
+    if split_mode != "holdout":
+        settings.update({"data.n_folds": n_folds, "data.fold": fold})
+    return settings
+
+
+def settings_path(manifest_path: Path) -> Path:
+    return Path(manifest_path).with_suffix(".json")
+
+
+def check_split_settings(manifest_path: Path, settings: dict, *, record_missing: bool = True) -> None:
+    """An existing manifest made with other split settings is an error naming the setting: reusing
+    it would run the new settings on the old split while config.yaml claims otherwise."""
+    recorded_path = settings_path(manifest_path)
+    try:
+        recorded = read_json(recorded_path)
+    except FileNotFoundError:
+        # A manifest from before the settings were recorded: it was made by this experiment's first
+        # run, whose settings we cannot see any more; adopt the current ones from now on.
+        if record_missing:
+            write_json_atomic(recorded_path, settings)
+        log.info("%s had no record of its split settings; recorded %s", manifest_path, settings)
+        return
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {recorded_path} ({exc}); delete it to record the current split settings.")
+    differ = [k for k in settings if recorded.get(k) != settings[k]]
+    if differ:
+        what = "; ".join(f"{k}={settings[k]} (the split was made with {recorded.get(k)})" for k in differ)
+        raise DataError(
+            f"{what}. The experiment's split {manifest_path} is shared by all its runs and stays as it is; "
+            "a different split is a different experiment: add experiment_name=<new name> (each experiment "
+            "has its own split), or put the setting back.")
+
+
+def load_or_create_manifest(
+    path: Path, table: pd.DataFrame, *, seed: int, fractions: Sequence[float], **split_options
+) -> pd.DataFrame:
+    """Read the experiment's manifest, or write it from ``table`` on first use.
+
+    An existing manifest must describe the same files (path, bytes, label) and have been made
+    with the same split settings (``manifest.json`` beside it); otherwise reusing it would
+    silently mix splits or misreport them, so that is an error naming the fix.
+    """
+    path = Path(path)
+    settings = split_settings(seed=seed, fractions=fractions, **split_options)
+    if path.exists():
+        manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if list(manifest.columns) != MANIFEST_COLUMNS:
+            raise DataError(f"{path} is not a split manifest (columns {list(manifest.columns)}); delete it.")
+        check_split_settings(path, settings)
+        _check_same_files(path, manifest, table)
+        return manifest
+    manifest = make_manifest(table, seed=seed, fractions=fractions, **split_options)  # split_mode, n_folds, fold
+    write_json_atomic(settings_path(path), settings)
+    write_csv_atomic(path, manifest)
+    counts = manifest.groupby("split").size().reindex(SPLITS, fill_value=0)
+    log.info("wrote split manifest %s (%s)", path, ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return manifest
+
+
+def _check_same_files(path: Path, manifest: pd.DataFrame, table: pd.DataFrame) -> None:
+    old = set(zip(manifest["path"], manifest["sha1"], manifest["label"]))
+    new = set(zip(table["path"], table["sha1"], table["label"]))
+    if old == new:
+        return
+    old_paths = {p for p, _, _ in old}
+    new_paths = {p for p, _, _ in new}
+    added, removed = sorted(new_paths - old_paths), sorted(old_paths - new_paths)
+    changed = sorted(p for p, _, _ in new - old if p in old_paths)
+    examples = (added + removed + changed)[:3]
+    raise DataError(
+        f"the data no longer matches the experiment's split manifest {path}: {len(added)} file(s) added, "
+        f"{len(removed)} removed, {len(changed)} changed (e.g. {', '.join(examples)}). Reusing it would mix "
+        "splits across models. Use a new experiment_name=... for the new data, or delete the manifest "
+        "(and the experiment's runs) to re-split."
+    )

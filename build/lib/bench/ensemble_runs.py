@@ -1,0 +1,472 @@
+"""Ensembles of an experiment's completed runs: reading run folders, writing ensemble folders, the CLI.
+
+``bench-ensemble results/<experiment> k=4 method=majority`` reads the completed runs
+of an experiment, picks members **on validation data only**, combines their saved
+predictions per image and writes, next to ``runs/``::
+
+    ensembles/<name>/                name defaults to "<method>-k<k>" (greedy: "greedy")
+        metrics.json                 classes, val and test metric sets (bench.metrics),
+                                     method, k, members with their scores, selection details
+        predictions_val.csv          path, label, predicted, prob_<class>... (+ votes_<class>
+        predictions_test.csv         for hard voting), rows sorted by path
+        confusion_val.csv            labelled confusion matrices (rows: true, cols: predicted)
+        confusion_test.csv
+        members.csv                  rank, member, model, seed, val_acc, test_acc, weight,
+                                     count, run_dir, checkpoint (relative to the experiment)
+
+and appends (or replaces, by name) a row of kind ``ensemble`` with a ``members``
+column to ``leaderboard.csv``; :func:`bench.leaderboard.write_leaderboard`, called
+after every training run, carries such rows over.
+
+``method=`` picks one of the estimators of :mod:`bench.ensemble` (whose docstring gives the
+tie rules): ``majority``, ``soft``, ``weighted``, ``greedy`` or ``best_subset``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench import leaderboard as lb
+from bench import runs
+from bench.commands import ENSEMBLE_OPTIONS as OPTIONS  # the key=value options (the CLI surface)
+from bench.ensemble import (HARD, SOFT, BestSubset, Combined, GreedySelection, MajorityVote, SoftVote,
+                            WeightedVote, _Ensemble)
+from bench.metrics import classification_metrics
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("val", "test")
+ENSEMBLES_DIR = "ensembles"
+MEMBERS_CSV = "members.csv"
+
+METHODS = {
+    "majority": MajorityVote,
+    "soft": SoftVote,
+    "weighted": WeightedVote,
+    "greedy": GreedySelection,
+    "best_subset": BestSubset,
+}
+
+
+# =========================================================================== loading runs
+class EnsembleError(ValueError):
+    """Bad input for an ensemble (too few runs, mismatched predictions): the message says why."""
+
+
+@dataclass
+class SplitPredictions:
+    paths: np.ndarray  # (N,) str, sorted
+    labels: np.ndarray  # (N,) int
+    probs: np.ndarray  # (M, N, C) float64, candidates in rank order
+
+
+@dataclass
+class Candidates:
+    """Completed runs of an experiment with their saved predictions, in leaderboard order."""
+
+    exp_dir: Path
+    classes: list[str]
+    ids: list[str]  # "model/seed<seed>"
+    models: list[str]
+    seeds: list[int | None]
+    run_dirs: list[runs.RunDir]
+    metrics: list[dict]
+    splits: dict[str, SplitPredictions] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # completed runs left out, with the reason
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def classes_of(metrics: dict) -> list[str]:
+    classes = metrics.get("classes") or list((metrics.get("val") or {}).get("per_class", {}))
+    return [str(c) for c in classes]
+
+
+def member_id(model: str, seed) -> str:
+    return f"{model}/seed{seed}"
+
+
+def _read_predictions(path: Path, classes: list[str], run_label: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    frame = pd.read_csv(path, dtype={"path": str, "label": str, "predicted": str}, keep_default_na=False)
+    prob_cols = [f"prob_{c}" for c in classes]
+    missing = [c for c in ("path", "label", "predicted", *prob_cols) if c not in frame.columns]
+    if missing:
+        raise EnsembleError(f"{path} ({run_label}) lacks the column(s) {missing}; expected path, label, "
+                            f"predicted and prob_<class> for the classes {classes}.")
+    if frame["path"].duplicated().any():
+        dup = frame["path"][frame["path"].duplicated()].iloc[0]
+        raise EnsembleError(f"{path} ({run_label}) lists {dup!r} more than once.")
+    frame = frame.sort_values("path", kind="mergesort")
+    index = {c: i for i, c in enumerate(classes)}
+    bad = sorted(set(frame["label"]) - set(index) | set(frame["predicted"]) - set(index))
+    if bad:
+        raise EnsembleError(f"{path} ({run_label}) has class names {bad} that are not among its classes {classes}.")
+    labels = frame["label"].map(index).to_numpy(int)
+    predicted = frame["predicted"].map(index).to_numpy(int)
+    probs = frame[prob_cols].to_numpy(np.float64)
+    # The CSVs round probabilities to 6 decimals; where that makes the recorded prediction
+    # tie with another class, nudge it up by one ulp so argmax reproduces the run's own vote.
+    rows = np.arange(len(frame))
+    off = probs.argmax(axis=1) != predicted
+    if off.any():
+        top = probs.max(axis=1)
+        if (probs[rows[off], predicted[off]] < top[off] - 1e-6).any():
+            raise EnsembleError(f"{path} ({run_label}): the 'predicted' column disagrees with the probabilities.")
+        probs[rows[off], predicted[off]] = np.nextafter(top[off], np.inf)
+    return frame["path"].to_numpy(str), labels, probs
+
+
+def load_candidates(exp_dir, splits: Sequence[str] = SPLITS) -> Candidates:
+    """The completed runs of ``exp_dir`` with their predictions, aligned by path.
+
+    Order: validation accuracy (from metrics.json, as on the leaderboard) descending,
+    then model name, then seed. Completed runs without prediction files are skipped
+    with a warning; runs whose classes or image sets differ raise :class:`EnsembleError`
+    naming both runs.
+    """
+    exp_dir = Path(exp_dir)
+    found = []
+    skipped = []
+    for run_dir in runs.iter_run_dirs(exp_dir):
+        record = lb.read_run(run_dir)
+        if record is None or not record.completed:
+            continue
+        missing = [s for s in splits if not run_dir.predictions(s).exists()]
+        if missing:
+            skipped.append(f"{member_id(record.model, record.seed)}: no predictions_{missing[0]}.csv")
+            log.warning("skipping %s: %s", run_dir.root, skipped[-1])
+            continue
+        val_acc = float((record.metrics.get("val") or {}).get("accuracy", math.nan))
+        found.append((record, run_dir, val_acc))
+    found.sort(key=lambda t: (-t[2] if t[2] == t[2] else math.inf, t[0].model,
+                              t[0].seed if isinstance(t[0].seed, int) else math.inf))
+    cands = Candidates(exp_dir, [], [], [], [], [], [], skipped=skipped)
+    if not found:
+        return cands
+    ref_record, ref_dir, _ = found[0]
+    classes = classes_of(ref_record.metrics)
+    cands.classes = classes
+    per_split: dict[str, list] = {s: [] for s in splits}
+    ref_split: dict[str, tuple] = {}
+    for record, run_dir, _ in found:
+        rid = member_id(record.model, record.seed)
+        if classes_of(record.metrics) != classes:
+            raise EnsembleError(
+                f"runs {member_id(ref_record.model, ref_record.seed)} and {rid} have different classes "
+                f"({classes} vs {classes_of(record.metrics)}); members of one ensemble must share the "
+                f"class order. Ensemble runs of one experiment only.")
+        for split in splits:
+            paths, labels, probs = _read_predictions(run_dir.predictions(split), classes, rid)
+            if split not in ref_split:
+                ref_split[split] = (paths, labels, member_id(ref_record.model, ref_record.seed))
+            else:
+                _check_aligned(ref_split[split], (paths, labels, rid), split)
+            per_split[split].append(probs)
+        cands.ids.append(rid)
+        cands.models.append(record.model)
+        cands.seeds.append(record.seed)
+        cands.run_dirs.append(run_dir)
+        cands.metrics.append(record.metrics)
+    for split in splits:
+        paths, labels, _ = ref_split[split]
+        cands.splits[split] = SplitPredictions(paths, labels, np.stack(per_split[split]))
+    return cands
+
+
+def _check_aligned(ref: tuple, other: tuple, split: str) -> None:
+    ref_paths, ref_labels, ref_id = ref
+    paths, labels, rid = other
+    if len(paths) == len(ref_paths) and (paths == ref_paths).all():
+        if (labels == ref_labels).all():
+            return
+        i = int(np.flatnonzero(labels != ref_labels)[0])
+        raise EnsembleError(
+            f"runs {ref_id} and {rid} disagree on the label of {paths[i]!r} in predictions_{split}.csv; "
+            "their predictions come from different splits or data and cannot be ensembled.")
+    only_ref = sorted(set(ref_paths) - set(paths))[:3]
+    only_other = sorted(set(paths) - set(ref_paths))[:3]
+    raise EnsembleError(
+        f"runs {ref_id} and {rid} have different {split} images in predictions_{split}.csv "
+        f"({len(ref_paths)} vs {len(paths)} rows; only in {ref_id}: {only_ref}, only in {rid}: {only_other}). "
+        "Members must be evaluated on the same split (same manifest, no trainer.max_batches); "
+        "re-run or remove the odd run.")
+
+
+# =========================================================================== building
+def default_name(method: str, k: int | None) -> str:
+    return method if method == "greedy" or k is None else f"{method}-k{k}"
+
+
+def make_estimator(method: str, ids: Sequence[str], *, k: int = 4, top_n: int | None = None,
+                   weights=None, voting: str | None = None, steps: int = 20) -> _Ensemble:
+    """The estimator for a CLI method name with its options."""
+    if method not in METHODS:
+        raise EnsembleError(f"method={method!r} is not one of {', '.join(METHODS)}.")
+    if method == "majority":
+        return MajorityVote(list(ids), k=k)
+    if method == "soft":
+        return SoftVote(list(ids), k=k)
+    if method == "weighted":
+        return WeightedVote(list(ids), k=k, weights=weights, voting=voting or SOFT)
+    if method == "greedy":
+        return GreedySelection(list(ids), max_steps=steps, top_n=top_n, voting=voting or SOFT)
+    return BestSubset(list(ids), k=k, top_n=8 if top_n is None else top_n, voting=voting or HARD)
+
+
+@dataclass
+class EnsembleResult:
+    name: str
+    out_dir: Path
+    estimator: _Ensemble
+    metrics: dict
+    members: pd.DataFrame
+    leaderboard_row: dict
+
+
+def run_ensemble(exp_dir, *, method: str = "majority", k: int = 4, top_n: int | None = None, weights=None,
+                 voting: str | None = None, steps: int = 20, name: str | None = None,
+                 candidates: Candidates | None = None) -> EnsembleResult:
+    """Load the runs, fit on validation, evaluate on val and test, write the folder and the row."""
+    exp_dir = Path(exp_dir)
+    cands = candidates if candidates is not None else load_candidates(exp_dir)
+    needed = 1 if method == "greedy" or isinstance(weights, Mapping) else k
+    if len(cands) < needed:
+        skipped = f" ({len(cands.skipped)} completed run(s) skipped: {'; '.join(cands.skipped)})" if cands.skipped else ""
+        raise EnsembleError(
+            f"{exp_dir} has {len(cands)} completed run(s) with predictions{skipped}, fewer than k={k}. "
+            f"Train more models (bench-train -m model=...) or ask for k<={len(cands)}.")
+    if isinstance(weights, Mapping):
+        unknown = [w for w in weights if w not in cands.ids]
+        if unknown:
+            raise EnsembleError(f"weights name run(s) {unknown} that are not completed runs of {exp_dir}; "
+                                f"available: {', '.join(cands.ids)}.")
+    est = make_estimator(method, cands.ids, k=k, top_n=top_n, weights=weights, voting=voting, steps=steps)
+    val, test = cands.splits["val"], cands.splits["test"]
+    try:
+        est.fit(val.probs, val.labels)
+    except ValueError as exc:
+        raise EnsembleError(str(exc)) from exc
+    combined = {"val": est.combine(val.probs), "test": est.combine(test.probs)}
+    voting = est._get_voting()
+    name = name or default_name(method, None if method == "greedy" else (len(weights) if isinstance(weights, Mapping) else k))
+    out_dir = exp_dir / ENSEMBLES_DIR / name
+    classes = cands.classes
+
+    metric_sets = {s: classification_metrics(cands.splits[s].labels, combined[s].pred, classes) for s in SPLITS}
+    member_rows = []
+    total_w = float(np.sum(est.weights_))
+    for idx, w in zip(est.member_indices_, est.weights_):
+        run_dir = cands.run_dirs[idx]
+        m = cands.metrics[idx]
+        member_rows.append({
+            "rank": int(idx) + 1, "member": cands.ids[idx], "model": cands.models[idx], "seed": cands.seeds[idx],
+            "val_acc": round(float(est.candidate_val_acc_[idx]), lb.DECIMALS),
+            "test_acc": round(float((m.get("test") or {}).get("accuracy", math.nan)), lb.DECIMALS),
+            "weight": round(float(w) / total_w, lb.DECIMALS), "count": int(round(w)),
+            "run_dir": run_dir.root.relative_to(exp_dir).as_posix(),
+            "checkpoint": run_dir.best_ckpt.relative_to(exp_dir).as_posix(),
+        })
+    members = pd.DataFrame(member_rows)
+    if method != "greedy":
+        members = members.drop(columns="count")
+
+    metrics = {
+        "experiment": exp_dir.name, "kind": lb.KIND_ENSEMBLE, "model": name, "name": name,
+        "method": method, "estimator": type(est).__name__, "voting": voting,
+        "k": len(est.members_), "status": runs.STATUS_COMPLETED, "classes": classes,
+        "members": member_rows, "selection": est.selection_,
+        "params": {k_: v for k_, v in est.get_params().items() if k_ != "members"},
+        "n_candidates": len(cands), "candidates": [
+            {"member": cid, "val_acc": float(a)} for cid, a in zip(cands.ids, est.candidate_val_acc_)],
+        "val": metric_sets["val"], "test": metric_sets["test"],
+        "params_m": _sum_member(cands, est, "params_m"), "gflops": _sum_member(cands, est, "gflops"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        runs.write_csv_atomic(out_dir / f"predictions_{split}.csv",
+                              _predictions_frame(cands.splits[split], combined[split], classes, voting))
+        runs.write_csv_atomic(out_dir / f"confusion_{split}.csv",
+                              _confusion_frame(metric_sets[split]["confusion_matrix"], classes))
+    runs.write_csv_atomic(out_dir / MEMBERS_CSV, members)
+    runs.write_json_atomic(out_dir / "metrics.json", metrics)  # last: its presence means complete
+    row = append_leaderboard_row(exp_dir, name, metrics, [r["member"] for r in member_rows])
+    return EnsembleResult(name, out_dir, est, metrics, members, row)
+
+
+def _sum_member(cands: Candidates, est: _Ensemble, key: str) -> float | None:
+    values = [cands.metrics[i].get(key) for i in est.member_indices_]
+    if any(v is None or not isinstance(v, (int, float)) or v != v for v in values):
+        return None
+    return float(sum(values))
+
+
+def _predictions_frame(split: SplitPredictions, comb: Combined, classes, voting: str) -> pd.DataFrame:
+    frame = pd.DataFrame({
+        "path": split.paths,
+        "label": [classes[i] for i in split.labels],
+        "predicted": [classes[i] for i in comb.pred],
+    })
+    for j, c in enumerate(classes):
+        frame[f"prob_{c}"] = comb.proba[:, j].round(6)
+    if voting == HARD:
+        votes = comb.votes
+        integral = np.allclose(votes, np.round(votes))
+        for j, c in enumerate(classes):
+            frame[f"votes_{c}"] = np.round(votes[:, j]).astype(int) if integral else votes[:, j].round(6)
+    return frame
+
+
+def _confusion_frame(matrix, classes) -> pd.DataFrame:
+    frame = pd.DataFrame(matrix, columns=[f"pred_{c}" for c in classes])
+    frame.insert(0, "true", classes)
+    return frame
+
+
+def leaderboard_row(name: str, metrics: dict, member_ids: Sequence[str], columns: Sequence[str]) -> dict:
+    """The ensemble's leaderboard row over ``columns`` (+ ``members``)."""
+    test = metrics["test"]
+    row: dict[str, Any] = {c: math.nan for c in columns}
+    row.update({"rank": None, "kind": lb.KIND_ENSEMBLE, "model": name, "seed": None,
+                "status": runs.STATUS_COMPLETED, "error": None,
+                "val_acc": round(metrics["val"]["accuracy"], lb.DECIMALS),
+                "test_acc": round(test["accuracy"], lb.DECIMALS)})
+    for cls, scores in test["per_class"].items():
+        row[lb.class_column(cls)] = round(scores["accuracy"], lb.DECIMALS)
+    for key in lb.MACRO_KEYS:
+        row[f"test_{key}"] = round(test["macro"][key], lb.DECIMALS)
+    for key in ("params_m", "gflops"):
+        if metrics.get(key) is not None:
+            row[key] = round(float(metrics[key]), lb.DECIMALS)
+    row["members"] = ";".join(member_ids)
+    return row
+
+
+def append_leaderboard_row(exp_dir, name: str, metrics: dict, member_ids: Sequence[str]) -> dict:
+    """Add (or replace, by model name) an ensemble row in leaderboard.csv, under the lock.
+
+    The model rows are rebuilt from the run folders (as write_leaderboard does) and
+    the other ensemble rows are carried over.
+    """
+    exp_dir = Path(exp_dir)
+    with lb.leaderboard_lock(exp_dir):
+        board = lb.build_leaderboard(exp_dir)
+        if "members" not in board.columns:
+            board["members"] = None
+        keep = ~((board["kind"] == lb.KIND_ENSEMBLE) & (board["model"].astype(str) == name))
+        board = board[keep]
+        row = leaderboard_row(name, metrics, member_ids, [c for c in board.columns if c != "members"])
+        new = pd.DataFrame([row])
+        extra = [c for c in new.columns if c not in board.columns]
+        board = board.reindex(columns=[*board.columns, *extra])
+        parts = [p.astype(object) for p in (board, new.reindex(columns=board.columns)) if len(p)]
+        board = pd.concat(parts, ignore_index=True)
+        runs.write_csv_atomic(exp_dir / lb.LEADERBOARD_CSV, board)
+    return row
+
+
+# =========================================================================== CLI
+
+
+def _parse_weights(text: str):
+    text = text.strip()
+    if "=" in text:
+        out = {}
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            key, _, value = part.rpartition("=")
+            out[key.strip()] = float(value)
+        return out
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+    """``key=value`` items (Hydra-override style) into typed options; raises EnsembleError."""
+    opts: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("+")
+        if not sep or key not in OPTIONS:
+            raise EnsembleError(
+                f"{item!r} is not an option; write key=value with key one of: "
+                + "; ".join(f"{k} ({d})" for k, d in OPTIONS.items()) + ".")
+        try:
+            if key in ("k", "top_n", "steps"):
+                opts[key] = None if value.lower() in ("null", "none", "") and key == "top_n" else int(value)
+            elif key == "weights":
+                opts[key] = None if value.lower() in ("null", "none", "val_acc", "") else _parse_weights(value)
+            elif key == "voting":
+                if value not in (HARD, SOFT):
+                    raise ValueError("voting must be hard or soft")
+                opts[key] = value
+            else:
+                opts[key] = value
+        except ValueError as exc:
+            raise EnsembleError(f"could not read {item!r}: {exc}.") from exc
+    if "name" in opts and (not opts["name"] or "/" in opts["name"] or opts["name"].startswith(".")):
+        raise EnsembleError(f"name={opts['name']!r} must be a plain folder name (no '/', not hidden).")
+    return opts
+
+
+def format_members(members: pd.DataFrame) -> str:
+    cols = [c for c in ("rank", "member", "val_acc", "test_acc", "weight") if c in members.columns]
+    cells = [[str(c) for c in cols]] + [[_fmt(r[c], c) for c in cols] for r in members.to_dict("records")]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    lines = ["  ".join(v.ljust(w) if c == "member" else v.rjust(w) for v, w, c in zip(row, widths, cols)).rstrip()
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value, col: str) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if col != "rank" else str(int(value))
+    return str(value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bench.commands import parser
+
+    args = parser("bench-ensemble").parse_args(argv)
+    start = time.perf_counter()
+    try:
+        opts = parse_overrides(args.overrides)
+        if not (args.exp_dir / "runs").is_dir():
+            raise EnsembleError(
+                f"{args.exp_dir} has no runs/ folder. Pass an experiment folder written by bench-train "
+                "(results/<experiment>, containing runs/<model>/seed<seed>/).")
+        method = opts.pop("method", "majority")
+        k = opts.pop("k", 4)
+        result = run_ensemble(args.exp_dir, method=method, k=k, **opts)
+    except EnsembleError as exc:
+        print(f"bench-ensemble: {exc}", file=sys.stderr)
+        return 2
+    m = result.metrics
+    print(f"{result.name}: {m['estimator']} ({m['voting']} voting), {len(result.members)} member(s) "
+          f"chosen on validation from {m['n_candidates']} candidate(s)")
+    print(format_members(result.members))
+    sel = m["selection"]
+    if sel.get("tie_resolution") not in (None, "none needed"):
+        print(f"tie at place k (val acc {sel['kth_val_acc']:.4f}) among {', '.join(sel['tied_at_kth'])}: "
+              f"took {', '.join(sel['chosen_from_tie'])} ({sel['tie_resolution']})")
+    print()
+    print(f"{'split':<6}{'accuracy':>10}{'macro_f1':>10}{'macro_sens':>12}{'macro_spec':>12}")
+    for split in SPLITS:
+        s = m[split]
+        print(f"{split:<6}{s['accuracy']:>10.4f}{s['macro']['f1']:>10.4f}"
+              f"{s['macro']['sensitivity']:>12.4f}{s['macro']['specificity']:>12.4f}")
+    print(f"\nwrote {result.out_dir} and a leaderboard row ({time.perf_counter() - start:.2f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,436 @@
+"""Before the first model trains: what will run, and can it run? Also ``bench-fetch-weights``.
+
+A sweep that dies at model 14 because a weight file is missing, or at hour six
+because the disk filled up, wastes the night. ``preflight`` checks everything it can
+in seconds and reports every problem at once.
+
+``plan_runs`` expands the command line the way Hydra's sweeper will (model and seed
+lists on the command line, or the experiment's ``hydra.sweeper.params``), so the
+checks cover exactly the runs that will start.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from bench.config import compose_config
+
+log = logging.getLogger(__name__)
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+BYTES_PER_PARAM_ON_DISK = 4 * 4  # best.pt (fp32) + last.pt (weights + SGD momentum + margin)
+
+
+@dataclass
+class Plan:
+    cfg: DictConfig  # the config of the first run (lists collapsed to their first value)
+    models: list[str]
+    seeds: list[int]
+    multirun: bool
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.models) * len(self.seeds)
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def format(self) -> str:
+        lines = [f"  ok: {n}" for n in self.notes]
+        lines += [f"  WARNING: {w}" for w in self.warnings]
+        lines += [f"  PROBLEM: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- planning
+def _sweep_values(parser: OverridesParser, key: str, text: str) -> list[str]:
+    override = parser.parse_overrides([f"{key}={text}"])[0]
+    if override.is_sweep_override():
+        return [str(v) for v in override.sweep_string_iterator()]
+    return [str(override.value())]
+
+
+def plan_runs(args: list[str]) -> Plan:
+    """Compose the config for ``args`` (a bench-train command line) and list its runs."""
+    multirun = any(a in MULTIRUN_FLAGS for a in args)
+    parser = OverridesParser.create()
+    overrides = parser.parse_overrides([a for a in args if a not in MULTIRUN_FLAGS])
+    base, swept = [], {}
+    for o in overrides:
+        key = o.key_or_group
+        if o.is_sweep_override():
+            values = [str(v) for v in o.sweep_string_iterator()]
+            swept[key] = values
+            base.append(f"{o.get_key_element()}={values[0]}")
+        else:
+            base.append(o.input_line)
+    cfg = compose_config(base, return_hydra_config=True)
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    if multirun:
+        for key, text in params.items():
+            swept.setdefault(key, _sweep_values(parser, key, str(text)))
+    models = swept.get("model") or swept.get("model.name") or [cfg.model.name]
+    seeds = [int(s) for s in swept.get("seed", [cfg.seed])]
+    return Plan(cfg=cfg, models=models, seeds=seeds, multirun=multirun)
+
+
+# --------------------------------------------------------------------------- checks
+def preflight(plan: Plan) -> Report:
+    """Check data, weights, image sizes, disk and device for every planned run."""
+    from bench.config import validate_config
+
+    report = Report()
+    cfg = plan.cfg
+    report.problems.extend(validate_config(cfg))
+    n_images = _check_data(cfg, report)
+    _check_models(plan, report)
+    _check_disk(plan, report)
+    _check_memory(plan, report, n_images)
+    _check_device(cfg, report)
+    return report
+
+
+def _check_data(cfg, report: Report) -> int | None:
+    """Problems with the data; returns the number of images when it is known cheaply."""
+    from bench.data.imagefolder import DataError, scan_imagefolder
+
+    kind = cfg.data.kind
+    n_images = None
+    if kind == "synthetic":
+        from bench.data.synthetic import CLASS_NAMES
+
+        n_images = cfg.data.synthetic_n_per_class * len(CLASS_NAMES)
+    try:
+        if kind == "imagefolder":
+            if not cfg.data.root or cfg.data.root == "???":
+                raise DataError("data=imagefolder needs data.root=PATH (a folder with one sub-folder per class)")
+            records, classes = scan_imagefolder(cfg.data.root)
+            n_images = len(records)
+            report.notes.append(f"data: {n_images} images in {len(classes)} classes under {cfg.data.root}")
+            _check_classes(cfg, records, classes, report)
+            _check_manifest(cfg, records, report)
+        elif kind == "bloodmnist":
+            from bench.data.bloodmnist import bloodmnist_file
+
+            path = bloodmnist_file(cfg.data.root, cfg.data.bloodmnist_size)
+            if not path.exists() and not cfg.data.download:
+                raise DataError(f"{path} does not exist; set data.root=... to its folder or data.download=true")
+            report.notes.append(f"data: {path}")
+        else:
+            report.notes.append(f"data: {kind}")
+    except (DataError, ValueError, OSError) as exc:
+        report.problems.append(str(exc))
+    _check_augment(cfg, report)
+    return n_images
+
+
+# A class with fewer images than this gives validation / test shares of one or two images:
+# its per-class numbers are noise, and a sweep ranked on them is too.
+MIN_CLASS_IMAGES = 10
+
+
+def _check_classes(cfg, records, classes, report: Report) -> None:
+    """Per-class counts (printed), too-small classes (warned, by name) and class folders with no
+    image files (named: they are not classes of this run)."""
+    from collections import Counter
+
+    from bench.data.imagefolder import class_folders_without_images
+    from bench.data.split import split_counts
+
+    counts = Counter(r.label for r in records)
+    report.notes.append("classes: " + ", ".join(f"{c} {counts[c]}" for c in classes))
+    fractions = list(cfg.data.split_fractions)
+    for c in classes:
+        n = counts[c]
+        if n < 3:
+            report.problems.append(
+                f"class {c!r} has {n} image(s): a class needs at least 3 to reach train, validation and test. "
+                "Add images, merge it into another class (data.class_map) or leave it out (data.classes=[...]).")
+        elif n < MIN_CLASS_IMAGES and len(fractions) == 3:
+            n_train, n_val, n_test = split_counts(n, fractions)
+            report.warnings.append(
+                f"class {c!r} has only {n} images ({n_train} train / {n_val} validation / {n_test} test): its "
+                f"per-class numbers rest on {n_val} and {n_test} image(s) and say little. Add images, merge it "
+                "(data.class_map) or leave it out (data.classes=[...]); trainer.class_weights=balanced helps it "
+                "count in training.")
+    empty = class_folders_without_images(cfg.data.root)
+    if empty:
+        report.warnings.append(
+            f"folder(s) {', '.join(repr(e) for e in empty)} under {cfg.data.root} hold no image files and are "
+            "not classes of this run; put the images there, or move the folder out of data.root.")
+
+
+def _check_manifest(cfg, records, report: Report) -> None:
+    """An experiment's existing split must fit this data and these split settings; found here,
+    before any run folder is touched (a mismatch found later would have set runs aside first)."""
+    from bench import runs
+    from bench.data.imagefolder import DataError
+    from bench.data.split import check_split_settings, split_settings
+
+    if cfg.data.split_mode != "holdout":
+        return  # cross-validation folds are checked by each fold's run
+    path = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name) / "manifest.csv"
+    if not path.is_file():
+        return
+    try:
+        check_split_settings(path, split_settings(seed=cfg.data.split_seed, fractions=cfg.data.split_fractions),
+                             record_missing=False)
+    except DataError as exc:
+        report.problems.append(str(exc))
+    import pandas as pd
+
+    try:
+        manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
+        old = set(zip(manifest["path"], manifest["label"]))
+    except (OSError, ValueError, KeyError) as exc:
+        report.problems.append(f"cannot read the experiment's split manifest {path} ({exc}); delete it to re-split.")
+        return
+    new = {(r.path, r.label) for r in records}
+    # Files of the split that are gone or relabelled, or files it never saw: not the experiment's data.
+    # Files left out of the split because they did not decode are listed in the runs' excluded.csv.
+    excluded = set()
+    for excluded_csv in path.parent.glob("runs/*/seed*/excluded.csv"):
+        try:
+            excluded |= set(pd.read_csv(excluded_csv, dtype=str, keep_default_na=False)["path"])
+        except (OSError, ValueError, KeyError):
+            continue
+    missing = old - new
+    added = {(p, label) for p, label in new - old if p not in excluded}
+    if missing or added:
+        examples = ", ".join(p for p, _ in sorted(missing | added)[:3])
+        report.problems.append(
+            f"data.root={cfg.data.root} does not match the split of experiment {cfg.experiment_name!r} "
+            f"({path}: {len(missing)} file(s) of the split are missing or relabelled, {len(added)} are new; e.g. "
+            f"{examples}). Nothing was moved. Another dataset is another experiment: add experiment_name=<name>.")
+
+
+def _check_augment(cfg, report: Report) -> None:
+    from bench.data.transforms import BatchAugment
+
+    aug = cfg.data.augment
+    try:
+        BatchAugment(aug.hflip, aug.vflip, aug.rotation, aug.interpolation)
+    except ValueError as exc:
+        report.problems.append(str(exc))
+
+
+def _check_models(plan: Plan, report: Report) -> None:
+    from bench.models import UnknownModelError, get_model_spec
+
+    cfg = plan.cfg
+    missing: list[tuple[str, Path | None]] = []
+    for name in plan.models:
+        try:
+            spec = get_model_spec(name)
+        except UnknownModelError as exc:
+            report.problems.append(str(exc))
+            continue
+        size = int(cfg.data.image_size or spec.input_size)
+        if size < spec.min_train_size:
+            report.problems.append(
+                f"{name}: data.image_size={size} is below its minimum training input of "
+                f"{spec.min_train_size} px (leave data.image_size null for its own {spec.input_size} px)."
+            )
+        if cfg.model.pretrained and not cfg.model.weights:
+            if spec.source == "custom":
+                report.problems.append(f"{name} has no pretrained weights; set model.pretrained=false.")
+            elif not _weights_available(name, spec):
+                missing.append((name, _cache_file(name)))
+    if missing:
+        files = ", ".join(f"{n} ({p.name if p else 'Hugging Face cache'})" for n, p in missing)
+        folder = next((p.parent for _, p in missing if p), None)
+        report.problems.append(
+            f"ImageNet weights for {len(missing)} model(s) are neither cached nor downloadable from here: "
+            f"{files}. Fix: run `bench-fetch-weights` with the same overrides on a machine with network "
+            f"access{f' and copy the files into {folder}' if folder else ''} (the torch hub cache; "
+            f"TORCH_HOME moves it), or train from scratch with model.pretrained=false."
+        )
+    if cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
+        report.problems.append(f"model.weights={cfg.model.weights!r} is not a file.")
+
+
+def _cache_file(name: str) -> Path | None:
+    from bench.models.weights import weights_cache_path
+
+    return None if name.startswith("timm/") else weights_cache_path(name)
+
+
+def _weights_available(name: str, spec) -> bool:
+    """True if the ImageNet weights are cached, or their host answers so they can be downloaded."""
+    if spec.source == "timm":
+        return _timm_cached(name) or _reachable("https://huggingface.co")
+    from bench.models.weights import _torchvision_default_weights
+
+    path = _cache_file(name)
+    if path is None or path.is_file():
+        return True
+    weights = _torchvision_default_weights(name)
+    return weights is not None and _reachable(weights.url)
+
+
+def _timm_cached(name: str) -> bool:
+    try:
+        import timm
+        from huggingface_hub import try_to_load_from_cache
+
+        pcfg = timm.models.get_pretrained_cfg(name.split("/", 1)[1])
+        repo = getattr(pcfg, "hf_hub_id", None) if pcfg else None
+        if not repo:
+            return False
+        return any(
+            isinstance(try_to_load_from_cache(repo, f), str)
+            for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+        )
+    except Exception:
+        return False
+
+
+_REACHABLE: dict[str, bool] = {}
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a HEAD request to the URL's host answers (cached per host)."""
+    host = urllib.request.urlparse(url).netloc
+    if host not in _REACHABLE:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            _REACHABLE[host] = True
+        except (OSError, socket.timeout, ValueError):
+            _REACHABLE[host] = False
+    return _REACHABLE[host]
+
+
+def _check_disk(plan: Plan, report: Report) -> None:
+    from bench.models import get_model_spec
+
+    cfg = plan.cfg
+    results = Path(cfg.paths.results_dir).expanduser().resolve()
+    existing = next((p for p in [results, *results.parents] if p.exists()), Path("/"))
+    free = shutil.disk_usage(existing).free
+    need = 0
+    for name in plan.models:
+        try:
+            spec = get_model_spec(name)
+            need += _param_count(name, spec) * BYTES_PER_PARAM_ON_DISK * len(plan.seeds)
+        except Exception:
+            continue  # reported by the model checks
+    line = f"disk: checkpoints need about {_size(need)}, {_size(free)} free at {existing}"
+    if need * 1.2 > free:
+        report.problems.append(line + "; free some space or set paths.results_dir=... elsewhere.")
+    else:
+        report.notes.append(line)
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
+
+
+def _check_memory(plan: Plan, report: Report, n_images: int | None) -> None:
+    from bench.data.store import available_memory, check_store_mode, memory_need
+    from bench.models import get_model_spec
+
+    cfg = plan.cfg
+    try:
+        check_store_mode(cfg.data.store)
+    except ValueError as exc:
+        report.problems.append(str(exc))
+        return
+    available = available_memory()
+    if not n_images or available is None or cfg.data.store == "mmap":
+        return
+    sizes = []
+    for name in plan.models:
+        try:
+            sizes.append(int(cfg.data.image_size or get_model_spec(name).input_size))
+        except Exception:
+            continue  # reported by the model checks
+    if not sizes:
+        return
+    size = max(sizes)
+    need = memory_need(n_images, size)
+    line = f"memory: {n_images} decoded images at {size} px need about {_size(need)}, {_size(available)} available"
+    if need <= available:
+        report.notes.append(line)
+    elif cfg.data.store == "auto":
+        report.warnings.append(line + "; training reads them from the memory-mapped store file instead "
+                               "(data.store=auto), which is slower where the disk is slow.")
+    else:
+        report.problems.append(line + "; free memory, set data.store=auto (or mmap) to read them from the store "
+                               "file, or set a smaller data.image_size.")
+
+
+_PARAMS: dict[str, int] = {}
+
+
+def _param_count(name: str, spec) -> int:
+    """Parameters of the model with an 8-class head, counted on the meta device (no memory)."""
+    if name not in _PARAMS:
+        import torch
+
+        from bench.models import create_model
+
+        with torch.device("meta"):
+            model = create_model(name, num_classes=8, pretrained=False)
+        _PARAMS[name] = sum(p.numel() for p in model.parameters())
+    return _PARAMS[name]
+
+
+def _check_device(cfg, report: Report) -> None:
+    import torch
+
+    device = cfg.trainer.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        report.problems.append(f"trainer.device={device} but no CUDA GPU is visible; use trainer.device=auto or cpu.")
+    elif device == "auto" and not torch.cuda.is_available():
+        report.warnings.append(
+            "no CUDA GPU found: training runs on the CPU, which is fine for the demo and far too slow "
+            "for the 27-model protocol at 224 px."
+        )
+    elif torch.cuda.is_available():
+        report.notes.append(f"device: {torch.cuda.get_device_name(0)}")
+
+
+# --------------------------------------------------------------------------- bench-fetch-weights
+def fetch_main(argv: list[str] | None = None) -> int:
+    """``bench-fetch-weights [overrides...]``: download every weight file a command would need."""
+    from bench.config import register_configs
+    from bench.models import get_model_spec
+    from bench.models.weights import fetch_weights
+
+    from bench.commands import parser
+
+    args = parser("bench-fetch-weights").parse_args(argv)
+    register_configs()
+    names = [a for a in args.overrides if "=" not in a]
+    overrides = [a for a in args.overrides if "=" in a] + ([f"model={','.join(names)}"] if names else [])
+    plan = plan_runs(["-m", *overrides])
+    failed = 0
+    for name in plan.models:
+        if get_model_spec(name).source == "custom":
+            print(f"  {name}: no pretrained weights (custom model), skipped")
+            continue
+        try:
+            path = fetch_weights(name)
+            print(f"  {name}: {path or 'Hugging Face cache'}")
+        except Exception as exc:
+            failed += 1
+            print(f"  {name}: FAILED ({type(exc).__name__}: {exc})", file=sys.stderr)
+    print(f"{len(plan.models) - failed} of {len(plan.models)} model(s) ready.")
+    return 1 if failed else 0

@@ -1,0 +1,74 @@
+"""How a run differs from the published protocol its model is compared with.
+
+The leaderboard puts the test accuracy Gavas & Olpadkar (2021, Table 2) report for a model
+beside each run of that model. The difference means something only when the run followed
+their recipe (ImageNet weights, 224/299 px, SGD lr 1e-3 momentum 0.9, StepLR(7, 0.1), 25
+epochs, batch 32, flips + 60 degree rotations, 64/24/12 split). The recipe is
+``experiment=gavas2021`` itself, so a run's resolved config is compared with that experiment
+composed for the same model, on the keys that change results, and every difference is
+named: ``trainer.epochs=8 (paper: 25)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_EXPERIMENT = "gavas2021"
+# The config keys (dotted) that make up the recipe; whole groups are compared key by key.
+PROTOCOL_KEYS = (
+    "data.kind", "data.split_mode", "data.split_fractions", "data.classes", "data.class_map",
+    "data.mean", "data.std", "data.augment",
+    "model.pretrained", "model.weights", "model.head_hidden", "model.head_dropout",
+    "model.freeze_backbone", "model.trainable_blocks",
+    "optim", "sched",
+    "trainer.epochs", "trainer.max_batches", "trainer.batch_size", "trainer.label_smoothing",
+)
+
+
+def protocol_deviations(cfg: DictConfig) -> list[str] | None:
+    """The differences between a run's config and the published protocol for its model
+    (``[]``: it follows it), or None when the protocol cannot be composed for it."""
+    from bench.config import compose_config
+    from bench.models import get_model_spec
+
+    try:
+        ref = compose_config([f"experiment={PROTOCOL_EXPERIMENT}", f"model={cfg.model.name}", "data.root=unused"])
+        input_size = get_model_spec(cfg.model.name).input_size
+    except Exception as exc:  # e.g. a model with no config node: no verdict rather than a wrong one
+        log.debug("no protocol comparison for %s: %s", cfg.model.name, exc)
+        return None
+    found = []
+    for key in PROTOCOL_KEYS:
+        ours, theirs = _flat(OmegaConf.select(cfg, key), key), _flat(OmegaConf.select(ref, key), key)
+        for sub in sorted(set(ours) | set(theirs)):
+            if ours.get(sub) != theirs.get(sub):
+                found.append(f"{sub}={_text(ours.get(sub))} (paper: {_text(theirs.get(sub))})")
+    size = cfg.data.image_size or input_size  # null means the model's own size, as in the paper
+    if size != input_size:
+        found.append(f"data.image_size={size} (paper: {input_size})")
+    return found
+
+
+def _flat(value: Any, key: str) -> dict[str, Any]:
+    """``{dotted key: leaf}`` for a config node or a single value."""
+    if isinstance(value, DictConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{key}.{k}"))
+        return out
+    return {key: value}
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)

@@ -1,0 +1,1 @@
+"""Published evaluation protocols built on train(cfg): cross-validation, two-level classifier."""

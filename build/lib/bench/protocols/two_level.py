@@ -1,0 +1,297 @@
+"""The two-level classifier (Cheuque et al. 2022, Diagnostics 12:248), on any imagefolder dataset.
+
+Level 1 tells groups of classes apart (``two_level.groups``; default mononuclear =
+lymphocyte, monocyte and polymorphonuclear = neutrophil, eosinophil); level 2 has one
+classifier per group for its classes. Each level is an ordinary run of
+:func:`bench.train.train` on the same split: the split is made over all classes first,
+then ``data.classes`` keeps the grouped classes and ``data.class_map`` renames them to
+their group (level 1) or keeps one group's classes (level 2). Images of classes outside
+every group are excluded and counted (``n_excluded``, ``excluded_by_class``).
+
+The composed classifier is then evaluated end to end on the held-out images of the
+grouped classes: level 1 picks the group, that group's level-2 classifier picks the
+class (a group of one class needs no level-2 model). Its metrics are the harness's one
+metric set (:func:`bench.metrics.classification_metrics`) over the original classes, and
+it gets a run folder of the usual format, so it is a row of the leaderboard::
+
+    <results_dir>/<experiment>/                       (with bench-cv: <experiment>/mc30/rep03/)
+        runs/two_level--<model>/seed<seed>/           the composed classifier
+            config.yaml, status.json, metrics.json, predictions_val.csv, predictions_test.csv, excluded.csv
+        leaderboard.csv, per_class.csv, summary.csv
+        levels/level1/                                an experiment folder: manifest, runs/<model>/seed<seed>/
+        levels/level2-<group>/                        one per group with two or more classes
+
+In the predictions, ``predicted`` is the cascade's decision and ``prob_<class>`` the
+composed probability P(group) x P(class | group) (every level-2 model is run on every
+image for it); the two can disagree when level 1 is unsure. ``group_label`` and
+``group_predicted`` give level 1's view. The composed model is re-evaluated on every
+invocation (cheap); the level runs are reused when their config is unchanged.
+
+The paper's first stage, detecting cells in whole smear images with Faster R-CNN, is not
+part of this: the input is already one image per cell.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from bench import runs
+from bench.metrics import classification_metrics
+
+log = logging.getLogger("bench.two_level")
+
+COMPOSED_PREFIX = "two_level/"  # the composed model's name: two_level/<model> (folder two_level--<model>)
+
+
+def validate_groups(groups) -> dict[str, list[str]]:
+    """``two_level.groups`` as a plain dict; ValueError for a grouping that cannot work."""
+    groups = {str(g): [str(c) for c in members] for g, members in dict(groups or {}).items()}
+    if len(groups) < 2:
+        raise ValueError(f"two_level.groups={groups} needs at least two groups for the level-1 classifier.")
+    seen: dict[str, str] = {}
+    for g, members in groups.items():
+        if not members:
+            raise ValueError(f"two_level.groups.{g} is empty; every group needs at least one class.")
+        if "/" in g or g.startswith("."):
+            raise ValueError(f"two_level group name {g!r} is used as a folder name; avoid '/' and a leading '.'.")
+        for c in members:
+            if c in seen:
+                raise ValueError(f"class {c!r} is in two groups ({seen[c]!r} and {g!r}).")
+            seen[c] = g
+    return groups
+
+
+def level_experiment(cfg: DictConfig, level: str) -> str:
+    return f"{cfg.experiment_name}/levels/{level}"
+
+
+def level_configs(cfg: DictConfig) -> tuple[DictConfig, dict[str, DictConfig]]:
+    """The level-1 config and one level-2 config per group of two or more classes."""
+    groups = validate_groups(cfg.two_level.groups)
+    if cfg.data.classes or cfg.data.class_map:
+        log.warning("two_level: data.classes / data.class_map are set by the groups; the given values are ignored")
+    grouped = [c for members in groups.values() for c in members]
+
+    def derive(level: str, classes: list[str], class_map: dict | None) -> DictConfig:
+        out = copy.deepcopy(cfg)
+        OmegaConf.update(out, "experiment_name", level_experiment(cfg, level))
+        OmegaConf.update(out, "data.classes", classes, merge=False)
+        OmegaConf.update(out, "data.class_map", class_map, merge=False)
+        return out
+
+    level1 = derive("level1", grouped, {c: g for g, members in groups.items() for c in members})
+    level2 = {g: derive(f"level2-{g}", members, None) for g, members in groups.items() if len(members) > 1}
+    return level1, level2
+
+
+# --------------------------------------------------------------------------- the protocol
+def run_two_level(cfg: DictConfig) -> dict:
+    """Train level 1 and the level-2 classifiers, then evaluate the composed classifier and
+    write its run folder. Never raises for a failed level: the composed run is then ``failed``."""
+    from bench.leaderboard import refresh_leaderboard
+    from bench.train import run_identity, train
+
+    exp_dir = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name)
+    name = COMPOSED_PREFIX + cfg.model.name
+    seed = int(cfg.seed)
+    run_dir = runs.RunDir.for_run(exp_dir, name, seed)
+    summary = {"model": name, "seed": seed, "experiment": cfg.experiment_name, "run_dir": str(run_dir.root)}
+    container, chash = run_identity(cfg)
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    runs.write_text_atomic(run_dir.config, OmegaConf.to_yaml(container))
+    run_dir.write_status(runs.STATUS_RUNNING, config_hash=chash, model=name, seed=seed)
+    try:
+        level1_cfg, level2_cfgs = level_configs(cfg)
+        level_results = {"level1": train(level1_cfg)}
+        for g, level_cfg in level2_cfgs.items():
+            level_results[f"level2-{g}"] = train(level_cfg)
+        failed = {k: r for k, r in level_results.items() if r["status"] == runs.STATUS_FAILED}
+        if failed:
+            raise RuntimeError("; ".join(f"{k} failed: {r.get('error')}" for k, r in failed.items()))
+        metrics = compose_and_evaluate(cfg, level1_cfg, level2_cfgs, run_dir, chash)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        error = run_dir.record_failure(exc, traceback.format_exc(), config_hash=chash, model=name, seed=seed)
+        log.error("two-level %s seed %d FAILED: %s", cfg.model.name, seed, error)
+        result = {**summary, "status": runs.STATUS_FAILED, "error": error}
+    else:
+        run_dir.write_status(runs.STATUS_COMPLETED, config_hash=chash, model=name, seed=seed)
+        result = {**summary, "status": runs.STATUS_COMPLETED, "val_acc": metrics["val"]["accuracy"],
+                  "test_acc": metrics["test"]["accuracy"], "n_excluded": metrics["n_excluded"]}
+    refresh_leaderboard(exp_dir)
+    return result
+
+
+def _load_level(cfg: DictConfig) -> tuple[torch.nn.Module, list[str], dict]:
+    """The best checkpoint of a level's run as an eval-mode model, its class names and metrics."""
+    from bench.models import create_model
+
+    exp_dir = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name)
+    rd = runs.RunDir.for_run(exp_dir, cfg.model.name, int(cfg.seed))
+    ckpt = torch.load(rd.best_ckpt, map_location="cpu", weights_only=True)
+    model = create_model(ckpt["model_name"], num_classes=len(ckpt["class_names"]), pretrained=False)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError:  # e.g. an MLP head (model.head_hidden): rebuild the head from the tensors
+        from bench.models.heads import match_state_dict
+
+        match_state_dict(model, ckpt["model_name"], ckpt["model"])
+        model.load_state_dict(ckpt["model"])
+    metrics = runs.read_json(rd.metrics)
+    metrics["run_dir"] = str(rd.root)
+    return model.eval(), list(ckpt["class_names"]), metrics
+
+
+@torch.no_grad()
+def _predict(model, split, cfg: DictConfig, device, amp: bool) -> tuple[np.ndarray, float]:
+    """Softmax probabilities (N, C) for a split (first ``trainer.max_batches`` batches if set)."""
+    from bench.data.loader import BatchLoader
+    from bench.data.transforms import Normalize
+    from bench.engine import autocast, split_outputs
+
+    loader = BatchLoader(split, cfg.trainer.eval_batch_size, normalize=Normalize(cfg.data.mean, cfg.data.std,
+                         device=device), device=device, max_batches=cfg.trainer.max_batches)
+    start, out = time.perf_counter(), []
+    for x, _ in loader:
+        with autocast(device, amp):
+            logits, _aux = split_outputs(model(x))
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    probs = torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, 0))
+    return probs, time.perf_counter() - start
+
+
+def compose_and_evaluate(cfg, level1_cfg, level2_cfgs, run_dir: runs.RunDir, chash: str) -> dict:
+    """Evaluate the cascade on val and test of the grouped classes; write metrics and predictions."""
+    from bench.data.build import build_data
+    from bench.data.split import manifest_filename
+    from bench.models import count_gflops, count_params, get_model_spec
+    from bench.train import env_info, predictions_frame, resolve_device
+
+    groups = validate_groups(cfg.two_level.groups)
+    device = resolve_device(cfg.trainer.device)
+    amp = device.type == "cuda" if cfg.trainer.amp is None else bool(cfg.trainer.amp)
+    image_size = int(cfg.data.image_size or get_model_spec(cfg.model.name).input_size)
+
+    # The grouped classes under their own names, on the level-1 split (same manifest file).
+    eval_cfg = copy.deepcopy(level1_cfg)
+    OmegaConf.update(eval_cfg, "data.class_map", None, merge=False)
+    eval_data = eval_cfg.data
+    level1_dir = runs.experiment_dir(cfg.paths.results_dir, level1_cfg.experiment_name)
+    bundle = build_data(eval_data, image_size=image_size, exp_dir=level1_dir, cache_dir=cfg.paths.cache_dir)
+    classes = bundle.class_names
+    group_of = {c: g for g, members in groups.items() for c in members}
+
+    level1, level1_names, level1_metrics = _load_level(level1_cfg)
+    level2 = {g: _load_level(c) for g, c in level2_cfgs.items()}
+    models = [level1, *(m for m, _, _ in level2.values())]
+    for m in models:
+        m.to(device)
+
+    metrics_of: dict[str, dict] = {}
+    for split in ("val", "test"):
+        data = bundle.splits[split]
+        p1, seconds = _predict(level1, data, cfg, device, amp)
+        n = len(p1)
+        labels = data.labels[:n].cpu().numpy()
+        joint = np.zeros((n, len(classes)))
+        cascade = np.zeros(n, dtype=int)
+        group_pred = p1.argmax(1)
+        for g, members in groups.items():
+            gi = level1_names.index(g)
+            chosen = group_pred == gi
+            if g in level2:
+                model, names, _ = level2[g]
+                p2, s2 = _predict(model, data, cfg, device, amp)
+                seconds += s2
+                cols = [classes.index(c) for c in names]
+                joint[:, cols] = p1[:, [gi]] * p2
+                cascade[chosen] = np.asarray(cols)[p2[chosen].argmax(1)]
+            else:
+                joint[:, classes.index(members[0])] = p1[:, gi]
+                cascade[chosen] = classes.index(members[0])
+        metrics_of[split] = classification_metrics(labels, cascade, classes)
+        metrics_of[split]["eval_img_s"] = n / seconds if seconds > 0 else math.nan
+        frame = predictions_frame(data.paths[:n], {"labels": labels, "preds": cascade, "probs": joint}, classes)
+        frame["group_label"] = [group_of[classes[i]] for i in labels]
+        frame["group_predicted"] = [level1_names[i] for i in group_pred]
+        runs.write_csv_atomic(run_dir.predictions(split), frame)
+    runs.write_csv_atomic(run_dir.excluded, bundle.excluded)
+
+    # Images of classes outside the groups, per class, from the split manifest (whole dataset).
+    excluded_by_class: dict[str, int] = {}
+    manifest_path = level1_dir / manifest_filename(
+        eval_data.split_mode, n_folds=eval_data.n_folds, fold=eval_data.fold, fractions=list(eval_data.split_fractions))
+    if manifest_path.exists():
+        manifest = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
+        outside = manifest[~manifest["label"].isin(group_of)]
+        excluded_by_class = {str(k): int(v) for k, v in outside.groupby("label").size().items()}
+    if excluded_by_class:
+        log.info("two-level: %d image(s) of classes outside the groups excluded: %s",
+                 sum(excluded_by_class.values()), excluded_by_class)
+
+    level2_gflops = [count_gflops(m, image_size) for m, _, _ in level2.values()]
+    level_metrics = [level1_metrics, *(lm for _, _, lm in level2.values())]
+    metrics = {
+        "experiment": cfg.experiment_name, "model": COMPOSED_PREFIX + cfg.model.name, "seed": int(cfg.seed),
+        "status": runs.STATUS_COMPLETED, "classes": classes,
+        "epochs": int(cfg.trainer.epochs), "epochs_run": None, "best_epoch": None,
+        "val": {k: v for k, v in metrics_of["val"].items() if k != "eval_img_s"},
+        "test": {k: v for k, v in metrics_of["test"].items() if k != "eval_img_s"},
+        "params_m": sum(count_params(m) for m in models),
+        # Per image: level 1 and one level-2 network (their mean, as the groups share one architecture).
+        "gflops": count_gflops(level1, image_size) + (float(np.mean(level2_gflops)) if level2_gflops else 0.0),
+        "input_size": image_size,
+        "train_time_s": sum(_float(m.get("train_time_s")) for m in level_metrics),
+        "train_img_s": math.nan,
+        "eval_img_s": metrics_of["test"]["eval_img_s"],
+        "peak_mem_mb": _nanmax([_float(m.get("peak_mem_mb")) for m in level_metrics]),
+        "batch_size": int(cfg.trainer.batch_size),
+        "n_excluded": len(bundle.excluded), "excluded_by_class": excluded_by_class,
+        "data_root": bundle.root, "device": str(device), "env": env_info(device), "config_hash": chash,
+        "two_level": {
+            "groups": groups,
+            "level1": _level_summary(level1_metrics, level1_names),
+            "level2": {g: _level_summary(level2[g][2], level2[g][1]) if g in level2 else
+                       {"classes": members, "run_dir": None, "note": "one class: no level-2 classifier"}
+                       for g, members in groups.items()},
+        },
+    }
+    runs.write_json_atomic(run_dir.metrics, metrics)
+    log.info("two-level %s seed %d: composed val acc %.4f, test acc %.4f over %s -> %s", cfg.model.name, cfg.seed,
+             metrics["val"]["accuracy"], metrics["test"]["accuracy"], classes, run_dir.root)
+    return metrics
+
+
+def _level_summary(metrics: dict, names: list[str]) -> dict[str, Any]:
+    return {"classes": names, "run_dir": metrics.get("run_dir"),
+            "val_acc": metrics["val"]["accuracy"], "test_acc": metrics["test"]["accuracy"],
+            "test_f1": metrics["test"]["macro"]["f1"], "best_epoch": metrics.get("best_epoch")}
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _nanmax(values: list[float]) -> float:
+    finite = [v for v in values if v == v]
+    return max(finite) if finite else math.nan
+
+
+def composed_run_dir(cfg: DictConfig) -> Path:
+    return runs.RunDir.for_run(runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name),
+                               COMPOSED_PREFIX + cfg.model.name, int(cfg.seed)).root

@@ -1,0 +1,269 @@
+"""The Markdown text of the report: pipe tables, number formatting and the sections of report.md."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Sequence
+
+import pandas as pd
+
+from bench import leaderboard as lb
+from bench import runs, stats
+from bench.report.loading import ExperimentResults
+from bench.report.tables import (DEFAULT_TOP, MACRO_TABLE3, PAPER, class_accuracy_table, comparison_table,
+                                 published_class_accuracy, seed_table, statistics_table)
+
+PBC_CITATION = "Acevedo et al., Data in Brief 30 (2020) 105474, CC BY 4.0"
+
+FIGURES = {
+    "ci": "test_accuracy_ci.png",
+    "classes": "class_accuracy.png",
+    "gflops": "accuracy_vs_gflops.png",
+    "time": "accuracy_vs_train_time.png",
+    "cm_best": "confusion_best.png",
+    "cm_ensemble": "confusion_ensemble.png",
+    "curves": "training_curves.png",
+}
+
+
+def _esc(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(frame: pd.DataFrame, bold: Sequence[str] = (), index: bool = False) -> str:
+    """A Markdown pipe table of already formatted cells; ``bold`` columns have their best
+    (largest numeric value; ties all) in bold. Cells are ``str``; numbers are parsed back."""
+    if index:
+        frame = frame.reset_index()
+    cols = list(frame.columns)
+    body = frame.astype(object).where(frame.notna(), "-").astype(str)
+    numeric = {c: bool(len(body)) and bool((pd.to_numeric(_numeric_text(body[c]), errors="coerce").notna()
+                                             | (body[c] == "-")).all()) for c in cols}
+    for col in bold:
+        if col not in body:
+            continue
+        values = pd.to_numeric(_numeric_text(body[col]), errors="coerce")
+        # All equal (e.g. every model at 0 % on a class): there is no best to mark.
+        if values.notna().any() and values.max() > values.min():
+            best = values == values.max()
+            body.loc[best, col] = "**" + body.loc[best, col] + "**"
+    lines = ["| " + " | ".join(_esc(c) for c in cols) + " |",
+             "|" + "|".join("---:" if numeric[c] else "---" for c in cols) + "|"]
+    lines += ["| " + " | ".join(_esc(v) for v in row) + " |" for row in body.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _numeric_text(col: pd.Series) -> pd.Series:
+    return col.str.replace("**", "", regex=False).str.rstrip("%").str.replace("−", "-", regex=False)
+
+
+def _pct(x: Any, digits: int = 2) -> str:
+    x = lb._num(x)
+    return "-" if not math.isfinite(x) else f"{100 * x:.{digits}f}"
+
+
+def _p(x: Any) -> str:
+    x = lb._num(x)
+    if not math.isfinite(x):
+        return "-"
+    return f"{x:.3f}" if x >= 0.001 else f"{x:.1e}"
+
+
+def _link(key: str, alt: str) -> str:
+    return f"![{alt}]({FIGURES[key]})"
+
+
+def _statistics_md(res: ExperimentResults, st: pd.DataFrame, alpha: float, confidence: float,
+                   n_resamples: int, seed: int) -> list[str]:
+    out = []
+    cells = []
+    for r in st.to_dict("records"):
+        dist = r["distinguishable_from_best"]
+        cells.append({
+            "rank": "-" if pd.isna(r["rank"]) else str(r["rank"]),
+            "model": r["label"],
+            "val acc %": _pct(r["val_acc"]),
+            "test acc %": _pct(r["test_acc"]),
+            f"{round(100 * confidence)}% CI": "-" if not math.isfinite(r["ci_low"])
+            else f"{100 * r['ci_low']:.2f} – {100 * r['ci_high']:.2f}",
+            "vs best +/−": "-" if pd.isna(r["only_this"]) else f"+{r['only_this']} / −{r['only_best']}",
+            "p vs best": _p(r["p_vs_best"]),
+            "p vs ensemble": _p(r["p_vs_ensemble"]) if res.ensemble is not None else "-",
+            f"differs from best (α={alpha:g})": "-" if dist is None or pd.isna(dist) else ("yes" if dist else "no"),
+        })
+    frame = pd.DataFrame(cells)
+    if res.best is not None:
+        frame.iloc[0, -1] = "(best)"
+    out.append(md_table(frame, bold=["val acc %"]))
+    n = res.n_test()
+    one = f"one image is {100 / n:.3g} percentage points" if n else "the number of test images is unknown"
+    ens_name = f"the ensemble ({res.ensemble.model})" if res.ensemble is not None else "the ensemble (none here)"
+    out.append("")
+    out.append(
+        f"*How to read this:* rows are ranked by validation accuracy (test never selects). "
+        f"CI: {round(100 * confidence)}% percentile bootstrap of test accuracy ({n_resamples:,} resamples of the "
+        f"test images, seed {seed}). +/−: test images only this model / only the best model gets right. "
+        f"p: McNemar's exact test (two-sided binomial test on those discordant images) against the best run "
+        f"({res.best.label if res.best else '-'}) and against {ens_name}; \"differs\" means p < {alpha:g}, "
+        f"uncorrected for the number of comparisons. Test set: {n if n else '?'} images; {one}.")
+    return out
+
+
+def _fmt_frac_table(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    return table.apply(lambda col: col.map(lambda v: _pct(v, digits)))
+
+
+def _protocol_note(res: ExperimentResults, models: set[str]) -> str:
+    """Whether the runs compared with the paper followed its recipe, and if not, how not."""
+    differ: dict[str, list[str]] = {}
+    for entry in res.runs:
+        if entry.model in models:
+            text = lb.protocol_text(entry.metrics.get("protocol_deviations"))
+            if text == lb.PROTOCOL_UNKNOWN:
+                text = "not recorded (written by an older bench)"
+            if text != lb.PROTOCOL_FOLLOWED:
+                differ.setdefault(text, []).append(entry.label)
+    if not differ:
+        return "Every run compared here followed the published protocol."
+    parts = [f"{', '.join(labels)}: {text}" for text, labels in differ.items()]
+    return ("**Not a replication** where a run departs from the published protocol, so read these "
+            "differences with that in mind: " + " | ".join(parts) + ".")
+
+
+def _data_note(res: ExperimentResults) -> str:
+    kind = (res.data_kind or "").lower()
+    root = res.data_root or ""
+    if kind == "synthetic":
+        return (f"Data: the embedded synthetic stand-in (procedurally drawn cells with the PBC class names), "
+                f"not real images; its accuracies are not comparable with published numbers. The class scheme "
+                f"follows the PBC dataset ({PBC_CITATION}).")
+    if not lb.is_pbc_classes(res.classes):
+        return (f"Data: `{root or 'unknown'}`, classes {', '.join(res.classes) or '-'}. The published numbers are "
+                f"for the PBC dataset's eight classes ({PBC_CITATION}), so none is shown next to these.")
+    looks_pbc = kind == "bloodmnist" or "pbc" in root.lower()
+    if looks_pbc:
+        what = "BloodMNIST, derived from the PBC dataset" if kind == "bloodmnist" else "the PBC dataset"
+        return f"Data: {what} ({PBC_CITATION})."
+    return (f"Data: `{root or 'unknown'}`, with PBC's class names. Published reference numbers are for the PBC "
+            f"dataset ({PBC_CITATION}): a comparison holds only if this is PBC.")
+
+
+def _with_support(res: ExperimentResults, columns: list[str]) -> list[str]:
+    """Class columns as ``name (n=K)``: a per-class number means little without its image count."""
+    support = res.class_support()
+    return [f"{c} (n={support[c]})" if c in support else c for c in columns]
+
+
+def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int = DEFAULT_TOP,
+                    n_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED,
+                    confidence: float = stats.DEFAULT_CONFIDENCE, alpha: float = stats.DEFAULT_ALPHA) -> str:
+    """The Markdown text of the report; ``figures`` maps figure keys (:data:`FIGURES`) that were written."""
+    st = statistics_table(res, n_resamples=n_resamples, seed=seed, confidence=confidence, alpha=alpha)
+    models = sorted({e.model for e in res.runs})
+    n_unfinished = len(res.unfinished)
+    failed = int((res.unfinished["status"] == runs.STATUS_FAILED).sum()) if n_unfinished else 0
+    lines = [
+        f"# Report: {res.name}",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `bench-report` from `{res.exp_dir}`. "
+        f"{len(res.runs)} completed run(s) of {len(models)} model(s), {failed} failed, "
+        f"{n_unfinished - failed} not finished; {len(res.ensembles)} ensemble(s). "
+        f"Test images: {res.n_test() or '-'}. "
+        "\"Best\" always means best by **validation** accuracy; test numbers are reported, never used to choose.",
+        "",
+        "## Ranking with uncertainty",
+        "",
+    ]
+    if res.runs or res.ensembles:
+        lines += _statistics_md(res, st, alpha, confidence, n_resamples, seed)
+        if "ci" in figures:
+            lines += ["", _link("ci", "test accuracy with 95% bootstrap intervals")]
+    else:
+        lines.append("No completed runs yet.")
+
+    if res.several_seeds:
+        seeds = seed_table(res)
+        cells = pd.DataFrame({
+            "model": seeds["model"], "seeds": seeds["n_seeds"].astype(str),
+            **{f"{split} acc % (mean ± sd)": [f"{_pct(m)} ± {_pct(s)}" for m, s in
+                                             zip(seeds[f"{split}_acc_mean"], seeds[f"{split}_acc_std"])]
+               for split in ("val", "test")},
+        })
+        lines += ["", "## Across seeds", "",
+                  "Mean and sample standard deviation over the completed seeds of each model "
+                  "(sd `-` for a single seed).", "", md_table(cells)]
+
+    lines += ["", "## Class-wise test accuracy (as the paper's Table 2)", ""]
+    classes = class_accuracy_table(res)
+    if len(classes):
+        mean_note = " Models with several seeds: mean over seeds." if res.several_seeds else ""
+        shown = _fmt_frac_table(classes)
+        shown.columns = _with_support(res, list(classes.columns))
+        lines += [f"Accuracy per class (= recall), %; n = test images of the class; best per column in bold; rows "
+                  f"by validation accuracy.{mean_note}", "", md_table(shown, bold=list(shown.columns), index=True)]
+        published = published_class_accuracy(res)
+        if published is not None:
+            shown = _fmt_frac_table(published.drop(columns="ours_minus_paper"))
+            shown["ours − paper (overall)"] = [f"{100 * d:+.2f}" if math.isfinite(d) else "-"
+                                              for d in published["ours_minus_paper"]]
+            lines += ["", f"Published class-wise accuracy for the same models ({PAPER}, Table 2), %. "
+                      "Their split is not ours: differences of a few tenths are within split-to-split noise. "
+                      + _protocol_note(res, set(published.index)),
+                      "", md_table(shown, bold=list(published.columns.drop("ours_minus_paper")), index=True)]
+        if "classes" in figures:
+            lines += ["", _link("classes", "class-wise test accuracy heatmap")]
+    else:
+        lines.append("No completed runs yet.")
+
+    lines += ["", "## Comparison with published results (as the paper's Table 3)", ""]
+    comp = comparison_table(res, top=top)
+    if len(comp):
+        ours = comp["source"] == "this experiment"
+        cells = comp.copy()
+        for col in ("accuracy", *MACRO_TABLE3):
+            cells[col] = [f"{v:.2f}" if math.isfinite(v) else "-" for v in comp[col]]
+        table = md_table(cells[ours], bold=["accuracy", *MACRO_TABLE3])
+        if (~ours).any():
+            table += "\n" + "\n".join(md_table(cells[~ours]).splitlines()[2:])
+        lines += [f"Test accuracy and macro (one-vs-rest) precision, sensitivity, specificity, %, for the top {top} "
+                  "models by validation accuracy and the ensembles"
+                  + (f", then the published numbers ({PAPER}, Table 3)" if (~ours).any() else "")
+                  + ". Bold: best of this experiment.", "", table]
+    else:
+        lines.append("No completed runs yet.")
+
+    if "gflops" in figures or "time" in figures:
+        lines += ["", "## Accuracy vs cost", "",
+                  "Test accuracy with its 95% bootstrap interval against compute (GFLOPs per image) and training "
+                  "time; stars are ensembles (sum over members). Red rings: the Pareto front on **validation** "
+                  "accuracy (no other entry is both cheaper and better on validation), so on test the line need "
+                  "not rise monotonically.", ""]
+        lines += [_link(k, alt) for k, alt in (("gflops", "accuracy vs GFLOPs"), ("time", "accuracy vs training time"))
+                  if k in figures]
+
+    if "cm_best" in figures or "cm_ensemble" in figures:
+        lines += ["", "## Confusion matrices (test)", ""]
+        if "cm_best" in figures:
+            lines += [f"Best single model by validation accuracy: **{res.best.label}**.", "",
+                      _link("cm_best", f"confusion matrix of {res.best.label}"), ""]
+        if "cm_ensemble" in figures:
+            lines += [f"Ensemble: **{res.ensemble.model}**.", "",
+                      _link("cm_ensemble", f"confusion matrix of ensemble {res.ensemble.model}")]
+
+    if "curves" in figures:
+        lines += ["", "## Training curves", "",
+                  f"Loss and accuracy per epoch of the top {min(top, len(res.runs))} run(s) by validation accuracy.",
+                  "", _link("curves", "training curves")]
+
+    lines += ["", "## Failed and unfinished runs", ""]
+    if n_unfinished:
+        cells = res.unfinished.copy()
+        cells["seed"] = cells["seed"].astype(object).where(cells["seed"].notna(), "-").astype(str)
+        cells["error"] = cells["error"].astype(object).where(cells["error"].notna(), "")
+        lines.append(md_table(cells))
+    else:
+        lines.append("None.")
+
+    lines += ["", "---", "", _data_note(res) + f" Published numbers: {PAPER}, arXiv:2110.09508.", ""]
+    return "\n".join(lines)
