@@ -111,6 +111,21 @@ def predict_parser() -> argparse.ArgumentParser:
     return p
 
 
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench-evaluate", description=COMMANDS["bench-evaluate"].summary)
+    p.add_argument("source", type=Path, help="a run folder (results/<exp>/runs/<model>/seed<seed>), its best.pt, or "
+                                             "an ensemble folder (results/<exp>/ensembles/<name>)")
+    p.add_argument("data_root", type=Path, help="the external test set: one sub-folder per class")
+    p.add_argument("--map", default=None, metavar="FOLDER=CLASS,...",
+                   help="which model class each folder is, where the names differ beyond case "
+                        "(e.g. Neutrophil=neutrophil,Lympho=lymphocyte); other folders are left out and reported")
+    p.add_argument("--name", default=None, help="name of the test set (default: the folder's name); leaderboard "
+                                                "columns ext_<name>_acc and ext_<name>_balanced_acc")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    return p
+
+
 def report_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench-report", description=COMMANDS["bench-report"].summary)
     p.add_argument("exp_dir", type=Path, help="experiment folder, e.g. results/<experiment>")
@@ -221,6 +236,10 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
     Command("bench-predict", "bench.predict:main",
             "Classify a folder of cell images with one checkpoint or an ensemble of checkpoints; write "
             "predictions.csv, counts.csv (differential count) and unreadable.csv into --out.", parser=predict_parser),
+    Command("bench-evaluate", "bench.evaluate:main",
+            "Evaluate a trained run or ensemble on an external labelled folder (another lab's images, its own "
+            "class names mapped with --map): per-class metrics and per-image predictions under the run, and "
+            "ext_<name>_acc / ext_<name>_balanced_acc columns in the leaderboard.", parser=evaluate_parser),
     Command("bench-report", "bench.report.cli:main",
             "Write report.md and its figures for an experiment folder: class-wise tables, published comparison, "
             "accuracy vs cost, confusion matrices, training curves, bootstrap intervals and McNemar tests.",
@@ -343,6 +362,7 @@ models = _entry("bench-models")
 leaderboard = _entry("bench-leaderboard")
 ensemble = _entry("bench-ensemble")
 predict = _entry("bench-predict")
+evaluate = _entry("bench-evaluate")
 report = _entry("bench-report")
 compare = _entry("bench-compare")
 benchmark = _entry("bench-benchmark")

@@ -39,13 +39,13 @@ from bench import leaderboard as lb
 from bench import runs
 from bench.commands import ENSEMBLE_OPTIONS as OPTIONS  # the key=value options (the CLI surface)
 from bench.ensemble import (HARD, SOFT, BestSubset, Combined, GreedySelection, MajorityVote, SoftVote,
-                            WeightedVote, _Ensemble)
-from bench.metrics import classification_metrics
+                            WeightedVote, _Ensemble, confidence_of)
+from bench.metrics import classification_metrics, confidence_threshold
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("val", "test")
-ENSEMBLES_DIR = "ensembles"
+ENSEMBLES_DIR = lb.ENSEMBLES_DIR
 MEMBERS_CSV = "members.csv"
 
 METHODS = {
@@ -263,6 +263,8 @@ def run_ensemble(exp_dir, *, method: str = "majority", k: int = 4, top_n: int | 
     classes = cands.classes
 
     metric_sets = {s: classification_metrics(cands.splits[s].labels, combined[s].pred, classes) for s in SPLITS}
+    threshold = confidence_threshold(confidence_of(combined["val"], voting), combined["val"].pred == val.labels,
+                                     kind="vote_share" if voting == HARD else "probability")
     member_rows = []
     total_w = float(np.sum(est.weights_))
     for idx, w in zip(est.member_indices_, est.weights_):
@@ -289,6 +291,7 @@ def run_ensemble(exp_dir, *, method: str = "majority", k: int = 4, top_n: int | 
         "n_candidates": len(cands), "candidates": [
             {"member": cid, "val_acc": float(a)} for cid, a in zip(cands.ids, est.candidate_val_acc_)],
         "val": metric_sets["val"], "test": metric_sets["test"],
+        "confidence_threshold": threshold,  # bench-predict flags less sure images (chosen on validation)
         "params_m": _sum_member(cands, est, "params_m"), "gflops": _sum_member(cands, est, "gflops"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -300,7 +303,8 @@ def run_ensemble(exp_dir, *, method: str = "majority", k: int = 4, top_n: int | 
                               _confusion_frame(metric_sets[split]["confusion_matrix"], classes))
     runs.write_csv_atomic(out_dir / MEMBERS_CSV, members)
     runs.write_json_atomic(out_dir / "metrics.json", metrics)  # last: its presence means complete
-    row = append_leaderboard_row(exp_dir, name, metrics, [r["member"] for r in member_rows])
+    board = lb.write_tables(exp_dir)  # the ensemble's row is built from the folder just written
+    row = board[(board["kind"] == lb.KIND_ENSEMBLE) & (board["model"].astype(str) == name)].iloc[0].to_dict()
     return EnsembleResult(name, out_dir, est, metrics, members, row)
 
 
@@ -331,48 +335,6 @@ def _confusion_frame(matrix, classes) -> pd.DataFrame:
     frame = pd.DataFrame(matrix, columns=[f"pred_{c}" for c in classes])
     frame.insert(0, "true", classes)
     return frame
-
-
-def leaderboard_row(name: str, metrics: dict, member_ids: Sequence[str], columns: Sequence[str]) -> dict:
-    """The ensemble's leaderboard row over ``columns`` (+ ``members``)."""
-    test = metrics["test"]
-    row: dict[str, Any] = {c: math.nan for c in columns}
-    row.update({"rank": None, "kind": lb.KIND_ENSEMBLE, "model": name, "seed": None,
-                "status": runs.STATUS_COMPLETED, "error": None,
-                "val_acc": round(metrics["val"]["accuracy"], lb.DECIMALS),
-                "test_acc": round(test["accuracy"], lb.DECIMALS)})
-    for cls, scores in test["per_class"].items():
-        row[lb.class_column(cls)] = round(scores["accuracy"], lb.DECIMALS)
-    for key in lb.MACRO_KEYS:
-        row[f"test_{key}"] = round(test["macro"][key], lb.DECIMALS)
-    for key in ("params_m", "gflops"):
-        if metrics.get(key) is not None:
-            row[key] = round(float(metrics[key]), lb.DECIMALS)
-    row["members"] = ";".join(member_ids)
-    return row
-
-
-def append_leaderboard_row(exp_dir, name: str, metrics: dict, member_ids: Sequence[str]) -> dict:
-    """Add (or replace, by model name) an ensemble row in leaderboard.csv, under the lock.
-
-    The model rows are rebuilt from the run folders (as write_leaderboard does) and
-    the other ensemble rows are carried over.
-    """
-    exp_dir = Path(exp_dir)
-    with lb.leaderboard_lock(exp_dir):
-        board = lb.build_leaderboard(exp_dir)
-        if "members" not in board.columns:
-            board["members"] = None
-        keep = ~((board["kind"] == lb.KIND_ENSEMBLE) & (board["model"].astype(str) == name))
-        board = board[keep]
-        row = leaderboard_row(name, metrics, member_ids, [c for c in board.columns if c != "members"])
-        new = pd.DataFrame([row])
-        extra = [c for c in new.columns if c not in board.columns]
-        board = board.reindex(columns=[*board.columns, *extra])
-        parts = [p.astype(object) for p in (board, new.reindex(columns=board.columns)) if len(p)]
-        board = pd.concat(parts, ignore_index=True)
-        runs.write_csv_atomic(exp_dir / lb.LEADERBOARD_CSV, board)
-    return row
 
 
 # =========================================================================== CLI

@@ -3,8 +3,10 @@
 ``bench-leaderboard results/<experiment>`` (or :func:`write_leaderboard`) writes,
 next to ``runs/``::
 
-    leaderboard.csv   one row per run (kind "model"), ranked by VALIDATION accuracy,
-                      then any rows of kind "ensemble" kept from the previous file
+    leaderboard.csv   one row per run (kind "model"), ranked by VALIDATION accuracy (or the
+                      runs' trainer.select_by), then one row per ensemble folder (kind
+                      "ensemble"); ext_<name>_* columns for external test sets (bench-evaluate).
+                      Rebuilt from the folders every time, never from its own previous contents.
     per_class.csv     long format: model, seed, split, class, accuracy, precision,
                       specificity, f1, support (val and test of completed runs)
     summary.csv       per model: n_seeds, mean and std over seeds (always written;
@@ -110,7 +112,7 @@ class RunRecord:
     status: str
     error: str | None = None
     metrics: dict = field(default_factory=dict)  # empty unless completed
-
+    root: Path | None = None  # the run folder
     @property
     def completed(self) -> bool:
         return self.status == runs.STATUS_COMPLETED
@@ -154,7 +156,7 @@ def read_run(run_dir: runs.RunDir) -> RunRecord | None:
     metrics = _read_json_or_none(run_dir.metrics, "metrics file")
     if not isinstance(metrics, dict) or "test" not in metrics:
         return RunRecord(model, seed, runs.STATUS_RUNNING, error)
-    return RunRecord(metrics.get("model") or model, metrics.get("seed", seed), state, error, metrics)
+    return RunRecord(metrics.get("model") or model, metrics.get("seed", seed), state, error, metrics, run_dir.root)
 
 
 def collect_runs(exp_dir) -> list[RunRecord]:
@@ -300,6 +302,8 @@ def _model_row(record: RunRecord, classes: Sequence[str], reference: dict[str, f
     row["val_macro_f1"] = _num((val.get("macro") or {}).get("f1"))
     row["select_by"] = metrics.get("select_by") or "val_acc"  # runs before trainer.select_by: accuracy
     row["warnings"] = " ".join(metrics.get("warnings") or []) or None
+    if record.root is not None:
+        row.update(external_scores(record.root))
     deviations = metrics.get("protocol_deviations")
     row["protocol"] = protocol_text(deviations)
     if deviations == []:
@@ -359,24 +363,63 @@ def _leaderboard_columns(classes: Sequence[str]) -> list[str]:
     return [*LEAD_COLUMNS, *(class_column(c) for c in classes), *TAIL_COLUMNS]
 
 
-def read_ensemble_rows(exp_dir) -> pd.DataFrame | None:
-    """Rows of kind "ensemble" from the current leaderboard.csv, to carry them over.
+ENSEMBLES_DIR = "ensembles"  # <exp>/ensembles/<name>/metrics.json, written by bench-ensemble
+EXTERNAL_DIR = "external"  # <run or ensemble>/external/<name>/metrics.json, written by bench-evaluate
 
-    They are written by the ensemble code, not rebuilt from run folders, so dropping
-    them on every rebuild would lose results.
-    """
-    path = Path(exp_dir) / LEADERBOARD_CSV
-    if not path.exists():
+
+def external_scores(folder: Path) -> dict[str, float]:
+    """``ext_<name>_acc`` and ``ext_<name>_balanced_acc`` of every external test set evaluated
+    for a run or an ensemble (bench-evaluate), read from ``<folder>/external/<name>/metrics.json``."""
+    out: dict[str, float] = {}
+    for path in sorted(Path(folder).glob(f"{EXTERNAL_DIR}/*/metrics.json")):
+        metrics = _read_json_or_none(path, "external evaluation")
+        if not isinstance(metrics, dict):
+            continue
+        name = path.parent.name
+        out[f"ext_{name}_acc"] = _round(_num(metrics.get("accuracy")))
+        out[f"ext_{name}_balanced_acc"] = _round(_num(metrics.get("balanced_accuracy")))
+    return out
+
+
+def read_ensembles(exp_dir) -> list[dict]:
+    """The metrics.json of every finished ensemble of an experiment, by name."""
+    found = []
+    for path in sorted((Path(exp_dir) / ENSEMBLES_DIR).glob("*/metrics.json")):
+        metrics = _read_json_or_none(path, "ensemble metrics")
+        if isinstance(metrics, dict) and "val" in metrics and "test" in metrics:
+            found.append({**metrics, "_dir": path.parent})
+    return found
+
+
+def ensemble_row(metrics: dict, columns: Sequence[str]) -> dict:
+    """An ensemble's leaderboard row over ``columns`` (+ ``members`` and its external scores)."""
+    test, val = metrics["test"], metrics["val"]
+    row: dict[str, Any] = {c: math.nan for c in columns}
+    row.update({"rank": None, "kind": KIND_ENSEMBLE, "model": metrics.get("name") or metrics["_dir"].name,
+                "seed": None, "status": runs.STATUS_COMPLETED, "error": None, "warnings": None,
+                "protocol": None, "select_by": None,
+                "val_acc": _num(val.get("accuracy")), "test_acc": _num(test.get("accuracy")),
+                "test_balanced_acc": _num(test.get("balanced_accuracy")),
+                "val_balanced_acc": _num(val.get("balanced_accuracy")),
+                "val_macro_f1": _num((val.get("macro") or {}).get("f1"))})
+    for cls, scores in (test.get("per_class") or {}).items():
+        row[class_column(str(cls))] = _num(scores.get("accuracy"))
+    for key in MACRO_KEYS:
+        row[f"test_{key}"] = _num((test.get("macro") or {}).get(key))
+    for key in ("params_m", "gflops"):
+        row[key] = _num(metrics.get(key))
+    row.update(external_scores(metrics["_dir"]))
+    row["members"] = ";".join(str(m.get("member")) for m in metrics.get("members") or [])
+    return {k: _round(v) for k, v in row.items()}
+
+
+def ensemble_rows_frame(exp_dir, columns: Sequence[str]) -> pd.DataFrame | None:
+    """One row per ensemble folder, by validation accuracy then name; None without ensembles."""
+    rows = [ensemble_row(m, columns) for m in read_ensembles(exp_dir)]
+    if not rows:
         return None
-    try:
-        previous = pd.read_csv(path)
-    except (OSError, ValueError) as exc:
-        log.warning("could not read %s to keep its ensemble rows: %s", path, exc)
-        return None
-    if "kind" not in previous.columns:
-        return None
-    ensembles = previous[previous["kind"] == KIND_ENSEMBLE]
-    return ensembles.reset_index(drop=True) if len(ensembles) else None
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(["val_acc", "model"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
 
 
 def model_rows_frame(records: Sequence[RunRecord], reference: dict[str, float] | None = None) -> pd.DataFrame:
@@ -385,15 +428,16 @@ def model_rows_frame(records: Sequence[RunRecord], reference: dict[str, float] |
     classes = _union_classes([r for r in records if r.completed])
     if classes and not is_pbc_classes(classes):
         reference = {}  # the paper's numbers are for PBC's eight classes: nothing to compare with
-    frame = pd.DataFrame([_model_row(r, classes, reference) for r in records],
-                         columns=_leaderboard_columns(classes))
+    rows = [_model_row(r, classes, reference) for r in records]
+    external = sorted({k for row in rows for k in row if k.startswith("ext_")})
+    frame = pd.DataFrame(rows, columns=[*_leaderboard_columns(classes), *external])
     if len(frame):
         frame = _rank_rows(frame)
     return _as_int_where_integral(frame, INT_COLUMNS)
 
 
 def append_ensemble_rows(frame: pd.DataFrame, ensemble_rows: pd.DataFrame | None) -> pd.DataFrame:
-    """Model rows, then the carried-over ensemble rows; their extra columns (e.g. "members") go last."""
+    """Model rows, then the ensemble rows; their extra columns (e.g. "members") go last."""
     if ensemble_rows is None or not len(ensemble_rows):
         return frame
     if not len(frame):  # concat with an empty frame would lose our column order
@@ -403,8 +447,10 @@ def append_ensemble_rows(frame: pd.DataFrame, ensemble_rows: pd.DataFrame | None
 
 
 def build_leaderboard(exp_dir) -> pd.DataFrame:
-    """The leaderboard of ``exp_dir`` as a DataFrame (see the module docstring)."""
-    return append_ensemble_rows(model_rows_frame(collect_runs(exp_dir)), read_ensemble_rows(exp_dir))
+    """The leaderboard of ``exp_dir`` as a DataFrame (see the module docstring): rebuilt from the run
+    and ensemble folders every time, never from the previous leaderboard.csv."""
+    models = model_rows_frame(collect_runs(exp_dir))
+    return append_ensemble_rows(models, ensemble_rows_frame(exp_dir, list(models.columns)))
 
 
 # --------------------------------------------------------------------------- per-class and summary
@@ -486,7 +532,7 @@ def write_tables(exp_dir) -> pd.DataFrame:
         records = collect_runs(exp_dir)
         model_rows = model_rows_frame(records)
         classes = _union_classes([r for r in records if r.completed])
-        board = append_ensemble_rows(model_rows, read_ensemble_rows(exp_dir))
+        board = append_ensemble_rows(model_rows, ensemble_rows_frame(exp_dir, list(model_rows.columns)))
         runs.write_csv_atomic(exp_dir / PER_CLASS_CSV, per_class_frame(records))
         runs.write_csv_atomic(exp_dir / SUMMARY_CSV, summary_frame(model_rows, classes))
         # Last, so a reader that sees the new leaderboard also finds the matching files.

@@ -23,10 +23,17 @@ checkpoint and ``majority`` for several.
 
 Writes into ``--out``::
 
-    predictions.csv   path, predicted, confidence, votes_<class> (majority), prob_<class> (mean)
-    counts.csv        class, count, percent: the differential count of the readable images
+    predictions.csv   path, predicted, confidence, low_confidence, votes_<class> (majority), prob_<class> (mean)
+    counts.csv        class, count, percent, n_low_confidence, val_recall: the differential count of the
+                      readable images, how many of each class the model was unsure of, and how often it
+                      finds that class on its own validation data
     unreadable.csv    path, reason: files that could not be decoded (never fatal)
-    summary.json      checkpoints, method, classes, counts
+    summary.json      checkpoints, method, classes, counts, the low-confidence threshold and its source
+
+``low_confidence``: the confidence is below the threshold chosen on the model's validation data
+(the 5 % quantile of its confidence on the validation images it got right; the run's or the
+ensemble's ``metrics.json``). Several loose checkpoints were never validated together, so their
+images are not flagged (the summary says why). An empty folder is an error, not a zero count.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ import torch
 from bench import runs
 from bench.data.imagefolder import IMAGE_EXTENSIONS, try_decode
 from bench.data.transforms import Normalize
-from bench.ensemble import HARD, SOFT, combine
+from bench.ensemble import HARD, SOFT, combine, confidence_of
 from bench.ensemble_runs import MEMBERS_CSV
 
 log = logging.getLogger(__name__)
@@ -206,22 +213,62 @@ def predict_probs(checkpoints: Sequence[LoadedCheckpoint], files: Sequence[Path]
 
 
 # --------------------------------------------------------------------------- tables
+@dataclass
+class ValidationRecord:
+    """What the model(s) did on their validation data, for reading new predictions honestly:
+    the low-confidence threshold chosen there and the recall of each class. Empty (with
+    ``why``) when no record applies to this combination of checkpoints and voting."""
+
+    threshold: float | None = None
+    rule: str | None = None
+    recall: dict[str, float] | None = None
+    source: str | None = None
+    why: str | None = None
+
+
+def validation_record(checkpoints: Sequence[Path], ensemble_dir: Path | None, voting: str,
+                      class_names: Sequence[str]) -> ValidationRecord:
+    """The record of one checkpoint (its run's metrics.json) or of one ensemble (its metrics.json)."""
+    if ensemble_dir is not None and not checkpoints:
+        source, kind = Path(ensemble_dir) / "metrics.json", "vote_share" if voting == HARD else "probability"
+    elif ensemble_dir is None and len(checkpoints) == 1:
+        source, kind = Path(checkpoints[0]).parent / "metrics.json", "probability"
+        if voting == HARD:
+            return ValidationRecord(why="one checkpoint by majority vote: its vote share is always 1")
+    else:
+        return ValidationRecord(why="these checkpoints were never validated together (no ensemble folder)")
+    try:
+        metrics = runs.read_json(source)
+    except (OSError, ValueError):
+        return ValidationRecord(why=f"no readable {source} beside the model")
+    if [str(c) for c in metrics.get("classes") or []] != list(class_names):
+        return ValidationRecord(why=f"{source} is for other classes")
+    per_class = (metrics.get("val") or {}).get("per_class") or {}
+    recall = {c: float(per_class[c]["sensitivity"]) for c in class_names if c in per_class}
+    found = metrics.get("confidence_threshold") or {}
+    if found.get("kind", "probability") != kind or "value" not in found:
+        return ValidationRecord(recall=recall or None, source=str(source),
+                                why=f"{source} has no {kind} threshold (written by an older bench, or another voting)")
+    return ValidationRecord(float(found["value"]), found.get("rule"), recall or None, str(source))
+
+
 def prediction_tables(paths: Sequence[str], probs: np.ndarray, class_names: Sequence[str], voting: str,
-                      weights: Sequence[float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                      weights: Sequence[float] | None = None,
+                      record: ValidationRecord | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """predictions.csv and counts.csv frames from member probabilities (M, N, C)."""
+    record = record or ValidationRecord()
     n = probs.shape[1]
     if n:
         comb = combine(probs, weights, voting)
         pred, votes, proba = comb.pred, comb.votes, comb.proba
+        confidence = confidence_of(comb, voting)
     else:
         pred, votes, proba = np.zeros(0, int), np.zeros((0, len(class_names))), np.zeros((0, len(class_names)))
-    rows = np.arange(n)
-    if voting == HARD:
-        confidence = votes[rows, pred] / votes.sum(axis=1) if n else np.zeros(0)
-    else:
-        confidence = proba[rows, pred]
+        confidence = np.zeros(0)
+    low = confidence < record.threshold if record.threshold is not None else None
     frame = pd.DataFrame({"path": list(paths), "predicted": [class_names[i] for i in pred],
-                          "confidence": np.round(confidence, 6)})
+                          "confidence": np.round(confidence, 6),
+                          "low_confidence": low if low is not None else pd.Series([None] * n, dtype=object)})
     if voting == HARD:
         integral = np.allclose(votes, np.round(votes))
         for j, c in enumerate(class_names):
@@ -231,6 +278,12 @@ def prediction_tables(paths: Sequence[str], probs: np.ndarray, class_names: Sequ
     counts = np.bincount(pred, minlength=len(class_names))
     percent = counts / n * 100 if n else np.zeros(len(class_names))
     count_frame = pd.DataFrame({"class": list(class_names), "count": counts, "percent": np.round(percent, 2)})
+    # Beside each count: how many of those images the model was unsure of, and how often it finds
+    # that class on its validation data (a class it finds half the time is undercounted here too).
+    count_frame["n_low_confidence"] = (np.bincount(pred[low], minlength=len(class_names)) if low is not None
+                                       else pd.array([pd.NA] * len(class_names), dtype="Int64"))
+    count_frame["val_recall"] = [round(record.recall[c], 4) if record.recall and c in record.recall else np.nan
+                                 for c in class_names]
     return frame, count_frame
 
 
@@ -266,6 +319,10 @@ def run(args: argparse.Namespace) -> dict:
     else:
         voting = SOFT if len(paths) == 1 else HARD
     files, skipped = list_images(args.images_dir)
+    if not files:
+        raise PredictError(f"{args.images_dir} holds no image files ({', '.join(IMAGE_EXTENSIONS)}; searched "
+                           f"recursively{f', {len(skipped)} other file(s) skipped' if skipped else ''}); a "
+                           "differential count of nothing would read as zero cells. Pass the folder of the images.")
     device = _device(args.device)
     checkpoints = [load_checkpoint(p, device) for p in paths]
     class_names = check_same_classes(checkpoints)
@@ -275,7 +332,8 @@ def run(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     rel = [f.relative_to(args.images_dir).as_posix() for f in files]
     ok_paths = [p for p, ok in zip(rel, readable) if ok]
-    preds, counts = prediction_tables(ok_paths, probs, class_names, voting, weights)
+    record = validation_record(list(args.checkpoint), args.ensemble, voting, class_names)
+    preds, counts = prediction_tables(ok_paths, probs, class_names, voting, weights, record)
     unreadable = pd.DataFrame(
         [(p, r) for p, r in zip(rel, reasons) if r is not None] + skipped, columns=["path", "reason"]
     ).sort_values("path", kind="mergesort")
@@ -291,6 +349,11 @@ def run(args: argparse.Namespace) -> dict:
         "method": "majority" if voting == HARD else "soft", "classes": class_names,
         "n_images": len(files), "n_classified": len(ok_paths), "n_unreadable": len(unreadable),
         "counts": dict(zip(counts["class"], counts["count"].astype(int).tolist())),
+        "low_confidence": {"threshold": record.threshold, "rule": record.rule, "source": record.source,
+                           "n": int(preds["low_confidence"].fillna(False).astype(bool).sum())
+                           if record.threshold is not None else None,
+                           "not_flagged_because": record.why},
+        "val_recall": record.recall,
         "device": str(device), "seconds": seconds,
     }
     runs.write_json_atomic(out / "summary.json", summary)
@@ -311,9 +374,17 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({s['method']}, {s['device']}, {s['seconds']:.1f} s); {s['n_unreadable']} unreadable")
     counts = result["counts"]
     width = max(len("class"), *(len(c) for c in counts["class"]))
-    print(f"\n{'class':<{width}}  {'count':>6}  {'percent':>7}")
+    print(f"\n{'class':<{width}}  {'count':>6}  {'percent':>7}  {'unsure':>6}  {'val recall':>10}")
     for row in counts.itertuples(index=False):
-        print(f"{row[0]:<{width}}  {row[1]:>6}  {row[2]:>6.2f}%")
+        unsure = "-" if pd.isna(row.n_low_confidence) else str(row.n_low_confidence)
+        recall = "-" if pd.isna(row.val_recall) else f"{100 * row.val_recall:.1f}%"
+        print(f"{row[0]:<{width}}  {row[1]:>6}  {row[2]:>6.2f}%  {unsure:>6}  {recall:>10}")
+    low = s["low_confidence"]
+    if low["threshold"] is not None:
+        print(f"\n{low['n']} image(s) are low-confidence (confidence below {low['threshold']:.3f}: {low['rule']}); "
+              "look at them before trusting the count (low_confidence in predictions.csv).")
+    else:
+        print(f"\nlow-confidence images are not flagged: {low['not_flagged_because']}.")
     if len(result["unreadable"]):
         print("\nunreadable:")
         for row in result["unreadable"].head(20).itertuples(index=False):

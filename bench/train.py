@@ -39,6 +39,7 @@ from bench.metrics import SELECT_BY, classification_metrics, collapse_warning, c
 from bench.models import count_gflops, count_params, create_model, get_model_spec
 from bench.precision import choose_cpu_precision, precision_record_key, read_precision_records, resolve_precision
 from bench.protocol import protocol_deviations
+from bench.threads import thread_policy
 
 log = logging.getLogger("bench.train")
 
@@ -203,24 +204,25 @@ def train(cfg: DictConfig) -> dict:
 def _fit_with_oom_retry(cfg, run_dir, exp_dir, chash) -> dict:
     """On CUDA out-of-memory, retry once with half the micro-batch and twice the gradient
     accumulation, so the effective batch (and the protocol) stays the same."""
-    try:
-        return _fit(cfg, run_dir, exp_dir, chash, grad_accum=cfg.trainer.grad_accum)
-    except torch.cuda.OutOfMemoryError as exc:
-        if cfg.trainer.batch_size // (2 * cfg.trainer.grad_accum) < 1:
-            raise
-        message = str(exc).splitlines()[0]
-    # Retry outside the except block: there the traceback still holds the failed attempt's
-    # frames, and with them its model, optimizer state and batches on the GPU.
-    log.warning("CUDA out of memory (%s); retrying with half the micro-batch", message)
-    _release_memory()
-    return _fit(cfg, run_dir, exp_dir, chash, grad_accum=2 * cfg.trainer.grad_accum, oom_retry=True)
+    with thread_policy(cfg.trainer.num_threads, cfg.paths.cache_dir) as threads:
+        try:
+            return _fit(cfg, run_dir, exp_dir, chash, threads, grad_accum=cfg.trainer.grad_accum)
+        except torch.cuda.OutOfMemoryError as exc:
+            if cfg.trainer.batch_size // (2 * cfg.trainer.grad_accum) < 1:
+                raise
+            message = str(exc).splitlines()[0]
+        # Retry outside the except block: there the traceback still holds the failed attempt's
+        # frames, and with them its model, optimizer state and batches on the GPU.
+        log.warning("CUDA out of memory (%s); retrying with half the micro-batch", message)
+        _release_memory()
+        return _fit(cfg, run_dir, exp_dir, chash, threads, grad_accum=2 * cfg.trainer.grad_accum, oom_retry=True)
 
 
-def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: int, oom_retry: bool = False) -> dict:
+def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, *, grad_accum: int,
+         oom_retry: bool = False) -> dict:
     tcfg = cfg.trainer
     check_config(cfg)  # the preflight said so already; a config that reaches here by the Python API too
-    if tcfg.num_threads:
-        torch.set_num_threads(tcfg.num_threads)
+    threads.rebalance()
     device = resolve_device(tcfg.device)
     on_cuda = device.type == "cuda"
     amp, channels_last = resolve_precision(tcfg, device)  # amp None: a timed trial decides (CPU)
@@ -296,6 +298,7 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
                      data_cfg=cfg.data, pretrained=bool(cfg.model.pretrained))
 
     for epoch in range(state["next_epoch"], tcfg.epochs):
+        threads.rebalance()  # jobs that started or ended since: this job's share of the cores
         # Global RNG (dropout) seeded per epoch: a resumed epoch replays an uninterrupted one.
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
         train_loader.set_epoch(epoch)
@@ -377,7 +380,8 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, *, grad_accum: in
         "status": runs.STATUS_COMPLETED, "classes": bundle.class_names,
         "epochs": int(tcfg.epochs), "epochs_run": len(history), "best_epoch": best["epoch"],
         "select_by": tcfg.select_by, "warnings": warnings,
-        "confidence_threshold": confidence_threshold(results["val"]["probs"], results["val"]["labels"]),
+        "confidence_threshold": confidence_threshold(results["val"]["probs"].max(axis=1),
+                                                     results["val"]["preds"] == results["val"]["labels"]),
         "val": classification_metrics(results["val"]["labels"], results["val"]["preds"], bundle.class_names),
         "test": classification_metrics(results["test"]["labels"], results["test"]["preds"], bundle.class_names),
         "params_m": params_m, "gflops": gflops, "input_size": image_size,

@@ -174,20 +174,25 @@ def test_summary_mean_std_over_seeds(tmp_path):
     assert summary.loc["vgg19", "n_seeds"] == 1 and pd.isna(summary.loc["vgg19", "val_acc_std"])
 
 
-def test_existing_ensemble_rows_are_preserved(exp):
+def test_ensemble_rows_come_from_the_ensemble_folders(exp):
+    # A row that only exists in leaderboard.csv (no folder behind it) is not carried over: the
+    # table is rebuilt from the folders, never from its own previous contents.
     lb.write_leaderboard(exp)
     board = pd.read_csv(exp / "leaderboard.csv")
-    ensemble = {"kind": "ensemble", "model": "vote(resnet18,vgg19)", "status": "completed",
-                "val_acc": 0.95, "test_acc": 0.97, "members": "resnet18/seed0;vgg19/seed0"}
-    runs.write_csv_atomic(exp / "leaderboard.csv", pd.concat([board, pd.DataFrame([ensemble])]))
+    orphan = {"kind": "ensemble", "model": "orphan", "status": "completed", "val_acc": 0.99, "test_acc": 0.99}
+    runs.write_csv_atomic(exp / "leaderboard.csv", pd.concat([board, pd.DataFrame([orphan])]))
+    folder = exp / "ensembles" / "vote2"
+    runs.write_json_atomic(folder / "metrics.json", {
+        "name": "vote2", "kind": "ensemble", "val": _metric_set(1), "test": _metric_set(0),
+        "members": [{"member": "resnet18/seed0"}, {"member": "vgg19/seed0"}], "params_m": 150.0})
     _write_run(exp, "densenet121", 0, val_wrong=4)  # a new run, then a rebuild
     lb.write_leaderboard(exp)
     rebuilt = pd.read_csv(exp / "leaderboard.csv")
-    assert len(rebuilt) == 7
-    last = rebuilt.iloc[-1]
-    assert last["kind"] == "ensemble" and last["members"] == "resnet18/seed0;vgg19/seed0"
-    assert last["test_acc"] == pytest.approx(0.97)
     assert list(rebuilt["kind"]) == ["model"] * 6 + ["ensemble"]
+    last = rebuilt.iloc[-1]
+    assert last["model"] == "vote2" and last["members"] == "resnet18/seed0;vgg19/seed0"
+    assert last["test_acc"] == pytest.approx(1.0) and last["val_acc"] == pytest.approx(_metric_set(1)["accuracy"])
+    assert last["params_m"] == 150.0
     assert list(rebuilt.columns)[-1] == "members"
 
 

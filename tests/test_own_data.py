@@ -61,7 +61,7 @@ def test_a_run_predicting_one_class_is_named():
 def test_low_confidence_threshold_is_a_quantile_of_correct_validation_predictions():
     probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.7, 0.3], [0.45, 0.55]])
     labels = np.array([0, 0, 1, 1, 1])  # correct: rows 0, 1, 2, 4 with top 0.9, 0.6, 0.8, 0.55
-    got = confidence_threshold(probs, labels, quantile=0.5)
+    got = confidence_threshold(probs.max(1), probs.argmax(1) == labels, quantile=0.5)
     assert got["value"] == pytest.approx(np.median([0.9, 0.6, 0.8, 0.55])) and got["n_correct"] == 4
 
 
@@ -347,3 +347,34 @@ def test_the_default_experiment_is_named_after_the_data():
     assert compose_cfg().experiment_name == "synthetic"
     assert compose_cfg("data=imagefolder", "data.root=/data/lab1/images").experiment_name == a
     assert compose_cfg("experiment=gavas2021", "data.root=/x").experiment_name == "gavas2021"
+
+
+# --------------------------------------------------------------------------- CPU threads
+def test_each_job_takes_its_share_of_the_cores(tmp_path, monkeypatch):
+    import socket
+    import subprocess
+    import sys
+
+    from bench import threads
+
+    share = threads.CpuShare(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with share:
+            assert share.threads(cores=8) == 8  # alone
+            host = socket.gethostname()
+            (tmp_path / "active" / f"{host}-{other.pid}").touch()  # a second live job on this machine
+            (tmp_path / "active" / f"{host}-999999999").touch()  # a job that died without cleaning up
+            (tmp_path / "active" / f"othernode-{other.pid}").touch()  # a job on another cluster node
+            assert share.jobs() == 2 and share.threads(cores=8) == 4 and share.threads(cores=1) == 1
+            assert not (tmp_path / "active" / f"{host}-999999999").exists()  # the stale entry is gone
+        assert not share.me.exists()
+    finally:
+        other.kill()
+    before = torch.get_num_threads()
+    fixed = threads.thread_policy(3, tmp_path)
+    try:
+        with fixed:
+            assert torch.get_num_threads() == 3 and fixed.rebalance() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -61,7 +61,8 @@ def test_single_checkpoint(trained, images, tmp_path, capsys):
     assert "5 image(s) classified" in printed and "broken.png" in printed
     classes = _classes(run_dir)
     preds = pd.read_csv(out / "predictions.csv")
-    assert list(preds.columns) == ["path", "predicted", "confidence", *(f"prob_{c}" for c in classes)]
+    assert list(preds.columns) == ["path", "predicted", "confidence", "low_confidence",
+                                   *(f"prob_{c}" for c in classes)]
     assert sorted(preds["path"]) == sorted(["slide2/cell0.png", *(f"cell{i}.png" for i in range(1, 5))])
     assert set(preds["predicted"]) <= set(classes)
     probs = preds[[f"prob_{c}" for c in classes]].to_numpy()
@@ -73,7 +74,36 @@ def test_single_checkpoint(trained, images, tmp_path, capsys):
     assert counts.set_index("class")["count"].to_dict() == {c: int((preds["predicted"] == c).sum()) for c in classes}
     unreadable = pd.read_csv(out / "unreadable.csv")
     assert unreadable["path"].tolist() == ["broken.png", "notes.txt"]  # the hidden file is ignored
-    assert runs.read_json(out / "summary.json")["classes"] == classes
+    summary = runs.read_json(out / "summary.json")
+    assert summary["classes"] == classes
+
+    # Low confidence: below the 5 % quantile of the top probability of the run's correct
+    # validation predictions, recomputed here from predictions_val.csv with numpy.
+    val = pd.read_csv(run_dir.predictions("val"))
+    val_probs = val[[f"prob_{c}" for c in classes]].to_numpy()
+    correct = val["label"].to_numpy() == val["predicted"].to_numpy()
+    threshold = np.quantile(val_probs.max(axis=1)[correct], 0.05)
+    assert summary["low_confidence"]["threshold"] == pytest.approx(threshold, abs=1e-5)
+    assert preds["low_confidence"].tolist() == (preds["confidence"] < threshold).tolist()
+    assert summary["low_confidence"]["n"] == int((preds["confidence"] < threshold).sum())
+    low_by_class = preds[preds["low_confidence"]].groupby("predicted").size()
+    assert counts.set_index("class")["n_low_confidence"].to_dict() == {c: int(low_by_class.get(c, 0)) for c in classes}
+    # Beside each count, the class's recall on validation (from the run's own predictions).
+    recall = {c: float((val.loc[val["label"] == c, "predicted"] == c).mean()) for c in classes}
+    assert counts.set_index("class")["val_recall"].to_dict() == pytest.approx(
+        {c: round(r, 4) for c, r in recall.items()}, abs=1e-4)
+    assert "low-confidence" in printed and "val recall" in printed
+
+
+def test_an_empty_folder_is_an_error_not_a_zero_count(trained, tmp_path, capsys):
+    run_dir, _ = trained
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "readme.txt").write_text("no cells here")
+    assert predict.main([str(empty), "-c", str(run_dir.best_ckpt), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no image files" in err and "1 other file(s) skipped" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_reproduces_the_runs_own_test_predictions(trained, tmp_path):
@@ -102,6 +132,9 @@ def test_two_checkpoints_majority_vote(trained, images, tmp_path):
     assert (two[[f"votes_{c}" for c in classes]].sum(axis=1) == 2).all()
     assert (two["confidence"] == 1.0).all()  # vote share of identical members
     assert (two["predicted"] == one["predicted"]).all()
+    # Two loose checkpoints were never validated together: no flag, and the summary says why.
+    assert two["low_confidence"].isna().all()
+    assert "never validated together" in runs.read_json(double / "summary.json")["low_confidence"]["not_flagged_because"]
     assert predict.main([str(images), "-c", ckpt, "-c", ckpt, "--method", "soft", "--out", str(tmp_path / "s")]) == 0
     soft = pd.read_csv(tmp_path / "s" / "predictions.csv")
     np.testing.assert_allclose(soft["confidence"], one["confidence"], atol=1e-6)
@@ -117,6 +150,11 @@ def test_ensemble_folder(trained, images, tmp_path):
     assert summary["method"] == "majority"
     assert summary["checkpoints"] == [str(run_dir.best_ckpt)]
     assert pd.read_csv(out / "counts.csv")["count"].sum() == 5
+    # The ensemble's threshold is on its own confidence (vote share), chosen on its validation predictions.
+    ens_metrics = runs.read_json(exp_dir / "ensembles" / "majority-k1" / "metrics.json")
+    assert ens_metrics["confidence_threshold"]["kind"] == "vote_share"
+    assert summary["low_confidence"]["threshold"] == ens_metrics["confidence_threshold"]["value"] == 1.0
+    assert summary["low_confidence"]["n"] == 0  # one member: every vote is unanimous
 
 
 def test_class_mismatch_names_both_checkpoints(trained, images, tmp_path, capsys):
@@ -157,3 +195,58 @@ def test_transform_input_follows_pretrained(tmp_path):
     loaded = predict.load_checkpoint(tmp_path / "pretrained.pt")
     assert loaded.model.transform_input is True and not loaded.model.training
     assert predict.load_checkpoint(tmp_path / "old.pt").model.transform_input is False
+
+
+# --------------------------------------------------------------------------- bench-evaluate
+def _external_set(tmp_path, run_dir) -> tuple[Path, pd.DataFrame]:
+    """Test images of the run copied into another lab's folders: 'Neutrophil' (only the case
+    differs), 'Lympho' (needs --map) and 'Smudge' (a class the model does not have)."""
+    from bench import runs as runs_mod
+
+    recorded = pd.read_csv(run_dir.predictions("test"))
+    root = Path(runs_mod.read_json(run_dir.metrics)["data_root"])
+    lab = tmp_path / "lab2"
+    chosen = []
+    for folder, label in (("Neutrophil", "neutrophil"), ("Lympho", "lymphocyte"), ("Smudge", "monocyte")):
+        rows = recorded[recorded["label"] == label].head(4)
+        (lab / folder).mkdir(parents=True)
+        for row in rows.itertuples():
+            shutil.copy(root / row.path, lab / folder / Path(row.path).name)
+        chosen.append(rows.assign(folder=folder))
+    return lab, pd.concat(chosen)
+
+
+def test_evaluate_on_another_labs_folder(trained, tmp_path, capsys):
+    from bench import evaluate
+    from bench import leaderboard as lb
+
+    run_dir, exp_dir = trained
+    lab, chosen = _external_set(tmp_path, run_dir)
+    assert evaluate.main([str(run_dir.root), str(lab), "--map", "Lympho=lymphocyte", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "Smudge" in printed and "left out" in printed
+    metrics = runs.read_json(run_dir.root / "external" / "lab2" / "metrics.json")
+    # Expected: the run's own recorded test predictions for those images (same eval transform),
+    # scored by hand on the two mapped folders; Smudge is left out.
+    kept = chosen[chosen["folder"] != "Smudge"]
+    expected_acc = float((kept["label"] == kept["predicted"]).mean())
+    assert metrics["n"] == 8 and metrics["accuracy"] == pytest.approx(expected_acc)
+    recalls = [float((g["label"] == g["predicted"]).mean()) for _, g in kept.groupby("label")]
+    assert metrics["balanced_accuracy"] == pytest.approx(np.mean(recalls))
+    assert metrics["mapping"] == {"Lympho": "lymphocyte", "Neutrophil": "neutrophil"}
+    assert metrics["left_out_folders"] == ["Smudge"] and metrics["n_left_out"] == 4
+    board = lb.build_leaderboard(exp_dir)
+    row = board[board["kind"] == "model"].iloc[0]
+    assert row["ext_lab2_acc"] == pytest.approx(expected_acc)
+    assert row["ext_lab2_balanced_acc"] == pytest.approx(np.mean(recalls))
+
+
+def test_evaluate_names_a_bad_mapping(trained, tmp_path, capsys):
+    from bench import evaluate
+
+    run_dir, _ = trained
+    lab, _ = _external_set(tmp_path, run_dir)
+    assert evaluate.main([str(run_dir.root), str(lab), "--map", "Lympho=lymph"]) == 2
+    assert "'Lympho': 'lymph'" in capsys.readouterr().err
+    assert evaluate.main([str(run_dir.root), str(lab), "--map", "Nope=lymphocyte"]) == 2
+    assert "Nope" in capsys.readouterr().err

@@ -139,6 +139,16 @@ def combine(probs: np.ndarray, weights: Sequence[float] | None = None, voting: s
     return Combined(_resolve(keys, member_votes), votes, proba)
 
 
+def confidence_of(combined: Combined, voting: str) -> np.ndarray:
+    """How sure the ensemble is of each prediction: the share of (weighted) votes of the predicted
+    class for a hard vote, its mean probability for a soft one."""
+    rows = np.arange(len(combined.pred))
+    if voting == HARD:
+        total = combined.votes.sum(axis=1)
+        return combined.votes[rows, combined.pred] / np.where(total > 0, total, 1.0)
+    return combined.proba[rows, combined.pred]
+
+
 def _accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     return float((pred == y).mean()) if len(y) else 0.0
 

@@ -129,11 +129,14 @@ def collapse_warning(y_true, y_pred, class_names: Sequence[str], split: str = "v
     if share < COLLAPSE_SHARE or share - truth < 0.1:
         return None
     predicted = int((counts > 0).sum())
+    majority = top == int(np.bincount(y_true, minlength=len(class_names)).argmax())
+    cause = ("it learned the majority class, not the cells" if majority
+             else "it collapsed onto one class instead of telling the cells apart")
     return (f"the model predicts {class_names[top]!r} for {share:.0%} of the {split} images, where it is "
-            f"{truth:.0%} of them ({predicted} of {len(class_names)} classes ever predicted): it learned the "
-            "majority class, not the cells. Fixes: trainer.class_weights=balanced or trainer.sampler=balanced, "
-            "trainer.select_by=val_balanced_acc, more epochs or another learning rate; check the per-class "
-            "counts the preflight printed.")
+            f"{truth:.0%} of them ({predicted} of {len(class_names)} classes ever predicted): {cause}. Fixes: "
+            "more epochs or another learning rate; on imbalanced classes trainer.class_weights=balanced or "
+            "trainer.sampler=balanced and trainer.select_by=val_balanced_acc (the preflight printed the "
+            "per-class counts).")
 
 
 # bench-predict flags an image whose top probability is below this quantile of the top
@@ -142,15 +145,17 @@ def collapse_warning(y_true, y_pred, class_names: Sequence[str], split: str = "v
 CONFIDENCE_QUANTILE = 0.05
 
 
-def confidence_threshold(probs, labels, quantile: float = CONFIDENCE_QUANTILE) -> dict | None:
-    """The low-confidence threshold chosen on validation predictions (never on test), with its rule."""
-    probs, labels = np.asarray(probs, dtype=float), np.asarray(labels, dtype=int)
-    if probs.ndim != 2 or not len(labels):
-        return None
-    top = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
+def confidence_threshold(confidence, correct, quantile: float = CONFIDENCE_QUANTILE,
+                         kind: str = "probability") -> dict | None:
+    """The low-confidence threshold chosen on validation predictions (never on test), with its rule.
+
+    ``confidence``: per image, the probability of the predicted class (``kind="probability"``) or,
+    for a hard vote, the share of votes it got (``"vote_share"``); ``correct``: per image, whether
+    the prediction was right. None when no validation prediction was right."""
+    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=bool)
     if not correct.any():
         return None
-    return {"value": float(np.quantile(top[correct], quantile)), "quantile": quantile,
+    what = "top probability" if kind == "probability" else "vote share of the predicted class"
+    return {"value": float(np.quantile(confidence[correct], quantile)), "quantile": quantile, "kind": kind,
             "n_correct": int(correct.sum()),
-            "rule": f"{quantile:.0%} quantile of the top probability of correct validation predictions"}
+            "rule": f"{quantile:.0%} quantile of the {what} of correct validation predictions"}

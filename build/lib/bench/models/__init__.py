@@ -5,7 +5,8 @@
 
 Importing this package registers the built-in models: the 27 torchvision
 architectures (:mod:`.torchvision_zoo`), ``timm/<name>`` for any timm model
-(:mod:`.timm_zoo`, created on demand) and custom models (:mod:`.custom`).
+(:mod:`.timm_zoo`, created on demand) and custom models (:mod:`.custom`), then
+your own from other packages (:mod:`.plugins`: entry points ``bench.models``, ``$BENCH_MODELS``).
 """
 
 from ._registry import (
@@ -25,6 +26,11 @@ from . import timm_zoo as _timm_zoo  # noqa: E402,F401  isort: skip
 from . import custom as _custom  # noqa: E402,F401  isort: skip
 from . import wbcsnet as _wbcsnet  # noqa: E402,F401  isort: skip
 
+# Then the user's own (entry points "bench.models" and $BENCH_MODELS; see .plugins).
+from .plugins import load_plugins  # noqa: E402  isort: skip
+
+load_plugins()
+
 __all__ = [
     "ModelSpec",
     "register_model",
@@ -36,4 +42,5 @@ __all__ = [
     "load_local_weights",
     "count_params",
     "count_gflops",
+    "load_plugins",
 ]
