@@ -119,6 +119,15 @@ class TrainerConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """An experiment tracker beside the run folder (bench/loggers.py): none | csv | tensorboard | mlflow."""
+
+    kind: str = "none"
+    dir: Optional[str] = None  # csv / tensorboard: default <results_dir>/<experiment>/logs
+    tracking_uri: Optional[str] = None  # mlflow: default the local file store <results_dir>/mlruns
+
+
+@dataclass
 class PathsConfig:
     results_dir: str = "results"
     # Generated datasets and decoded-image stores; shared across experiments.
@@ -173,6 +182,7 @@ class BenchConfig:
     sched: Any = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     svm: SvmConfig = field(default_factory=SvmConfig)
     experiment_name: str = "default"
     seed: int = 0
@@ -242,6 +252,7 @@ INTERPOLATIONS = ("nearest", "bilinear")
 SELECT_BY = ("val_acc", "val_balanced_acc", "val_macro_f1")
 CLASS_WEIGHTS = (None, "balanced")
 SAMPLERS = ("shuffle", "balanced")
+LOGGERS = ("none", "csv", "tensorboard", "mlflow")
 MAX_IMAGE_SIZE = 4096  # a side beyond this is a typo (PBC's images are 360 px)
 
 
@@ -304,6 +315,8 @@ def validate_config(cfg) -> list[str]:
     choice("trainer.select_by", trainer.select_by, SELECT_BY)
     choice("trainer.class_weights", trainer.class_weights, CLASS_WEIGHTS)
     choice("trainer.sampler", trainer.sampler, SAMPLERS)
+    if "logger" in cfg:
+        choice("logger", cfg.logger.kind, LOGGERS)
     optim = cfg.optim or {}
     for key, low, high, low_open in (("lr", 0, None, True), ("momentum", 0, 0.9999, False),
                                      ("weight_decay", 0, None, False), ("eps", 0, None, True)):

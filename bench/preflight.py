@@ -99,6 +99,10 @@ def preflight(plan: Plan) -> Report:
     report = Report()
     cfg = plan.cfg
     report.problems.extend(validate_config(cfg))
+    from bench.loggers import missing_package
+
+    if missing_package(cfg.logger.kind):
+        report.problems.append(missing_package(cfg.logger.kind))
     n_images = _check_data(cfg, report)
     _check_models(plan, report)
     _check_disk(plan, report)

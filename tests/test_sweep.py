@@ -90,7 +90,7 @@ def test_cuda_oom_retries_with_half_the_micro_batch(make_cfg, monkeypatch, tmp_p
     calls, first_attempt = [], []
     real_fit = train_mod._fit
 
-    def flaky_fit(cfg, run_dir, exp_dir, chash, threads, *, grad_accum, oom_retry=False):
+    def flaky_fit(cfg, run_dir, exp_dir, chash, threads, tracker, *, grad_accum, oom_retry=False):
         calls.append(grad_accum)
         if len(calls) == 1:
             weights = torch.zeros(1024, 1024)  # stands for the failed attempt's model on the GPU
@@ -98,7 +98,7 @@ def test_cuda_oom_retries_with_half_the_micro_batch(make_cfg, monkeypatch, tmp_p
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         # The failed attempt's tensors are gone before the retry allocates its own.
         assert first_attempt[0]() is None
-        return real_fit(cfg, run_dir, exp_dir, chash, threads, grad_accum=grad_accum, oom_retry=oom_retry)
+        return real_fit(cfg, run_dir, exp_dir, chash, threads, tracker, grad_accum=grad_accum, oom_retry=oom_retry)
 
     monkeypatch.setattr(train_mod, "_fit", flaky_fit)
     out = train(make_cfg("trainer.epochs=1", "trainer.max_batches=2"))

@@ -39,6 +39,7 @@ from bench.metrics import SELECT_BY, classification_metrics, collapse_warning, c
 from bench.models import count_gflops, count_params, create_model, get_model_spec
 from bench.precision import choose_cpu_precision, precision_record_key, read_precision_records, resolve_precision
 from bench.protocol import protocol_deviations
+from bench.loggers import flatten, make_logger
 from bench.threads import thread_policy
 
 log = logging.getLogger("bench.train")
@@ -48,7 +49,7 @@ log = logging.getLogger("bench.train")
 # cv / two_level / svm drive other commands (bench-cv, bench-svm); a training run's own data
 # selection is in data.* (fold, classes, class_map), which stays in the hash.
 NON_RESULT_KEYS = {"paths": None, "trainer": ("progress", "num_threads", "checkpoint_every_s"), "data": ("decode_workers", "store"),
-                   "cv": None, "two_level": None, "svm": None}
+                   "cv": None, "two_level": None, "svm": None, "logger": None}
 # Options added after runs were already on disk, with the value that does what the code did before
 # them: at that value they stay out of the identity hash, so adding an option never retrains (or
 # sets aside) a finished run whose config did not ask for it.
@@ -204,9 +205,11 @@ def train(cfg: DictConfig) -> dict:
 def _fit_with_oom_retry(cfg, run_dir, exp_dir, chash) -> dict:
     """On CUDA out-of-memory, retry once with half the micro-batch and twice the gradient
     accumulation, so the effective batch (and the protocol) stays the same."""
-    with thread_policy(cfg.trainer.num_threads, cfg.paths.cache_dir) as threads:
+    with thread_policy(cfg.trainer.num_threads, cfg.paths.cache_dir) as threads, \
+            make_logger(cfg, runs.model_dirname(cfg.model.name), int(cfg.seed)) as tracker:
+        tracker.params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         try:
-            return _fit(cfg, run_dir, exp_dir, chash, threads, grad_accum=cfg.trainer.grad_accum)
+            return _fit(cfg, run_dir, exp_dir, chash, threads, tracker, grad_accum=cfg.trainer.grad_accum)
         except torch.cuda.OutOfMemoryError as exc:
             if cfg.trainer.batch_size // (2 * cfg.trainer.grad_accum) < 1:
                 raise
@@ -215,10 +218,11 @@ def _fit_with_oom_retry(cfg, run_dir, exp_dir, chash) -> dict:
         # frames, and with them its model, optimizer state and batches on the GPU.
         log.warning("CUDA out of memory (%s); retrying with half the micro-batch", message)
         _release_memory()
-        return _fit(cfg, run_dir, exp_dir, chash, threads, grad_accum=2 * cfg.trainer.grad_accum, oom_retry=True)
+        return _fit(cfg, run_dir, exp_dir, chash, threads, tracker, grad_accum=2 * cfg.trainer.grad_accum,
+                    oom_retry=True)
 
 
-def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, *, grad_accum: int,
+def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, tracker, *, grad_accum: int,
          oom_retry: bool = False) -> dict:
     tcfg = cfg.trainer
     check_config(cfg)  # the preflight said so already; a config that reaches here by the Python API too
@@ -330,6 +334,7 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, *, grad_
             "val_macro_f1": va_scores["val_macro_f1"], "seconds": tr["seconds"] + va["seconds"],
             "train_img_s": tr["img_s"],
         })
+        tracker.epoch(epoch + 1, {k: float(v) for k, v in history[-1].items() if k not in ("epoch", "seconds")})
         log.info("%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f bal %.4f | %.0f img/s",
                  cfg.model.name, epoch + 1, tcfg.epochs, tr["loss"], tr["acc"], va["loss"], va["acc"],
                  va_scores["val_balanced_acc"], tr["img_s"])
@@ -397,6 +402,7 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, *, grad_
         "protocol_deviations": protocol_deviations(cfg),  # vs. the paper's recipe; [] = follows it
     }
     runs.write_json_atomic(run_dir.metrics, metrics)
+    tracker.final(metrics)
     log.info("%s seed %d: best epoch %d, val acc %.4f, test acc %.4f -> %s", cfg.model.name, cfg.seed,
              best["epoch"], metrics["val"]["accuracy"], metrics["test"]["accuracy"], run_dir.root)
     return metrics
