@@ -336,6 +336,10 @@ def run(name: str, argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`bench-models | head`): stop quietly
         _silence_stdout()
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback from deep inside torch
+        print(f"\n{name}: interrupted. Everything finished is kept and a run in progress resumes from its "
+              "last checkpoint: rerun the same command to go on.", file=sys.stderr)
+        return 130
 
 
 def _silence_stdout() -> None:

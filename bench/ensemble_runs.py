@@ -148,6 +148,14 @@ def load_candidates(exp_dir, splits: Sequence[str] = SPLITS) -> Candidates:
             continue
         val_acc = float((record.metrics.get("val") or {}).get("accuracy", math.nan))
         found.append((record, run_dir, val_acc))
+    # Runs trained on another class set than most (a subset, a grouping) cannot vote with them.
+    main = lb.main_class_set([record for record, _, _ in found])
+    for record, run_dir, _ in list(found):
+        why = lb.off_main_classes(record, main)
+        if why:
+            skipped.append(f"{member_id(record.model, record.seed)}: {why}")
+            log.warning("skipping %s: %s", run_dir.root, why)
+            found.remove((record, run_dir, _))
     found.sort(key=lambda t: (-t[2] if t[2] == t[2] else math.inf, t[0].model,
                               t[0].seed if isinstance(t[0].seed, int) else math.inf))
     cands = Candidates(exp_dir, [], [], [], [], [], [], skipped=skipped)

@@ -50,6 +50,7 @@ PER_CLASS_CSV = "per_class.csv"
 SUMMARY_CSV = "summary.csv"
 LOCK_FILE = ".leaderboard.lock"
 
+STATUS_UNREADABLE = "unreadable"  # completed, but its metrics.json cannot be read
 KIND_MODEL = "model"
 KIND_ENSEMBLE = "ensemble"
 
@@ -155,6 +156,11 @@ def read_run(run_dir: runs.RunDir) -> RunRecord | None:
     # is writing it, or it was deleted), and then the run is not finished for us.
     metrics = _read_json_or_none(run_dir.metrics, "metrics file")
     if not isinstance(metrics, dict) or "test" not in metrics:
+        if run_dir.metrics.exists() and _read_json_or_none(run_dir.metrics, "metrics file") is None:
+            # Writes are atomic, so this is damage, not a write in progress: say so, by path.
+            return RunRecord(model, seed, STATUS_UNREADABLE,
+                             f"{run_dir.metrics} is unreadable; rerun the same command to evaluate the run again "
+                             "from its checkpoints and rewrite it", root=run_dir.root)
         return RunRecord(model, seed, runs.STATUS_RUNNING, error)
     return RunRecord(metrics.get("model") or model, metrics.get("seed", seed), state, error, metrics, run_dir.root)
 
@@ -340,11 +346,13 @@ def ranking_text(board: pd.DataFrame) -> str:
     return f"ranked by {RANK_NAMES[rank_key(models)]}" if len(models) else "ranked by validation accuracy"
 
 
-def _rank_rows(frame: pd.DataFrame) -> pd.DataFrame:
+def _rank_rows(frame: pd.DataFrame, off_main: pd.Series | None = None) -> pd.DataFrame:
     """Order: ranked runs by the rank key (:func:`rank_key`, desc), then model, seed; unranked runs
-    after them."""
+    (not completed, or trained on another class set: ``off_main``) after them."""
     key = rank_key(frame)
     rankable = (frame["status"] == runs.STATUS_COMPLETED) & frame[key].notna()
+    if off_main is not None:
+        rankable &= ~off_main
     ranked = frame[rankable].copy()
     ranked["_seed_key"] = pd.to_numeric(ranked["seed"], errors="coerce")
     ranked = ranked.sort_values(
@@ -422,17 +430,46 @@ def ensemble_rows_frame(exp_dir, columns: Sequence[str]) -> pd.DataFrame | None:
     return frame.sort_values(["val_acc", "model"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
 
 
+def main_class_set(records: Sequence[RunRecord]) -> tuple[str, ...] | None:
+    """The classes most completed runs of an experiment were trained on (ties: more classes, then
+    the first seen). Runs on other classes (a subset, a grouping) are not ranked against them."""
+    counts: dict[tuple[str, ...], int] = {}
+    for record in records:
+        if record.completed:
+            key = tuple(_classes_of(record.metrics))
+            counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return None
+    return max(counts, key=lambda k: (counts[k], len(k)))
+
+
+def off_main_classes(record: RunRecord, main: tuple[str, ...] | None) -> str | None:
+    """Why a completed run is not ranked with the others (its classes differ), or None."""
+    classes = tuple(_classes_of(record.metrics))
+    if main is None or not record.completed or classes == main:
+        return None
+    return (f"trained on other classes ({', '.join(classes)}) than most runs here ({', '.join(main)}): "
+            "not ranked or ensembled with them; give such runs their own experiment_name.")
+
+
 def model_rows_frame(records: Sequence[RunRecord], reference: dict[str, float] | None = None) -> pd.DataFrame:
-    """One ranked row per run (kind "model")."""
+    """One ranked row per run (kind "model"); runs on another class set than most are unranked."""
     reference = load_reference() if reference is None else reference
     classes = _union_classes([r for r in records if r.completed])
+    main = main_class_set(records)
     if classes and not is_pbc_classes(classes):
         reference = {}  # the paper's numbers are for PBC's eight classes: nothing to compare with
     rows = [_model_row(r, classes, reference) for r in records]
+    for row, record in zip(rows, records):
+        why = off_main_classes(record, main)
+        if why:
+            row["warnings"] = " ".join(w for w in (row.get("warnings"), why) if w)
+            row["_off_main"] = True
     external = sorted({k for row in rows for k in row if k.startswith("ext_")})
+    off_main = [bool(row.get("_off_main")) for row in rows]
     frame = pd.DataFrame(rows, columns=[*_leaderboard_columns(classes), *external])
     if len(frame):
-        frame = _rank_rows(frame)
+        frame = _rank_rows(frame, pd.Series(off_main, index=frame.index))
     return _as_int_where_integral(frame, INT_COLUMNS)
 
 

@@ -27,7 +27,12 @@ from bench.config import compose_config
 log = logging.getLogger(__name__)
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
-BYTES_PER_PARAM_ON_DISK = 4 * 4  # best.pt (fp32) + last.pt (weights + SGD momentum + margin)
+# A finished run keeps best.pt (fp32 weights) and last.pt (weights + SGD momentum): 12 bytes per
+# parameter. While last.pt and best.pt are rewritten, old and new copies exist together: another
+# 12 bytes per parameter, for one model at a time (the largest counts).
+BYTES_PER_PARAM_KEPT = 3 * 4
+BYTES_PER_PARAM_REWRITE = 3 * 4
+SPLIT_KEYS = ("data.split_seed", "data.split_fractions", "data.split_mode")
 
 
 @dataclass
@@ -36,6 +41,8 @@ class Plan:
     models: list[str]
     seeds: list[int]
     multirun: bool
+    swept: dict[str, list[str]] = field(default_factory=dict)  # every swept key and its values
+    overrides: list[str] = field(default_factory=list)  # the command line's overrides as given
 
     @property
     def n_runs(self) -> int:
@@ -88,7 +95,8 @@ def plan_runs(args: list[str]) -> Plan:
             swept.setdefault(key, _sweep_values(parser, key, str(text)))
     models = swept.get("model") or swept.get("model.name") or [cfg.model.name]
     seeds = [int(s) for s in swept.get("seed", [cfg.seed])]
-    return Plan(cfg=cfg, models=models, seeds=seeds, multirun=multirun)
+    return Plan(cfg=cfg, models=models, seeds=seeds, multirun=multirun, swept=swept,
+                overrides=[a for a in args if a not in MULTIRUN_FLAGS])
 
 
 # --------------------------------------------------------------------------- checks
@@ -104,6 +112,7 @@ def preflight(plan: Plan) -> Report:
     if missing_package(cfg.logger.kind):
         report.problems.append(missing_package(cfg.logger.kind))
     n_images = _check_data(cfg, report)
+    _check_split_sweep(plan, report)
     _check_models(plan, report)
     _check_disk(plan, report)
     _check_memory(plan, report, n_images)
@@ -225,6 +234,19 @@ def _check_manifest(cfg, records, report: Report) -> None:
             f"{examples}). Nothing was moved. Another dataset is another experiment: add experiment_name=<name>.")
 
 
+def _check_split_sweep(plan: Plan, report: Report) -> None:
+    """A sweep over split settings into one experiment would run every value on the first split."""
+    swept = [k for k in SPLIT_KEYS if len(plan.swept.get(k, [])) > 1]
+    per_split_name = any(o.split("=", 1)[0].lstrip("+") == "experiment_name" and "${data.split" in o
+                         for o in plan.overrides)
+    if swept and not per_split_name:
+        key = swept[0]
+        report.problems.append(
+            f"{key} is swept ({', '.join(plan.swept[key])}) but every value would share experiment "
+            f"{plan.cfg.experiment_name!r} and so one split (an experiment has one). Give each split its own "
+            f"experiment: add 'experiment_name={plan.cfg.experiment_name}_split${{{key}}}'.")
+
+
 def _check_augment(cfg, report: Report) -> None:
     from bench.data.transforms import BatchAugment
 
@@ -327,19 +349,39 @@ def _check_disk(plan: Plan, report: Report) -> None:
     cfg = plan.cfg
     results = Path(cfg.paths.results_dir).expanduser().resolve()
     existing = next((p for p in [results, *results.parents] if p.exists()), Path("/"))
+    problem = _not_writable(existing)
+    if problem:
+        report.problems.append(f"paths.results_dir={cfg.paths.results_dir}: {existing} is not writable ({problem}); "
+                               "nothing could be saved. Point paths.results_dir at a writable folder.")
+        return
     free = shutil.disk_usage(existing).free
-    need = 0
+    need, largest = 0, 0
     for name in plan.models:
         try:
-            spec = get_model_spec(name)
-            need += _param_count(name, spec) * BYTES_PER_PARAM_ON_DISK * len(plan.seeds)
+            params = _param_count(name, get_model_spec(name))
         except Exception:
             continue  # reported by the model checks
+        need += params * BYTES_PER_PARAM_KEPT * len(plan.seeds)
+        largest = max(largest, params)
+    need += largest * BYTES_PER_PARAM_REWRITE
     line = f"disk: checkpoints need about {_size(need)}, {_size(free)} free at {existing}"
     if need * 1.2 > free:
         report.problems.append(line + "; free some space or set paths.results_dir=... elsewhere.")
     else:
         report.notes.append(line)
+
+
+def _not_writable(folder: Path) -> str | None:
+    """Why a file cannot be created in ``folder`` (tried for real: permissions, a read-only
+    mount, a full disk), or None."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    return None
 
 
 def _size(n_bytes: float) -> str:
@@ -356,16 +398,17 @@ def _check_memory(plan: Plan, report: Report, n_images: int | None) -> None:
     except ValueError as exc:
         report.problems.append(str(exc))
         return
-    available = available_memory()
-    if not n_images or available is None or cfg.data.store == "mmap":
-        return
     sizes = []
     for name in plan.models:
         try:
             sizes.append(int(cfg.data.image_size or get_model_spec(name).input_size))
         except Exception:
             continue  # reported by the model checks
-    if not sizes:
+    if not n_images or not sizes:
+        return
+    _check_store_disk(cfg, n_images, sorted(set(sizes)), report)
+    available = available_memory()
+    if available is None or cfg.data.store == "mmap":
         return
     size = max(sizes)
     need = memory_need(n_images, size)
@@ -378,6 +421,28 @@ def _check_memory(plan: Plan, report: Report, n_images: int | None) -> None:
     else:
         report.problems.append(line + "; free memory, set data.store=auto (or mmap) to read them from the store "
                                "file, or set a smaller data.image_size.")
+
+
+def _check_store_disk(cfg, n_images: int, sizes: list[int], report: Report) -> None:
+    """The decoded-image store (one per input size) must fit on the cache's disk."""
+    if not cfg.paths.cache_dir:
+        return
+    cache = Path(cfg.paths.cache_dir).expanduser().resolve()
+    existing = next((p for p in [cache, *cache.parents] if p.exists()), Path("/"))
+    problem = _not_writable(existing)
+    if problem:
+        report.problems.append(f"paths.cache_dir={cfg.paths.cache_dir}: {existing} is not writable ({problem}); "
+                               "the decoded images are stored there. Point paths.cache_dir at a writable folder.")
+        return
+    need = sum(n_images * s * s * 3 for s in sizes)
+    free = shutil.disk_usage(existing).free
+    line = (f"disk: the decoded images ({n_images} at {', '.join(f'{s} px' for s in sizes)}) need about "
+            f"{_size(need)}, {_size(free)} free at {existing}")
+    if need * 1.1 > free:
+        report.problems.append(line + "; free space, set paths.cache_dir=... on a bigger disk, or a smaller "
+                                      "data.image_size.")
+    else:
+        report.notes.append(line)
 
 
 _PARAMS: dict[str, int] = {}

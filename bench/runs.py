@@ -28,6 +28,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -48,12 +50,17 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# Temporary files are named .<name>.<host>~<pid>.<random>.tmp: a later start can tell the leftovers
+# of a killed process (same host, pid gone) from a write in progress, and remove them.
+_TMP_PATTERN = re.compile(r"^\..+\.(?P<host>[^.~]+)~(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should read like any other file
@@ -63,6 +70,50 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_").replace("~", "_") or "host"
+
+
+def _owner() -> str:
+    # Computed per call: after a fork (decode workers) the pid differs from the one at import.
+    return f"{_host()}~{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Delete the temporary files a killed process left in ``folder`` (not recursive): those of this
+    host whose writer is gone. A full-size store or checkpoint temporary is gigabytes; without
+    this every kill would leave one for good. Returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    host = _host()
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TMP_PATTERN.match(entry.name)
+        if not m or m.group("host") != host or _pid_alive(int(m.group("pid"))):
+            continue
+        try:
+            entry.unlink()
+            removed.append(entry)
+        except OSError:
+            continue
+    if removed:
+        log.info("removed %d temporary file(s) left by killed processes in %s", len(removed), folder)
+    return removed
 
 
 def write_bytes_atomic(path, data: bytes) -> None:
@@ -170,19 +221,58 @@ class RunDir:
     def completed_metrics(self, config_hash: str) -> dict | None:
         """The metrics of this run if it completed under ``config_hash`` (so it can be
         skipped), else None. A run folder written under another config is first moved to
-        ``replaced/`` (logged), so a changed config never silently reuses an old result."""
+        ``replaced/`` (logged), so a changed config never silently reuses an old result.
+        A completed run whose metrics.json cannot be read is treated as unfinished: running it
+        again resumes from its last checkpoint and writes the file anew."""
         previous = self.read_status()
         if previous and previous.get("config_hash") != config_hash:
             dest = self.set_aside(previous.get("config_hash"))
             log.warning("config changed since %s was written; the old run was moved to %s", self.root, dest)
             return None
-        if previous and previous["status"] == STATUS_COMPLETED and self.metrics.exists():
-            return read_json(self.metrics)
+        if previous and previous.get("status") == STATUS_COMPLETED and self.metrics.exists():
+            try:
+                metrics = read_json(self.metrics)
+                if isinstance(metrics, dict) and "val" in metrics and "test" in metrics:
+                    return metrics
+                problem = "it lacks the val/test results"
+            except (OSError, ValueError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            log.warning("%s is unreadable (%s); evaluating the run again from its checkpoints", self.metrics, problem)
         return None
 
-    def record_failure(self, exc: BaseException, traceback_text: str, *, config_hash: str, **extra) -> str:
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this run folder while a process works in it. A second process asking for it gets
+        :class:`RunBusy` (naming the holder) at once; the lock dies with its process, so a
+        killed run never blocks a rerun. The lock file sits beside the folder, not in it, so
+        moving a folder to ``replaced/`` never moves a lock. No-op where fcntl is missing."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            yield
+            return
+        path = self.root.parent / f".{self.root.name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                raise RunBusy(self, holder) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()}".encode(), 0)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def record_failure(self, exc: BaseException, traceback_text: str, *, config_hash: str, error: str | None = None,
+                       **extra) -> str:
         """Status ``failed`` with a one-line error, and the full traceback in error.log."""
-        error = f"{type(exc).__name__}: {exc}"
+        error = error or f"{type(exc).__name__}: {exc}"
         write_text_atomic(self.root / "error.log", traceback_text)
         self.write_status(STATUS_FAILED, config_hash=config_hash, error=error, **extra)
         return error
@@ -196,6 +286,39 @@ class RunDir:
             **extra,
         }
         write_json_atomic(self.status, payload)
+
+
+# Below this much free space a write error is taken for a full disk (torch reports one as
+# "enforce fail at inline_container.cc ... file write failed", not as ENOSPC).
+DISK_FULL_MARGIN = 64 * 2**20
+
+
+def explain_error(exc: BaseException, folder) -> str:
+    """A failed run's one-line error; a full disk (ENOSPC, or a write error with the disk nearly
+    full) becomes one sentence saying where, how much is free and what to do."""
+    import errno
+    import shutil
+
+    text = f"{type(exc).__name__}: {exc}"
+    writing = isinstance(exc, OSError) or "inline_container" in text or "write" in text.lower()
+    try:
+        existing = next(p for p in [Path(folder), *Path(folder).parents] if p.exists())
+        free = shutil.disk_usage(existing).free
+    except (OSError, StopIteration):
+        return text
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or (writing and free < DISK_FULL_MARGIN):
+        return (f"disk full at {existing} ({free / 2**20:.0f} MB free) while writing this run's files. Earlier "
+                "results are intact; free some space (or set paths.results_dir=... on a bigger disk) and rerun "
+                f"the same command to resume. ({text.splitlines()[0][:200]})")
+    return text
+
+
+class RunBusy(RuntimeError):
+    """Another process is working in this run folder."""
+
+    def __init__(self, run_dir: RunDir, holder: str):
+        self.run_dir, self.holder = run_dir, holder
+        super().__init__(f"{run_dir.root} is being trained by {holder}")
 
 
 def iter_run_dirs(exp_dir) -> Iterator[RunDir]:

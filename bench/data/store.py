@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bench.data.imagefolder import try_decode
-from bench.runs import atomic_path, write_json_atomic
+from bench.runs import atomic_path, remove_stale_temporaries, write_json_atomic
 from bench.config import STORE_MODES  # the choices, defined once
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,7 @@ def load_or_decode(
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: rebuild below
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)  # full-size leftovers of a build that was killed
     with atomic_path(arr_path) as tmp:
         # Decoded straight into the file: the images never need to fit in memory at once.
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))

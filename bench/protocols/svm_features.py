@@ -452,7 +452,7 @@ def _write_run(cfg, run_dir: runs.RunDir, chash: str, name: str, feature_model: 
         "eval_img_s": len(test["labels"]) / test["seconds"] if test["seconds"] > 0 else None,  # SVM only
         "peak_mem_mb": peak_memory_mb(device),
         "batch_size": None, "grad_accum": None, "oom_retry": None, "amp": None, "channels_last": None,
-        "n_excluded": len(bundle.excluded), "data_root": bundle.root,
+        "n_excluded": bundle.n_left_out, "data_root": bundle.root,
         "device": str(device), "env": env_info(device), "config_hash": chash,
         "protocol": PROTOCOL,
         "svm": {"feature_model": feature_model, "weights": tag, **summary},

@@ -174,26 +174,51 @@ def train(cfg: DictConfig) -> dict:
     run_dir = runs.RunDir.for_run(exp_dir, model_name, seed)
     container, chash = run_identity(cfg)
     summary = {"model": model_name, "seed": seed, "experiment": cfg.experiment_name, "run_dir": str(run_dir.root)}
+    try:
+        with run_dir.lock():
+            return _train_locked(cfg, run_dir, exp_dir, container, chash, summary)
+    except runs.RunBusy as busy:
+        # Another process trains this folder: the same run (two identical sweeps started together)
+        # is left to it; another config must not move or overwrite it under its feet.
+        holder = run_dir.read_status() or {}
+        if holder.get("config_hash") == chash:
+            log.info("%s seed %d: being trained by %s; skipped here", model_name, seed, busy.holder)
+            return {**summary, "status": "skipped", "note": f"being trained by {busy.holder}"}
+        error = (f"{run_dir.root} is being trained by {busy.holder} with another config; this run did not start "
+                 "and nothing of that run was touched. Rerun this command when that one is done, or give this "
+                 "run its own experiment_name=...")
+        log.error("%s seed %d: %s", model_name, seed, error)
+        return {**summary, "status": runs.STATUS_FAILED, "error": error}
 
+
+def _train_locked(cfg, run_dir: runs.RunDir, exp_dir: Path, container: dict, chash: str, summary: dict) -> dict:
+    model_name, seed = summary["model"], summary["seed"]
     metrics = run_dir.completed_metrics(chash)
     if metrics is not None:
         log.info("%s seed %d: already completed with this config, skipped (%s)", model_name, seed, run_dir.root)
         return {**summary, "status": "skipped", "val_acc": metrics["val"]["accuracy"],
                 "test_acc": metrics["test"]["accuracy"]}
 
-    run_dir.root.mkdir(parents=True, exist_ok=True)
-    runs.write_text_atomic(run_dir.config, OmegaConf.to_yaml(container))
-    run_dir.write_status(runs.STATUS_RUNNING, config_hash=chash, model=model_name, seed=seed)
     try:
+        run_dir.root.mkdir(parents=True, exist_ok=True)
+        for folder in (run_dir.root, exp_dir):  # checkpoint / table temporaries of a killed earlier process
+            runs.remove_stale_temporaries(folder)
+        runs.write_text_atomic(run_dir.config, OmegaConf.to_yaml(container))
+        run_dir.write_status(runs.STATUS_RUNNING, config_hash=chash, model=model_name, seed=seed)
         metrics = _fit_with_oom_retry(cfg, run_dir, exp_dir, chash)
+        run_dir.write_status(runs.STATUS_COMPLETED, config_hash=chash, model=model_name, seed=seed)
     except KeyboardInterrupt:
         raise  # stays "running": the next invocation resumes from last.pt
     except Exception as exc:  # a failed model is a row with an error, never a crash of the sweep
-        error = run_dir.record_failure(exc, traceback.format_exc(), config_hash=chash, model=model_name, seed=seed)
+        error = runs.explain_error(exc, run_dir.root)
+        try:
+            run_dir.record_failure(exc, traceback.format_exc(), config_hash=chash, model=model_name, seed=seed,
+                                   error=error)
+        except OSError as record_exc:  # e.g. the disk is full: say so once, without a chain of tracebacks
+            error += f" (the failure could not be recorded in {run_dir.status} either: {record_exc})"
         log.error("%s seed %d FAILED: %s", model_name, seed, error)
         result = {**summary, "status": runs.STATUS_FAILED, "error": error}
     else:
-        run_dir.write_status(runs.STATUS_COMPLETED, config_hash=chash, model=model_name, seed=seed)
         result = {**summary, "status": runs.STATUS_COMPLETED, "val_acc": metrics["val"]["accuracy"],
                   "test_acc": metrics["test"]["accuracy"]}
     finally:
@@ -397,7 +422,10 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, tracker,
         "peak_mem_mb": peak_memory_mb(device),
         "batch_size": int(tcfg.batch_size), "grad_accum": grad_accum, "oom_retry": oom_retry,
         "amp": amp, "channels_last": channels_last,
-        "n_excluded": len(bundle.excluded), "data_root": bundle.root,
+        # Left out entirely; files with identical bytes under two labels are listed in excluded.csv
+        # too but train (they are only kept out of validation and test).
+        "n_excluded": bundle.n_left_out, "n_train_only_duplicates": len(bundle.excluded) - bundle.n_left_out,
+        "data_root": bundle.root,
         "device": str(device), "env": env_info(device), "config_hash": chash,
         "protocol_deviations": protocol_deviations(cfg),  # vs. the paper's recipe; [] = follows it
     }

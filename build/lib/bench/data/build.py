@@ -34,6 +34,12 @@ class DataBundle:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def n_left_out(self) -> int:
+        """Files of ``excluded`` that are in no split (the rest train, e.g. conflicting duplicates)."""
+        used = {p for split in self.splits.values() for p in split.paths}
+        return int(sum(p not in used for p in self.excluded["path"]))
+
     def summary(self) -> str:
         counts = ", ".join(f"{s} {len(self.splits[s])}" for s in SPLITS)
         return f"{self.num_classes} classes, {counts}, {len(self.excluded)} excluded ({self.root})"

@@ -258,7 +258,7 @@ def compose_and_evaluate(cfg, level1_cfg, level2_cfgs, run_dir: runs.RunDir, cha
         "eval_img_s": metrics_of["test"]["eval_img_s"],
         "peak_mem_mb": _nanmax([_float(m.get("peak_mem_mb")) for m in level_metrics]),
         "batch_size": int(cfg.trainer.batch_size),
-        "n_excluded": len(bundle.excluded), "excluded_by_class": excluded_by_class,
+        "n_excluded": bundle.n_left_out, "excluded_by_class": excluded_by_class,
         "data_root": bundle.root, "device": str(device), "env": env_info(device), "config_hash": chash,
         "two_level": {
             "groups": groups,
