@@ -64,6 +64,8 @@ TAIL_COLUMNS = (
     "val_balanced_acc",
     "val_macro_f1",
     "select_by",  # the validation number that picked the best epoch (trainer.select_by)
+    "weights",  # what the network started from: IMAGENET1K_V1 / _V2 / a timm tag / scratch / local:<path>
+    "precision",  # fp32 | bf16, as trained
     "params_m",
     "gflops",
     "epochs",
@@ -284,6 +286,8 @@ def _model_row(record: RunRecord, classes: Sequence[str], reference: dict[str, f
     for key in ("test_balanced_acc", "val_balanced_acc", "val_macro_f1"):
         row[key] = math.nan
     row["select_by"] = None
+    row["weights"] = None
+    row["precision"] = None
     row["error"] = record.error if record.error else None
     row["warnings"] = None
     row["protocol"] = None
@@ -307,6 +311,8 @@ def _model_row(record: RunRecord, classes: Sequence[str], reference: dict[str, f
     row["val_balanced_acc"] = _num(val.get("balanced_accuracy"))
     row["val_macro_f1"] = _num((val.get("macro") or {}).get("f1"))
     row["select_by"] = metrics.get("select_by") or "val_acc"  # runs before trainer.select_by: accuracy
+    row["weights"] = metrics.get("weights")
+    row["precision"] = metrics.get("precision") or (("bf16" if metrics["amp"] else "fp32") if "amp" in metrics else None)
     row["warnings"] = " ".join(metrics.get("warnings") or []) or None
     if record.root is not None:
         row.update(external_scores(record.root))

@@ -92,23 +92,26 @@ class MappedImages:
         return self
 
 
-def store_key(files: Sequence[Path], size: int) -> str:
-    """Cache key from each file's path, byte size and mtime (ns) plus the image size."""
-    h = hashlib.sha256(f"v{STORE_FORMAT}|{size}".encode())
+def store_key(files: Sequence[Path], size: int, geometry: tuple = ("resize",)) -> str:
+    """Cache key from each file's path, byte size and mtime (ns) plus the image size (and the
+    geometry when it is not the whole-image resize, so existing stores keep their keys)."""
+    extra = "" if tuple(geometry)[:1] == ("resize",) else "|" + "|".join(map(str, geometry))
+    h = hashlib.sha256(f"v{STORE_FORMAT}|{size}{extra}".encode())
     for f in files:
         st = os.stat(f)
         h.update(f"|{f}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
 
 
-def decode_all(files: Sequence[Path], size: int, *, workers: int = 0,
-               out: np.ndarray | None = None) -> tuple[np.ndarray, list[str | None]]:
+def decode_all(files: Sequence[Path], size: int, *, workers: int = 0, out: np.ndarray | None = None,
+               geometry: tuple = ("resize",)) -> tuple[np.ndarray, list[str | None]]:
     """Decode ``files`` to an (N, S, S, 3) uint8 array (``out``, e.g. a memory-mapped file,
-    when given); failures give a zero image and a reason."""
+    when given); failures give a zero image and a reason. ``geometry``: ``(kind, crop_fraction)``
+    of :func:`bench.data.imagefolder.decode_resized`."""
     if out is None:
         out = np.zeros((len(files), size, size, 3), dtype=np.uint8)
     reasons: list[str | None] = [None] * len(files)
-    jobs = [(str(f), size) for f in files]
+    jobs = [(str(f), size, *geometry) for f in files]
     # CPUs this process may use (a Slurm job gets a share of the node, not all of it).
     workers = workers or usable_cpus()
     if workers > 1 and len(files) >= 64:
@@ -138,12 +141,13 @@ def _put(out, reasons, i, arr, reason) -> None:
 
 
 def load_or_decode(
-    files: Sequence[Path], size: int, cache_dir: str | os.PathLike | None, *, workers: int = 0
+    files: Sequence[Path], size: int, cache_dir: str | os.PathLike | None, *, workers: int = 0,
+    geometry: tuple = ("resize",),
 ) -> tuple[np.ndarray, list[str | None]]:
     """``decode_all`` through an on-disk cache (``None`` disables the cache)."""
     if cache_dir is None:
-        return decode_all(files, size, workers=workers)
-    key = store_key(files, size)
+        return decode_all(files, size, workers=workers, geometry=geometry)
+    key = store_key(files, size, geometry)
     folder = Path(cache_dir) / "stores"
     arr_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
     if arr_path.exists() and meta_path.exists():
@@ -162,7 +166,7 @@ def load_or_decode(
     with atomic_path(arr_path) as tmp:
         # Decoded straight into the file: the images never need to fit in memory at once.
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
-        _, reasons = decode_all(files, size, workers=workers, out=out)
+        _, reasons = decode_all(files, size, workers=workers, out=out, geometry=geometry)
         out.flush()
         del out
     # The metadata is written last: its presence means the array is complete (a truncated

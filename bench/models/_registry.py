@@ -151,6 +151,7 @@ def create_model(
     num_classes: int,
     pretrained: bool = False,
     weights: Union[str, Path, None] = None,
+    weights_tag: Optional[str] = None,
 ) -> nn.Module:
     """Build model ``name`` with a fresh ``num_classes``-way head.
 
@@ -164,6 +165,9 @@ def create_model(
         weights: optional local checkpoint / state dict applied after the head is
             replaced (see :func:`~bench.models.weights.load_local_weights`);
             tensors whose shapes differ (e.g. the head) are skipped.
+        weights_tag: which ImageNet weights with ``pretrained`` (torchvision's
+            ``IMAGENET1K_V1``, ``IMAGENET1K_V2``, ...; timm's pretrained tag); None = the
+            latest. Builders receive it as ``pretrained="<tag>"``.
 
     The model is returned in train mode and on the CPU, unwrapped.
     """
@@ -175,7 +179,7 @@ def create_model(
         from .weights import check_weights_path
 
         check_weights_path(weights)
-    model = spec.builder(num_classes=num_classes, pretrained=pretrained)
+    model = spec.builder(num_classes=num_classes, pretrained=(weights_tag or True) if pretrained else False)
     if weights is not None:
         from .weights import format_load_report, load_local_weights
 

@@ -58,6 +58,8 @@ def build_timm(name: str, num_classes: int, pretrained: bool = False) -> nn.Modu
     import timm
 
     if pretrained:
+        if pretrained is not True:  # a weights tag: timm names it <model>.<tag>
+            name = f"{name}.{pretrained}"
         try:
             model = timm.create_model(name, pretrained=True)
         except Exception as exc:  # offline / missing from the HF cache

@@ -35,25 +35,62 @@ class PretrainedWeightsUnavailable(RuntimeError):
 # ---------------------------------------------------------------- torchvision / hub
 
 
-def _torchvision_default_weights(name: str):
-    """torchvision's DEFAULT weights enum member for ``name``, or None."""
+def weights_tags(name: str) -> list[str]:
+    """The ImageNet weights torchvision has for ``name`` (e.g. IMAGENET1K_V1, IMAGENET1K_V2); []."""
     import torchvision
 
     try:
-        return torchvision.models.get_model_weights(name).DEFAULT
+        return [w.name for w in torchvision.models.get_model_weights(name)]
+    except (ValueError, KeyError, AttributeError):
+        return []
+
+
+def torchvision_weights(name: str, tag: Optional[str] = None):
+    """torchvision's weights enum member for ``name``: ``tag`` (``IMAGENET1K_V1``, ...), or the
+    latest (``DEFAULT``) when ``tag`` is None; None when torchvision has no weights for ``name``.
+    An unknown tag raises ValueError naming the ones there are."""
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(name)
     except (ValueError, KeyError, AttributeError):
         return None
+    if tag is None or tag == "DEFAULT":
+        return enum.DEFAULT
+    try:
+        return enum[tag]
+    except KeyError:
+        raise ValueError(f"model.weights_tag={tag!r} is not one of {name}'s ImageNet weights: "
+                         f"{', '.join(weights_tags(name))} (DEFAULT is {enum.DEFAULT.name}).") from None
 
 
-def weights_cache_path(name: str) -> Optional[Path]:
-    """The file torchvision's ``pretrained`` weights for ``name`` are cached in.
+def _torchvision_default_weights(name: str):
+    """torchvision's DEFAULT weights enum member for ``name``, or None."""
+    return torchvision_weights(name)
+
+
+def resolved_weights_tag(name: str, tag: Optional[str] = None) -> Optional[str]:
+    """Which weights ``model.weights_tag`` means for ``name``: the enum member's own name
+    (``DEFAULT`` resolved, e.g. IMAGENET1K_V2 for resnet50), timm's pretrained tag, or None."""
+    if name.startswith("timm/"):
+        import timm
+
+        base = name[len("timm/"):]
+        cfg = timm.models.get_pretrained_cfg(f"{base}.{tag}" if tag else base)
+        return getattr(cfg, "tag", None) or tag
+    w = torchvision_weights(name, tag)
+    return w.name if w is not None else None
+
+
+def weights_cache_path(name: str, tag: Optional[str] = None) -> Optional[Path]:
+    """The file torchvision's ``pretrained`` weights for ``name`` (``tag``) are cached in.
 
     ``$TORCH_HOME/hub/checkpoints/<basename of the weights URL>`` (i.e.
     ``torch.hub.get_dir()/checkpoints/...``). ``None`` for models that are not
     torchvision models (timm models use the Hugging Face hub cache; custom models
     have no pretrained weights).
     """
-    w = _torchvision_default_weights(name)
+    w = torchvision_weights(name, tag)
     if w is None:
         return None
     filename = os.path.basename(urlparse(w.url).path)
@@ -68,7 +105,8 @@ def _download(url: str, dst: Path, *, hash_prefix: Optional[str], progress: bool
     torch.hub.download_url_to_file(url, str(dst), hash_prefix, progress=progress)
 
 
-def fetch_weights(name: str, *, progress: bool = True, force: bool = False) -> Optional[Path]:
+def fetch_weights(name: str, tag: Optional[str] = None, *, progress: bool = True,
+                  force: bool = False) -> Optional[Path]:
     """Download the ImageNet weights of ``name`` into the cache pretrained=True reads.
 
     torchvision models: downloads to :func:`weights_cache_path` (hash-checked) and
@@ -80,12 +118,13 @@ def fetch_weights(name: str, *, progress: bool = True, force: bool = False) -> O
     if name.startswith("timm/"):
         import timm
 
-        timm.create_model(name[len("timm/"):], pretrained=True)
+        base = name[len("timm/"):]
+        timm.create_model(f"{base}.{tag}" if tag else base, pretrained=True)
         return None
-    w = _torchvision_default_weights(name)
+    w = torchvision_weights(name, tag)
     if w is None:
         raise ValueError(f"model {name!r} has no downloadable pretrained weights")
-    path = weights_cache_path(name)
+    path = weights_cache_path(name, tag)
     assert path is not None
     if path.is_file() and not force:
         return path
@@ -116,20 +155,21 @@ def unavailable_message(
     )
 
 
-def ensure_torchvision_weights(name: str) -> Path:
-    """Path of the cached torchvision weights for ``name``, downloading them if needed.
+def ensure_torchvision_weights(name: str, tag: Optional[str] = None) -> Path:
+    """Path of the cached torchvision weights for ``name`` (``tag``; None = the latest),
+    downloading them if needed.
 
     Raises :class:`PretrainedWeightsUnavailable` if the file is not cached and the
     download fails (e.g. offline).
     """
-    path = weights_cache_path(name)
+    path = weights_cache_path(name, tag)
     if path is None:
         raise PretrainedWeightsUnavailable(f"torchvision has no pretrained weights for {name!r}")
     if path.is_file():
         return path
-    w = _torchvision_default_weights(name)
+    w = torchvision_weights(name, tag)
     try:
-        fetch_weights(name)
+        fetch_weights(name, tag)
     except Exception as exc:  # any network/hash/IO failure means "not available here"
         raise PretrainedWeightsUnavailable(unavailable_message(name, path, w.url, exc)) from exc
     return path

@@ -180,6 +180,11 @@ def _data_info(run_dir: runs.RunDir, metrics: dict) -> tuple[str | None, str | N
     return kind, metrics.get("data_root")
 
 
+def is_fixed(entry: Entry) -> bool:
+    """An ensemble whose members were fixed in advance (``bench-ensemble method=paper``)."""
+    return bool((entry.metrics.get("selection") or {}).get("fixed_members"))
+
+
 def _load_ensembles(exp_dir: Path) -> list[Entry]:
     out = []
     folder = exp_dir / ENSEMBLES_DIR
@@ -252,6 +257,8 @@ def load_results(exp_dir, *, reference_dir: Path | str | None = "default",
             raise ValueError(f"no ensemble named {ensemble!r} in {exp_dir / ENSEMBLES_DIR} "
                              f"(found: {', '.join(e.model for e in ensembles) or 'none'})")
     elif ensembles:
-        chosen = ensembles[0]
+        # The headline ensemble is one chosen on validation; a fixed one (the paper's members,
+        # chosen on their test set) is shown beside it, never instead of it.
+        chosen = next((e for e in ensembles if not is_fixed(e)), ensembles[0])
     return ExperimentResults(exp_dir, classes, board, entries, unfinished.reset_index(drop=True), ensembles,
                              chosen, reference_dir, data_kind, data_root)

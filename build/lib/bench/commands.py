@@ -48,7 +48,7 @@ STATS_ALPHA = 0.05
 BENCHMARK_MODELS = "squeezenet1_1,mobilenet_v2,resnet18"
 BENCHMARK_MODES = ("fp32", "fp32_cl", "bf16", "bf16_cl")
 PREDICT_METHODS = ("majority", "soft")
-ENSEMBLE_METHODS = ("majority", "soft", "weighted", "greedy", "best_subset")
+ENSEMBLE_METHODS = ("majority", "soft", "weighted", "greedy", "best_subset", "paper")
 ENSEMBLE_OPTIONS = {
     "k": "number of members (default 4)",
     "method": f"one of {', '.join(ENSEMBLE_METHODS)} (default majority)",
@@ -58,6 +58,7 @@ ENSEMBLE_OPTIONS = {
     "voting": "hard or soft, for weighted, greedy and best_subset",
     "steps": "greedy: number of forward-selection steps (default 20)",
     "name": "output folder and leaderboard name (default <method>-k<k>, or greedy)",
+    "seed": "paper: which seed of each of the paper's four models (default 0)",
 }
 
 

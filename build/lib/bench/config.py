@@ -46,6 +46,14 @@ class DataConfig:
     root: Optional[str] = None  # imagefolder / bloodmnist folder
     image_size: Optional[int] = None  # null: the model's own input size (224; 299 for inception_v3)
     split_seed: int = 42  # fixed across model seeds so every run sees the same split
+    # Per-class split counts: round (shares rounded) | ceil (scikit-learn's train_test_split per
+    # class: test = ceil(0.12 n), then validation out of the rest; the paper's 147 basophils, ...)
+    split_rounding: str = "round"
+    # How an image becomes image_size x image_size: resize (the whole image) | resize_crop (the
+    # shorter side to image_size / crop_fraction, then the centre: torchvision's Resize(256) +
+    # CenterCrop(224), the ImageNet protocol)
+    geometry: str = "resize"
+    crop_fraction: float = 0.875
     # Stratified train / validation / test fractions (the paper's 64/24/12).
     split_fractions: List[float] = field(default_factory=lambda: [0.64, 0.24, 0.12])
     mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
@@ -78,6 +86,10 @@ class DataConfig:
 class ModelConfig:
     name: str = "resnet18"
     pretrained: bool = True  # ImageNet weights, as in the published protocol
+    # Which ImageNet weights: null = the latest (torchvision's DEFAULT, e.g. IMAGENET1K_V2 for
+    # resnet50); IMAGENET1K_V1 = torchvision's original ones (what papers of 2019-2021 used);
+    # for timm models a pretrained tag (e.g. a1_in1k).
+    weights_tag: Optional[str] = None
     weights: Optional[str] = None  # a local checkpoint or state dict to start from
     # Head and freezing (bench.models.heads): hidden widths of an MLP head replacing the
     # family's head ([] = the family's own head, as built by the registry), dropout after
@@ -297,6 +309,9 @@ def validate_config(cfg) -> list[str]:
           "data.split_fractions", fractions, "three positive fractions (train, val, test), e.g. [0.64,0.24,0.12]")
     choice("data.split_mode", data.split_mode, SPLIT_MODES)
     choice("data.store", data.store, STORE_MODES)
+    choice("data.split_rounding", data.split_rounding, ("round", "ceil"))
+    choice("data.geometry", data.geometry, ("resize", "resize_crop"))
+    number("data.crop_fraction", data.crop_fraction, low=0, high=1, low_open=True)
     aug = data.augment
     choice("data.augment.interpolation", aug.interpolation, INTERPOLATIONS)
     number("data.augment.rotation", aug.rotation, low=0, high=180)

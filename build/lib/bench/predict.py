@@ -6,8 +6,9 @@
     bench-predict IMAGES_DIR --ensemble results/<exp>/ensembles/<name> --out DIR
 
 Every image file under IMAGES_DIR (recursively; hidden files skipped) goes through the
-training's eval transform: decoded to RGB, the whole image resized to the checkpoint's
-input size (``decode_resized``), normalised with the checkpoint's mean/std. Class
+training's eval transform: decoded to RGB, resized to the checkpoint's input size the way the
+run did it (the whole image, or shorter side then centre crop: ``decode_resized`` with the
+checkpoint's geometry), normalised with the checkpoint's mean/std. Class
 names come from the checkpoint, so the class order cannot be mixed up; several
 checkpoints must have exactly the same class names. Checkpoints are loaded with
 ``torch.load(..., weights_only=True)``.
@@ -77,6 +78,12 @@ class LoadedCheckpoint:
     std: list[float]
     model: torch.nn.Module
     weight: float = 1.0
+    geometry: tuple = ("resize",)  # how the run decoded its images (data.geometry, crop_fraction)
+
+    @property
+    def decoding(self) -> tuple:
+        """What decoding an image for this checkpoint takes: (size, *geometry)."""
+        return (self.input_size, *self.geometry)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -112,7 +119,8 @@ def load_checkpoint(path, device: torch.device | str = "cpu") -> LoadedCheckpoin
         raise PredictError(f"could not rebuild {name} from {path} ({type(exc).__name__}: {exc}).") from exc
     model.eval().to(device)
     return LoadedCheckpoint(path, name, class_names, int(ckpt["input_size"]), [float(v) for v in ckpt["mean"]],
-                            [float(v) for v in ckpt["std"]], model)
+                            [float(v) for v in ckpt["std"]], model,
+                            geometry=tuple(ckpt.get("geometry") or ("resize",)))
 
 
 def ensemble_checkpoints(ens_dir) -> tuple[list[Path], list[float], str | None]:
@@ -177,19 +185,19 @@ def predict_probs(checkpoints: Sequence[LoadedCheckpoint], files: Sequence[Path]
                   device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """Probabilities (checkpoints, readable images, classes), the readable mask and reasons.
 
-    Images are decoded once per distinct input size, a batch at a time.
+    Images are decoded once per distinct input size and geometry, a batch at a time.
     """
     device = torch.device(device)
-    sizes = sorted({c.input_size for c in checkpoints})
+    sizes = sorted({c.decoding for c in checkpoints}, key=str)
     norms = [Normalize(c.mean, c.std, device=device) for c in checkpoints]
     n_cls = len(checkpoints[0].class_names)
     reasons: list[str | None] = [None] * len(files)
     out = []
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        decoded: dict[int, list] = {}
+        decoded: dict[tuple, list] = {}
         for size in sizes:
-            decoded[size] = [try_decode((str(f), size)) for f in chunk]
+            decoded[size] = [try_decode((str(f), *size)) for f in chunk]
         ok = []
         for i in range(len(chunk)):
             failed = [decoded[s][i][1] for s in sizes if decoded[s][i][0] is None]
@@ -202,7 +210,7 @@ def predict_probs(checkpoints: Sequence[LoadedCheckpoint], files: Sequence[Path]
         probs = np.zeros((len(checkpoints), len(ok), n_cls))
         batches = {s: _to_batch([decoded[s][i][0] for i in ok]).to(device) for s in sizes}
         for m, (ckpt, norm) in enumerate(zip(checkpoints, norms)):
-            x = norm(batches[ckpt.input_size])
+            x = norm(batches[ckpt.decoding])
             out_m = ckpt.model(x)
             logits = out_m if isinstance(out_m, torch.Tensor) else tuple(out_m)[0]
             probs[m] = torch.softmax(logits.float(), dim=1).cpu().numpy()

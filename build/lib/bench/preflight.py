@@ -275,10 +275,17 @@ def _check_models(plan: Plan, report: Report) -> None:
                 f"{spec.min_train_size} px (leave data.image_size null for its own {spec.input_size} px)."
             )
         if cfg.model.pretrained and not cfg.model.weights:
+            tag = cfg.model.get("weights_tag")
             if spec.source == "custom":
                 report.problems.append(f"{name} has no pretrained weights; set model.pretrained=false.")
-            elif not _weights_available(name, spec):
-                missing.append((name, _cache_file(name)))
+                continue
+            try:
+                available = _weights_available(name, spec, tag)
+            except ValueError as exc:  # a weights tag this model does not have
+                report.problems.append(f"{name}: {exc}")
+                continue
+            if not available:
+                missing.append((name, _cache_file(name, tag)))
     if missing:
         files = ", ".join(f"{n} ({p.name if p else 'Hugging Face cache'})" for n, p in missing)
         folder = next((p.parent for _, p in missing if p), None)
@@ -292,31 +299,33 @@ def _check_models(plan: Plan, report: Report) -> None:
         report.problems.append(f"model.weights={cfg.model.weights!r} is not a file.")
 
 
-def _cache_file(name: str) -> Path | None:
+def _cache_file(name: str, tag: str | None = None) -> Path | None:
     from bench.models.weights import weights_cache_path
 
-    return None if name.startswith("timm/") else weights_cache_path(name)
+    return None if name.startswith("timm/") else weights_cache_path(name, tag)
 
 
-def _weights_available(name: str, spec) -> bool:
-    """True if the ImageNet weights are cached, or their host answers so they can be downloaded."""
+def _weights_available(name: str, spec, tag: str | None = None) -> bool:
+    """True if the ImageNet weights (``tag``; None = the latest) are cached, or their host answers
+    so they can be downloaded. An unknown tag raises ValueError naming the ones there are."""
     if spec.source == "timm":
-        return _timm_cached(name) or _reachable("https://huggingface.co")
-    from bench.models.weights import _torchvision_default_weights
+        return _timm_cached(name, tag) or _reachable("https://huggingface.co")
+    from bench.models.weights import torchvision_weights
 
-    path = _cache_file(name)
+    weights = torchvision_weights(name, tag)
+    path = _cache_file(name, tag)
     if path is None or path.is_file():
         return True
-    weights = _torchvision_default_weights(name)
     return weights is not None and _reachable(weights.url)
 
 
-def _timm_cached(name: str) -> bool:
+def _timm_cached(name: str, tag: str | None = None) -> bool:
     try:
         import timm
         from huggingface_hub import try_to_load_from_cache
 
-        pcfg = timm.models.get_pretrained_cfg(name.split("/", 1)[1])
+        base = name.split("/", 1)[1]
+        pcfg = timm.models.get_pretrained_cfg(f"{base}.{tag}" if tag else base)
         repo = getattr(pcfg, "hf_hub_id", None) if pcfg else None
         if not repo:
             return False
@@ -496,7 +505,7 @@ def fetch_main(argv: list[str] | None = None) -> int:
             print(f"  {name}: no pretrained weights (custom model), skipped")
             continue
         try:
-            path = fetch_weights(name)
+            path = fetch_weights(name, plan.cfg.model.get("weights_tag"))
             print(f"  {name}: {path or 'Hugging Face cache'}")
         except Exception as exc:
             failed += 1

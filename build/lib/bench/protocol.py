@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 PROTOCOL_EXPERIMENT = "gavas2021"
 # The config keys (dotted) that make up the recipe; whole groups are compared key by key.
 PROTOCOL_KEYS = (
-    "data.kind", "data.split_mode", "data.split_fractions", "data.classes", "data.class_map",
+    "data.kind", "data.split_mode", "data.split_fractions", "data.split_rounding", "data.geometry",
+    "data.crop_fraction", "data.classes", "data.class_map",
     "data.mean", "data.std", "data.augment",
     "model.pretrained", "model.weights", "model.head_hidden", "model.head_dropout",
     "model.freeze_backbone", "model.trainable_blocks",
@@ -30,9 +31,12 @@ PROTOCOL_KEYS = (
 )
 
 
-def protocol_deviations(cfg: DictConfig) -> list[str] | None:
+def protocol_deviations(cfg: DictConfig, *, precision: str | None = None) -> list[str] | None:
     """The differences between a run's config and the published protocol for its model
-    (``[]``: it follows it), or None when the protocol cannot be composed for it."""
+    (``[]``: it follows it), or None when the protocol cannot be composed for it.
+
+    ``precision`` (``fp32`` / ``bf16``): what the run actually trained in, which ``trainer.amp=null``
+    leaves to the device (bf16 on a GPU); the paper trained in fp32."""
     from bench.config import compose_config
     from bench.models import get_model_spec
 
@@ -51,7 +55,27 @@ def protocol_deviations(cfg: DictConfig) -> list[str] | None:
     size = cfg.data.image_size or input_size  # null means the model's own size, as in the paper
     if size != input_size:
         found.append(f"data.image_size={size} (paper: {input_size})")
+    found += _weights_deviation(cfg, ref)
+    if precision is not None:
+        paper = "bf16" if ref.trainer.amp else "fp32"
+        if precision != paper:
+            found.append(f"precision={precision} (paper: {paper})")
     return found
+
+
+def _weights_deviation(cfg: DictConfig, ref: DictConfig) -> list[str]:
+    """The ImageNet weights compared by what they resolve to (``null`` is the latest, which for
+    resnet50 is IMAGENET1K_V2 but for alexnet the only one, V1)."""
+    if not (cfg.model.pretrained and ref.model.pretrained) or cfg.model.weights:
+        return []  # model.pretrained / model.weights differ already, or a local start
+    from bench.models.weights import resolved_weights_tag
+
+    try:
+        ours = resolved_weights_tag(cfg.model.name, cfg.model.get("weights_tag"))
+        theirs = resolved_weights_tag(cfg.model.name, ref.model.get("weights_tag"))
+    except Exception as exc:  # an unknown tag is reported by the preflight
+        return [f"model.weights_tag={cfg.model.get('weights_tag')} ({exc})"]
+    return [] if ours == theirs else [f"model.weights_tag={ours} (paper: {theirs})"]
 
 
 def _flat(value: Any, key: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bench import runs
-from bench.data.build import build_data
+from bench.data.build import build_data, geometry_of
 from bench.data.loader import BatchLoader, sampler_weights
 from bench.data.transforms import BatchAugment, Normalize
 from bench.config import CONF_DIR, check_config
@@ -55,6 +55,8 @@ NON_RESULT_KEYS = {"paths": None, "trainer": ("progress", "num_threads", "checkp
 # sets aside) a finished run whose config did not ask for it.
 NEUTRAL_OPTIONS = {
     ("trainer", "select_by"): "val_acc", ("trainer", "class_weights"): None, ("trainer", "sampler"): "shuffle",
+    ("model", "weights_tag"): None, ("data", "split_rounding"): "round", ("data", "geometry"): "resize",
+    ("data", "crop_fraction"): 0.875,
     ("data", "augment", "brightness"): 0.0, ("data", "augment", "contrast"): 0.0,
     ("data", "augment", "saturation"): 0.0, ("data", "augment", "hue"): 0.0,
 }
@@ -274,7 +276,8 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, tracker,
 
     torch.manual_seed(cfg.seed)  # head initialisation (and whole net when not pretrained)
     model = create_model(
-        cfg.model.name, num_classes=bundle.num_classes, pretrained=cfg.model.pretrained, weights=cfg.model.weights
+        cfg.model.name, num_classes=bundle.num_classes, pretrained=cfg.model.pretrained, weights=cfg.model.weights,
+        weights_tag=cfg.model.get("weights_tag"),
     )
     from bench.models.heads import configure_model  # MLP head, frozen backbone / blocks
 
@@ -324,7 +327,8 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, tracker,
     best_weights = None  # the best epoch's weights (CPU copy) until they are written to best.pt
     last_write = time.monotonic()
     ckpt_meta = dict(model_name=cfg.model.name, class_names=bundle.class_names, input_size=image_size,
-                     data_cfg=cfg.data, pretrained=bool(cfg.model.pretrained))
+                     data_cfg=cfg.data, pretrained=bool(cfg.model.pretrained),
+                     geometry=list(geometry_of(cfg.data)))  # bench-predict decodes new images the same way
 
     for epoch in range(state["next_epoch"], tcfg.epochs):
         threads.rebalance()  # jobs that started or ended since: this job's share of the cores
@@ -401,6 +405,7 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, tracker,
             run_dir.predictions(split),
             predictions_frame(splits[split].paths[: results[split]["n"]], results[split], bundle.class_names),
         )
+    precision = "bf16" if amp else "fp32"
     collapsed = collapse_warning(results["val"]["labels"], results["val"]["preds"], bundle.class_names)
     if collapsed:
         log.warning("%s seed %d: %s", cfg.model.name, cfg.seed, collapsed)
@@ -415,19 +420,22 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, tracker,
         "val": classification_metrics(results["val"]["labels"], results["val"]["preds"], bundle.class_names),
         "test": classification_metrics(results["test"]["labels"], results["test"]["preds"], bundle.class_names),
         "params_m": params_m, "gflops": gflops, "input_size": image_size,
+        "input_geometry": geometry_text(geometry_of(cfg.data), image_size),
         "trainable_params_m": count_params(model, trainable_only=True),
         "train_time_s": sum(h["seconds"] for h in history),
         "train_img_s": _mean([h["train_img_s"] for h in history]),
         "eval_img_s": results["test"]["img_s"],
         "peak_mem_mb": peak_memory_mb(device),
         "batch_size": int(tcfg.batch_size), "grad_accum": grad_accum, "oom_retry": oom_retry,
-        "amp": amp, "channels_last": channels_last,
+        "amp": amp, "channels_last": channels_last, "precision": precision,
+        "weights": weights_used(cfg),
         # Left out entirely; files with identical bytes under two labels are listed in excluded.csv
         # too but train (they are only kept out of validation and test).
         "n_excluded": bundle.n_left_out, "n_train_only_duplicates": len(bundle.excluded) - bundle.n_left_out,
         "data_root": bundle.root,
         "device": str(device), "env": env_info(device), "config_hash": chash,
-        "protocol_deviations": protocol_deviations(cfg),  # vs. the paper's recipe; [] = follows it
+        # vs. the paper's recipe ([] = follows it), including what was decided at run time (precision)
+        "protocol_deviations": protocol_deviations(cfg, precision=precision),
     }
     runs.write_json_atomic(run_dir.metrics, metrics)
     tracker.final(metrics)
@@ -466,6 +474,30 @@ def _resume_state(run_dir: runs.RunDir, chash: str, model, optimizer, scheduler)
     log.info("resuming %s after epoch %d", run_dir.root, state["epoch"])
     return {"next_epoch": state["epoch"], "history": list(state["history"]),
             "best_score": state["best_score"], "best_epoch": state["best_epoch"], "amp": state.get("amp")}
+
+
+def geometry_text(geometry: tuple, size: int) -> str:
+    """``resize to 224`` or ``resize shorter side to 256, centre crop 224``."""
+    if geometry[0] == "resize":
+        return f"resize to {size}"
+    from bench.data.imagefolder import resize_crop_size
+
+    return f"resize shorter side to {resize_crop_size(size, geometry[1])}, centre crop {size}"
+
+
+def weights_used(cfg) -> str:
+    """What the network started from: ``local:<path>``, the resolved ImageNet weights (e.g.
+    ``IMAGENET1K_V1``; the latest if model.weights_tag is null), or ``scratch``."""
+    if cfg.model.weights:
+        return f"local:{cfg.model.weights}"
+    if not cfg.model.pretrained:
+        return "scratch"
+    from bench.models.weights import resolved_weights_tag
+
+    try:
+        return resolved_weights_tag(cfg.model.name, cfg.model.get("weights_tag")) or "pretrained"
+    except Exception:  # a custom model's own weights: nothing to resolve
+        return "pretrained"
 
 
 def _to_device_if_fits(split, device):

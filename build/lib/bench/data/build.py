@@ -53,6 +53,12 @@ def build_data(data_cfg, *, image_size: int, exp_dir: Path, cache_dir: str | Non
     return select_classes(bundle, _opt(data_cfg, "classes"), _opt(data_cfg, "class_map"))
 
 
+def geometry_of(data_cfg) -> tuple:
+    """``(data.geometry, data.crop_fraction)``, or ``("resize",)`` (configs before the option)."""
+    kind = _opt(data_cfg, "geometry", "resize")
+    return (kind,) if kind == "resize" else (kind, float(_opt(data_cfg, "crop_fraction", 0.875)))
+
+
 def _opt(data_cfg, key: str, default=None):
     """A data key added after the first release (old config.yaml files lack it)."""
     value = getattr(data_cfg, key, default)
@@ -91,7 +97,8 @@ def _imagefolder(root: Path, data_cfg, image_size: int, exp_dir: Path, cache_dir
         raise DataError("data.store=mmap reads the images from the decoded-image store file, which lives under "
                         "paths.cache_dir; set paths.cache_dir=PATH or data.store=memory.")
     images, reasons = load_or_decode(
-        files, image_size, Path(cache_dir) if cache_dir else None, workers=data_cfg.decode_workers
+        files, image_size, Path(cache_dir) if cache_dir else None, workers=data_cfg.decode_workers,
+        geometry=geometry_of(data_cfg),
     )
     table = pd.DataFrame({"path": [r.path for r in records], "label": [r.label for r in records]})
     ok = np.array([r is None for r in reasons])
@@ -122,7 +129,7 @@ def _imagefolder(root: Path, data_cfg, image_size: int, exp_dir: Path, cache_dir
         )
     # Holdout: manifest.csv as always. Cross-validation: one manifest file per fold / repetition.
     split_options = dict(split_mode=_opt(data_cfg, "split_mode", "holdout"), n_folds=_opt(data_cfg, "n_folds"),
-                         fold=_opt(data_cfg, "fold"))
+                         fold=_opt(data_cfg, "fold"), rounding=_opt(data_cfg, "split_rounding", "round"))
     manifest = load_or_create_manifest(
         Path(exp_dir) / manifest_filename(**split_options, fractions=list(data_cfg.split_fractions)), table,
         seed=data_cfg.split_seed, fractions=data_cfg.split_fractions, **split_options,

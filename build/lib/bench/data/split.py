@@ -38,18 +38,36 @@ def file_sha1(path) -> str:
     return h.hexdigest()
 
 
-def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
-    """Group counts per split for a class of ``n`` groups: val and test are rounded,
-    at least 1 each, and train gets the rest (at least 1)."""
+SPLIT_ROUNDINGS = ("round", "ceil")
+
+
+def split_counts(n: int, fractions: Sequence[float], rounding: str = "round") -> tuple[int, int, int]:
+    """Group counts per split for a class of ``n`` groups.
+
+    ``round``: val and test are rounded shares of ``n``, at least 1 each, train gets the rest.
+    ``ceil``: what scikit-learn's ``train_test_split`` gives when each class is split on its own,
+    test first and then validation out of the rest: ``n_test = ceil(n * test share)``,
+    ``n_val = ceil((n - n_test) * val / (train + val))``. Gavas & Olpadkar's per-class test counts
+    are exactly ceil(0.12 x class size) (147 basophils of 1,218, ...), so this reproduces them;
+    their validation rule is not published, and this one is our assumption."""
+    import math
+
     f_train, f_val, f_test = fractions
     total = f_train + f_val + f_test
-    n_val = max(1, int(round(n * f_val / total)))
-    n_test = max(1, int(round(n * f_test / total)))
+    if rounding == "ceil":
+        n_test = max(1, math.ceil(n * (f_test / total)))
+        n_val = max(1, math.ceil((n - n_test) * (f_val / (f_train + f_val))))
+    elif rounding == "round":
+        n_val = max(1, int(round(n * f_val / total)))
+        n_test = max(1, int(round(n * f_test / total)))
+    else:
+        raise DataError(f"data.split_rounding={rounding!r} is not one of {', '.join(SPLIT_ROUNDINGS)}.")
     return n - n_val - n_test, n_val, n_test
 
 
 def stratified_split(
-    table: pd.DataFrame, *, seed: int, fractions: Sequence[float], stream: Sequence[int] = ()
+    table: pd.DataFrame, *, seed: int, fractions: Sequence[float], stream: Sequence[int] = (),
+    rounding: str = "round",
 ) -> pd.Series:
     """Assign each row of ``table`` (columns path, sha1, label) to train/val/test.
 
@@ -73,7 +91,7 @@ def stratified_split(
     too_small = []
     for label, class_groups in groups.groupby("label", sort=True):
         n = len(class_groups)
-        n_train, n_val, n_test = split_counts(n, fractions)
+        n_train, n_val, n_test = split_counts(n, fractions, rounding)
         if n_train < 1:
             too_small.append(f"{label!r} ({n} distinct images)")
             continue
@@ -159,7 +177,7 @@ def kfold_split(
     return split
 
 
-def manifest_filename(split_mode: str = "holdout", *, n_folds=None, fold=None, fractions=None) -> str:
+def manifest_filename(split_mode: str = "holdout", *, n_folds=None, fold=None, fractions=None, rounding=None) -> str:
     """``manifest.csv`` for the holdout split; one file per fold / repetition otherwise."""
     if split_mode == "holdout":
         return "manifest.csv"
@@ -173,7 +191,7 @@ def manifest_filename(split_mode: str = "holdout", *, n_folds=None, fold=None, f
 
 def make_manifest(
     table: pd.DataFrame, *, seed: int, fractions: Sequence[float], split_mode: str = "holdout",
-    n_folds: int | None = None, fold: int | None = None,
+    n_folds: int | None = None, fold: int | None = None, rounding: str = "round",
 ) -> pd.DataFrame:
     manifest = table[["path", "sha1", "label"]].copy()
     if split_mode == "kfold":
@@ -183,7 +201,7 @@ def make_manifest(
             raise DataError(f"data.fold={fold!r}: Monte Carlo splits need the repetition index (0, 1, ...).")
         manifest["split"] = stratified_split(manifest, seed=seed, fractions=fractions, stream=(fold,))
     elif split_mode == "holdout":
-        manifest["split"] = stratified_split(manifest, seed=seed, fractions=fractions)
+        manifest["split"] = stratified_split(manifest, seed=seed, fractions=fractions, rounding=rounding)
     else:
         raise DataError(f"data.split_mode={split_mode!r} is not one of {', '.join(SPLIT_MODES)}.")
     return manifest.sort_values("path").reset_index(drop=True)[MANIFEST_COLUMNS]
@@ -196,12 +214,14 @@ def conflicting_duplicates(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def split_settings(*, seed: int, fractions: Sequence[float], split_mode: str = "holdout", n_folds=None,
-                   fold=None) -> dict:
+                   fold=None, rounding: str = "round") -> dict:
     """The settings a manifest was made with, as recorded beside it (``manifest.json``)."""
     settings = {"data.split_seed": int(seed), "data.split_fractions": [float(f) for f in fractions],
                 "data.split_mode": str(split_mode)}
     if split_mode != "holdout":
         settings.update({"data.n_folds": n_folds, "data.fold": fold})
+    if rounding != "round":  # recorded only when set, so manifests made before the option still match
+        settings["data.split_rounding"] = rounding
     return settings
 
 
@@ -251,7 +271,7 @@ def load_or_create_manifest(
         check_split_settings(path, settings)
         _check_same_files(path, manifest, table)
         return manifest
-    manifest = make_manifest(table, seed=seed, fractions=fractions, **split_options)  # split_mode, n_folds, fold
+    manifest = make_manifest(table, seed=seed, fractions=fractions, **split_options)  # mode, folds, fold, rounding
     write_json_atomic(settings_path(path), settings)
     write_csv_atomic(path, manifest)
     counts = manifest.groupby("split").size().reindex(SPLITS, fill_value=0)

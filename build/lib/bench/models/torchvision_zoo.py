@@ -52,7 +52,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ._registry import register_model
-from .weights import ensure_torchvision_weights
+from .weights import ensure_torchvision_weights, torchvision_weights
 
 HeadFn = Callable[[nn.Module, int], None]
 
@@ -70,19 +70,21 @@ def new_linear(old: nn.Linear, num_classes: int) -> nn.Linear:
     return init_head_(nn.Linear(old.in_features, num_classes))
 
 
-def build_torchvision(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
-    """torchvision's ``name`` with its ImageNet head; ImageNet weights if ``pretrained``.
+def build_torchvision(name: str, pretrained: bool | str, **kwargs: Any) -> nn.Module:
+    """torchvision's ``name`` with its ImageNet head; ImageNet weights if ``pretrained``
+    (``True``: the latest, torchvision's DEFAULT; a tag such as ``"IMAGENET1K_V1"``: those).
 
     Weights go through torchvision's weights API, which reads the torch hub cache
-    (``weights_cache_path(name)``); :func:`ensure_torchvision_weights` first makes
+    (``weights_cache_path(name, tag)``); :func:`ensure_torchvision_weights` first makes
     sure the file is there, raising ``PretrainedWeightsUnavailable`` if it cannot be.
     """
     import torchvision
 
     weights = None
     if pretrained:
-        ensure_torchvision_weights(name)
-        weights = torchvision.models.get_model_weights(name).DEFAULT
+        tag = None if pretrained is True else str(pretrained)
+        ensure_torchvision_weights(name, tag)
+        weights = torchvision_weights(name, tag)
     return torchvision.models.get_model(name, weights=weights, **kwargs)
 
 

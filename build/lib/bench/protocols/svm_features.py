@@ -108,19 +108,20 @@ def _gamma(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- feature extraction
-def feature_extractor(name: str, *, pretrained: bool, weights: Optional[str] = None, seed: int = 0) -> nn.Module:
+def feature_extractor(name: str, *, pretrained: bool, weights: Optional[str] = None, seed: int = 0,
+                      tag: Optional[str] = None) -> nn.Module:
     """``name`` with its classification head replaced by ``nn.Identity``, in eval mode."""
     from bench.models import create_model
     from bench.models.heads import drop_aux_head, head_path
 
     torch.manual_seed(seed)  # the whole network when not pretrained
-    model = create_model(name, num_classes=1, pretrained=pretrained, weights=weights)
+    model = create_model(name, num_classes=1, pretrained=pretrained, weights=weights, weights_tag=tag)
     model.set_submodule(head_path(model, name), nn.Identity())
     drop_aux_head(model)
     return model.eval()
 
 
-def weights_tag(name: str, *, pretrained: bool, weights: Optional[str], seed: int) -> str:
+def weights_tag(name: str, *, pretrained: bool, weights: Optional[str], seed: int, tag: Optional[str] = None) -> str:
     """Which weights produced the features (part of the cache file name)."""
     if weights:
         path = Path(weights).expanduser().resolve()
@@ -132,15 +133,12 @@ def weights_tag(name: str, *, pretrained: bool, weights: Optional[str], seed: in
     from bench.models import get_model_spec
 
     spec = get_model_spec(name)
+    from bench.models.weights import resolved_weights_tag
+
     if spec.source == "torchvision":
-        import torchvision
-
-        return f"tv-{torchvision.models.get_model_weights(name).DEFAULT.name}"
+        return f"tv-{resolved_weights_tag(name, tag)}"
     if spec.source == "timm":
-        import timm
-
-        cfg = timm.models.get_pretrained_cfg(name.split("/", 1)[1])
-        return f"timm-{getattr(cfg, 'tag', None) or 'default'}"
+        return f"timm-{resolved_weights_tag(name, tag) or 'default'}"
     return "pretrained"
 
 
@@ -232,7 +230,8 @@ def compute_features(cfg: DictConfig, exp_dir: Path, name: str, size: int, bundl
     from bench.data.transforms import BatchAugment, Normalize
 
     seed = int(cfg.seed)
-    tag = weights_tag(name, pretrained=bool(cfg.model.pretrained), weights=cfg.model.weights, seed=seed)
+    tag = weights_tag(name, pretrained=bool(cfg.model.pretrained), weights=cfg.model.weights, seed=seed,
+                      tag=cfg.model.get("weights_tag"))
     base_meta = {"format": FEATURE_FORMAT, "model": name, "weights": tag, "size": int(size),
                  "mean": [float(v) for v in cfg.data.mean], "std": [float(v) for v in cfg.data.std]}
     norm = Normalize(cfg.data.mean, cfg.data.std, device=device)
@@ -243,7 +242,8 @@ def compute_features(cfg: DictConfig, exp_dir: Path, name: str, size: int, bundl
         if not extractor:
             log.info("building feature extractor %s (%s)", name, tag)
             extractor.append(feature_extractor(name, pretrained=bool(cfg.model.pretrained),
-                                               weights=cfg.model.weights, seed=seed))
+                                               weights=cfg.model.weights, seed=seed,
+                                               tag=cfg.model.get("weights_tag")))
         return extractor[0]
 
     def one(split_name: str, meta: dict, images, labels: np.ndarray, paths: list[str],

@@ -19,7 +19,8 @@ DEFAULT_TOP = 4
 PAPER = "Gavas & Olpadkar 2021"
 MACRO_TABLE3 = ("precision", "sensitivity", "specificity")
 STATS_COLUMNS = ["rank", "kind", "model", "seed", "label", "val_acc", "test_acc", "n_test", "ci_low", "ci_high",
-                 "only_this", "only_best", "p_vs_best", "p_vs_ensemble", "distinguishable_from_best"]
+                 "only_this", "only_best", "p_vs_best", "p_vs_best_holm", "p_vs_ensemble", "p_vs_ensemble_holm",
+                 "distinguishable_from_best"]
 
 
 def statistics_table(res: ExperimentResults, *, n_resamples: int = stats.DEFAULT_RESAMPLES,
@@ -30,7 +31,8 @@ def statistics_table(res: ExperimentResults, *, n_resamples: int = stats.DEFAULT
     Columns: rank, kind, model, seed, label, val_acc, test_acc, n_test, ci_low, ci_high
     (percentile bootstrap of test accuracy), only_this / only_best (test images only
     this entry, or only the best run, gets right), p_vs_best, p_vs_ensemble (McNemar
-    exact, two-sided), distinguishable_from_best (p_vs_best < alpha; None for the best
+    exact, two-sided) and their Holm-adjusted values over all the comparisons of the column
+    (``*_holm``), distinguishable_from_best (p_vs_best_holm < alpha; None for the best
     itself and where there are no comparable predictions). Cached per parameter set.
     """
     key = ("stats", n_resamples, seed, confidence, alpha)
@@ -44,7 +46,8 @@ def statistics_table(res: ExperimentResults, *, n_resamples: int = stats.DEFAULT
                      "val_acc": e.val_acc, "test_acc": e.test_acc,
                      "n_test": len(p.paths) if p is not None else (e.metrics.get("test") or {}).get("n"),
                      "ci_low": math.nan, "ci_high": math.nan, "only_this": None, "only_best": None,
-                     "p_vs_best": math.nan, "p_vs_ensemble": math.nan, "distinguishable_from_best": None})
+                     "p_vs_best": math.nan, "p_vs_best_holm": math.nan, "p_vs_ensemble": math.nan,
+                "p_vs_ensemble_holm": math.nan, "distinguishable_from_best": None})
     # Bootstrap: entries on the same images share resamples (one matrix product per group).
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(preds):
@@ -70,7 +73,13 @@ def statistics_table(res: ExperimentResults, *, n_resamples: int = stats.DEFAULT
             rows[i][column] = result.pvalue
             if column == "p_vs_best":
                 rows[i]["only_this"], rows[i]["only_best"] = result.only_a, result.only_b
-                rows[i]["distinguishable_from_best"] = bool(result.significant(alpha))
+    # Many models are each compared with the best: correct for the number of comparisons.
+    for column in ("p_vs_best", "p_vs_ensemble"):
+        for row, adjusted in zip(rows, stats.holm([r[column] for r in rows])):
+            row[f"{column}_holm"] = float(adjusted)
+    for row in rows:
+        if not math.isnan(row["p_vs_best_holm"]):
+            row["distinguishable_from_best"] = bool(row["p_vs_best_holm"] < alpha)
     frame = pd.DataFrame(rows, columns=STATS_COLUMNS)
     for col in ("rank", "seed", "n_test", "only_this", "only_best"):
         frame[col] = pd.array(frame[col].tolist(), dtype="Int64")

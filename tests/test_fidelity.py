@@ -1,0 +1,178 @@
+"""Each published protocol as its paper ran it (issue 14): the recipe's values, checked against
+the paper's own numbers (quoted here) and against torchvision / statsmodels, not the code."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from bench.models import create_model
+from bench.models import weights as weights_mod
+from bench.protocol import protocol_deviations
+
+from .conftest import compose_cfg
+
+# Gavas & Olpadkar 2021, Table 2: per-class test counts n (every class-wise accuracy is k/n), and
+# the PBC class sizes (Acevedo et al. 2020).
+PBC_SIZES = {"basophil": 1218, "eosinophil": 3117, "erythroblast": 1551, "ig": 2895, "lymphocyte": 1214,
+             "monocyte": 1420, "neutrophil": 3329, "platelet": 2348}
+PAPER_TEST_N = {"basophil": 147, "eosinophil": 375, "erythroblast": 187, "ig": 348, "lymphocyte": 146,
+                "monocyte": 171, "neutrophil": 400, "platelet": 282}
+
+
+# --------------------------------------------------------------------------- Gavas & Olpadkar 2021
+def test_the_gavas2021_experiment_is_the_papers_recipe():
+    cfg = compose_cfg("experiment=gavas2021", "data.root=/data", "model=resnet50")
+    assert cfg.model.pretrained and cfg.model.weights_tag == "IMAGENET1K_V1"
+    assert cfg.trainer.amp is False  # fp32
+    assert cfg.optim._target_ == "torch.optim.SGD" and cfg.optim.lr == 1e-3 and cfg.optim.momentum == 0.9
+    assert cfg.sched.step_size == 7 and cfg.sched.gamma == 0.1 and cfg.trainer.epochs == 25
+    assert cfg.trainer.batch_size == 32 and list(cfg.data.split_fractions) == [0.64, 0.24, 0.12]
+    assert cfg.data.split_rounding == "ceil" and cfg.data.geometry == "resize_crop" and cfg.data.crop_fraction == 0.875
+    assert cfg.data.augment.hflip and cfg.data.augment.vflip and cfg.data.augment.rotation == 60
+
+
+def test_split_reproduces_the_papers_per_class_test_counts():
+    from bench.data.split import make_manifest
+
+    rows = [(f"{c}/{i}.jpg", f"{c}-{i}", c) for c, n in PBC_SIZES.items() for i in range(n)]
+    table = pd.DataFrame(rows, columns=["path", "sha1", "label"])
+    table.loc[table.path == "basophil/1.jpg", "sha1"] = "basophil-0"  # a duplicate pair: one unit
+    manifest = make_manifest(table, seed=42, fractions=[0.64, 0.24, 0.12], rounding="ceil")
+    test = manifest[manifest.split == "test"].groupby("label").size().to_dict()
+    # basophil has 1,217 distinct images: ceil(0.12 x 1217) = 147 groups, one of them a pair.
+    assert {c: n for c, n in test.items() if c != "basophil"} == {c: n for c, n in PAPER_TEST_N.items()
+                                                                  if c != "basophil"}
+    assert test["basophil"] in (147, 148)
+    m = manifest.set_index("path")
+    assert m.loc["basophil/0.jpg", "split"] == m.loc["basophil/1.jpg", "split"]
+    # Each count is ceil(0.12 x class size), not the rounded value the default rule gives.
+    assert all(PAPER_TEST_N[c] == math.ceil(0.12 * n) for c, n in PBC_SIZES.items())
+    rounded = make_manifest(table, seed=42, fractions=[0.64, 0.24, 0.12])
+    assert rounded[rounded.split == "test"].groupby("label").size()["eosinophil"] == 374
+
+
+@pytest.mark.parametrize("size, shape", [(224, (360, 363)), (64, (300, 200)), (299, (363, 360))])
+def test_resize_then_centre_crop_is_torchvisions(tmp_path, size, shape):
+    from torchvision.transforms import v2
+
+    from bench.data.imagefolder import decode_resized
+
+    rng = np.random.default_rng(size)
+    path = tmp_path / "cell.png"
+    Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(path)
+    ours = decode_resized(path, size, "resize_crop", 0.875)
+    resize = {224: 256, 64: 73, 299: 342}[size]  # round(size / 0.875)
+    expected = v2.Compose([v2.Resize(resize), v2.CenterCrop(size)])(Image.open(path).convert("RGB"))
+    np.testing.assert_array_equal(ours, np.asarray(expected))
+    whole = decode_resized(path, size)  # the default geometry: the whole image, stretched
+    np.testing.assert_array_equal(whole, np.asarray(Image.open(path).convert("RGB").resize((size, size),
+                                                                                          Image.BILINEAR)))
+
+
+def test_weights_tags_resolve_to_torchvisions_enums():
+    # DEFAULT is V2 for resnet50 and mobilenet_v2; alexnet has only V1.
+    assert weights_mod.resolved_weights_tag("resnet50") == "IMAGENET1K_V2"
+    assert weights_mod.resolved_weights_tag("resnet50", "IMAGENET1K_V1") == "IMAGENET1K_V1"
+    assert weights_mod.resolved_weights_tag("mobilenet_v2") == "IMAGENET1K_V2"
+    assert weights_mod.resolved_weights_tag("alexnet") == "IMAGENET1K_V1"
+    v1 = torchvision.models.get_model_weights("resnet50").IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    assert weights_mod.weights_cache_path("resnet50", "IMAGENET1K_V1").name == v1
+    assert weights_mod.weights_cache_path("resnet50").name != v1
+    with pytest.raises(ValueError, match="IMAGENET1K_V1, IMAGENET1K_V2"):
+        weights_mod.torchvision_weights("resnet50", "IMAGENET1K_V3")
+
+
+def test_the_chosen_weights_are_the_ones_loaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(*a, **k):
+        raise OSError("simulated: no network")
+
+    monkeypatch.setattr(weights_mod, "_download", no_network)
+    torch.manual_seed(3)
+    v1 = torchvision.models.get_model("mobilenet_v2", weights=None)
+    path = weights_mod.weights_cache_path("mobilenet_v2", "IMAGENET1K_V1")
+    path.parent.mkdir(parents=True)
+    torch.save(v1.state_dict(), path)
+    model = create_model("mobilenet_v2", num_classes=8, pretrained=True, weights_tag="IMAGENET1K_V1")
+    assert torch.equal(model.features[0][0].weight, v1.features[0][0].weight)
+    with pytest.raises(Exception, match="mobilenet_v2"):  # V2 (the latest) is not in the cache
+        create_model("mobilenet_v2", num_classes=8, pretrained=True)
+
+
+def test_departures_from_the_paper_are_named():
+    follows = compose_cfg("experiment=gavas2021", "data.root=/d", "model=resnet50")
+    assert protocol_deviations(follows, precision="fp32") == []
+    latest = compose_cfg("experiment=gavas2021", "data.root=/d", "model=resnet50", "model.weights_tag=null")
+    assert protocol_deviations(latest) == ["model.weights_tag=IMAGENET1K_V2 (paper: IMAGENET1K_V1)"]
+    # alexnet's latest weights are its V1: asking for the latest is no departure there.
+    assert protocol_deviations(compose_cfg("experiment=gavas2021", "data.root=/d", "model=alexnet",
+                                           "model.weights_tag=null")) == []
+    assert protocol_deviations(follows, precision="bf16") == ["precision=bf16 (paper: fp32)"]
+    stretched = compose_cfg("experiment=gavas2021", "data.root=/d", "model=resnet50", "data.geometry=resize",
+                            "data.split_rounding=round")
+    assert set(protocol_deviations(stretched)) == {"data.geometry=resize (paper: resize_crop)",
+                                                   "data.split_rounding=round (paper: ceil)"}
+
+
+def test_an_unknown_weights_tag_is_a_preflight_problem(tmp_path):
+    from bench.preflight import plan_runs, preflight
+
+    report = preflight(plan_runs(["model=resnet50", "model.weights_tag=IMAGENET1K_V9", "data=imagefolder",
+                                  f"data.root={tmp_path}", f"paths.results_dir={tmp_path}"]))
+    assert any("model.weights_tag='IMAGENET1K_V9' is not one of resnet50's" in p for p in report.problems)
+
+
+def test_holm_adjusted_p_values_by_hand():
+    from bench.stats import holm
+
+    # Sorted 0.01, 0.03, 0.04 times 3, 2, 1 = 0.03, 0.06, 0.04; running maximum 0.03, 0.06, 0.06.
+    got = holm([0.04, 0.01, np.nan, 0.03])
+    np.testing.assert_allclose(got[[0, 1, 3]], [0.06, 0.03, 0.06])
+    assert np.isnan(got[2])
+    # 0.5 x 2 = 1.0; 0.9 x 1 = 0.9, but the running maximum keeps 1.0 (a larger raw p never
+    # gets a smaller adjusted one).
+    assert holm([0.5, 0.9]).tolist() == [1.0, 1.0]
+
+
+def test_the_papers_own_ensemble_is_a_fixed_hard_vote(tmp_path):
+    from bench import ensemble_runs as ens_runs
+    from bench import runs
+
+    from .test_ensemble import CLASSES, _random_stack, _write_run
+
+    rng = np.random.default_rng(4)
+    exp = tmp_path / "gavas"
+    y_val, y_test = rng.integers(0, 3, 30), rng.integers(0, 3, 20)
+    for i, model in enumerate(["wide_resnet50_2", "vgg19", "wide_resnet101_2", "resnet34", "densenet161"]):
+        pv = _random_stack(np.random.default_rng(i), 1, 30, 3)[0][0]
+        pt = _random_stack(np.random.default_rng(50 + i), 1, 20, 3)[0][0]
+        bonus = 3.0 if model == "densenet161" else 0.2  # the best on validation is not one of the paper's four
+        pv[np.arange(30), y_val] += bonus
+        pt[np.arange(20), y_test] += bonus
+        _write_run(exp, model, 0, y_val, pv / pv.sum(1, keepdims=True), y_test, pt / pt.sum(1, keepdims=True))
+    result = ens_runs.run_ensemble(exp, method="paper")
+    assert result.name == "paper-members"
+    assert sorted(m["model"] for m in result.metrics["members"]) == sorted(ens_runs.PAPER_MEMBERS)
+    assert result.metrics["voting"] == "hard" and result.metrics["selection"]["fixed_members"]
+    # The four models, as printed in the published Table 3 (our reference copy).
+    table3 = pd.read_csv(Path(__file__).resolve().parents[1] / "bench" / "reference" / "gavas2021_table3.csv")
+    row = table3[table3["method"].str.startswith("ensemble")]["method"].item()
+    assert row == "ensemble: majority vote of " + ", ".join(ens_runs.PAPER_MEMBERS)
+    # The report's headline ensemble stays one chosen on validation.
+    from bench.report import load_results
+
+    ens_runs.run_ensemble(exp, method="majority", k=3)
+    res = load_results(exp)
+    assert res.ensemble.model == "majority-k3"
+    with pytest.raises(ens_runs.EnsembleError, match="resnet34/seed1"):
+        ens_runs.run_ensemble(exp, method="paper", seed=1)
+    assert runs.read_json(exp / "ensembles" / "paper-members" / "metrics.json")["k"] == 4
