@@ -83,6 +83,7 @@ TAIL_COLUMNS = (
 # protocol column: how the run differs from the paper's recipe (bench.protocol); paper_diff is
 # only filled for runs that follow it, since any other difference is not a replication.
 PROTOCOL_FOLLOWED = "paper"
+PROTOCOL_RECIPE = "gavas2021"  # the paper whose Table 2 gives paper_test_acc
 PROTOCOL_UNKNOWN = "unknown"
 # Copied as-is from metrics.json.
 RUN_INFO_KEYS = (
@@ -318,7 +319,10 @@ def _model_row(record: RunRecord, classes: Sequence[str], reference: dict[str, f
         row.update(external_scores(record.root))
     deviations = metrics.get("protocol_deviations")
     row["protocol"] = protocol_text(deviations)
-    if deviations == []:
+    if metrics.get("recipe", PROTOCOL_RECIPE) != PROTOCOL_RECIPE:  # another paper's recipe: not Table 2's
+        row["protocol"] = f"{metrics['recipe']}: {row['protocol']}"
+        row["paper_test_acc"] = math.nan
+    elif deviations == []:
         row["paper_diff"] = row["test_acc"] - row["paper_test_acc"]
     return {k: _round(v) for k, v in row.items()}
 

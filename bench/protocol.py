@@ -18,7 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_EXPERIMENT = "gavas2021"
+PROTOCOL_EXPERIMENT = "gavas2021"  # the recipe when a config names none (its Table 2 is the leaderboard's)
+
+
+def recipe_of(cfg: DictConfig) -> str:
+    """The experiment whose recipe a run is compared with (``recipe.experiment``, else gavas2021)."""
+    return OmegaConf.select(cfg, "recipe.experiment", default=None) or PROTOCOL_EXPERIMENT
 # The config keys (dotted) that make up the recipe; whole groups are compared key by key.
 PROTOCOL_KEYS = (
     "data.kind", "data.split_mode", "data.split_fractions", "data.split_rounding", "data.geometry",
@@ -28,6 +33,7 @@ PROTOCOL_KEYS = (
     "model.freeze_backbone", "model.trainable_blocks",
     "optim", "sched",
     "trainer.epochs", "trainer.max_batches", "trainer.batch_size", "trainer.label_smoothing",
+    "trainer.class_weights", "trainer.sampler",
 )
 
 
@@ -40,21 +46,24 @@ def protocol_deviations(cfg: DictConfig, *, precision: str | None = None) -> lis
     from bench.config import compose_config
     from bench.models import get_model_spec
 
+    recipe = recipe_of(cfg)
     try:
-        ref = compose_config([f"experiment={PROTOCOL_EXPERIMENT}", f"model={cfg.model.name}", "data.root=unused"])
+        ref = compose_config([f"experiment={recipe}", f"model={cfg.model.name}", "data.root=unused"])
         input_size = get_model_spec(cfg.model.name).input_size
     except Exception as exc:  # e.g. a model with no config node: no verdict rather than a wrong one
         log.debug("no protocol comparison for %s: %s", cfg.model.name, exc)
         return None
-    found = []
+    # What the harness always does differently from this paper (declared in the experiment file).
+    found = list(OmegaConf.select(cfg, "recipe.departures", default=None) or [])
     for key in PROTOCOL_KEYS:
         ours, theirs = _flat(OmegaConf.select(cfg, key), key), _flat(OmegaConf.select(ref, key), key)
         for sub in sorted(set(ours) | set(theirs)):
             if ours.get(sub) != theirs.get(sub):
                 found.append(f"{sub}={_text(ours.get(sub))} (paper: {_text(theirs.get(sub))})")
     size = cfg.data.image_size or input_size  # null means the model's own size, as in the paper
-    if size != input_size:
-        found.append(f"data.image_size={size} (paper: {input_size})")
+    paper_size = ref.data.image_size or input_size
+    if size != paper_size:
+        found.append(f"data.image_size={size} (paper: {paper_size})")
     found += _weights_deviation(cfg, ref)
     if precision is not None:
         paper = "bf16" if ref.trainer.amp else "fp32"

@@ -38,7 +38,7 @@ from bench.leaderboard import refresh_leaderboard
 from bench.metrics import SELECT_BY, classification_metrics, collapse_warning, confidence_threshold
 from bench.models import count_gflops, count_params, create_model, get_model_spec
 from bench.precision import choose_cpu_precision, precision_record_key, read_precision_records, resolve_precision
-from bench.protocol import protocol_deviations
+from bench.protocol import protocol_deviations, recipe_of
 from bench.loggers import flatten, make_logger
 from bench.threads import thread_policy
 
@@ -55,7 +55,7 @@ NON_RESULT_KEYS = {"paths": None, "trainer": ("progress", "num_threads", "checkp
 # sets aside) a finished run whose config did not ask for it.
 NEUTRAL_OPTIONS = {
     ("trainer", "select_by"): "val_acc", ("trainer", "class_weights"): None, ("trainer", "sampler"): "shuffle",
-    ("model", "weights_tag"): None, ("data", "split_rounding"): "round", ("data", "geometry"): "resize",
+    ("model", "weights_tag"): None, ("trainer", "sched_interval"): "epoch", ("data", "split_rounding"): "round", ("data", "geometry"): "resize",
     ("data", "crop_fraction"): 0.875,
     ("data", "augment", "brightness"): 0.0, ("data", "augment", "contrast"): 0.0,
     ("data", "augment", "saturation"): 0.0, ("data", "augment", "hue"): 0.0,
@@ -289,6 +289,7 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, tracker,
         model.to(memory_format=torch.channels_last)
     optimizer = instantiate(cfg.optim)(params=[p for p in model.parameters() if p.requires_grad])
     scheduler = instantiate(cfg.sched)(optimizer=optimizer)
+    per_step = tcfg.get("sched_interval", "epoch") == "step"  # trainer.sched_interval
     train_labels = bundle.splits["train"].labels.cpu()
     class_weight = loss_class_weights(tcfg.class_weights, train_labels, bundle.num_classes)
     # Training loss (optionally class-weighted); validation loss stays the plain, comparable one.
@@ -348,12 +349,14 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, tracker,
             tr = train_one_epoch(
                 train_model, batches, optimizer, train_criterion, device=device, amp=amp,
                 aux_weight=spec.aux_weight, grad_accum=grad_accum, on_batch=bar.on_batch,
+                on_step=scheduler.step if per_step else None,
             )
             if parts:
                 tr = merge_epoch_parts([*parts, tr])
             va = evaluate(train_model, eval_loader("val"), criterion, device=device, amp=amp)
             bar.done(tr, va)
-        scheduler.step()
+        if not per_step:
+            scheduler.step()
         va_scores = {"val_acc": va["acc"],
                      "val_balanced_acc": SELECT_BY["val_balanced_acc"](va["labels"], va["preds"], bundle.num_classes),
                      "val_macro_f1": SELECT_BY["val_macro_f1"](va["labels"], va["preds"], bundle.num_classes)}
@@ -436,6 +439,7 @@ def _fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, tracker,
         "device": str(device), "env": env_info(device), "config_hash": chash,
         # vs. the paper's recipe ([] = follows it), including what was decided at run time (precision)
         "protocol_deviations": protocol_deviations(cfg, precision=precision),
+        "recipe": recipe_of(cfg),  # which paper's recipe those departures are from
     }
     runs.write_json_atomic(run_dir.metrics, metrics)
     tracker.final(metrics)

@@ -176,3 +176,62 @@ def test_the_papers_own_ensemble_is_a_fixed_hard_vote(tmp_path):
     with pytest.raises(ens_runs.EnsembleError, match="resnet34/seed1"):
         ens_runs.run_ensemble(exp, method="paper", seed=1)
     assert runs.read_json(exp / "ensembles" / "paper-members" / "metrics.json")["k"] == 4
+
+
+# --------------------------------------------------------------------------- the other papers
+def test_cheuque_level2_is_their_mobilenet_with_their_parameter_counts():
+    from bench.models.heads import configure_model
+
+    cfg = compose_cfg("experiment=cheuque2022_two_level", "data.root=/d")
+    assert (cfg.model.name, cfg.data.image_size, cfg.model.freeze_backbone) == ("mobilenet_v1_050", 128, True)
+    assert list(cfg.model.head_hidden) == [512]
+    assert cfg.optim._target_ == "torch.optim.Adam" and cfg.optim.lr == 1e-3
+    assert list(cfg.optim.betas) == [0.9, 0.999] and cfg.optim.eps == 1e-7
+    model = configure_model(create_model("mobilenet_v1_050", num_classes=2), cfg.model, num_classes=2)
+    # Their Table 2 counts as Keras does: batch norm's moving mean and variance are parameters there.
+    bn_stats = sum(b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
+    assert sum(p.numel() for p in model.parameters()) + bn_stats == 1_093_218
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 263_682
+    assert any("Faster R-CNN" in d for d in protocol_deviations(cfg))  # level 1 is not their detector
+
+
+def test_almotairi_uses_the_five_white_cell_classes():
+    cfg = compose_cfg("experiment=almotairi2019", "data.root=/d")
+    assert list(cfg.data.classes) == ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    assert protocol_deviations(cfg) == []
+    assert protocol_deviations(compose_cfg("experiment=almotairi2019", "data.root=/d", "trainer.epochs=3")) == [
+        "trainer.epochs=3 (paper: 40)"]
+
+
+def test_acevedo_departures_are_recorded_where_not_reproduced():
+    ft = protocol_deviations(compose_cfg("experiment=acevedo2019_finetune", "data.root=/d", "model=vgg16"))
+    assert any("fc7" in d for d in ft) and any("four convolutional blocks" in d for d in ft)
+    svm = compose_cfg("experiment=acevedo2019_svm", "data.root=/d")
+    assert svm.svm.coef0 == 0.0 and svm.svm.balance_to == 4608
+    assert any("88/12" in d for d in protocol_deviations(svm))
+
+
+def test_another_papers_recipe_is_never_compared_with_gavas_table2(tmp_path):
+    from bench import leaderboard as lb
+    from bench.metrics import classification_metrics
+
+    from .test_leaderboard import CLASSES
+
+    m = classification_metrics([0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5, 6, 7], CLASSES)
+    record = lb.RunRecord("wbcsnet", 0, "completed", None, {
+        "val": m, "test": m, "classes": CLASSES, "protocol_deviations": [], "recipe": "almotairi2019"})
+    row = lb._model_row(record, CLASSES, {"wbcsnet": 0.5})
+    assert row["protocol"] == "almotairi2019: paper" and math.isnan(row["paper_test_acc"])
+    assert math.isnan(row["paper_diff"])
+
+
+def test_keras_decay_steps_the_learning_rate_every_iteration(make_cfg):
+    from bench import runs
+    from bench.train import train
+
+    # lr 0.01, decay 0.5, 2 optimizer steps per epoch: epochs start at t = 0, 2, 4 steps,
+    # so lr = 0.01 / (1 + 0.5 t) = 0.01, 0.005, 0.00333...
+    out = train(make_cfg("trainer.epochs=3", "trainer.max_batches=2", "sched=inverse_time", "sched.decay=0.5",
+                         "trainer.sched_interval=step", "optim.lr=0.01"))
+    history = pd.read_csv(runs.RunDir(Path(out["run_dir"])).history)
+    assert history["lr"].tolist() == pytest.approx([0.01, 0.01 / 2, 0.01 / 3])

@@ -51,8 +51,9 @@ def test_both_experiments_compose_with_the_published_settings():
     assert (wbc.model.name, wbc.model.pretrained, wbc.optim._target_) == ("wbcsnet", False, "torch.optim.SGD")
     assert wbc.optim.lr == 1e-3 and wbc.trainer.batch_size == 32 and wbc.trainer.epochs == 40
     assert wbc.cv.folds == 10 and not wbc.cv.repeats and not wbc.two_level.enabled
+    assert list(wbc.data.classes) == ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
     two = compose_cfg("experiment=cheuque2022_two_level", "data.root=/data")
-    assert (two.model.name, two.data.image_size, two.optim._target_) == ("mobilenet_v2_050", 128, "torch.optim.Adam")
+    assert (two.model.name, two.data.image_size, two.optim._target_) == ("mobilenet_v1_050", 128, "torch.optim.Adam")
     assert two.optim.lr == 1e-3 and two.cv.repeats == 10 and two.cv.test_fraction == 0.3 and not two.cv.folds
     assert two.two_level.enabled and dict(two.two_level.groups) == {
         "mononuclear": ["lymphocyte", "monocyte"], "polymorphonuclear": ["neutrophil", "eosinophil"]}
@@ -122,7 +123,8 @@ def test_montecarlo_repetitions_are_stratified_70_30_and_differ():
 
 # --------------------------------------------------------------------------- k-fold, end to end
 def test_kfold_cv_runs_every_fold_and_summarises_them(tmp_path, cache_dir):
-    code = main(_smoke(tmp_path, cache_dir, "experiment=almotairi2019", "cv.folds=3"))
+    # All eight synthetic classes (the experiment keeps the paper's five white-cell ones).
+    code = main(_smoke(tmp_path, cache_dir, "experiment=almotairi2019", "cv.folds=3", "data.classes=null"))
     assert code == 0
     exp = tmp_path / "results" / "almotairi2019"
     folds, summary = pd.read_csv(exp / CV_FOLDS_CSV), pd.read_csv(exp / CV_SUMMARY_CSV)
@@ -145,7 +147,8 @@ def test_kfold_cv_runs_every_fold_and_summarises_them(tmp_path, cache_dir):
 
     # A second invocation reuses the finished folds (same config) and reproduces the tables.
     before = runs.RunDir.for_run(exp / "kfold3" / "fold01", "simple_cnn", 0).metrics.stat().st_mtime_ns
-    assert main(_smoke(tmp_path, cache_dir, "experiment=almotairi2019", "cv.folds=3", "cv.fold=1")) == 0
+    assert main(_smoke(tmp_path, cache_dir, "experiment=almotairi2019", "cv.folds=3", "cv.fold=1",
+                       "data.classes=null")) == 0
     assert runs.RunDir.for_run(exp / "kfold3" / "fold01", "simple_cnn", 0).metrics.stat().st_mtime_ns == before
     assert pd.read_csv(exp / CV_FOLDS_CSV).equals(folds)
 

@@ -50,6 +50,7 @@ def test_the_three_experiments_compose():
     assert svm.experiment_name == "acevedo2019_svm" and svm.data.kind == "imagefolder"
     assert list(svm.svm.feature_models) == ["vgg16", "inception_v3"] and list(svm.svm.kernels) == ["rbf", "cubic"]
     assert svm.svm.cv_folds == 5 and svm.model.pretrained is True and svm.data.image_size is None
+    assert svm.svm.coef0 == 0.0 and svm.svm.balance_to == 4608  # scikit-learn's cubic kernel; 4,608 per class
 
     ft = compose_cfg("experiment=acevedo2019_finetune", "data.root=/data", "model=inception_v3")
     assert ft.experiment_name == "acevedo2019_finetune"
@@ -65,8 +66,14 @@ def test_the_three_experiments_compose():
     assert frozen.experiment_name == "scratch_vs_pretrained/frozen"
     assert (scratch.model.pretrained, scratch.model.freeze_backbone) == (False, False)
     assert (frozen.model.pretrained, frozen.model.freeze_backbone) == (True, True)
-    for cfg in (scratch, frozen):
-        assert list(cfg.model.head_hidden) == [256] and cfg.model.head_dropout == 0.5
+    # The paper: frozen head Dense 256 ReLU, Dropout 0.5, Dense N; scratch = the stock architectures.
+    assert list(frozen.model.head_hidden) == [256] and frozen.model.head_dropout == 0.5
+    assert list(scratch.model.head_hidden) == []
+    for cfg in (scratch, frozen):  # SGD lr 1e-5 with Keras decay 1e-3 per iteration, 100 epochs, batch 16
+        assert cfg.optim.lr == 1e-5 and cfg.optim.momentum == 0.0 and cfg.sched.decay == 1e-3
+        assert cfg.sched._target_ == "bench.schedules.inverse_time" and cfg.trainer.sched_interval == "step"
+        assert cfg.trainer.epochs == 100 and cfg.trainer.batch_size == 16
+        assert list(cfg.data.classes) == ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
     with pytest.raises(ConfigCompositionException):
         compose_cfg("variant=frozen")  # only reachable through its experiment
 
@@ -255,7 +262,7 @@ def test_bench_svm_rejects_bad_input(capsys):
 def test_frozen_backbone_training_and_the_side_by_side_table(make_cfg, tmp_path):
     common = ["experiment=scratch_vs_pretrained", "data=synthetic", "model=simple_cnn", "model.pretrained=false",
               "model.head_hidden=[16]", "model.head_dropout=0.5", "optim=adam", "optim.lr=0.01",
-              "sched=constant", "trainer.epochs=2"]
+              "sched=constant", "trainer.epochs=2", "data.classes=null", "trainer.sched_interval=epoch"]
     frozen_cfg = make_cfg(*common, "variant=frozen", "model.pretrained=false")
     assert frozen_cfg.model.freeze_backbone and frozen_cfg.experiment_name == "scratch_vs_pretrained/frozen"
     out = train(frozen_cfg)

@@ -76,6 +76,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from bench import runs
+from bench.protocol import protocol_deviations, recipe_of
 from bench.leaderboard import refresh_leaderboard
 
 log = logging.getLogger("bench.svm")
@@ -455,6 +456,8 @@ def _write_run(cfg, run_dir: runs.RunDir, chash: str, name: str, feature_model: 
         "n_excluded": bundle.n_left_out, "data_root": bundle.root,
         "device": str(device), "env": env_info(device), "config_hash": chash,
         "protocol": PROTOCOL,
+        # vs. the recipe of its experiment (Acevedo et al.), with the departures declared there
+        "protocol_deviations": protocol_deviations(cfg), "recipe": recipe_of(cfg),
         "svm": {"feature_model": feature_model, "weights": tag, **summary},
         "features": {("train_balanced" if k == "extra" else k): {"file": str(Path(f.file).relative_to(exp_dir)) if f.file else None,
                          "cached": f.cached, "seconds": round(f.seconds, 3), "n": len(f.y)}

@@ -125,9 +125,24 @@ class TrainerConfig:
     # Loss weights per class: null (plain cross-entropy, the paper) | balanced (n / (C x n_c) on the
     # training split, scikit-learn's rule), so a rare class counts as much as a common one.
     class_weights: Optional[str] = None
+    # When the learning-rate schedule steps: epoch (torch's convention, the paper's StepLR) | step
+    # (after every optimizer step: Keras' per-iteration decay, sched=inverse_time)
+    sched_interval: str = "epoch"
     # Training order: shuffle (every image once per epoch, the paper) | balanced (each class drawn
     # equally often, images drawn with replacement; same number of images per epoch).
     sampler: str = "shuffle"
+
+
+@dataclass
+class RecipeConfig:
+    """Which published recipe a run is measured against (bench/protocol.py). ``experiment``: the
+    experiment file that is the recipe (null: gavas2021, whose Table 2 the leaderboard compares
+    with); ``departures``: what this harness always does differently from that paper (written in
+    the experiment file next to the reason), recorded in every run's protocol column."""
+
+    experiment: Optional[str] = None
+    paper: Optional[str] = None
+    departures: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -195,6 +210,7 @@ class BenchConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
     svm: SvmConfig = field(default_factory=SvmConfig)
     experiment_name: str = "default"
     seed: int = 0
@@ -330,6 +346,7 @@ def validate_config(cfg) -> list[str]:
     choice("trainer.select_by", trainer.select_by, SELECT_BY)
     choice("trainer.class_weights", trainer.class_weights, CLASS_WEIGHTS)
     choice("trainer.sampler", trainer.sampler, SAMPLERS)
+    choice("trainer.sched_interval", trainer.sched_interval, ("epoch", "step"))
     if "logger" in cfg:
         choice("logger", cfg.logger.kind, LOGGERS)
     optim = cfg.optim or {}

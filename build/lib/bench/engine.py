@@ -102,6 +102,7 @@ def train_one_epoch(
     aux_weight: float = 0.0,
     grad_accum: int = 1,
     on_batch: Callable[[dict], None] | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> dict:
     """One pass over ``batches``; returns mean loss, accuracy, image count, seconds, images/s.
 
@@ -124,6 +125,8 @@ def train_one_epoch(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
+            if on_step is not None:
+                on_step()  # e.g. a learning-rate schedule that decays per iteration (Keras' decay)
         # Accumulate on the device; one host sync per epoch keeps the GPU queue full.
         loss_sum += loss.detach().double() * y.shape[0]
         correct += (logits.detach().argmax(1) == y).sum()
@@ -133,6 +136,8 @@ def train_one_epoch(
     if n and (i + 1) % grad_accum:
         optimizer.step()  # a last partial accumulation still counts
         optimizer.zero_grad(set_to_none=True)
+        if on_step is not None:
+            on_step()
     _sync(device)
     seconds = time.perf_counter() - start
     mean_loss = float(loss_sum) / max(n, 1)
