@@ -105,33 +105,11 @@ def member_id(model: str, seed) -> str:
 
 
 def _read_predictions(path: Path, classes: list[str], run_label: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    frame = pd.read_csv(path, dtype={"path": str, "label": str, "predicted": str}, keep_default_na=False)
-    prob_cols = [f"prob_{c}" for c in classes]
-    missing = [c for c in ("path", "label", "predicted", *prob_cols) if c not in frame.columns]
-    if missing:
-        raise EnsembleError(f"{path} ({run_label}) lacks the column(s) {missing}; expected path, label, "
-                            f"predicted and prob_<class> for the classes {classes}.")
-    if frame["path"].duplicated().any():
-        dup = frame["path"][frame["path"].duplicated()].iloc[0]
-        raise EnsembleError(f"{path} ({run_label}) lists {dup!r} more than once.")
-    frame = frame.sort_values("path", kind="mergesort")
-    index = {c: i for i, c in enumerate(classes)}
-    bad = sorted(set(frame["label"]) - set(index) | set(frame["predicted"]) - set(index))
-    if bad:
-        raise EnsembleError(f"{path} ({run_label}) has class names {bad} that are not among its classes {classes}.")
-    labels = frame["label"].map(index).to_numpy(int)
-    predicted = frame["predicted"].map(index).to_numpy(int)
-    probs = frame[prob_cols].to_numpy(np.float64)
-    # The CSVs round probabilities to 6 decimals; where that makes the recorded prediction
-    # tie with another class, nudge it up by one ulp so argmax reproduces the run's own vote.
-    rows = np.arange(len(frame))
-    off = probs.argmax(axis=1) != predicted
-    if off.any():
-        top = probs.max(axis=1)
-        if (probs[rows[off], predicted[off]] < top[off] - 1e-6).any():
-            raise EnsembleError(f"{path} ({run_label}): the 'predicted' column disagrees with the probabilities.")
-        probs[rows[off], predicted[off]] = np.nextafter(top[off], np.inf)
-    return frame["path"].to_numpy(str), labels, probs
+    try:
+        paths, labels, _, probs = runs.read_predictions(path, classes)
+    except runs.PredictionsError as exc:
+        raise EnsembleError(f"{exc} ({run_label})") from exc
+    return paths, labels, probs
 
 
 def load_candidates(exp_dir, splits: Sequence[str] = SPLITS) -> Candidates:

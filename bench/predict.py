@@ -297,7 +297,7 @@ def prediction_tables(paths: Sequence[str], probs: np.ndarray, class_names: Sequ
 
 # --------------------------------------------------------------------------- CLI
 def _device(name: str) -> torch.device:
-    from bench.train import resolve_device
+    from bench.device import resolve_device
 
     try:
         return resolve_device(name)

@@ -11,6 +11,7 @@ named: ``trainer.epochs=8 (paper: 25)``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -43,12 +44,11 @@ def protocol_deviations(cfg: DictConfig, *, precision: str | None = None) -> lis
 
     ``precision`` (``fp32`` / ``bf16``): what the run actually trained in, which ``trainer.amp=null``
     leaves to the device (bf16 on a GPU); the paper trained in fp32."""
-    from bench.config import compose_config
     from bench.models import get_model_spec
 
     recipe = recipe_of(cfg)
     try:
-        ref = compose_config([f"experiment={recipe}", f"model={cfg.model.name}", "data.root=unused"])
+        ref = _reference(recipe, cfg.model.name)
         input_size = get_model_spec(cfg.model.name).input_size
     except Exception as exc:  # e.g. a model with no config node: no verdict rather than a wrong one
         log.debug("no protocol comparison for %s: %s", cfg.model.name, exc)
@@ -70,6 +70,18 @@ def protocol_deviations(cfg: DictConfig, *, precision: str | None = None) -> lis
         if precision != paper:
             found.append(f"precision={precision} (paper: {paper})")
     return found
+
+
+@functools.lru_cache(maxsize=64)
+def _reference_container(recipe: str, model: str) -> str:
+    from bench.config import compose_config
+
+    return OmegaConf.to_yaml(compose_config([f"experiment={recipe}", f"model={model}", "data.root=unused"]))
+
+
+def _reference(recipe: str, model: str) -> DictConfig:
+    """The recipe composed for ``model`` (cached per process: a sweep compares every run with it)."""
+    return OmegaConf.create(_reference_container(recipe, model))
 
 
 def _weights_deviation(cfg: DictConfig, ref: DictConfig) -> list[str]:

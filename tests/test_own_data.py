@@ -17,7 +17,7 @@ from PIL import Image
 
 from bench import leaderboard as lb
 from bench import runs
-from bench import train as train_mod
+from bench import fit as train_mod  # the stages of a run
 from bench.config import validate_config
 from bench.metrics import balanced_accuracy, classification_metrics, collapse_warning, confidence_threshold
 from bench.train import cli, run_identity, train

@@ -83,12 +83,12 @@ def test_nan_loss_is_a_failed_run(make_cfg):
 
 
 def test_cuda_oom_retries_with_half_the_micro_batch(make_cfg, monkeypatch, tmp_path):
-    import bench.train as train_mod
+    import bench.fit as train_mod
 
     import weakref
 
     calls, first_attempt = [], []
-    real_fit = train_mod._fit
+    real_fit = train_mod.fit
 
     def flaky_fit(cfg, run_dir, exp_dir, chash, threads, tracker, *, grad_accum, oom_retry=False):
         calls.append(grad_accum)
@@ -100,7 +100,7 @@ def test_cuda_oom_retries_with_half_the_micro_batch(make_cfg, monkeypatch, tmp_p
         assert first_attempt[0]() is None
         return real_fit(cfg, run_dir, exp_dir, chash, threads, tracker, grad_accum=grad_accum, oom_retry=oom_retry)
 
-    monkeypatch.setattr(train_mod, "_fit", flaky_fit)
+    monkeypatch.setattr(train_mod, "fit", flaky_fit)
     out = train(make_cfg("trainer.epochs=1", "trainer.max_batches=2"))
     assert out["status"] == "completed" and calls == [1, 2]
     metrics = runs.read_json(tmp_path / "results" / "synthetic" / "runs" / "simple_cnn" / "seed0" / "metrics.json")

@@ -309,9 +309,9 @@ def test_an_unreadable_last_checkpoint_means_training_again(make_cfg, damage, ca
 
 
 def test_progress_bar_is_sparse_when_logging_to_a_file(capsys):
-    from bench.train import _progress
+    from bench.progress import EpochProgress
 
-    with _progress(True, 100, "model epoch 1/1") as bar:
+    with EpochProgress(True, 100, "model epoch 1/1") as bar:
         for _ in range(100):  # 0.5 s: a terminal's bar (0.1 s interval) would be redrawn ~5 times
             time.sleep(0.005)
             bar.on_batch({"loss": torch.tensor(1.0), "n": 32})

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from bench import runs
-from bench import train as train_mod
+from bench import fit as train_mod  # the stages of a run: what these tests script
 from bench.train import train
 
 

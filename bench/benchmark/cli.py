@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.data.imagefolder import scan_imagefolder
     from bench.data.store import usable_cpus
     from bench.models import get_model_spec
-    from bench.train import resolve_device
+    from bench.device import resolve_device
 
     logging.basicConfig(level=logging.WARNING)
     models = model_list(args.models)
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"data: {bundle.summary()}; decode {decode_img_s:.0f} img/s, cold preparation {data_prep_s:.2f} s "
              f"({size0} px)")
 
-        # The harness's own choice of channels_last, as _fit makes it.
+        # The harness's own choice of channels_last, as bench.fit.prepare makes it.
         on_cuda = device.type == "cuda"
         cl_default = on_cuda if cfg0.trainer.channels_last is None else bool(cfg0.trainer.channels_last)
         loader_kw = {"batch_size": args.batch_size, "mean": cfg0.data.mean, "std": cfg0.data.std,

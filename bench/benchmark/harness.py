@@ -38,7 +38,7 @@ def run_harness(cfg) -> dict:
     import pandas as pd
 
     from bench import runs
-    from bench.train import train
+    from bench.training import run_training as train
 
     t0 = time.perf_counter()
     result = train(cfg)

@@ -164,7 +164,7 @@ def run_fold(fold_cfg: DictConfig) -> dict:
         from bench.protocols.two_level import run_two_level
 
         return run_two_level(fold_cfg)
-    from bench.train import train
+    from bench.training import run_training as train
 
     return train(fold_cfg)
 

@@ -419,21 +419,14 @@ def identity(cfg: DictConfig, feature_model: str, kernel: str) -> dict:
     }
 
 
-def _fail(run_dir: runs.RunDir, chash: str, name: str, seed: int, exc: BaseException, tb: str) -> dict:
-    error = run_dir.record_failure(exc, tb, config_hash=chash, model=name, seed=seed)
-    log.error("%s seed %d FAILED: %s", name, seed, error)
-    return {"model": name, "seed": seed, "status": runs.STATUS_FAILED, "error": error, "run_dir": str(run_dir.root)}
-
-
 def _write_run(cfg, run_dir: runs.RunDir, chash: str, name: str, feature_model: str, tag: str, size: int,
                bundle, feats: dict[str, Features], fitted: dict, device, exp_dir: Path) -> dict:
     from bench.metrics import classification_metrics
-    from bench.train import env_info, peak_memory_mb, predictions_frame
+    from bench.device import env_info, peak_memory_mb
 
     classes = bundle.class_names
     for split in ("val", "test"):
-        runs.write_csv_atomic(run_dir.predictions(split),
-                              predictions_frame(feats[split].paths, fitted["scored"][split], classes))
+        runs.write_predictions(run_dir.predictions(split), feats[split].paths, fitted["scored"][split], classes)
     runs.write_csv_atomic(run_dir.root / "cv.csv", fitted["cv_table"])
     import joblib
 
@@ -472,7 +465,7 @@ def run_svm_protocol(cfg: DictConfig) -> list[dict]:
     run's failure (its status is ``failed``). Returns one summary dict per run."""
     from bench.data.build import build_data
     from bench.models import get_model_spec
-    from bench.train import resolve_device
+    from bench.device import resolve_device
 
     exp_dir = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name)
     seed = int(cfg.seed)
@@ -485,24 +478,22 @@ def run_svm_protocol(cfg: DictConfig) -> list[dict]:
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     device = resolve_device(cfg.trainer.device)
-    container = OmegaConf.to_container(cfg, resolve=True)
+    config_yaml = OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True))
     results: list[dict] = []
     for feature_model in cfg.svm.feature_models:
+        # Every kernel's run is started first: they share the features computed next.
         todo = []
         for kernel in kernels:
             name = run_name(feature_model, kernel)
             run_dir = runs.RunDir.for_run(exp_dir, name, seed)
             chash = runs.config_hash(identity(cfg, feature_model, kernel))
-            m = run_dir.completed_metrics(chash)
-            if m is not None:
-                log.info("%s seed %d: already completed with this config, skipped", name, seed)
-                results.append({"model": name, "seed": seed, "status": "skipped", "run_dir": str(run_dir.root),
-                                "val_acc": m["val"]["accuracy"], "test_acc": m["test"]["accuracy"]})
-                continue
-            run_dir.root.mkdir(parents=True, exist_ok=True)
-            runs.write_text_atomic(run_dir.config, OmegaConf.to_yaml(container))
-            run_dir.write_status(runs.STATUS_RUNNING, config_hash=chash, model=name, seed=seed)
-            todo.append((kernel, name, run_dir, chash))
+            life = runs.RunLifecycle(run_dir, chash, config_yaml, model=name, seed=seed,
+                                     experiment=cfg.experiment_name, after=lambda: refresh_leaderboard(exp_dir))
+            early = life.begin()
+            if early is not None:
+                results.append(early)
+            else:
+                todo.append((kernel, name, run_dir, chash, life))
         if not todo:
             continue
         try:
@@ -518,30 +509,26 @@ def run_svm_protocol(cfg: DictConfig) -> list[dict]:
             raise
         except Exception as exc:  # no features: every kernel of this model fails, the others go on
             tb = traceback.format_exc()
-            results += [_fail(rd, ch, nm, seed, exc, tb) for _, nm, rd, ch in todo]
-            refresh_leaderboard(exp_dir)
+            results += [life.fail(exc, tb) for *_, life in todo]
             continue
-        for kernel, name, run_dir, chash in todo:
+        for kernel, name, run_dir, chash, life in todo:
             try:
                 runs.write_csv_atomic(run_dir.excluded, bundle.excluded)
                 fitted = fit_svm(cfg, kernel, feats, bundle.class_names)
                 metrics = _write_run(cfg, run_dir, chash, name, feature_model, tag, size, bundle, feats, fitted,
                                      device, exp_dir)
             except KeyboardInterrupt:
+                for *_, other in todo:
+                    other.close()
                 raise
             except Exception as exc:
-                results.append(_fail(run_dir, chash, name, seed, exc, traceback.format_exc()))
+                results.append(life.fail(exc, traceback.format_exc()))
             else:
-                run_dir.write_status(runs.STATUS_COMPLETED, config_hash=chash, model=name, seed=seed)
                 s = metrics["svm"]
                 log.info("%s: CV accuracy %s (mean %.4f), %s; val acc %.4f, test acc %.4f -> %s", name,
                          " ".join(f"{a:.4f}" for a in s["cv_fold_accuracy"]), s["cv_mean_accuracy"], s["selected"],
                          metrics["val"]["accuracy"], metrics["test"]["accuracy"], run_dir.root)
-                results.append({"model": name, "seed": seed, "status": runs.STATUS_COMPLETED,
-                                "run_dir": str(run_dir.root), "val_acc": metrics["val"]["accuracy"],
-                                "test_acc": metrics["test"]["accuracy"],
-                                "cv_fold_accuracy": s["cv_fold_accuracy"]})
-            refresh_leaderboard(exp_dir)
+                results.append(life.complete(metrics, cv_fold_accuracy=s["cv_fold_accuracy"]))
         del feats, bundle
     refresh_leaderboard(exp_dir)
     return results

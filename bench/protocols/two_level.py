@@ -37,7 +37,6 @@ import copy
 import logging
 import math
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -101,18 +100,16 @@ def run_two_level(cfg: DictConfig) -> dict:
     """Train level 1 and the level-2 classifiers, then evaluate the composed classifier and
     write its run folder. Never raises for a failed level: the composed run is then ``failed``."""
     from bench.leaderboard import refresh_leaderboard
-    from bench.train import run_identity, train
+    from bench.config import run_identity
+    from bench.training import run_training as train
 
     exp_dir = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name)
     name = COMPOSED_PREFIX + cfg.model.name
     seed = int(cfg.seed)
     run_dir = runs.RunDir.for_run(exp_dir, name, seed)
-    summary = {"model": name, "seed": seed, "experiment": cfg.experiment_name, "run_dir": str(run_dir.root)}
     container, chash = run_identity(cfg)
-    run_dir.root.mkdir(parents=True, exist_ok=True)
-    runs.write_text_atomic(run_dir.config, OmegaConf.to_yaml(container))
-    run_dir.write_status(runs.STATUS_RUNNING, config_hash=chash, model=name, seed=seed)
-    try:
+
+    def work() -> dict:
         level1_cfg, level2_cfgs = level_configs(cfg)
         level_results = {"level1": train(level1_cfg)}
         for g, level_cfg in level2_cfgs.items():
@@ -120,18 +117,12 @@ def run_two_level(cfg: DictConfig) -> dict:
         failed = {k: r for k, r in level_results.items() if r["status"] == runs.STATUS_FAILED}
         if failed:
             raise RuntimeError("; ".join(f"{k} failed: {r.get('error')}" for k, r in failed.items()))
-        metrics = compose_and_evaluate(cfg, level1_cfg, level2_cfgs, run_dir, chash)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        error = run_dir.record_failure(exc, traceback.format_exc(), config_hash=chash, model=name, seed=seed)
-        log.error("two-level %s seed %d FAILED: %s", cfg.model.name, seed, error)
-        result = {**summary, "status": runs.STATUS_FAILED, "error": error}
-    else:
-        run_dir.write_status(runs.STATUS_COMPLETED, config_hash=chash, model=name, seed=seed)
-        result = {**summary, "status": runs.STATUS_COMPLETED, "val_acc": metrics["val"]["accuracy"],
-                  "test_acc": metrics["test"]["accuracy"], "n_excluded": metrics["n_excluded"]}
-    refresh_leaderboard(exp_dir)
+        return compose_and_evaluate(cfg, level1_cfg, level2_cfgs, run_dir, chash)
+
+    result = runs.RunLifecycle(run_dir, chash, OmegaConf.to_yaml(container), model=name, seed=seed,
+                               experiment=cfg.experiment_name, after=lambda: refresh_leaderboard(exp_dir)).run(work)
+    if result["status"] in (runs.STATUS_COMPLETED, "skipped") and run_dir.metrics.exists():
+        result["n_excluded"] = runs.read_json(run_dir.metrics).get("n_excluded")
     return result
 
 
@@ -178,7 +169,7 @@ def compose_and_evaluate(cfg, level1_cfg, level2_cfgs, run_dir: runs.RunDir, cha
     from bench.data.build import build_data
     from bench.data.split import manifest_filename
     from bench.models import count_gflops, count_params, get_model_spec
-    from bench.train import env_info, predictions_frame, resolve_device
+    from bench.device import env_info, resolve_device
 
     groups = validate_groups(cfg.two_level.groups)
     device = resolve_device(cfg.trainer.device)
@@ -224,10 +215,10 @@ def compose_and_evaluate(cfg, level1_cfg, level2_cfgs, run_dir: runs.RunDir, cha
                 cascade[chosen] = classes.index(members[0])
         metrics_of[split] = classification_metrics(labels, cascade, classes)
         metrics_of[split]["eval_img_s"] = n / seconds if seconds > 0 else math.nan
-        frame = predictions_frame(data.paths[:n], {"labels": labels, "preds": cascade, "probs": joint}, classes)
-        frame["group_label"] = [group_of[classes[i]] for i in labels]
-        frame["group_predicted"] = [level1_names[i] for i in group_pred]
-        runs.write_csv_atomic(run_dir.predictions(split), frame)
+        runs.write_predictions(run_dir.predictions(split), data.paths[:n],
+                               {"labels": labels, "preds": cascade, "probs": joint}, classes,
+                               extra={"group_label": [group_of[classes[i]] for i in labels],
+                                      "group_predicted": [level1_names[i] for i in group_pred]})
     runs.write_csv_atomic(run_dir.excluded, bundle.excluded)
 
     # Images of classes outside the groups, per class, from the split manifest (whole dataset).

@@ -240,14 +240,23 @@ def default_experiment_name(kind: str, root: str = "", bloodmnist_size=None) -> 
 OmegaConf.register_new_resolver("bench_experiment_name", default_experiment_name, replace=True)
 
 
+_REGISTERED: set[str] = set()  # model config nodes stored so far in this process
+
+
 def register_configs() -> None:
-    """Register the schema and one ``model/<name>`` node per registered model."""
+    """Register the schema and one ``model/<name>`` node per registered model (those registered
+    since the last call only: storing ~30 structured nodes costs a quarter of a second)."""
     from bench.models import list_models  # models are layer 1; config composes them
 
     cs = ConfigStore.instance()
-    cs.store(name="bench_schema", node=BenchConfig)
+    if "bench_schema" not in _REGISTERED or "bench_schema.yaml" not in cs.repo:
+        cs.store(name="bench_schema", node=BenchConfig)
+        _REGISTERED.clear()
+        _REGISTERED.add("bench_schema")
     for name in list_models():
-        cs.store(group="model", name=name, node=ModelConfig(name=name))
+        if name not in _REGISTERED:
+            cs.store(group="model", name=name, node=ModelConfig(name=name))
+            _REGISTERED.add(name)
 
 
 # The YAML configs ship inside the package (package data), so an installed wheel finds them from
@@ -365,6 +374,52 @@ def validate_config(cfg) -> list[str]:
     if "gamma" in sched:
         number("sched.gamma", sched.gamma, low=0, high=1, low_open=True)
     return problems
+
+
+# --------------------------------------------------------------------------- run identity
+# Which config keys change results, in one place: a run's identity hash covers every key but
+# these, so e.g. turning progress bars off never retrains a finished model.
+# cv / two_level / svm drive other commands (bench-cv, bench-svm); a training run's own data
+# selection is in data.* (fold, classes, class_map), which stays in the hash.
+NON_RESULT_KEYS = {"paths": None, "trainer": ("progress", "num_threads", "checkpoint_every_s"),
+                   "data": ("decode_workers", "store"), "cv": None, "two_level": None, "svm": None, "logger": None}
+# Options added after runs were already on disk, with the value that does what the code did before
+# them: at that value they stay out of the identity hash, so adding an option never retrains (or
+# sets aside) a finished run whose config did not ask for it.
+NEUTRAL_OPTIONS = {
+    ("trainer", "select_by"): "val_acc", ("trainer", "class_weights"): None, ("trainer", "sampler"): "shuffle",
+    ("trainer", "sched_interval"): "epoch", ("model", "weights_tag"): None,
+    ("data", "split_rounding"): "round", ("data", "geometry"): "resize", ("data", "crop_fraction"): 0.875,
+    ("data", "augment", "brightness"): 0.0, ("data", "augment", "contrast"): 0.0,
+    ("data", "augment", "saturation"): 0.0, ("data", "augment", "hue"): 0.0,
+    ("recipe", "experiment"): None, ("recipe", "paper"): None, ("recipe", "departures"): [],
+}
+
+
+def run_identity(cfg) -> tuple[dict, str]:
+    """The resolved config as a plain dict and its hash over the keys that change results."""
+    import copy
+
+    from bench.runs import config_hash
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    ident = {}
+    for key, value in container.items():
+        drop = NON_RESULT_KEYS.get(key, ())
+        if drop is None:
+            continue
+        ident[key] = {k: v for k, v in value.items() if k not in drop} if isinstance(value, dict) else value
+    ident = copy.deepcopy(ident)  # nested dicts are shared with the container written to config.yaml
+    for path, neutral in NEUTRAL_OPTIONS.items():
+        *parents, leaf = path
+        node = ident
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
+            del node[leaf]
+    for key in [k for k, v in ident.items() if v == {}]:  # a group left empty (recipe at its defaults)
+        del ident[key]
+    return container, config_hash(ident)
 
 
 class ConfigValueError(ValueError):

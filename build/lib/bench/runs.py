@@ -28,148 +28,22 @@ import hashlib
 import json
 import logging
 import os
-import re
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-import pandas as pd
+# Atomic writes live in bench.atomic; the run contract re-exports them (callers say runs.write_...).
+from bench.atomic import (atomic_path, fsync_file, read_json, remove_stale_temporaries,  # noqa: F401
+                          save_torch_atomic, write_bytes_atomic, write_csv_atomic, write_json_atomic,
+                          write_text_atomic)
 
 log = logging.getLogger("bench.runs")
 
 STATUS_RUNNING = "running"
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"
-
-
-# --------------------------------------------------------------------------- atomic I/O
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-# Temporary files are named .<name>.<host>~<pid>.<random>.tmp: a later start can tell the leftovers
-# of a killed process (same host, pid gone) from a write in progress, and remove them.
-_TMP_PATTERN = re.compile(r"^\..+\.(?P<host>[^.~]+)~(?P<pid>\d+)\.[^.]+\.tmp$")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should read like any other file
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _host() -> str:
-    return socket.gethostname().replace(".", "_").replace("~", "_") or "host"
-
-
-def _owner() -> str:
-    # Computed per call: after a fork (decode workers) the pid differs from the one at import.
-    return f"{_host()}~{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temporaries(folder) -> list[Path]:
-    """Delete the temporary files a killed process left in ``folder`` (not recursive): those of this
-    host whose writer is gone. A full-size store or checkpoint temporary is gigabytes; without
-    this every kill would leave one for good. Returns what was removed."""
-    folder = Path(folder)
-    removed = []
-    host = _host()
-    try:
-        entries = list(folder.iterdir())
-    except OSError:
-        return removed
-    for entry in entries:
-        m = _TMP_PATTERN.match(entry.name)
-        if not m or m.group("host") != host or _pid_alive(int(m.group("pid"))):
-            continue
-        try:
-            entry.unlink()
-            removed.append(entry)
-        except OSError:
-            continue
-    if removed:
-        log.info("removed %d temporary file(s) left by killed processes in %s", len(removed), folder)
-    return removed
-
-
-def write_bytes_atomic(path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-
-
-def write_text_atomic(path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def write_csv_atomic(path, frame: pd.DataFrame) -> None:
-    write_text_atomic(path, frame.to_csv(index=False))
-
-
-def save_torch_atomic(path, obj: Any, *, durable: bool = True) -> None:
-    """``torch.save`` through a temporary file and a rename: a killed process never leaves a
-    half-written file. ``durable=False`` skips the fsync, which only matters if the machine
-    itself goes down before the page cache is flushed; per-epoch checkpoints use it (a
-    90 MB fsync per epoch is measurable in a sweep of small models) and the run makes its
-    final files durable once with ``fsync_file``."""
-    import torch  # local: readers of results need not import torch
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-
-
-def fsync_file(path) -> None:
-    """Flush a file written with ``durable=False`` to the disk."""
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def read_json(path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def _json_default(obj):
-    # numpy scalars and paths appear in metric dicts; make them plain JSON.
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 # --------------------------------------------------------------------------- layout
@@ -321,6 +195,117 @@ class RunBusy(RuntimeError):
         super().__init__(f"{run_dir.root} is being trained by {holder}")
 
 
+class RunLifecycle:
+    """One run's life in its folder, defined once for every protocol (training, the two-level
+    classifier, the SVMs): lock the folder, skip it when it completed under this config, else
+    write config.yaml and ``running``; then ``completed`` or a ``failed`` row with the error;
+    then refresh the experiment's tables (``after``). Never raises for the work's failure::
+
+        life = RunLifecycle(run_dir, chash, config_yaml, model=name, seed=seed, after=refresh)
+        result = life.run(lambda: fit(...))      # begin + work + complete / fail + close
+
+    ``begin``/``complete``/``fail``/``close`` are there for protocols that start several runs
+    before doing work they share (the SVMs of one feature extractor). A KeyboardInterrupt leaves
+    the run ``running``: the next start resumes it.
+    """
+
+    def __init__(self, run_dir: RunDir, config_hash: str, config_yaml: str, *, model: str, seed: int,
+                 experiment: str | None = None, after: Callable[[], None] | None = None):
+        self.run_dir, self.config_hash, self.config_yaml = run_dir, config_hash, config_yaml
+        self.model, self.seed, self.after = model, int(seed), after
+        self.summary = {"model": model, "seed": int(seed), "experiment": experiment, "run_dir": str(run_dir.root)}
+        self._lock = None
+
+    def begin(self) -> dict | None:
+        """Lock and start the run: None when the work is to be done, else the run's final result
+        (``skipped``: completed before with this config, or being trained by another process;
+        ``failed``: the folder is in use with another config)."""
+        lock = self.run_dir.lock()
+        try:
+            lock.__enter__()
+        except RunBusy as busy:
+            return self._busy(busy)
+        self._lock = lock
+        done = self.run_dir.completed_metrics(self.config_hash)
+        if done is not None:
+            log.info("%s seed %d: already completed with this config, skipped (%s)", self.model, self.seed,
+                     self.run_dir.root)
+            self.close(refresh=False)  # nothing changed
+            return {**self.summary, "status": "skipped", "val_acc": done["val"]["accuracy"],
+                    "test_acc": done["test"]["accuracy"]}
+        try:
+            self.run_dir.root.mkdir(parents=True, exist_ok=True)
+            for folder in (self.run_dir.root, self.run_dir.root.parents[2]):  # leftovers of killed writers
+                remove_stale_temporaries(folder)
+            write_text_atomic(self.run_dir.config, self.config_yaml)
+            self.run_dir.write_status(STATUS_RUNNING, config_hash=self.config_hash, model=self.model, seed=self.seed)
+        except OSError as exc:  # e.g. a full disk before anything ran
+            return self.fail(exc, "")
+        return None
+
+    def complete(self, metrics: dict, **result) -> dict:
+        """Mark the run completed; its result (val/test accuracy) for the caller."""
+        try:
+            self.run_dir.write_status(STATUS_COMPLETED, config_hash=self.config_hash, model=self.model,
+                                      seed=self.seed)
+        except OSError as exc:
+            return self.fail(exc, "")
+        out = {**self.summary, "status": STATUS_COMPLETED, "val_acc": metrics["val"]["accuracy"],
+               "test_acc": metrics["test"]["accuracy"], **result}
+        self.close()
+        return out
+
+    def fail(self, exc: BaseException, traceback_text: str) -> dict:
+        """A failed row: one-line error in status.json (a full disk said so), the traceback in
+        error.log; if even that cannot be written, the result still says why."""
+        error = explain_error(exc, self.run_dir.root)
+        try:
+            self.run_dir.record_failure(exc, traceback_text, config_hash=self.config_hash, model=self.model,
+                                        seed=self.seed, error=error)
+        except OSError as record_exc:  # e.g. the disk is full: say so once, without a chain of tracebacks
+            error += f" (the failure could not be recorded in {self.run_dir.status} either: {record_exc})"
+        log.error("%s seed %d FAILED: %s", self.model, self.seed, error)
+        self.close()
+        return {**self.summary, "status": STATUS_FAILED, "error": error}
+
+    def close(self, refresh: bool = True) -> None:
+        """Release the folder and refresh the experiment's tables (once)."""
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.__exit__(None, None, None)
+            if refresh and self.after is not None:
+                self.after()
+
+    def run(self, work: Callable[[], dict]) -> dict:
+        """begin, then ``work() -> metrics``, then complete or fail; the lock is always released."""
+        import traceback
+
+        early = self.begin()
+        if early is not None:
+            return early
+        try:
+            metrics = work()
+        except KeyboardInterrupt:
+            self.close()
+            raise  # stays "running": the next invocation resumes it
+        except Exception as exc:  # a failed model is a row with an error, never a crash of the sweep
+            return self.fail(exc, traceback.format_exc())
+        return self.complete(metrics)
+
+    def _busy(self, busy: RunBusy) -> dict:
+        # Another process trains this folder: the same run (two identical sweeps started together)
+        # is left to it; another config must not move or overwrite it under its feet.
+        holder = self.run_dir.read_status() or {}
+        if holder.get("config_hash") == self.config_hash:
+            log.info("%s seed %d: being trained by %s; skipped here", self.model, self.seed, busy.holder)
+            return {**self.summary, "status": "skipped", "note": f"being trained by {busy.holder}"}
+        error = (f"{self.run_dir.root} is being trained by {busy.holder} with another config; this run did not "
+                 "start and nothing of that run was touched. Rerun this command when that one is done, or give "
+                 "this run its own experiment_name=...")
+        log.error("%s seed %d: %s", self.model, self.seed, error)
+        return {**self.summary, "status": STATUS_FAILED, "error": error}
+
+
 def iter_run_dirs(exp_dir) -> Iterator[RunDir]:
     """Every run folder of an experiment (those with a status file), in sorted order."""
     runs = Path(exp_dir) / "runs"
@@ -328,6 +313,100 @@ def iter_run_dirs(exp_dir) -> Iterator[RunDir]:
         return
     for status in sorted(runs.glob("*/seed*/status.json")):
         yield RunDir(status.parent)
+
+
+# --------------------------------------------------------------------------- predictions
+PROB_DECIMALS = 6  # the CSV's probabilities, for people; the .npz beside it keeps them exact
+
+
+def probs_file(csv_path) -> Path:
+    """``predictions_val.csv`` -> ``predictions_val.probs.npz`` (the exact probabilities)."""
+    csv_path = Path(csv_path)
+    return csv_path.with_name(csv_path.stem + ".probs.npz")
+
+
+def write_predictions(path, paths, result: dict, class_names, extra: dict | None = None) -> None:
+    """Per-image predictions of a split: ``path, label, predicted, prob_<class>...`` as a readable CSV
+    (probabilities rounded to 6 decimals) and the probabilities as computed, with their paths, in
+    ``<name>.probs.npz`` beside it (written first: the CSV's presence means both are there)."""
+    import numpy as np
+    import pandas as pd
+
+    paths = [str(p) for p in paths]
+    probs = np.asarray(result["probs"], dtype=np.float64)
+    with atomic_path(probs_file(path)) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, probs=probs, paths=np.asarray(paths, dtype=str))
+    frame = pd.DataFrame({"path": paths, "label": [class_names[i] for i in result["labels"]],
+                          "predicted": [class_names[i] for i in result["preds"]]})
+    for j, name in enumerate(class_names):
+        frame[f"prob_{name}"] = probs[:, j].round(PROB_DECIMALS)
+    for column, values in (extra or {}).items():  # protocol-specific columns after the standard ones
+        frame[column] = values
+    write_csv_atomic(path, frame)
+
+
+class PredictionsError(ValueError):
+    """A predictions file that cannot be read as one: the message names the file and the problem."""
+
+
+def read_predictions(path, classes) -> "tuple[Any, Any, Any, Any]":
+    """``(paths, labels, predicted, probs)`` of a predictions CSV, sorted by path; ``labels`` and
+    ``predicted`` as class indices of ``classes``. The probabilities come from the ``.probs.npz``
+    beside the CSV when it matches (exact); from the CSV otherwise (files written before the npz
+    existed), where a prediction that ties another class after rounding is nudged up by one ulp
+    so argmax reproduces the run's own vote."""
+    import numpy as np
+    import pandas as pd
+
+    path = Path(path)
+    frame = pd.read_csv(path, dtype={"path": str, "label": str, "predicted": str}, keep_default_na=False)
+    prob_cols = [f"prob_{c}" for c in classes]
+    missing = [c for c in ("path", "label", "predicted", *prob_cols) if c not in frame.columns]
+    if missing:
+        raise PredictionsError(f"{path} lacks the column(s) {missing}; expected path, label, predicted and "
+                               f"prob_<class> for the classes {list(classes)}.")
+    if frame["path"].duplicated().any():
+        raise PredictionsError(f"{path} lists {frame['path'][frame['path'].duplicated()].iloc[0]!r} more than once.")
+    index = {c: i for i, c in enumerate(classes)}
+    bad = sorted(set(frame["label"]) - set(index) | set(frame["predicted"]) - set(index))
+    if bad:
+        raise PredictionsError(f"{path} has class names {bad} that are not among its classes {list(classes)}.")
+    probs = _exact_probs(path, frame["path"].tolist(), len(classes))
+    if probs is None:
+        probs = _csv_probs(path, frame, prob_cols, frame["predicted"].map(index).to_numpy(int))
+    order = np.argsort(frame["path"].to_numpy(str), kind="mergesort")
+    return (frame["path"].to_numpy(str)[order], frame["label"].map(index).to_numpy(int)[order],
+            frame["predicted"].map(index).to_numpy(int)[order], probs[order])
+
+
+def _exact_probs(path: Path, paths: list[str], n_classes: int):
+    import numpy as np
+
+    try:
+        with np.load(probs_file(path)) as data:
+            probs, saved = data["probs"], [str(p) for p in data["paths"]]
+    except (OSError, KeyError, ValueError):
+        return None
+    if saved != paths or probs.shape != (len(paths), n_classes):
+        log.warning("%s does not match %s (another write?); using the CSV's rounded probabilities",
+                    probs_file(path), path)
+        return None
+    return probs.astype(np.float64)
+
+
+def _csv_probs(path: Path, frame, prob_cols: list[str], predicted):
+    import numpy as np
+
+    probs = frame[prob_cols].to_numpy(np.float64)
+    rows = np.arange(len(frame))
+    off = probs.argmax(axis=1) != predicted
+    if off.any():
+        top = probs.max(axis=1)
+        if (probs[rows[off], predicted[off]] < top[off] - 10.0 ** -PROB_DECIMALS).any():
+            raise PredictionsError(f"{path}: the 'predicted' column disagrees with the probabilities.")
+        probs[rows[off], predicted[off]] = np.nextafter(top[off], np.inf)
+    return probs
 
 
 # --------------------------------------------------------------------------- config identity
