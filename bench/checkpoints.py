@@ -56,3 +56,21 @@ def read_last(run_dir: runs.RunDir, chash: str) -> dict | None:
         # finished epochs are lost, not the sweep.
         log.warning("cannot resume %s (%s: %s); training it from the start", run_dir.root, type(exc).__name__, exc)
         return None
+
+
+def rebuild_model(ckpt: dict) -> torch.nn.Module:
+    """The network of a best.pt (a weights_only-loaded dict) with its weights, in eval mode: the
+    registry's architecture, the head the run trained (an MLP head, no auxiliary head: from the
+    tensors), and the input conversion its ImageNet start implied (``transform_input``)."""
+    from bench.models import create_model, get_model_spec
+    from bench.models.heads import match_state_dict
+
+    name = str(ckpt["model_name"])
+    model = create_model(name, num_classes=len(ckpt["class_names"]), pretrained=False)
+    if ckpt.get("pretrained", False) and get_model_spec(name).pretrained_transform_input:
+        # torchvision sets transform_input=True only when it builds these with ImageNet weights;
+        # the fine-tuned weights expect it.
+        model.transform_input = True
+    match_state_dict(model, name, ckpt["model"])  # an MLP head / no aux head, as trained
+    model.load_state_dict(ckpt["model"])
+    return model.eval()

@@ -264,7 +264,7 @@ def run_ensemble(exp_dir, *, method: str = "majority", k: int = 4, top_n: int | 
     except ValueError as exc:
         raise EnsembleError(str(exc)) from exc
     combined = {"val": est.combine(val.probs), "test": est.combine(test.probs)}
-    voting = est._get_voting()
+    voting = est.get_voting()
     name = name or (PAPER_ENSEMBLE_NAME if method == "paper" else default_name(
         method, None if method == "greedy" else (len(weights) if isinstance(weights, Mapping) else k)))
     out_dir = exp_dir / ENSEMBLES_DIR / name

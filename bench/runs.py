@@ -410,12 +410,9 @@ def _csv_probs(path: Path, frame, prob_cols: list[str], predicted):
 
 
 # --------------------------------------------------------------------------- config identity
-def config_hash(cfg_container: dict, ignore: tuple[str, ...] = ()) -> str:
-    """A short stable hash of a resolved config, used to decide whether a finished run
-    can be reused: a changed config never silently reuses an old result.
-
-    ``ignore`` lists top-level keys that do not change results (paths, logging).
-    """
-    clean = {k: v for k, v in cfg_container.items() if k not in ignore}
-    text = json.dumps(clean, sort_keys=True, default=str)
+def config_hash(identity: dict) -> str:
+    """A short stable hash of what decides a run's results (:func:`bench.config.run_identity`),
+    used to decide whether a finished run can be reused: a changed config never silently
+    reuses an old result."""
+    text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -346,3 +346,19 @@ def test_count_gflops_keeps_eval_mode_and_small_models():
     assert 0 < count_gflops(model, 64) < 0.5
     assert not model.training
     assert 0.3 < count_params(model) < 0.5
+
+
+@pytest.mark.parametrize("name, pretrained, expected", [("inception_v3", True, True), ("googlenet", True, True),
+                                                         ("inception_v3", False, False), ("resnet18", True, False)])
+def test_a_rebuilt_checkpoint_converts_its_input_as_its_imagenet_start_did(name, pretrained, expected):
+    # torchvision builds inception_v3 / googlenet with transform_input=True only with ImageNet
+    # weights; every rebuild of a fine-tuned checkpoint (bench-predict, the two-level classifier)
+    # must do the same, or its inputs are normalised the wrong way.
+    from bench.checkpoints import rebuild_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, pretrained=False)
+    ckpt = {"model": model.state_dict(), "model_name": name, "class_names": ["a", "b", "c"], "pretrained": pretrained}
+    rebuilt = rebuild_model(ckpt)
+    assert getattr(rebuilt, "transform_input", False) is expected
+    assert not rebuilt.training

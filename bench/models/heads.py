@@ -49,7 +49,7 @@ ResNet 5, Inception v3 12 (``2`` = Mixed_7b + Mixed_7c + the head), timm's
 legacy_xception 16 (conv1, conv2, block1 ... block12, conv3, conv4). Parameters outside
 every block (e.g. a ViT's ``pos_embed``) train only when every block does.
 ``trainable_blocks=0`` is the same as ``freeze_backbone=true``; N >= the number of
-blocks trains everything. :func:`describe_blocks` lists a model's blocks.
+blocks trains everything. :func:`list_blocks` lists a model's blocks.
 
 Frozen means frozen
 -------------------
@@ -263,12 +263,6 @@ def _head_container_block(model: nn.Module, head: str) -> Optional[Block]:
             if path != on_path and _has_params(child):
                 paths.append(path)
     return Block(parts[0] if len(parts) > 1 else "pre_head", tuple(paths)) if paths else None
-
-
-def describe_blocks(model: nn.Module, name: str) -> str:
-    """A readable list of the blocks of ``model`` and its head (for logs and docs)."""
-    lines = [f"{i + 1:>2}. {b.name}: {', '.join(b.modules)}" for i, b in enumerate(list_blocks(model, name))]
-    return "\n".join([*lines, f" head: {head_path(model, name)}"])
 
 
 # --------------------------------------------------------------------------- heads

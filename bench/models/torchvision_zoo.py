@@ -151,7 +151,8 @@ def mobilenet_v2(num_classes: int, pretrained: bool = False) -> nn.Module:
     return model
 
 
-@register_model("googlenet", input_size=224, min_input_size=15, family="googlenet", source="torchvision")
+@register_model("googlenet", input_size=224, min_input_size=15, family="googlenet", source="torchvision",
+                pretrained_transform_input=True)
 def googlenet(num_classes: int, pretrained: bool = False) -> nn.Module:
     # Aux heads off: with weights torchvision loads them, then drops them (aux_logits
     # defaults to False); from scratch we ask for none. init_weights silences a warning.
@@ -169,6 +170,7 @@ def googlenet(num_classes: int, pretrained: bool = False) -> nn.Module:
     family="inception",
     source="torchvision",
     aux_weight=0.4,
+    pretrained_transform_input=True,
 )
 def inception_v3(num_classes: int, pretrained: bool = False) -> nn.Module:
     # With weights torchvision itself sets transform_input=True and init_weights=False

@@ -498,7 +498,7 @@ def run_svm_protocol(cfg: DictConfig) -> list[dict]:
             continue
         try:
             spec = get_model_spec(feature_model)
-            size = int(cfg.data.image_size or spec.input_size)
+            size = spec.image_size(cfg.data.image_size)
             if size < spec.min_input_size:
                 raise ValueError(f"data.image_size={size} is below {feature_model}'s minimum input of "
                                  f"{spec.min_input_size} px; leave it null for {spec.input_size} px")

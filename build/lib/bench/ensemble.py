@@ -181,6 +181,10 @@ class _Ensemble(ClassifierMixin, BaseEstimator):
     (how the members were chosen), ``classes_`` (0..C-1).
     """
 
+    def get_voting(self) -> str:
+        """``hard`` or ``soft``: how the members' predictions are combined."""
+        return self._get_voting()
+
     def _get_voting(self) -> str:
         voting = getattr(self, "voting", getattr(self, "_voting", HARD))
         if voting not in (HARD, SOFT):

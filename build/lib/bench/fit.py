@@ -171,7 +171,7 @@ def prepare(cfg, run_dir: runs.RunDir, exp_dir: Path, grad_accum: int) -> Sessio
 
 def resolve_image_size(cfg, spec) -> int:
     """``data.image_size``, or the model's own input size when null; below the model's minimum is an error."""
-    size = int(cfg.data.image_size or spec.input_size)
+    size = spec.image_size(cfg.data.image_size)
     if size < spec.min_train_size:
         raise ValueError(
             f"data.image_size={size} is below {cfg.model.name}'s minimum training input of "

@@ -60,7 +60,6 @@ from bench.ensemble_runs import MEMBERS_CSV
 log = logging.getLogger(__name__)
 
 METHODS = {"majority": HARD, "soft": SOFT}
-INCEPTION_LIKE = ("inception_v3", "googlenet")
 REQUIRED_KEYS = ("model", "model_name", "class_names", "input_size", "mean", "std")
 
 
@@ -89,8 +88,7 @@ class LoadedCheckpoint:
 # --------------------------------------------------------------------------- checkpoints
 def load_checkpoint(path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
     """Rebuild the network of a ``best.pt`` (weights_only load) in eval mode on ``device``."""
-    from bench.models import create_model
-    from bench.models.heads import match_state_dict
+    from bench.checkpoints import rebuild_model
 
     path = Path(path)
     if not path.is_file():
@@ -108,13 +106,7 @@ def load_checkpoint(path, device: torch.device | str = "cpu") -> LoadedCheckpoin
     name = str(ckpt["model_name"])
     class_names = [str(c) for c in ckpt["class_names"]]
     try:
-        model = create_model(name, num_classes=len(class_names), pretrained=False)
-        if ckpt.get("pretrained", False) and name in INCEPTION_LIKE:
-            # torchvision sets transform_input=True only when it builds these with ImageNet
-            # weights; the fine-tuned weights expect it.
-            model.transform_input = True
-        match_state_dict(model, name, ckpt["model"])  # an MLP head / no aux head, as trained
-        model.load_state_dict(ckpt["model"])
+        model = rebuild_model(ckpt)
     except Exception as exc:
         raise PredictError(f"could not rebuild {name} from {path} ({type(exc).__name__}: {exc}).") from exc
     model.eval().to(device)

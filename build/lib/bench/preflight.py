@@ -268,7 +268,7 @@ def _check_models(plan: Plan, report: Report) -> None:
         except UnknownModelError as exc:
             report.problems.append(str(exc))
             continue
-        size = int(cfg.data.image_size or spec.input_size)
+        size = spec.image_size(cfg.data.image_size)
         if size < spec.min_train_size:
             report.problems.append(
                 f"{name}: data.image_size={size} is below its minimum training input of "
@@ -410,7 +410,7 @@ def _check_memory(plan: Plan, report: Report, n_images: int | None) -> None:
     sizes = []
     for name in plan.models:
         try:
-            sizes.append(int(cfg.data.image_size or get_model_spec(name).input_size))
+            sizes.append(get_model_spec(name).image_size(cfg.data.image_size))
         except Exception:
             continue  # reported by the model checks
     if not n_images or not sizes:

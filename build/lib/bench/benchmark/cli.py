@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     models = model_list(args.models)
-    sizes = {m: args.image_size or get_model_spec(m).input_size for m in models}
+    sizes = {m: get_model_spec(m).image_size(args.image_size) for m in models}
     device = resolve_device(args.device)
     out_dir = Path(args.out)
     size_tag = f"{args.image_size}px" if args.image_size else "native"

@@ -48,6 +48,10 @@ class ModelSpec:
         min_train_input_size: smallest input accepted in *train* mode, where it
             differs from ``min_input_size`` (inception_v3's aux head needs 299);
             ``None`` means the same as ``min_input_size``.
+        pretrained_transform_input: the network converts ImageNet-normalised input itself
+            when built with ImageNet weights (torchvision's ``transform_input=True`` for
+            inception_v3 and googlenet, whose ported Google weights expect [-1, 1]); a model
+            rebuilt from a fine-tuned checkpoint of such a run must do the same.
     """
 
     name: str
@@ -58,11 +62,16 @@ class ModelSpec:
     source: str = "custom"
     aux_weight: float = 0.0
     min_train_input_size: Optional[int] = None
+    pretrained_transform_input: bool = False
 
     @property
     def min_train_size(self) -> int:
         """Smallest input side that works in train mode."""
         return self.min_train_input_size or self.min_input_size
+
+    def image_size(self, requested: Optional[int]) -> int:
+        """``data.image_size`` for this model: the requested side, or its own input size when null."""
+        return int(requested or self.input_size)
 
 
 class UnknownModelError(ValueError):
@@ -78,6 +87,7 @@ def register_model(
     source: str = "custom",
     aux_weight: float = 0.0,
     min_train_input_size: Optional[int] = None,
+    pretrained_transform_input: bool = False,
 ) -> Callable[[Builder], Builder]:
     """Decorator that registers ``builder(num_classes, pretrained)`` under ``name``.
 
@@ -99,6 +109,7 @@ def register_model(
             source=source,
             aux_weight=aux_weight,
             min_train_input_size=min_train_input_size,
+            pretrained_transform_input=pretrained_transform_input,
         )
         return builder
 

@@ -37,7 +37,6 @@ import copy
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -128,22 +127,14 @@ def run_two_level(cfg: DictConfig) -> dict:
 
 def _load_level(cfg: DictConfig) -> tuple[torch.nn.Module, list[str], dict]:
     """The best checkpoint of a level's run as an eval-mode model, its class names and metrics."""
-    from bench.models import create_model
+    from bench.checkpoints import rebuild_model
 
     exp_dir = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name)
     rd = runs.RunDir.for_run(exp_dir, cfg.model.name, int(cfg.seed))
     ckpt = torch.load(rd.best_ckpt, map_location="cpu", weights_only=True)
-    model = create_model(ckpt["model_name"], num_classes=len(ckpt["class_names"]), pretrained=False)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError:  # e.g. an MLP head (model.head_hidden): rebuild the head from the tensors
-        from bench.models.heads import match_state_dict
-
-        match_state_dict(model, ckpt["model_name"], ckpt["model"])
-        model.load_state_dict(ckpt["model"])
     metrics = runs.read_json(rd.metrics)
     metrics["run_dir"] = str(rd.root)
-    return model.eval(), list(ckpt["class_names"]), metrics
+    return rebuild_model(ckpt), list(ckpt["class_names"]), metrics
 
 
 @torch.no_grad()
@@ -170,11 +161,12 @@ def compose_and_evaluate(cfg, level1_cfg, level2_cfgs, run_dir: runs.RunDir, cha
     from bench.data.split import manifest_filename
     from bench.models import count_gflops, count_params, get_model_spec
     from bench.device import env_info, resolve_device
+    from bench.precision import resolve_precision
 
     groups = validate_groups(cfg.two_level.groups)
     device = resolve_device(cfg.trainer.device)
-    amp = device.type == "cuda" if cfg.trainer.amp is None else bool(cfg.trainer.amp)
-    image_size = int(cfg.data.image_size or get_model_spec(cfg.model.name).input_size)
+    amp = bool(resolve_precision(cfg.trainer, device)[0])  # the training rule; no timed trial to evaluate
+    image_size = get_model_spec(cfg.model.name).image_size(cfg.data.image_size)
 
     # The grouped classes under their own names, on the level-1 split (same manifest file).
     eval_cfg = copy.deepcopy(level1_cfg)
@@ -295,7 +287,3 @@ def _nanmax(values: list[float]) -> float:
     finite = [v for v in values if v == v]
     return max(finite) if finite else math.nan
 
-
-def composed_run_dir(cfg: DictConfig) -> Path:
-    return runs.RunDir.for_run(runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name),
-                               COMPOSED_PREFIX + cfg.model.name, int(cfg.seed)).root
