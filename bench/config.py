@@ -42,7 +42,7 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    kind: str = "synthetic"  # synthetic | imagefolder | bloodmnist
+    kind: str = "synthetic"  # synthetic | imagefolder | bloodmnist; detection: coco | voc | boxes_csv | synthetic_smear
     root: Optional[str] = None  # imagefolder / bloodmnist folder
     image_size: Optional[int] = None  # null: the model's own input size (224; 299 for inception_v3)
     split_seed: int = 42  # fixed across model seeds so every run sees the same split
@@ -80,6 +80,12 @@ class DataConfig:
     # --- Class selection, applied after the split (two-level classifier, transfer to subsets).
     classes: Optional[List[str]] = None  # keep only these classes; the others are excluded (counted)
     class_map: Optional[Dict[str, str]] = None  # rename classes, e.g. to group labels (merges classes)
+    # --- Detection (bench/detection/): boxes on smear fields.
+    annotations: Optional[str] = None  # coco: the JSON; boxes_csv: the CSV (default under data.root)
+    label_map: Optional[Dict[str, str]] = None  # rename / merge box labels, e.g. {neutrophil: wbc}
+    coordinates: str = "auto"  # boxes_csv: pixel | fraction | auto (decided from the values, logged)
+    smear_n_fields: int = 120  # synthetic_smear: fields, side in pixels
+    smear_size: int = 256
 
 
 @dataclass
@@ -95,6 +101,9 @@ class ModelConfig:
     # family's head ([] = the family's own head, as built by the registry), dropout after
     # each hidden layer, freeze everything but the head, or train only the last N blocks
     # (per-family definition of a block in bench/models/heads.py; null = all trainable).
+    # Detectors only: keyword arguments of the torchvision constructor (e.g. box_batch_size_per_image,
+    # rpn_post_nms_top_n_train: fewer sampled boxes make a CPU step several times cheaper).
+    detector_kwargs: Dict[str, Any] = field(default_factory=dict)
     head_hidden: List[int] = field(default_factory=list)
     head_dropout: float = 0.0
     freeze_backbone: bool = False
@@ -283,6 +292,7 @@ def compose_config(overrides=(), *, return_hydra_config: bool = False):
 # --------------------------------------------------------------------------- one validation pass
 # The choices of the string options, defined once; the modules that act on them import these.
 DATA_KINDS = ("synthetic", "imagefolder", "bloodmnist")
+DETECTION_KINDS = ("coco", "voc", "boxes_csv", "synthetic_smear")
 SPLIT_MODES = ("holdout", "kfold", "montecarlo")
 STORE_MODES = ("auto", "memory", "mmap")
 INTERPOLATIONS = ("nearest", "bilinear")
@@ -327,7 +337,8 @@ def validate_config(cfg) -> list[str]:
         check(not (too_low or too_high), option, value, valid)
 
     data, trainer = cfg.data, cfg.trainer
-    choice("data.kind", data.kind, DATA_KINDS)
+    choice("data.kind", data.kind, DATA_KINDS + DETECTION_KINDS)
+    choice("data.coordinates", data.get("coordinates", "auto"), ("auto", "pixel", "fraction"))
     number("data.image_size", data.image_size, low=8, high=MAX_IMAGE_SIZE, integer=True, null=True)
     fractions = list(data.split_fractions)
     check(len(fractions) == 3 and all(isinstance(f, (int, float)) and f > 0 for f in fractions),
@@ -393,6 +404,8 @@ NEUTRAL_OPTIONS = {
     ("data", "augment", "brightness"): 0.0, ("data", "augment", "contrast"): 0.0,
     ("data", "augment", "saturation"): 0.0, ("data", "augment", "hue"): 0.0,
     ("recipe", "experiment"): None, ("recipe", "paper"): None, ("recipe", "departures"): [],
+    ("data", "annotations"): None, ("data", "label_map"): None, ("data", "coordinates"): "auto",
+    ("data", "smear_n_fields"): 120, ("data", "smear_size"): 256, ("model", "detector_kwargs"): {},
 }
 
 

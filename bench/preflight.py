@@ -22,7 +22,7 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from bench.config import compose_config
+from bench.config import DETECTION_KINDS, compose_config
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,14 @@ def _check_data(cfg, report: Report) -> int | None:
             if not path.exists() and not cfg.data.download:
                 raise DataError(f"{path} does not exist; set data.root=... to its folder or data.download=true")
             report.notes.append(f"data: {path}")
+        elif kind in DETECTION_KINDS and kind != "synthetic_smear":
+            from bench.detection.data import read_detection_set
+
+            dset = read_detection_set(cfg.data)
+            counts = dset.class_counts()
+            report.notes.append(f"data: {len(dset.images)} images, boxes: " +
+                                ", ".join(f"{c} {counts[c]}" for c in dset.classes))
+            report.warnings.extend(f"annotations: {line}" for line in dset.report.lines() if "coordinates" not in line)
         else:
             report.notes.append(f"data: {kind}")
     except (DataError, ValueError, OSError) as exc:
@@ -267,6 +275,14 @@ def _check_models(plan: Plan, report: Report) -> None:
             spec = get_model_spec(name)
         except UnknownModelError as exc:
             report.problems.append(str(exc))
+            continue
+        detection_data = cfg.data.kind in DETECTION_KINDS
+        if detection_data != (spec.task == "detection"):
+            report.problems.append(
+                f"{name} is a {spec.task} model but data={cfg.data.kind} holds "
+                f"{'boxes on fields' if detection_data else 'one cell per image'}: choose a "
+                f"{'detector' if detection_data else 'classifier'} (bench-models lists each model's task) or "
+                f"{'a classification dataset' if detection_data else 'a detection dataset'}.")
             continue
         size = spec.image_size(cfg.data.image_size)
         if size < spec.min_train_size:

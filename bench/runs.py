@@ -195,6 +195,11 @@ class RunBusy(RuntimeError):
         super().__init__(f"{run_dir.root} is being trained by {holder}")
 
 
+def headline(split_metrics: dict) -> float | None:
+    """A split's headline number: accuracy for a classifier, mAP for a detector."""
+    return split_metrics.get("accuracy", split_metrics.get("map"))
+
+
 class RunLifecycle:
     """One run's life in its folder, defined once for every protocol (training, the two-level
     classifier, the SVMs): lock the folder, skip it when it completed under this config, else
@@ -231,8 +236,8 @@ class RunLifecycle:
             log.info("%s seed %d: already completed with this config, skipped (%s)", self.model, self.seed,
                      self.run_dir.root)
             self.close(refresh=False)  # nothing changed
-            return {**self.summary, "status": "skipped", "val_acc": done["val"]["accuracy"],
-                    "test_acc": done["test"]["accuracy"]}
+            return {**self.summary, "status": "skipped", "val_acc": headline(done["val"]),
+                    "test_acc": headline(done["test"])}
         try:
             self.run_dir.root.mkdir(parents=True, exist_ok=True)
             for folder in (self.run_dir.root, self.run_dir.root.parents[2]):  # leftovers of killed writers
@@ -250,8 +255,8 @@ class RunLifecycle:
                                       seed=self.seed)
         except OSError as exc:
             return self.fail(exc, "")
-        out = {**self.summary, "status": STATUS_COMPLETED, "val_acc": metrics["val"]["accuracy"],
-               "test_acc": metrics["test"]["accuracy"], **result}
+        out = {**self.summary, "status": STATUS_COMPLETED, "val_acc": headline(metrics["val"]),
+               "test_acc": headline(metrics["test"]), **result}
         self.close()
         return out
 

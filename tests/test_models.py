@@ -49,7 +49,11 @@ def _test_size(spec: ModelSpec) -> int:
 # ------------------------------------------------------------------ every model
 
 
-@pytest.mark.parametrize("name", list_models())
+CLASSIFIERS = [n for n in list_models() if get_model_spec(n).task == "classification"]
+DETECTORS = [n for n in list_models() if get_model_spec(n).task == "detection"]
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_forward_backward_train_mode(name):
     torch.manual_seed(0)
     spec = get_model_spec(name)
@@ -362,3 +366,47 @@ def test_a_rebuilt_checkpoint_converts_its_input_as_its_imagenet_start_did(name,
     rebuilt = rebuild_model(ckpt)
     assert getattr(rebuilt, "transform_input", False) is expected
     assert not rebuilt.training
+
+
+def test_the_detection_zoo_is_in_the_registry():
+    assert sorted(DETECTORS) == sorted([
+        "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
+        "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",
+        "fcos_resnet50_fpn", "ssd300_vgg16", "ssdlite320_mobilenet_v3_large"])
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_every_detector_trains_a_step_and_predicts_the_datasets_classes(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, pretrained=False, image_size=128)
+    images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([3])},
+               {"boxes": torch.tensor([[30.0, 40.0, 90.0, 100.0]]), "labels": torch.tensor([1])}]
+    losses = model(images, targets)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2 and set(out[0]) >= {"boxes", "labels", "scores"}
+    assert all(int(label) in (1, 2, 3) for p in out for label in p["labels"])  # background 0 is never a box
+
+
+def test_a_detectors_coco_weights_load_and_its_class_layers_are_replaced(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(weights_mod, "_download", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    name = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    coco = torchvision.models.get_model_weights(name).DEFAULT
+    torch.manual_seed(1)
+    stand_in = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None,
+                                                                                  num_classes=91)
+    path = tmp_path / "torch" / "hub" / "checkpoints" / coco.url.rsplit("/", 1)[-1]
+    path.parent.mkdir(parents=True)
+    torch.save(stand_in.state_dict(), path)
+    model = create_model(name, num_classes=3, pretrained=True, image_size=128)
+    key = "backbone.body.0.0.weight"
+    assert torch.equal(model.state_dict()[key], stand_in.state_dict()[key])  # the COCO backbone
+    assert model.roi_heads.box_predictor.cls_score.out_features == 4  # 3 classes + background
+    with pytest.raises(PretrainedWeightsUnavailable, match="retinanet_resnet50_fpn"):
+        create_model("retinanet_resnet50_fpn", num_classes=3, pretrained=True, image_size=128)

@@ -53,6 +53,10 @@ LOCK_FILE = ".leaderboard.lock"
 STATUS_UNREADABLE = "unreadable"  # completed, but its metrics.json cannot be read
 KIND_MODEL = "model"
 KIND_ENSEMBLE = "ensemble"
+KIND_DETECTOR = "detector"  # a detection run: mAP where classifiers have accuracy
+# A detector's columns (only in leaderboards that have detectors); its class columns hold test AP.
+DETECTION_COLUMNS = ("val_map", "test_map", "test_ap50", "test_ap75", "test_ar100", "test_count_error",
+                     "score_threshold")
 
 DECIMALS = 6  # enough for accuracies on test sets of up to ~10^6 images
 
@@ -93,6 +97,11 @@ RUN_INFO_KEYS = (
 INT_COLUMNS = ("rank", "seed", "epochs", "best_epoch")
 PER_CLASS_COLUMNS = ("model", "seed", "split", "class", "accuracy", "precision", "specificity", "f1", "support")
 PER_CLASS_SPLITS = ("val", "test")
+DETECTOR_FORMAT_COLUMNS = (
+    ("rank", "rank"), ("model", "model"), ("seed", "seed"), ("status", "status"), ("val_map", "val_mAP"),
+    ("test_map", "test_mAP"), ("test_ap50", "AP50"), ("test_count_error", "count_err"), ("params_m", "params_m"),
+    ("train_time_s", "train_time_s"),
+)
 FORMAT_COLUMNS = (
     ("rank", "rank"), ("model", "model"), ("seed", "seed"), ("status", "status"),
     ("val_acc", "val_acc"), ("test_acc", "test_acc"), ("test_f1", "macro_f1"),
@@ -324,7 +333,20 @@ def _model_row(record: RunRecord, classes: Sequence[str], reference: dict[str, f
         row["paper_test_acc"] = math.nan
     elif deviations == []:
         row["paper_diff"] = row["test_acc"] - row["paper_test_acc"]
+    if metrics.get("task") == "detection":
+        _detector_fields(row, metrics)
     return {k: _round(v) for k, v in row.items()}
+
+
+def _detector_fields(row: dict, metrics: dict) -> None:
+    """A detector's numbers: mAP, AP50, AP75, AR@100, count error; per-class test AP in the class columns."""
+    val, test = metrics.get("val") or {}, metrics.get("test") or {}
+    row.update({"kind": KIND_DETECTOR, "val_map": _num(val.get("map")), "test_map": _num(test.get("map")),
+                "test_ap50": _num(test.get("ap50")), "test_ap75": _num(test.get("ap75")),
+                "test_ar100": _num(test.get("ar100")), "test_count_error": _num(test.get("count_error")),
+                "score_threshold": _num(metrics.get("score_threshold")), "protocol": None})
+    for name, ap in (test.get("per_class_ap") or {}).items():
+        row[class_column(str(name))] = _num(ap)
 
 
 def protocol_text(deviations: list[str] | None) -> str:
@@ -347,12 +369,12 @@ def rank_key(frame: pd.DataFrame) -> str:
 
 
 RANK_NAMES = {"val_acc": "validation accuracy", "val_balanced_acc": "validation balanced accuracy",
-              "val_macro_f1": "validation macro F1"}
+              "val_macro_f1": "validation macro F1", "val_map": "validation mAP"}
 
 
 def ranking_text(board: pd.DataFrame) -> str:
     """``ranked by validation accuracy`` (or the rank key in words), for printed headers."""
-    models = board[board["kind"] == KIND_MODEL] if "kind" in board else board
+    models = board[board["kind"].isin([KIND_MODEL, KIND_DETECTOR])] if "kind" in board else board
     return f"ranked by {RANK_NAMES[rank_key(models)]}" if len(models) else "ranked by validation accuracy"
 
 
@@ -476,6 +498,8 @@ def model_rows_frame(records: Sequence[RunRecord], reference: dict[str, float] |
             row["warnings"] = " ".join(w for w in (row.get("warnings"), why) if w)
             row["_off_main"] = True
     external = sorted({k for row in rows for k in row if k.startswith("ext_")})
+    if any(row.get("kind") == KIND_DETECTOR for row in rows):
+        external = [*DETECTION_COLUMNS, *external]
     off_main = [bool(row.get("_off_main")) for row in rows]
     frame = pd.DataFrame(rows, columns=[*_leaderboard_columns(classes), *external])
     if len(frame):
@@ -597,8 +621,10 @@ def write_leaderboard(exp_dir) -> Path:
 def _cell(value: Any, column: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return "-"
-    if column in ("val_acc", "test_acc", "test_f1"):
+    if column in ("val_acc", "test_acc", "test_f1", "val_map", "test_map", "test_ap50"):
         return f"{float(value):.4f}"
+    if column == "test_count_error":
+        return f"{float(value):.2f}"
     if column == "params_m":
         return f"{float(value):.2f}"
     if column == "train_time_s":
@@ -617,10 +643,13 @@ def refresh_leaderboard(exp_dir) -> None:
 def format_leaderboard(df: pd.DataFrame, max_rows: int | None = None) -> str:
     """A compact text table: rank, model, seed, status, val/test accuracy, macro F1, size, time."""
     shown = df if max_rows is None else df.head(max_rows)
-    header = [title for _, title in FORMAT_COLUMNS]
-    body = [[_cell(row.get(col), col) for col, _ in FORMAT_COLUMNS] for row in shown.to_dict("records")]
+    detectors = "kind" in df and len(df) and bool((df["kind"] == KIND_DETECTOR).all())
+    columns = DETECTOR_FORMAT_COLUMNS if detectors else FORMAT_COLUMNS
+    header = [title for _, title in columns]
+    body = [[_cell(row.get(col), col) for col, _ in columns] for row in shown.to_dict("records")]
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
-    numeric = {"rank", "seed", "val_acc", "test_acc", "macro_f1", "params_m", "train_time_s"}
+    numeric = {"rank", "seed", "val_acc", "test_acc", "macro_f1", "params_m", "train_time_s", "val_mAP", "test_mAP",
+               "AP50", "count_err"}
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(c.rjust(w) if h in numeric else c.ljust(w)

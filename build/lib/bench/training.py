@@ -24,6 +24,7 @@ from bench.config import run_identity
 from bench.device import release_memory
 from bench.leaderboard import refresh_leaderboard
 from bench.loggers import flatten, make_logger
+from bench.models import get_model_spec
 from bench.threads import thread_policy
 
 log = logging.getLogger("bench.train")
@@ -47,11 +48,14 @@ def run_training(cfg: DictConfig) -> dict:
 def fit_with_oom_retry(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str) -> dict:
     """On CUDA out-of-memory, retry once with half the micro-batch and twice the gradient
     accumulation, so the effective batch (and the protocol) stays the same."""
+    fit = fitting.fit
+    if get_model_spec(cfg.model.name).task == "detection":  # same lifecycle, the detector's stages
+        from bench.detection.fit import fit_detector as fit
     with thread_policy(cfg.trainer.num_threads, cfg.paths.cache_dir) as threads, \
             make_logger(cfg, runs.model_dirname(cfg.model.name), int(cfg.seed)) as tracker:
         tracker.params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         try:
-            return fitting.fit(cfg, run_dir, exp_dir, chash, threads, tracker, grad_accum=cfg.trainer.grad_accum)
+            return fit(cfg, run_dir, exp_dir, chash, threads, tracker, grad_accum=cfg.trainer.grad_accum)
         except torch.cuda.OutOfMemoryError as exc:
             if cfg.trainer.batch_size // (2 * cfg.trainer.grad_accum) < 1:
                 raise
@@ -60,5 +64,5 @@ def fit_with_oom_retry(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str) -> 
         # frames, and with them its model, optimizer state and batches on the GPU.
         log.warning("CUDA out of memory (%s); retrying with half the micro-batch", message)
         release_memory()
-        return fitting.fit(cfg, run_dir, exp_dir, chash, threads, tracker, grad_accum=2 * cfg.trainer.grad_accum,
-                           oom_retry=True)
+        return fit(cfg, run_dir, exp_dir, chash, threads, tracker, grad_accum=2 * cfg.trainer.grad_accum,
+                   oom_retry=True)

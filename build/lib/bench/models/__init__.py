@@ -26,6 +26,7 @@ from . import timm_zoo as _timm_zoo  # noqa: E402,F401  isort: skip
 from . import custom as _custom  # noqa: E402,F401  isort: skip
 from . import wbcsnet as _wbcsnet  # noqa: E402,F401  isort: skip
 from . import mobilenet_v1 as _mobilenet_v1  # noqa: E402,F401  isort: skip
+from . import detection_zoo as _detection_zoo  # noqa: E402,F401  isort: skip
 
 # Then the user's own (entry points "bench.models" and $BENCH_MODELS; see .plugins).
 from .plugins import load_plugins  # noqa: E402  isort: skip

@@ -63,6 +63,7 @@ class ModelSpec:
     aux_weight: float = 0.0
     min_train_input_size: Optional[int] = None
     pretrained_transform_input: bool = False
+    task: str = "classification"  # classification | detection (bench.models.detection_zoo)
 
     @property
     def min_train_size(self) -> int:
@@ -88,6 +89,7 @@ def register_model(
     aux_weight: float = 0.0,
     min_train_input_size: Optional[int] = None,
     pretrained_transform_input: bool = False,
+    task: str = "classification",
 ) -> Callable[[Builder], Builder]:
     """Decorator that registers ``builder(num_classes, pretrained)`` under ``name``.
 
@@ -110,6 +112,7 @@ def register_model(
             aux_weight=aux_weight,
             min_train_input_size=min_train_input_size,
             pretrained_transform_input=pretrained_transform_input,
+            task=task,
         )
         return builder
 
@@ -163,6 +166,8 @@ def create_model(
     pretrained: bool = False,
     weights: Union[str, Path, None] = None,
     weights_tag: Optional[str] = None,
+    image_size: Optional[int] = None,
+    detector_kwargs: Optional[dict] = None,
 ) -> nn.Module:
     """Build model ``name`` with a fresh ``num_classes``-way head.
 
@@ -190,7 +195,9 @@ def create_model(
         from .weights import check_weights_path
 
         check_weights_path(weights)
-    model = spec.builder(num_classes=num_classes, pretrained=(weights_tag or True) if pretrained else False)
+    # Detectors resize inside the network (to image_size) and take constructor options.
+    kwargs = {"image_size": image_size, **(detector_kwargs or {})} if spec.task == "detection" else {}
+    model = spec.builder(num_classes=num_classes, pretrained=(weights_tag or True) if pretrained else False, **kwargs)
     if weights is not None:
         from .weights import format_load_report, load_local_weights
 

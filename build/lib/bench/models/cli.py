@@ -21,12 +21,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not names:
         print(f"no models match {args.pattern!r}", file=sys.stderr)
         return 1
-    rows = [("name", "input", "family", "source")]
+    rows = [("name", "task", "input", "family", "source")]
     for name in names:
         spec = get_model_spec(name)
         size = f"{spec.input_size}" + (f" (min {spec.min_input_size})" if spec.min_input_size else "")
-        rows.append((name, size, spec.family, spec.source))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        rows.append((name, spec.task, size, spec.family, spec.source))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     if args.pattern is None:

@@ -1,0 +1,258 @@
+"""Fitting one detector run: the detection counterpart of :mod:`bench.fit`, on the same run contract.
+
+``bench-train model=<detector> data=<coco|voc|boxes_csv|synthetic_smear>`` reaches here through
+:func:`bench.training.run_training` (the same lifecycle: skip, lock, failure rows, resume from
+last.pt, atomic writes). Stages:
+
+1. the dataset (:mod:`bench.detection.data`), split at image level, stratified on the rarest
+   class in each image, identical bytes kept together, written once as the experiment's
+   manifest (an official VOC split is used as it is);
+2. every image decoded once and resized so its longer side is ``data.image_size`` (boxes scaled
+   with it); the detector resizes nothing more;
+3. epochs of SGD on batches of images with box-aware flips (``torchvision.transforms.v2`` and
+   ``tv_tensors.BoundingBoxes``), validation mAP (pycocotools) after each; the best epoch by
+   validation mAP is kept in best.pt;
+4. best.pt on validation and test: COCO ground truth and results files, mAP / AP50 / AP75 /
+   AR@100 / per-class AP, and the count error at the score threshold chosen on validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+
+from bench import runs
+from bench.checkpoints import read_last, save_checkpoint, save_last
+from bench.device import env_info, peak_memory_mb, resolve_device
+from bench.detection.data import Boxes, DetectionSet, read_detection_set
+from bench.detection.metrics import (choose_threshold, coco_ground_truth, coco_metrics, coco_results,
+                                     count_error)
+from bench.models import count_params, create_model, get_model_spec
+from bench.progress import EpochProgress
+from bench.protocol import recipe_of
+
+log = logging.getLogger("bench.train")
+
+
+# --------------------------------------------------------------------------- data
+def split_detection_set(dset: DetectionSet, cfg, exp_dir: Path) -> dict[str, list[Boxes]]:
+    """train / val / test images; the experiment's manifest when there is one (same rules as
+    classification: written once, reused by every detector, identical bytes share a split)."""
+    from bench.data.split import SPLITS, load_or_create_manifest
+
+    if all(im.split for im in dset.images):  # an official split (VOC ImageSets)
+        return {s: [im for im in dset.images if im.split == s] for s in SPLITS}
+    counts = dset.class_counts()
+    rows = []
+    for im in dset.images:
+        # Stratify on the rarest class in the image (images without boxes form their own stratum).
+        stratum = min(im.labels, key=lambda c: (counts[c], c)) if im.labels else "(no boxes)"
+        rows.append((im.path, _sha1(dset.root / im.path), stratum))
+    table = pd.DataFrame(rows, columns=["path", "sha1", "label"])
+    small = table["label"].map(table["label"].value_counts()) < 3  # too few to split: one shared stratum
+    table.loc[small, "label"] = "(rare)"
+    manifest = load_or_create_manifest(Path(exp_dir) / "manifest.csv", table, seed=cfg.data.split_seed,
+                                       fractions=cfg.data.split_fractions)
+    where = dict(zip(manifest["path"], manifest["split"]))
+    return {s: [im for im in dset.images if where.get(im.path) == s] for s in SPLITS}
+
+
+def _sha1(path: Path) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def decode(dset: DetectionSet, images: list[Boxes], size: int | None) -> list[tuple[torch.Tensor, Boxes]]:
+    """Each image as a uint8 (3, H, W) tensor with the longer side ``size`` (native when None), and
+    its boxes scaled the same way."""
+    from PIL import Image
+
+    out = []
+    for im in images:
+        with Image.open(dset.root / im.path) as pil:
+            pil = pil.convert("RGB")
+            scale = 1.0 if not size else size / max(pil.size)
+            if scale != 1.0:
+                pil = pil.resize((max(1, round(pil.size[0] * scale)), max(1, round(pil.size[1] * scale))),
+                                 Image.BILINEAR)
+            tensor = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1)
+        scaled = Boxes(im.path, tensor.shape[2], tensor.shape[1], im.boxes * scale, list(im.labels), im.split)
+        out.append((tensor, scaled))
+    return out
+
+
+def batches(samples, classes: list[str], batch_size: int, *, shuffle: bool, augment: bool, seed: int, epoch: int,
+            max_batches: int | None = None):
+    """Lists of float images in [0, 1] and targets; training batches flipped box-aware, per (seed, epoch)."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    index = {c: i + 1 for i, c in enumerate(classes)}
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(samples), generator=gen).tolist() if shuffle else list(range(len(samples)))
+    flips = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()])
+    n_batches = -(-len(order) // batch_size)
+    for b in range(min(n_batches, max_batches or n_batches)):
+        images, targets = [], []
+        for i in order[b * batch_size:(b + 1) * batch_size]:
+            tensor, im = samples[i]
+            boxes = tv_tensors.BoundingBoxes(torch.as_tensor(im.boxes, dtype=torch.float32), format="XYXY",
+                                             canvas_size=tuple(tensor.shape[1:]))
+            image = tv_tensors.Image(tensor)
+            if augment:
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+                image, boxes = flips(image, boxes)
+            images.append(image.float() / 255.0)
+            targets.append({"boxes": boxes.as_subclass(torch.Tensor),
+                            "labels": torch.as_tensor([index[c] for c in im.labels], dtype=torch.int64)})
+        yield images, targets
+
+
+# --------------------------------------------------------------------------- the run
+def fit_detector(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, tracker, *, grad_accum: int = 1,
+                 oom_retry: bool = False) -> dict:
+    """Train a detector, select by validation mAP, evaluate on test; write the run folder; return metrics."""
+    tcfg = cfg.trainer
+    threads.rebalance()
+    device = resolve_device(tcfg.device)
+    spec = get_model_spec(cfg.model.name)
+    dset = read_detection_set(cfg.data, cfg.paths.cache_dir)
+    log.info("detection data: %d images, classes %s (%s)", len(dset.images), dset.classes,
+             ", ".join(f"{c} {n}" for c, n in sorted(dset.class_counts().items())))
+    splits = split_detection_set(dset, cfg, exp_dir)
+    size = cfg.data.image_size or spec.input_size
+    samples = {s: decode(dset, ims, size) for s, ims in splits.items()}
+    runs.write_json_atomic(run_dir.root / "annotation_report.json",
+                           {"counts": dict(dset.report.counts), "examples": dset.report.examples,
+                            "notes": dset.report.notes})
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model.name, num_classes=len(dset.classes), pretrained=cfg.model.pretrained,
+                         image_size=size, detector_kwargs=dict(cfg.model.get("detector_kwargs") or {})).to(device)
+    params_m = count_params(model)
+    optimizer = instantiate(cfg.optim)(params=[p for p in model.parameters() if p.requires_grad])
+    scheduler = instantiate(cfg.sched)(optimizer=optimizer)
+    state = read_last(run_dir, chash)
+    history, best_score, best_epoch, start = [], -1.0, 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        history, best_score, best_epoch, start = list(state["history"]), state["best_score"], state["best_epoch"], \
+            state["epoch"]
+        log.info("resuming %s after epoch %d", run_dir.root, start)
+    meta = dict(model_name=cfg.model.name, class_names=dset.classes, input_size=size, data_cfg=cfg.data,
+                pretrained=bool(cfg.model.pretrained), task="detection")
+    last_write = time.monotonic()
+    for epoch in range(start, tcfg.epochs):
+        threads.rebalance()
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        tr = _train_epoch(model, samples["train"], dset.classes, cfg, epoch, optimizer, device)
+        scheduler.step()
+        val_pred = predict(model, samples["val"], device, tcfg.eval_batch_size, tcfg.max_batches)
+        val = coco_metrics(coco_ground_truth([im for _, im in samples["val"]][:len(val_pred)], dset.classes),
+                           coco_results(val_pred))
+        history.append({"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "val_map": val["map"],
+                        "val_ap50": val["ap50"], "seconds": tr["seconds"], "train_img_s": tr["img_s"]})
+        tracker.epoch(epoch + 1, {k: float(v) for k, v in history[-1].items() if k not in ("epoch", "seconds")})
+        log.info("%s epoch %d/%d: train loss %.4f | val mAP %.4f AP50 %.4f | %.1f img/s", cfg.model.name, epoch + 1,
+                 tcfg.epochs, tr["loss"], val["map"], val["ap50"], tr["img_s"])
+        runs.write_csv_atomic(run_dir.history, pd.DataFrame(history))
+        if val["map"] > best_score:  # strictly greater: a tie keeps the earlier epoch
+            best_score, best_epoch = val["map"], epoch + 1
+            save_checkpoint(run_dir.best_ckpt, {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                            epoch=best_epoch, val_score=best_score, select_by="val_map", durable=False, **meta)
+        if epoch + 1 == tcfg.epochs or time.monotonic() - last_write >= tcfg.checkpoint_every_s:
+            save_last(run_dir.last_ckpt, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
+                      best_score=best_score, best_epoch=best_epoch, history=history, config_hash=chash, amp=False)
+            last_write = time.monotonic()
+    if not run_dir.best_ckpt.exists():
+        raise RuntimeError("no epoch was trained (trainer.epochs=0?); nothing to evaluate")
+    runs.fsync_file(run_dir.best_ckpt)
+    model.load_state_dict(torch.load(run_dir.best_ckpt, map_location="cpu", weights_only=True)["model"])
+    results = evaluate_splits(model, samples, dset.classes, run_dir, device, tcfg)
+    metrics = {
+        "experiment": cfg.experiment_name, "model": cfg.model.name, "seed": int(cfg.seed), "task": "detection",
+        "status": runs.STATUS_COMPLETED, "classes": dset.classes, "epochs": int(tcfg.epochs),
+        "epochs_run": len(history), "best_epoch": best_epoch, "select_by": "val_map", **results,
+        "annotations": {"counts": dict(dset.report.counts), "notes": dset.report.notes},
+        "params_m": params_m, "gflops": None, "input_size": int(size), "trainable_params_m": count_params(
+            model, trainable_only=True), "train_time_s": sum(h["seconds"] for h in history),
+        "train_img_s": float(np.nanmean([h["train_img_s"] for h in history])) if history else None,
+        "peak_mem_mb": peak_memory_mb(device), "batch_size": int(tcfg.batch_size), "oom_retry": oom_retry,
+        "precision": "fp32", "weights": "coco" if cfg.model.pretrained else "scratch", "data_root": str(dset.root),
+        "device": str(device), "env": env_info(device), "config_hash": chash, "recipe": recipe_of(cfg),
+        "protocol_deviations": None,  # no published detection recipe to compare with
+    }
+    runs.write_json_atomic(run_dir.metrics, metrics)
+    tracker.final({k: metrics[k] for k in ("val", "test")})
+    log.info("%s seed %d: best epoch %d, val mAP %.4f, test mAP %.4f, test count error %.3f -> %s", cfg.model.name,
+             cfg.seed, best_epoch, metrics["val"]["map"], metrics["test"]["map"], metrics["test"]["count_error"],
+             run_dir.root)
+    return metrics
+
+
+def _train_epoch(model, samples, classes, cfg, epoch: int, optimizer, device) -> dict:
+    tcfg = cfg.trainer
+    model.train()
+    total, n, start = 0.0, 0, time.perf_counter()
+    n_batches = -(-len(samples) // tcfg.batch_size)
+    with EpochProgress(tcfg.progress, min(n_batches, tcfg.max_batches or n_batches),
+                       f"{cfg.model.name} epoch {epoch + 1}/{tcfg.epochs}") as bar:
+        for images, targets in batches(samples, classes, tcfg.batch_size, shuffle=True, augment=True, seed=cfg.seed,
+                                       epoch=epoch, max_batches=tcfg.max_batches):
+            images = [im.to(device) for im in images]
+            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            loss = sum(model(images, targets).values())
+            if not torch.isfinite(loss):
+                from bench.engine import NonFiniteLossError
+
+                raise NonFiniteLossError(f"training loss is {float(loss)} (not finite)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(images)
+            n += len(images)
+            bar.on_batch({"loss": loss.detach(), "n": len(images)})
+    seconds = time.perf_counter() - start
+    return {"loss": total / max(n, 1), "seconds": seconds, "img_s": n / seconds if seconds > 0 else float("nan")}
+
+
+@torch.no_grad()
+def predict(model, samples, device, batch_size: int, max_batches: int | None = None) -> list[dict]:
+    """Per image: boxes (xyxy), labels (1..C) and scores, as numpy, in sample order."""
+    model.eval()
+    out = []
+    for b, start in enumerate(range(0, len(samples), batch_size)):
+        if max_batches and b >= max_batches:
+            break
+        images = [t.float().div(255.0).to(device) for t, _ in samples[start:start + batch_size]]
+        for p in model(images):
+            out.append({k: p[k].cpu().numpy() for k in ("boxes", "labels", "scores")})
+    return out
+
+
+def evaluate_splits(model, samples, classes, run_dir: runs.RunDir, device, tcfg) -> dict:
+    """best.pt on validation and test: COCO files, metrics, and the count error at the threshold
+    chosen on validation."""
+    import json
+
+    preds = {s: predict(model, samples[s], device, tcfg.eval_batch_size, tcfg.max_batches) for s in ("val", "test")}
+    images = {s: [im for _, im in samples[s]][:len(preds[s])] for s in preds}
+    threshold = choose_threshold(images["val"], preds["val"], classes)
+    out = {"score_threshold": threshold}
+    for split in ("val", "test"):
+        gt, res = coco_ground_truth(images[split], classes), coco_results(preds[split])
+        runs.write_text_atomic(run_dir.root / f"ground_truth_{split}.json", json.dumps(gt))
+        runs.write_text_atomic(run_dir.root / f"predictions_{split}.json", json.dumps(res))
+        counts = count_error(images[split], preds[split], classes, threshold)
+        out[split] = {**coco_metrics(gt, res), "n": len(images[split]), "count_error": counts["mean"],
+                      "count_error_per_class": counts["per_class"]}
+    return out

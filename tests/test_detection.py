@@ -1,0 +1,250 @@
+"""Detection: the three annotation formats, every bad-annotation case, the synthetic smears, and a
+detector run whose numbers pycocotools recomputes from the files it wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bench import runs
+from bench.detection.data import read_boxes_csv, read_coco, read_voc
+
+from .conftest import compose_cfg
+
+# Three images of 64 x 48 px; boxes in pixels (xmin, ymin, xmax, ymax).
+BOXES = {
+    "a.png": [((4, 5, 20, 30), "wbc"), ((30, 10, 50, 40), "rbc")],
+    "b.png": [((10, 10, 30, 30), "rbc")],
+    "c.png": [],  # a negative: no cells
+}
+
+
+def _images(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in BOXES:
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def _coco(root: Path, extra_annotations=(), extra_images=(), extra_categories=()) -> Path:
+    cats = [{"id": 1, "name": "wbc"}, {"id": 2, "name": "rbc"}, *extra_categories]
+    cid = {c["name"]: c["id"] for c in cats}
+    images, anns = [], []
+    for i, (name, objs) in enumerate(BOXES.items(), start=1):
+        images.append({"id": i, "file_name": name, "width": 64, "height": 48})
+        for (x0, y0, x1, y1), label in objs:
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cid[label],
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": 1, "iscrowd": 0})
+    path = root / "instances.json"
+    path.write_text(json.dumps({"images": images + list(extra_images), "annotations": anns + list(extra_annotations),
+                                "categories": cats}))
+    return path
+
+
+def _as_dict(dset):
+    return {im.path.split("/")[-1]: sorted(zip(np.round(im.boxes, 3).tolist(), im.labels)) for im in dset.images}
+
+
+def _expected():
+    return {name: sorted((list(map(float, box)), label) for box, label in objs) for name, objs in BOXES.items()}
+
+
+# --------------------------------------------------------------------------- formats
+def test_coco_voc_and_csv_read_the_same_boxes(tmp_path):
+    coco_root = _images(tmp_path / "coco")
+    _coco(coco_root)
+    assert _as_dict(read_coco(coco_root)) == _expected()
+
+    voc = tmp_path / "voc"
+    _images(voc / "JPEGImages")
+    (voc / "Annotations").mkdir()
+    for name, objs in BOXES.items():
+        objects = "".join(f"<object><name>{label}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
+                          f"<ymax>{y1}</ymax></bndbox></object>" for (x0, y0, x1, y1), label in objs)
+        (voc / "Annotations" / f"{name[:-4]}.xml").write_text(f"<annotation><filename>{name}</filename>{objects}"
+                                                              "</annotation>")
+    assert _as_dict(read_voc(voc)) == _expected()
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    for split, stem in (("train", "a"), ("val", "b"), ("test", "c")):
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text(stem + "\n")
+    assert {im.path: im.split for im in read_voc(voc).images} == {
+        "JPEGImages/a.png": "train", "JPEGImages/b.png": "val", "JPEGImages/c.png": "test"}
+
+    csv_root = _images(tmp_path / "csv")
+    rows = [(name, *box, label) for name, objs in BOXES.items() for box, label in objs]
+    pd.DataFrame(rows, columns=["image", "xmin", "ymin", "xmax", "ymax", "label"]).to_csv(
+        csv_root / "annotations.csv", index=False)
+    pixels = read_boxes_csv(csv_root)
+    assert {k: v for k, v in _as_dict(pixels).items()} == {k: v for k, v in _expected().items() if v}
+    assert "pixel coordinates (detected)" in pixels.report.notes[0]
+    # The same boxes as fractions of the image size (bcd's convention).
+    frac = [(name, x0 / 64, y0 / 48, x1 / 64, y1 / 48, label) for name, x0, y0, x1, y1, label in rows]
+    pd.DataFrame(frac, columns=["image", "xmin", "ymin", "xmax", "ymax", "label"]).to_csv(
+        csv_root / "annotations.csv", index=False)
+    fractional = read_boxes_csv(csv_root)
+    assert "fractions of the image size" in fractional.report.notes[0]
+    for a, b in zip(fractional.images, pixels.images):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+
+
+def test_label_map_renames_and_merges(tmp_path):
+    root = _images(tmp_path / "coco")
+    _coco(root)
+    dset = read_coco(root, label_map={"wbc": "cell", "rbc": "cell"})
+    assert dset.classes == ["cell"] and dset.class_counts()["cell"] == 3
+
+
+def test_every_bad_annotation_is_counted_and_skipped_never_a_crash(tmp_path):
+    root = _images(tmp_path / "coco")
+    Image.new("RGB", (64, 48)).save(root / "d.png")
+    (root / "broken.png").write_bytes(b"\x89PNG not really")
+    bad = [
+        {"id": 100, "image_id": 2, "category_id": 2, "bbox": [5, 5, 0, 10], "iscrowd": 0},  # zero width
+        {"id": 101, "image_id": 2, "category_id": 2, "bbox": [40, 30, 40, 40], "iscrowd": 0},  # leaves the image
+        {"id": 102, "image_id": 2, "category_id": 2, "bbox": [100, 100, 5, 5], "iscrowd": 0},  # wholly outside
+        {"id": 103, "image_id": 99, "category_id": 2, "bbox": [1, 1, 5, 5], "iscrowd": 0},  # no such image
+        {"id": 104, "image_id": 2, "category_id": 7, "bbox": [1, 1, 5, 5], "iscrowd": 0},  # no such category
+    ]
+    extra_images = [{"id": 4, "file_name": "missing.png", "width": 10, "height": 10},
+                    {"id": 5, "file_name": "broken.png", "width": 10, "height": 10},
+                    {"id": 6, "file_name": "d.png", "width": 64, "height": 48}]
+    _coco(root, bad, extra_images, [{"id": 3, "name": "platelet"}])
+    dset = read_coco(root)
+    counts = dset.report.counts
+    assert counts["zero-area or inverted box(es) dropped"] == 1
+    assert counts["box(es) clipped to the image"] == 1
+    assert counts["box(es) outside the image dropped"] == 1
+    assert counts["annotation(s) naming a missing image entry dropped"] == 1
+    assert counts["box(es) with an unknown category dropped"] == 1
+    assert counts["image(s) missing or unreadable, left out"] == 2
+    assert counts["label(s) with no box"] == 1 and dset.report.examples["label(s) with no box"] == ["platelet"]
+    paths = sorted(im.path for im in dset.images)
+    assert paths == ["a.png", "b.png", "c.png", "d.png"]  # negatives (c, d) kept
+    b = next(im for im in dset.images if im.path == "b.png")
+    assert b.boxes.tolist() == [[10.0, 10.0, 30.0, 30.0], [40.0, 30.0, 64.0, 48.0]]  # the clipped box
+
+
+# --------------------------------------------------------------------------- synthetic smears
+def test_synthetic_smears_are_deterministic_with_exact_boxes(tmp_path):
+    from bench.detection.synthetic import WHITE_TYPES, synthetic_smear_root
+
+    a = synthetic_smear_root(tmp_path / "a", n_fields=6, size=128, seed=3)
+    b = synthetic_smear_root(tmp_path / "b", n_fields=6, size=128, seed=3)
+    assert (a / "instances.json").read_bytes() == (b / "instances.json").read_bytes()
+    assert all((a / "images" / f.name).read_bytes() == f.read_bytes() for f in (b / "images").iterdir())
+    dset = read_coco(a)
+    # Nothing to fix in our own boxes (six fields need not show every white-cell type).
+    assert set(dset.report.counts) <= {"label(s) with no box"}
+    for im in dset.images:
+        assert (im.boxes >= 0).all() and (im.boxes[:, 2] <= 128).all() and (im.boxes[:, 3] <= 128).all()
+        white = [label for label in im.labels if label in WHITE_TYPES]
+        assert 1 <= len(white) <= 3 and im.labels.count("rbc") >= 10
+
+
+# --------------------------------------------------------------------------- a detector run
+SMALL = ["experiment=detect_quickstart", "data.smear_n_fields=16", "data.smear_size=96", "data.image_size=96",
+         "trainer.epochs=2", "trainer.batch_size=4", "trainer.checkpoint_every_s=0", "trainer.progress=false",
+         "trainer.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def detector_run(tmp_path_factory, cache_dir):
+    from bench.training import run_training
+
+    results = tmp_path_factory.mktemp("det")
+    cfg = compose_cfg(*SMALL, f"paths.results_dir={results}", f"paths.cache_dir={cache_dir}")
+    out = run_training(cfg)
+    assert out["status"] == "completed", out.get("error")
+    return cfg, runs.RunDir(Path(out["run_dir"]))
+
+
+def test_the_reported_map_is_pycocotools_on_the_written_files(detector_run):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    _, rd = detector_run
+    metrics = runs.read_json(rd.metrics)
+    assert metrics["task"] == "detection" and metrics["classes"] == ["platelet", "rbc", "wbc"]
+    for split in ("val", "test"):
+        gt = COCO(str(rd.root / f"ground_truth_{split}.json"))
+        results = json.loads((rd.root / f"predictions_{split}.json").read_text())
+        if not results:
+            assert metrics[split]["map"] == 0.0
+            continue
+        ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+        assert metrics[split]["map"] == pytest.approx(max(ev.stats[0], 0.0))
+        assert metrics[split]["ap50"] == pytest.approx(max(ev.stats[1], 0.0))
+        assert metrics[split]["ar100"] == pytest.approx(max(ev.stats[8], 0.0))
+
+
+def test_count_error_by_hand_at_the_threshold_chosen_on_validation(detector_run):
+    _, rd = detector_run
+    metrics = runs.read_json(rd.metrics)
+    t = metrics["score_threshold"]
+    gt = json.loads((rd.root / "ground_truth_test.json").read_text())
+    res = json.loads((rd.root / "predictions_test.json").read_text())
+    errors = []
+    for image in gt["images"]:
+        for cat in gt["categories"]:
+            true = sum(a["image_id"] == image["id"] and a["category_id"] == cat["id"] for a in gt["annotations"])
+            pred = sum(r["image_id"] == image["id"] and r["category_id"] == cat["id"] and r["score"] >= t for r in res)
+            errors.append(abs(pred - true))
+    assert metrics["test"]["count_error"] == pytest.approx(np.mean(errors))
+
+
+def test_a_detector_run_is_a_leaderboard_row_ranked_by_val_map(detector_run):
+    from bench import leaderboard as lb
+
+    _, rd = detector_run
+    board = lb.build_leaderboard(rd.root.parents[2])
+    row = board.iloc[0]
+    metrics = runs.read_json(rd.metrics)
+    assert row["kind"] == "detector" and row["rank"] == 1
+    assert row["val_map"] == pytest.approx(metrics["val"]["map"], abs=1e-6)
+    assert row["test_count_error"] == pytest.approx(metrics["test"]["count_error"], abs=1e-6)
+    assert lb.rank_key(board) == "val_map"
+
+
+def test_a_detector_resumes_to_the_same_weights(tmp_path, cache_dir, monkeypatch):
+    import torch
+
+    from bench.detection import fit as det_fit
+    from bench.training import run_training
+
+    whole = run_training(compose_cfg(*SMALL, f"paths.results_dir={tmp_path / 'a'}", f"paths.cache_dir={cache_dir}"))
+    real, calls = det_fit._train_epoch, []
+
+    def cut(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(det_fit, "_train_epoch", cut)
+    cfg = compose_cfg(*SMALL, f"paths.results_dir={tmp_path / 'b'}", f"paths.cache_dir={cache_dir}")
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg)
+    monkeypatch.setattr(det_fit, "_train_epoch", real)
+    resumed = run_training(cfg)
+    a = torch.load(Path(whole["run_dir"]) / "last.pt", weights_only=True)["model"]
+    b = torch.load(Path(resumed["run_dir"]) / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert runs.read_json(Path(resumed["run_dir"]) / "metrics.json")["test"] == runs.read_json(
+        Path(whole["run_dir"]) / "metrics.json")["test"]
+
+
+def test_a_classifier_on_detection_data_is_a_preflight_problem(tmp_path):
+    from bench.preflight import plan_runs, preflight
+
+    report = preflight(plan_runs(["data=synthetic_smear", "model=resnet18", "model.pretrained=false",
+                                  f"paths.results_dir={tmp_path}"]))
+    assert any("resnet18 is a classification model" in p for p in report.problems), report.format()
