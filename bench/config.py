@@ -137,6 +137,9 @@ class TrainerConfig:
     # When the learning-rate schedule steps: epoch (torch's convention, the paper's StepLR) | step
     # (after every optimizer step: Keras' per-iteration decay, sched=inverse_time)
     sched_interval: str = "epoch"
+    # Detectors: the learning rate ramps up linearly over the first N optimizer steps (torchvision's
+    # detection recipe); from scratch without it RetinaNet's loss can turn NaN in the first epoch.
+    warmup_steps: int = 0
     # Training order: shuffle (every image once per epoch, the paper) | balanced (each class drawn
     # equally often, images drawn with replacement; same number of images per epoch).
     sampler: str = "shuffle"
@@ -363,6 +366,7 @@ def validate_config(cfg) -> list[str]:
     number("trainer.num_threads", trainer.num_threads, low=1, integer=True, null=True)
     number("trainer.max_batches", trainer.max_batches, low=1, integer=True, null=True)
     number("trainer.checkpoint_every_s", trainer.checkpoint_every_s, low=0)
+    number("trainer.warmup_steps", trainer.get("warmup_steps", 0), low=0, integer=True)
     choice("trainer.select_by", trainer.select_by, SELECT_BY)
     choice("trainer.class_weights", trainer.class_weights, CLASS_WEIGHTS)
     choice("trainer.sampler", trainer.sampler, SAMPLERS)
@@ -399,7 +403,7 @@ NON_RESULT_KEYS = {"paths": None, "trainer": ("progress", "num_threads", "checkp
 # sets aside) a finished run whose config did not ask for it.
 NEUTRAL_OPTIONS = {
     ("trainer", "select_by"): "val_acc", ("trainer", "class_weights"): None, ("trainer", "sampler"): "shuffle",
-    ("trainer", "sched_interval"): "epoch", ("model", "weights_tag"): None,
+    ("trainer", "sched_interval"): "epoch", ("trainer", "warmup_steps"): 0, ("model", "weights_tag"): None,
     ("data", "split_rounding"): "round", ("data", "geometry"): "resize", ("data", "crop_fraction"): 0.875,
     ("data", "augment", "brightness"): 0.0, ("data", "augment", "contrast"): 0.0,
     ("data", "augment", "saturation"): 0.0, ("data", "augment", "hue"): 0.0,

@@ -643,7 +643,8 @@ def refresh_leaderboard(exp_dir) -> None:
 def format_leaderboard(df: pd.DataFrame, max_rows: int | None = None) -> str:
     """A compact text table: rank, model, seed, status, val/test accuracy, macro F1, size, time."""
     shown = df if max_rows is None else df.head(max_rows)
-    detectors = "kind" in df and len(df) and bool((df["kind"] == KIND_DETECTOR).all())
+    done = df[df["status"] == runs.STATUS_COMPLETED] if "status" in df else df
+    detectors = "kind" in df and len(done) and bool((done["kind"] == KIND_DETECTOR).all())
     columns = DETECTOR_FORMAT_COLUMNS if detectors else FORMAT_COLUMNS
     header = [title for _, title in columns]
     body = [[_cell(row.get(col), col) for col, _ in columns] for row in shown.to_dict("records")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,3 +46,23 @@ def make_cfg(tmp_path, cache_dir):
         )
 
     return _make
+
+
+# A detector in seconds: Faster R-CNN (MobileNetV3 320) from scratch, 2 epochs on 16 synthetic fields
+# of 96 px, labels platelet / rbc / wbc (experiment=detect_quickstart's label map).
+SMALL_DETECTOR = ["experiment=detect_quickstart", "data.smear_n_fields=16", "data.smear_size=96",
+                  "data.image_size=96", "trainer.epochs=2", "trainer.batch_size=4", "trainer.checkpoint_every_s=0",
+                  "trainer.progress=false", "trainer.device=cpu"]
+
+
+@pytest.fixture(scope="session")
+def detector_run(tmp_path_factory, cache_dir):
+    """One small detector run shared by the detection and cascade tests: (config, RunDir)."""
+    from bench import runs
+    from bench.training import run_training
+
+    results = tmp_path_factory.mktemp("det")
+    cfg = compose_cfg(*SMALL_DETECTOR, f"paths.results_dir={results}", f"paths.cache_dir={cache_dir}")
+    out = run_training(cfg)
+    assert out["status"] == "completed", out.get("error")
+    return cfg, runs.RunDir(Path(out["run_dir"]))

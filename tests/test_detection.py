@@ -14,6 +14,7 @@ from PIL import Image
 from bench import runs
 from bench.detection.data import read_boxes_csv, read_coco, read_voc
 
+from .conftest import SMALL_DETECTOR as SMALL
 from .conftest import compose_cfg
 
 # Three images of 64 x 48 px; boxes in pixels (xmin, ymin, xmax, ymax).
@@ -148,20 +149,7 @@ def test_synthetic_smears_are_deterministic_with_exact_boxes(tmp_path):
 
 
 # --------------------------------------------------------------------------- a detector run
-SMALL = ["experiment=detect_quickstart", "data.smear_n_fields=16", "data.smear_size=96", "data.image_size=96",
-         "trainer.epochs=2", "trainer.batch_size=4", "trainer.checkpoint_every_s=0", "trainer.progress=false",
-         "trainer.device=cpu"]
-
-
-@pytest.fixture(scope="module")
-def detector_run(tmp_path_factory, cache_dir):
-    from bench.training import run_training
-
-    results = tmp_path_factory.mktemp("det")
-    cfg = compose_cfg(*SMALL, f"paths.results_dir={results}", f"paths.cache_dir={cache_dir}")
-    out = run_training(cfg)
-    assert out["status"] == "completed", out.get("error")
-    return cfg, runs.RunDir(Path(out["run_dir"]))
+# (the detector_run fixture and SMALL are in conftest.py: the cascade tests use them too)
 
 
 def test_the_reported_map_is_pycocotools_on_the_written_files(detector_run):
@@ -248,3 +236,17 @@ def test_a_classifier_on_detection_data_is_a_preflight_problem(tmp_path):
     report = preflight(plan_runs(["data=synthetic_smear", "model=resnet18", "model.pretrained=false",
                                   f"paths.results_dir={tmp_path}"]))
     assert any("resnet18 is a classification model" in p for p in report.problems), report.format()
+
+
+def test_the_report_has_a_detection_section(detector_run, tmp_path):
+    from bench import report
+
+    _, rd = detector_run
+    path = report.build_report(rd.root.parents[2], tmp_path / "report")
+    text = path.read_text()
+    metrics = runs.read_json(rd.metrics)
+    section = text.split("## Detection")[1].split("## Failed")[0]
+    assert f"{metrics['test']['map']:.3f}" in section and f"{metrics['test']['count_error']:.3f}" in section
+    for name in ("detection_pr_curves.png", "detection_fields.png"):
+        assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and name in text
+    assert "No classifier runs here" in text

@@ -129,8 +129,8 @@ def finish(root: Path, images: list[Boxes], report: AnnotationReport, label_map:
             report.add("label(s) with no box", name)
     if len(used) < 1:
         raise DataError(f"{root}: no usable box in any image ({'; '.join(report.lines()) or 'no annotations'}).")
-    for line in report.lines():
-        log.warning("annotations: %s", line)
+    for kind, n in report.counts.items():
+        log.warning("annotations: %d %s (e.g. %s)", n, kind, ", ".join(report.examples[kind]))
     return DetectionSet(root, out, used, report)
 
 

@@ -76,15 +76,21 @@ def decode(dset: DetectionSet, images: list[Boxes], size: int | None) -> list[tu
     out = []
     for im in images:
         with Image.open(dset.root / im.path) as pil:
-            pil = pil.convert("RGB")
-            scale = 1.0 if not size else size / max(pil.size)
-            if scale != 1.0:
-                pil = pil.resize((max(1, round(pil.size[0] * scale)), max(1, round(pil.size[1] * scale))),
-                                 Image.BILINEAR)
-            tensor = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1)
+            tensor, scale = field_tensor(pil.convert("RGB"), size)
         scaled = Boxes(im.path, tensor.shape[2], tensor.shape[1], im.boxes * scale, list(im.labels), im.split)
         out.append((tensor, scaled))
     return out
+
+
+def field_tensor(pil, size: int | None) -> tuple[torch.Tensor, float]:
+    """An RGB field as a uint8 (3, H, W) tensor with its longer side ``size`` (bilinear; native when
+    None) and the scale applied: the one rule for training, evaluation and the cascade."""
+    from PIL import Image
+
+    scale = 1.0 if not size else size / max(pil.size)
+    if scale != 1.0:
+        pil = pil.resize((max(1, round(pil.size[0] * scale)), max(1, round(pil.size[1] * scale))), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1), scale
 
 
 def batches(samples, classes: list[str], batch_size: int, *, shuffle: bool, augment: bool, seed: int, epoch: int,
@@ -148,7 +154,8 @@ def fit_detector(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, 
             state["epoch"]
         log.info("resuming %s after epoch %d", run_dir.root, start)
     meta = dict(model_name=cfg.model.name, class_names=dset.classes, input_size=size, data_cfg=cfg.data,
-                pretrained=bool(cfg.model.pretrained), task="detection")
+                pretrained=bool(cfg.model.pretrained), task="detection",
+                detector_kwargs=dict(cfg.model.get("detector_kwargs") or {}))
     last_write = time.monotonic()
     for epoch in range(start, tcfg.epochs):
         threads.rebalance()
@@ -204,10 +211,16 @@ def _train_epoch(model, samples, classes, cfg, epoch: int, optimizer, device) ->
     model.train()
     total, n, start = 0.0, 0, time.perf_counter()
     n_batches = -(-len(samples) // tcfg.batch_size)
-    with EpochProgress(tcfg.progress, min(n_batches, tcfg.max_batches or n_batches),
-                       f"{cfg.model.name} epoch {epoch + 1}/{tcfg.epochs}") as bar:
-        for images, targets in batches(samples, classes, tcfg.batch_size, shuffle=True, augment=True, seed=cfg.seed,
-                                       epoch=epoch, max_batches=tcfg.max_batches):
+    n_batches = min(n_batches, tcfg.max_batches or n_batches)
+    warmup = int(tcfg.get("warmup_steps", 0) or 0)
+    scheduled = [g["lr"] for g in optimizer.param_groups]  # this epoch's rates; warm-up scales them
+    with EpochProgress(tcfg.progress, n_batches, f"{cfg.model.name} epoch {epoch + 1}/{tcfg.epochs}") as bar:
+        for b, (images, targets) in enumerate(batches(samples, classes, tcfg.batch_size, shuffle=True, augment=True,
+                                                      seed=cfg.seed, epoch=epoch, max_batches=tcfg.max_batches)):
+            step = epoch * n_batches + b
+            if step < warmup:  # linear from 1/warmup to 1, then the schedule's own rate
+                for group, lr in zip(optimizer.param_groups, scheduled):
+                    group["lr"] = lr * (step + 1) / warmup
             images = [im.to(device) for im in images]
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
             loss = sum(model(images, targets).values())
@@ -221,6 +234,8 @@ def _train_epoch(model, samples, classes, cfg, epoch: int, optimizer, device) ->
             total += float(loss.detach()) * len(images)
             n += len(images)
             bar.on_batch({"loss": loss.detach(), "n": len(images)})
+    for group, lr in zip(optimizer.param_groups, scheduled):
+        group["lr"] = lr  # the scheduler steps from the scheduled rate, not a warm-up fraction
     seconds = time.perf_counter() - start
     return {"loss": total / max(n, 1), "seconds": seconds, "img_s": n / seconds if seconds > 0 else float("nan")}
 

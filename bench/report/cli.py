@@ -39,6 +39,11 @@ def build_report(exp_dir, out_dir=None, *, top: int = DEFAULT_TOP, n_resamples: 
         figures["curves"] = plot_training_curves(res, top)
     if res.ensemble is not None:
         figures["cm_ensemble"] = plot_confusion(res, res.ensemble)
+    if res.detectors:
+        from bench.report.detection import plot_fields, plot_pr_curves
+
+        figures["det_pr"] = plot_pr_curves(res.detectors[0])
+        figures["det_fields"] = plot_fields(res.detectors[0])
     for key, fig in figures.items():
         runs.write_bytes_atomic(out_dir / FIGURES[key], figure_png(fig))
     text = report_markdown(res, {k: FIGURES[k] for k in figures}, top=top, n_resamples=n_resamples, seed=seed,

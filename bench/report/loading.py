@@ -84,6 +84,7 @@ class ExperimentResults:
     reference_dir: Path | None
     data_kind: str | None = None
     data_root: str | None = None
+    detectors: list[Entry] = field(default_factory=list)  # detection runs, validation order
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -233,13 +234,14 @@ def load_results(exp_dir, *, reference_dir: Path | str | None = "default",
     completed = board[board["status"] == runs.STATUS_COMPLETED]
     models = completed["model"].tolist()
     several = len(models) != len(set(models))
-    entries, data_kind, data_root = [], None, None
+    entries, detectors, data_kind, data_root = [], [], None, None
     for row in completed.itertuples(index=False):
         seed = None if pd.isna(row.seed) else int(row.seed)
         run_dir, record = by_id[(row.model, seed)]
         label = f"{row.model} s{seed}" if several else str(row.model)
-        entries.append(Entry(member_id(row.model, seed), lb.KIND_MODEL, str(row.model), seed, label,
-                             run_dir.root, record.metrics, None if pd.isna(row.rank) else int(row.rank)))
+        entry = Entry(member_id(row.model, seed), row.kind, str(row.model), seed, label, run_dir.root,
+                      record.metrics, None if pd.isna(row.rank) else int(row.rank))
+        (detectors if row.kind == lb.KIND_DETECTOR else entries).append(entry)
         if data_kind is None:
             data_kind, data_root = _data_info(run_dir, record.metrics)
 
@@ -260,5 +262,7 @@ def load_results(exp_dir, *, reference_dir: Path | str | None = "default",
         # The headline ensemble is one chosen on validation; a fixed one (the paper's members,
         # chosen on their test set) is shown beside it, never instead of it.
         chosen = next((e for e in ensembles if not is_fixed(e)), ensembles[0])
+    if detectors:  # the classifier sections are about classifiers; detectors get their own
+        classes = lb._union_classes([r for _, r in pairs if r.completed and r.metrics.get("task") != "detection"])
     return ExperimentResults(exp_dir, classes, board, entries, unfinished.reset_index(drop=True), ensembles,
-                             chosen, reference_dir, data_kind, data_root)
+                             chosen, reference_dir, data_kind, data_root, detectors=detectors)

@@ -24,6 +24,8 @@ FIGURES = {
     "cm_best": "confusion_best.png",
     "cm_ensemble": "confusion_ensemble.png",
     "curves": "training_curves.png",
+    "det_pr": "detection_pr_curves.png",
+    "det_fields": "detection_fields.png",
 }
 
 
@@ -153,6 +155,32 @@ def _data_note(res: ExperimentResults) -> str:
             f"dataset ({PBC_CITATION}): a comparison holds only if this is PBC.")
 
 
+def _no_runs(res: ExperimentResults) -> str:
+    return "No classifier runs here (the detectors are below)." if res.detectors else "No completed runs yet."
+
+
+def _detection_md(res: ExperimentResults, figures: dict[str, str]) -> list[str]:
+    """The detectors: COCO metrics and the count error, the best one's PR curves and a few fields."""
+    from bench.report.detection import detection_table
+
+    table = detection_table(res.detectors)
+    cells = table.copy()
+    for col in table.columns[1:]:
+        cells[col] = [f"{v:.3f}" if math.isfinite(v) else "-" for v in table[col]]
+    best = res.detectors[0]
+    lines = ["", "## Detection", "",
+             "COCO mAP@[.5:.95] on validation (selects the best epoch and ranks) and test, AP50, AP75, AR@100 and "
+             "per-class AP on test (pycocotools, recomputable from each run's ground_truth_test.json and "
+             "predictions_test.json); count error: mean |predicted - true| cells per test image and class at the "
+             "score threshold chosen on validation.", "",
+             md_table(cells, bold=["val mAP"])]
+    if "det_pr" in figures:
+        lines += ["", f"Best detector by validation mAP: **{best.label}**.", "", _link("det_pr", "precision-recall")]
+    if "det_fields" in figures:
+        lines += ["", _link("det_fields", "test fields with true and predicted boxes")]
+    return lines
+
+
 def _with_support(res: ExperimentResults, columns: list[str]) -> list[str]:
     """Class columns as ``name (n=K)``: a per-class number means little without its image count."""
     support = res.class_support()
@@ -184,7 +212,7 @@ def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int
         if "ci" in figures:
             lines += ["", _link("ci", "test accuracy with 95% bootstrap intervals")]
     else:
-        lines.append("No completed runs yet.")
+        lines.append(_no_runs(res))
 
     if res.several_seeds:
         seeds = seed_table(res)
@@ -218,7 +246,7 @@ def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int
         if "classes" in figures:
             lines += ["", _link("classes", "class-wise test accuracy heatmap")]
     else:
-        lines.append("No completed runs yet.")
+        lines.append(_no_runs(res))
 
     lines += ["", "## Comparison with published results (as the paper's Table 3)", ""]
     comp = comparison_table(res, top=top)
@@ -239,7 +267,7 @@ def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int
                   + (f", then the published numbers ({PAPER}, Table 3)" if (~ours).any() else "")
                   + ". Bold: best of this experiment." + fixed_note, "", table]
     else:
-        lines.append("No completed runs yet.")
+        lines.append(_no_runs(res))
 
     if "gflops" in figures or "time" in figures:
         lines += ["", "## Accuracy vs cost", "",
@@ -263,6 +291,9 @@ def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int
         lines += ["", "## Training curves", "",
                   f"Loss and accuracy per epoch of the top {min(top, len(res.runs))} run(s) by validation accuracy.",
                   "", _link("curves", "training curves")]
+
+    if res.detectors:
+        lines += _detection_md(res, figures)
 
     lines += ["", "## Failed and unfinished runs", ""]
     if n_unfinished:

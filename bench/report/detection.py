@@ -1,0 +1,104 @@
+"""The report's detection section: a table of the detectors, precision-recall curves per class,
+and a few test fields with true and predicted boxes drawn, all read from the run folders' COCO
+files (``ground_truth_test.json``, ``predictions_test.json``) and metrics.json."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import leaderboard as lb
+
+FIGURES = {"pr": "detection_pr_curves.png", "fields": "detection_fields.png"}
+
+
+def detection_table(entries) -> pd.DataFrame:
+    """One row per detector run in validation order: mAP (val, test), AP50, AP75, AR@100, count error."""
+    rows = []
+    for e in entries:
+        val, test = e.metrics.get("val") or {}, e.metrics.get("test") or {}
+        rows.append({"model": e.label, "val mAP": lb._num(val.get("map")), "test mAP": lb._num(test.get("map")),
+                     "AP50": lb._num(test.get("ap50")), "AP75": lb._num(test.get("ap75")),
+                     "AR@100": lb._num(test.get("ar100")), "count error": lb._num(test.get("count_error")),
+                     **{f"AP {c}": lb._num(v) for c, v in (test.get("per_class_ap") or {}).items()}})
+    return pd.DataFrame(rows)
+
+
+def _coco_eval(run_root: Path):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    results = json.loads((run_root / "predictions_test.json").read_text())
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(run_root / "ground_truth_test.json"))
+        if not results:
+            return gt, None
+        ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+    return gt, ev
+
+
+def plot_pr_curves(entry):
+    """Precision against recall at IoU 0.5 for each class of the best detector (pycocotools' curves)."""
+    from bench.report.plots import _figure
+
+    gt, ev = _coco_eval(entry.root)
+    fig = _figure(5.5, 4.0)
+    ax = fig.add_subplot()
+    if ev is None:
+        ax.text(0.5, 0.5, "no predictions", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    recall = ev.params.recThrs
+    for k, cat_id in enumerate(ev.params.catIds):
+        precision = ev.eval["precision"][0, :, k, 0, -1]  # IoU 0.5, all areas, 100 detections
+        valid = precision > -1
+        ax.plot(recall[valid], precision[valid], label=gt.cats[cat_id]["name"])
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"{entry.label}: precision-recall at IoU 0.5 (test)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_fields(entry, n: int = 3):
+    """The first ``n`` test fields with true boxes (green) and predictions above the validation-chosen
+    score threshold (red), for a person to look at."""
+    from PIL import Image
+
+    from bench.report.plots import _figure
+
+    root = Path(entry.metrics.get("data_root") or ".")
+    gt = json.loads((entry.root / "ground_truth_test.json").read_text())
+    results = json.loads((entry.root / "predictions_test.json").read_text())
+    threshold = float(entry.metrics.get("score_threshold") or 0.5)
+    images = gt["images"][:n]
+    fig = _figure(3.2 * max(len(images), 1), 3.4)
+    for i, image in enumerate(images):
+        ax = fig.add_subplot(1, max(len(images), 1), i + 1)
+        try:
+            with Image.open(root / image["file_name"]) as pil:
+                pil = pil.convert("RGB").resize((image["width"], image["height"]))
+                ax.imshow(np.asarray(pil))
+        except OSError:
+            ax.text(0.5, 0.5, "image not found", ha="center", va="center", transform=ax.transAxes)
+        for ann in (a for a in gt["annotations"] if a["image_id"] == image["id"]):
+            x, y, w, h = ann["bbox"]
+            ax.add_patch(_rect(x, y, w, h, "lime"))
+        for r in (r for r in results if r["image_id"] == image["id"] and r["score"] >= threshold):
+            x, y, w, h = r["bbox"]
+            ax.add_patch(_rect(x, y, w, h, "red"))
+        ax.set_title(Path(image["file_name"]).name, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"{entry.label}: true boxes green, predictions >= {threshold:g} red", fontsize=9)
+    return fig
+
+
+def _rect(x, y, w, h, colour):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y), w, h, fill=False, edgecolor=colour, linewidth=0.8)

@@ -1,8 +1,0 @@
-"""``python -m bench``: the list of tools; ``python -m bench train ...`` runs ``bench-train ...``."""
-
-import sys
-
-from bench.commands import main
-
-if __name__ == "__main__":
-    sys.exit(main())

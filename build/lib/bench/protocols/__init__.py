@@ -1,1 +1,0 @@
-"""Published evaluation protocols built on train(cfg): cross-validation, two-level classifier."""
