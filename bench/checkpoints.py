@@ -66,6 +66,16 @@ def rebuild_model(ckpt: dict) -> torch.nn.Module:
     from bench.models.heads import match_state_dict
 
     name = str(ckpt["model_name"])
+    if ckpt.get("task") == "detection":
+        from bench.models.detection_zoo import match_detector_state_dict
+
+        # The size it resized fields to and its constructor options (proposal counts...) are
+        # part of the network; best.pt records both.
+        model = create_model(name, num_classes=len(ckpt["class_names"]), pretrained=False,
+                             image_size=int(ckpt["input_size"]), detector_kwargs=dict(ckpt.get("detector_kwargs") or {}))
+        match_detector_state_dict(model, ckpt["model"])
+        model.load_state_dict(ckpt["model"])
+        return model.eval()
     model = create_model(name, num_classes=len(ckpt["class_names"]), pretrained=False)
     if ckpt.get("pretrained", False) and get_model_spec(name).pretrained_transform_input:
         # torchvision sets transform_input=True only when it builds these with ImageNet weights;

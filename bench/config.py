@@ -86,6 +86,7 @@ class DataConfig:
     coordinates: str = "auto"  # boxes_csv: pixel | fraction | auto (decided from the values, logged)
     smear_n_fields: int = 120  # synthetic_smear: fields, side in pixels
     smear_size: int = 256
+    scale_jitter: Optional[List[float]] = None  # detection training: zoom by a factor in [lo, hi], boxes with it
 
 
 @dataclass
@@ -367,6 +368,11 @@ def validate_config(cfg) -> list[str]:
     number("trainer.max_batches", trainer.max_batches, low=1, integer=True, null=True)
     number("trainer.checkpoint_every_s", trainer.checkpoint_every_s, low=0)
     number("trainer.warmup_steps", trainer.get("warmup_steps", 0), low=0, integer=True)
+    jitter = cfg.data.get("scale_jitter")
+    if jitter is not None:
+        jitter = list(jitter)
+        check(len(jitter) == 2 and all(isinstance(v, (int, float)) for v in jitter) and 0 < jitter[0] <= jitter[1],
+              "data.scale_jitter", jitter, "two zoom factors [lo, hi] with 0 < lo <= hi, e.g. [0.75, 1.25] (or null)")
     choice("trainer.select_by", trainer.select_by, SELECT_BY)
     choice("trainer.class_weights", trainer.class_weights, CLASS_WEIGHTS)
     choice("trainer.sampler", trainer.sampler, SAMPLERS)
@@ -410,6 +416,7 @@ NEUTRAL_OPTIONS = {
     ("recipe", "experiment"): None, ("recipe", "paper"): None, ("recipe", "departures"): [],
     ("data", "annotations"): None, ("data", "label_map"): None, ("data", "coordinates"): "auto",
     ("data", "smear_n_fields"): 120, ("data", "smear_size"): 256, ("model", "detector_kwargs"): {},
+    ("data", "scale_jitter"): None,
 }
 
 

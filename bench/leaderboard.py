@@ -100,7 +100,7 @@ PER_CLASS_SPLITS = ("val", "test")
 DETECTOR_FORMAT_COLUMNS = (
     ("rank", "rank"), ("model", "model"), ("seed", "seed"), ("status", "status"), ("val_map", "val_mAP"),
     ("test_map", "test_mAP"), ("test_ap50", "AP50"), ("test_count_error", "count_err"), ("params_m", "params_m"),
-    ("train_time_s", "train_time_s"),
+    ("gflops", "gflops"), ("train_img_s", "img/s"), ("train_time_s", "train_time_s"),
 )
 FORMAT_COLUMNS = (
     ("rank", "rank"), ("model", "model"), ("seed", "seed"), ("status", "status"),
@@ -192,6 +192,13 @@ def _round(value: Any) -> Any:
     if isinstance(value, float) and math.isfinite(value):
         return round(value, DECIMALS)
     return value
+
+
+def _thresholds(value: Any) -> Any:
+    """A detector's score threshold(s) for one cell: ``rbc=0.25 wbc=0.6`` per class, or one number."""
+    if isinstance(value, dict):
+        return " ".join(f"{k}={float(v):g}" for k, v in value.items())
+    return _num(value)
 
 
 def _num(value: Any) -> float:
@@ -344,7 +351,7 @@ def _detector_fields(row: dict, metrics: dict) -> None:
     row.update({"kind": KIND_DETECTOR, "val_map": _num(val.get("map")), "test_map": _num(test.get("map")),
                 "test_ap50": _num(test.get("ap50")), "test_ap75": _num(test.get("ap75")),
                 "test_ar100": _num(test.get("ar100")), "test_count_error": _num(test.get("count_error")),
-                "score_threshold": _num(metrics.get("score_threshold")), "protocol": None})
+                "score_threshold": _thresholds(metrics.get("score_threshold")), "protocol": None})
     for name, ap in (test.get("per_class_ap") or {}).items():
         row[class_column(str(name))] = _num(ap)
 
@@ -625,9 +632,9 @@ def _cell(value: Any, column: str) -> str:
         return f"{float(value):.4f}"
     if column == "test_count_error":
         return f"{float(value):.2f}"
-    if column == "params_m":
+    if column in ("params_m", "gflops"):
         return f"{float(value):.2f}"
-    if column == "train_time_s":
+    if column in ("train_time_s", "train_img_s"):
         return f"{float(value):.1f}"
     return str(value)
 
@@ -650,7 +657,7 @@ def format_leaderboard(df: pd.DataFrame, max_rows: int | None = None) -> str:
     body = [[_cell(row.get(col), col) for col, _ in columns] for row in shown.to_dict("records")]
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
     numeric = {"rank", "seed", "val_acc", "test_acc", "macro_f1", "params_m", "train_time_s", "val_mAP", "test_mAP",
-               "AP50", "count_err"}
+               "AP50", "count_err", "gflops", "img/s"}
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(c.rjust(w) if h in numeric else c.ljust(w)

@@ -177,16 +177,33 @@ def test_the_reported_map_is_pycocotools_on_the_written_files(detector_run):
 def test_count_error_by_hand_at_the_threshold_chosen_on_validation(detector_run):
     _, rd = detector_run
     metrics = runs.read_json(rd.metrics)
-    t = metrics["score_threshold"]
+    thresholds = metrics["score_threshold"]  # one per class, chosen on validation
+    assert set(thresholds) == set(metrics["classes"])
     gt = json.loads((rd.root / "ground_truth_test.json").read_text())
     res = json.loads((rd.root / "predictions_test.json").read_text())
     errors = []
     for image in gt["images"]:
         for cat in gt["categories"]:
             true = sum(a["image_id"] == image["id"] and a["category_id"] == cat["id"] for a in gt["annotations"])
-            pred = sum(r["image_id"] == image["id"] and r["category_id"] == cat["id"] and r["score"] >= t for r in res)
+            pred = sum(r["image_id"] == image["id"] and r["category_id"] == cat["id"]
+                       and r["score"] >= thresholds[cat["name"]] for r in res)
             errors.append(abs(pred - true))
     assert metrics["test"]["count_error"] == pytest.approx(np.mean(errors))
+
+
+def test_each_class_gets_the_threshold_with_its_smallest_validation_count_error():
+    """Two classes on two images: a score 0.9 wbc, true; a 0.4 wbc, false; rbc boxes at 0.3 and 0.2, both
+    true. By hand: wbc is counted right from 0.45 to 0.9 (lowest 0.45), rbc only at <= 0.2 (0.05, the lowest)."""
+    from bench.detection.data import Boxes
+    from bench.detection.metrics import choose_thresholds, count_error
+
+    images = [Boxes("a", 10, 10, np.zeros((2, 4)), ["wbc", "rbc"]), Boxes("b", 10, 10, np.zeros((1, 4)), ["rbc"])]
+    preds = [{"labels": np.array([2, 2, 1]), "scores": np.array([0.9, 0.4, 0.3])},
+             {"labels": np.array([1]), "scores": np.array([0.2])}]
+    assert choose_thresholds(images, preds, ["rbc", "wbc"]) == {"rbc": 0.05, "wbc": 0.45}
+    assert count_error(images, preds, ["rbc", "wbc"], {"rbc": 0.05, "wbc": 0.45})["mean"] == 0.0
+    # one threshold for both (0.25): rbc loses image b's box, wbc keeps the false one -> (1 + 1) / 4
+    assert count_error(images, preds, ["rbc", "wbc"], 0.25)["mean"] == 0.5
 
 
 def test_a_detector_run_is_a_leaderboard_row_ranked_by_val_map(detector_run):
@@ -250,3 +267,33 @@ def test_the_report_has_a_detection_section(detector_run, tmp_path):
     for name in ("detection_pr_curves.png", "detection_fields.png"):
         assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and name in text
     assert "No classifier runs here" in text
+
+
+def test_scale_jitter_moves_boxes_with_the_pixels():
+    """data.scale_jitter: after the zoom (and flips), every white pixel is inside a kept box and
+    every kept box is mostly white: checked on the image, not with the transform's own box math."""
+    import torch
+    from torchvision import tv_tensors
+
+    from bench.detection.fit import box_augment
+
+    img = torch.zeros(3, 100, 100, dtype=torch.uint8)
+    img[:, 20:40, 50:70] = 255
+    img[:, 80:95, 5:20] = 255
+    boxes = torch.tensor([[50.0, 20, 70, 40], [5, 80, 20, 95]])
+    transform = box_augment([0.6, 1.6])
+    zooms = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        image, out, labels = transform(tv_tensors.Image(img), tv_tensors.BoundingBoxes(
+            boxes, format="XYXY", canvas_size=(100, 100)), torch.tensor([1, 2]))
+        white = image[0] > 200
+        inside = torch.zeros_like(white)
+        for x0, y0, x1, y1 in out.tolist():
+            inside[max(0, int(y0 - 1.5)):int(y1 + 1.5) + 1, max(0, int(x0 - 1.5)):int(x1 + 1.5) + 1] = True
+            box = image[0, int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))]
+            assert (box > 128).float().mean() > 0.6, (seed, out.tolist())
+        assert not (white & ~inside).any(), seed
+        assert len(labels) == len(out)
+        zooms.add(round(float((out[:, 2] - out[:, 0]).max()), 1))
+    assert len(zooms) > 3  # the boxes really change size

@@ -32,7 +32,7 @@ from bench import runs
 from bench.checkpoints import read_last, save_checkpoint, save_last
 from bench.device import env_info, peak_memory_mb, resolve_device
 from bench.detection.data import Boxes, DetectionSet, read_detection_set
-from bench.detection.metrics import (choose_threshold, coco_ground_truth, coco_metrics, coco_results,
+from bench.detection.metrics import (choose_thresholds, coco_ground_truth, coco_metrics, coco_results,
                                      count_error)
 from bench.models import count_params, create_model, get_model_spec
 from bench.progress import EpochProgress
@@ -93,16 +93,31 @@ def field_tensor(pil, size: int | None) -> tuple[torch.Tensor, float]:
     return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1), scale
 
 
-def batches(samples, classes: list[str], batch_size: int, *, shuffle: bool, augment: bool, seed: int, epoch: int,
-            max_batches: int | None = None):
-    """Lists of float images in [0, 1] and targets; training batches flipped box-aware, per (seed, epoch)."""
-    from torchvision import tv_tensors
+def box_augment(scale_jitter=None):
+    """Training augmentation of a field and its boxes with ``torchvision.transforms.v2``: flips, and
+    with ``scale_jitter=[lo, hi]`` a zoom by a factor in that range about the centre on the same
+    canvas (the detector resizes every field to one size, so resizing alone would be undone):
+    boxes move with the pixels, are clipped to the field, and dropped when little is left."""
     from torchvision.transforms import v2
+
+    steps = [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+    if scale_jitter:
+        lo, hi = (float(v) for v in scale_jitter)
+        steps += [v2.RandomAffine(degrees=0.0, scale=(lo, hi)), v2.ClampBoundingBoxes(),
+                  v2.SanitizeBoundingBoxes(min_size=2.0, labels_getter=lambda inputs: inputs[2])]
+    return v2.Compose(steps)
+
+
+def batches(samples, classes: list[str], batch_size: int, *, shuffle: bool, augment: bool, seed: int, epoch: int,
+            max_batches: int | None = None, scale_jitter=None):
+    """Lists of float images in [0, 1] and targets; training batches augmented box-aware
+    (:func:`box_augment`), per (seed, epoch)."""
+    from torchvision import tv_tensors
 
     index = {c: i + 1 for i, c in enumerate(classes)}
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(len(samples), generator=gen).tolist() if shuffle else list(range(len(samples)))
-    flips = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()])
+    transform = box_augment(scale_jitter)
     n_batches = -(-len(order) // batch_size)
     for b in range(min(n_batches, max_batches or n_batches)):
         images, targets = [], []
@@ -111,12 +126,12 @@ def batches(samples, classes: list[str], batch_size: int, *, shuffle: bool, augm
             boxes = tv_tensors.BoundingBoxes(torch.as_tensor(im.boxes, dtype=torch.float32), format="XYXY",
                                              canvas_size=tuple(tensor.shape[1:]))
             image = tv_tensors.Image(tensor)
+            labels = torch.as_tensor([index[c] for c in im.labels], dtype=torch.int64)
             if augment:
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-                image, boxes = flips(image, boxes)
+                image, boxes, labels = transform(image, boxes, labels)
             images.append(image.float() / 255.0)
-            targets.append({"boxes": boxes.as_subclass(torch.Tensor),
-                            "labels": torch.as_tensor([index[c] for c in im.labels], dtype=torch.int64)})
+            targets.append({"boxes": boxes.as_subclass(torch.Tensor), "labels": labels})
         yield images, targets
 
 
@@ -190,7 +205,7 @@ def fit_detector(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, 
         "status": runs.STATUS_COMPLETED, "classes": dset.classes, "epochs": int(tcfg.epochs),
         "epochs_run": len(history), "best_epoch": best_epoch, "select_by": "val_map", **results,
         "annotations": {"counts": dict(dset.report.counts), "notes": dset.report.notes},
-        "params_m": params_m, "gflops": None, "input_size": int(size), "trainable_params_m": count_params(
+        "params_m": params_m, "gflops": _gflops(model, size), "input_size": int(size), "trainable_params_m": count_params(
             model, trainable_only=True), "train_time_s": sum(h["seconds"] for h in history),
         "train_img_s": float(np.nanmean([h["train_img_s"] for h in history])) if history else None,
         "peak_mem_mb": peak_memory_mb(device), "batch_size": int(tcfg.batch_size), "oom_retry": oom_retry,
@@ -206,6 +221,18 @@ def fit_detector(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, 
     return metrics
 
 
+def _gflops(model, size: int) -> float | None:
+    """GFLOPs of one evaluation forward pass on a blank field of the run's size (the heads' share
+    depends on how many proposals a real field keeps; this is the fixed part plus the empty case)."""
+    from bench.models.complexity import count_gflops
+
+    try:
+        return round(count_gflops(model, size), 3)
+    except Exception as exc:  # a counter that cannot trace an op is no reason to lose the run
+        log.warning("GFLOPs not counted (%s: %s)", type(exc).__name__, exc)
+        return None
+
+
 def _train_epoch(model, samples, classes, cfg, epoch: int, optimizer, device) -> dict:
     tcfg = cfg.trainer
     model.train()
@@ -216,7 +243,8 @@ def _train_epoch(model, samples, classes, cfg, epoch: int, optimizer, device) ->
     scheduled = [g["lr"] for g in optimizer.param_groups]  # this epoch's rates; warm-up scales them
     with EpochProgress(tcfg.progress, n_batches, f"{cfg.model.name} epoch {epoch + 1}/{tcfg.epochs}") as bar:
         for b, (images, targets) in enumerate(batches(samples, classes, tcfg.batch_size, shuffle=True, augment=True,
-                                                      seed=cfg.seed, epoch=epoch, max_batches=tcfg.max_batches)):
+                                                      seed=cfg.seed, epoch=epoch, max_batches=tcfg.max_batches,
+                                                      scale_jitter=cfg.data.get("scale_jitter"))):
             step = epoch * n_batches + b
             if step < warmup:  # linear from 1/warmup to 1, then the schedule's own rate
                 for group, lr in zip(optimizer.param_groups, scheduled):
@@ -261,7 +289,7 @@ def evaluate_splits(model, samples, classes, run_dir: runs.RunDir, device, tcfg)
 
     preds = {s: predict(model, samples[s], device, tcfg.eval_batch_size, tcfg.max_batches) for s in ("val", "test")}
     images = {s: [im for _, im in samples[s]][:len(preds[s])] for s in preds}
-    threshold = choose_threshold(images["val"], preds["val"], classes)
+    threshold = choose_thresholds(images["val"], preds["val"], classes)  # per class, on validation only
     out = {"score_threshold": threshold}
     for split in ("val", "test"):
         gt, res = coco_ground_truth(images[split], classes), coco_results(preds[split])

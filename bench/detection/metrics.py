@@ -5,8 +5,8 @@ anyone can recompute every number with pycocotools; :func:`coco_metrics` compute
 those same two objects: mAP@[.5:.95], AP50, AP75, AR@100 and the AP of each class.
 
 Count error: at a score threshold, per image and class, ``|predicted boxes - true boxes|``; the
-mean over images and classes (and per class). The threshold is chosen on validation data (the
-one with the smallest validation count error) and only then applied to test.
+mean over images and classes (and per class). Each class's threshold is chosen on validation data
+(the one with the smallest validation count error of that class) and only then applied to test.
 """
 
 from __future__ import annotations
@@ -70,15 +70,26 @@ def coco_metrics(ground_truth: dict, results: list[dict]) -> dict:
     return {"map": stats[0], "ap50": stats[1], "ap75": stats[2], "ar100": stats[8], "per_class_ap": per_class}
 
 
-def count_error(images: Sequence, predictions: Sequence[dict], classes: Sequence[str], threshold: float) -> dict:
-    """Mean |predicted - true| count per image and class at ``threshold``, overall and per class."""
+def class_thresholds(threshold, classes: Sequence[str]) -> np.ndarray:
+    """One score threshold per class: from a mapping {class: threshold} (missing classes 0.5) or
+    one number for all (runs written before per-class thresholds)."""
+    if isinstance(threshold, dict) or hasattr(threshold, "items"):
+        return np.array([float(threshold.get(c, 0.5)) for c in classes])
+    return np.full(len(classes), float(threshold))
+
+
+def count_error(images: Sequence, predictions: Sequence[dict], classes: Sequence[str], threshold) -> dict:
+    """Mean |predicted - true| count per image and class at ``threshold`` (one number, or one per
+    class as a mapping), overall and per class."""
     n_classes = len(classes)
     index = {c: i for i, c in enumerate(classes)}
+    per_class = class_thresholds(threshold, classes)
     errors = np.zeros((len(images), n_classes))
     for i, (im, p) in enumerate(zip(images, predictions)):
         true = np.bincount([index[label] for label in im.labels], minlength=n_classes)
-        keep = np.asarray(p["scores"]) >= threshold
-        pred = np.bincount(np.asarray(p["labels"], int)[keep] - 1, minlength=n_classes)
+        labels = np.asarray(p["labels"], int) - 1
+        keep = np.asarray(p["scores"]) >= per_class[labels] if len(labels) else np.zeros(0, bool)
+        pred = np.bincount(labels[keep], minlength=n_classes)
         errors[i] = np.abs(pred - true)
     return {"mean": float(errors.mean()) if errors.size else 0.0,
             "per_class": {c: float(errors[:, j].mean()) if len(errors) else 0.0 for j, c in enumerate(classes)}}
@@ -87,7 +98,10 @@ def count_error(images: Sequence, predictions: Sequence[dict], classes: Sequence
 THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 
 
-def choose_threshold(images: Sequence, predictions: Sequence[dict], classes: Sequence[str]) -> float:
-    """The score threshold with the smallest count error on these (validation) images; ties: the lowest."""
-    errors = [count_error(images, predictions, classes, float(t))["mean"] for t in THRESHOLDS]
-    return float(THRESHOLDS[int(np.argmin(errors))])
+def choose_thresholds(images: Sequence, predictions: Sequence[dict], classes: Sequence[str]) -> dict[str, float]:
+    """Per class, the score threshold with the smallest count error of that class on these
+    (validation) images; ties: the lowest. Per class, because one threshold for all would be
+    decided by the most numerous cells (red cells) and could over- or under-count the rare ones."""
+    errors = np.array([[count_error(images, predictions, classes, float(t))["per_class"][c] for c in classes]
+                       for t in THRESHOLDS])  # (thresholds, classes)
+    return {c: float(THRESHOLDS[int(np.argmin(errors[:, j]))]) for j, c in enumerate(classes)}

@@ -24,6 +24,13 @@ def count_params(model: nn.Module, *, trainable_only: bool = False) -> float:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only) / 1e6
 
 
+def is_detector(model: nn.Module) -> bool:
+    """A torchvision detection model: it normalises and resizes inside (GeneralizedRCNNTransform)."""
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    return isinstance(getattr(model, "transform", None), GeneralizedRCNNTransform)
+
+
 def _hw(input_size: Union[int, tuple[int, ...], list[int]]) -> tuple[int, int]:
     if isinstance(input_size, int):
         return input_size, input_size
@@ -60,7 +67,7 @@ def count_gflops(
         x = torch.zeros(1, channels, h, w, device=device, dtype=param.dtype if param is not None else None)
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
-            net(x)
+            net([x[0]] if is_detector(net) else x)  # a detector takes a list of images (of a blank field here)
         return counter.get_total_flops() / 1e9
     finally:
         for m, training in modes.items():

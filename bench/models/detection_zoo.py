@@ -68,6 +68,23 @@ def build_detector(name: str, num_classes: int, pretrained: bool | str, image_si
     return model
 
 
+def match_detector_state_dict(model: nn.Module, state_dict: dict) -> None:
+    """Make a from-scratch build hold the layers a trained detector's weights were saved from.
+
+    torchvision builds a detector that starts from COCO or ImageNet weights with
+    ``FrozenBatchNorm2d`` (eps 1e-5) in its backbone and from scratch with ``BatchNorm2d``; the
+    saved tensors tell which: a frozen layer has no ``num_batches_tracked``. Such layers are
+    swapped in place, so any best.pt rebuilds without downloading its starting weights."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.BatchNorm2d) and f"{name}.weight" in state_dict \
+                and f"{name}.num_batches_tracked" not in state_dict:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, FrozenBatchNorm2d(module.num_features))
+
+
 def _backbone_weights(ctor):
     """The ImageNet backbone weights the constructor uses by default (e.g. VGG16's IMAGENET1K_FEATURES)."""
     import inspect

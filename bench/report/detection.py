@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bench import leaderboard as lb
+from bench.detection.metrics import class_thresholds
 
 FIGURES = {"pr": "detection_pr_curves.png", "fields": "detection_fields.png"}
 
@@ -75,7 +76,9 @@ def plot_fields(entry, n: int = 3):
     root = Path(entry.metrics.get("data_root") or ".")
     gt = json.loads((entry.root / "ground_truth_test.json").read_text())
     results = json.loads((entry.root / "predictions_test.json").read_text())
-    threshold = float(entry.metrics.get("score_threshold") or 0.5)
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    per_class = dict(zip(names.values(), class_thresholds(entry.metrics.get("score_threshold") or 0.5,
+                                                          list(names.values()))))
     images = gt["images"][:n]
     fig = _figure(3.2 * max(len(images), 1), 3.4)
     for i, image in enumerate(images):
@@ -89,12 +92,14 @@ def plot_fields(entry, n: int = 3):
         for ann in (a for a in gt["annotations"] if a["image_id"] == image["id"]):
             x, y, w, h = ann["bbox"]
             ax.add_patch(_rect(x, y, w, h, "lime"))
-        for r in (r for r in results if r["image_id"] == image["id"] and r["score"] >= threshold):
+        for r in (r for r in results
+                  if r["image_id"] == image["id"] and r["score"] >= per_class[names[r["category_id"]]]):
             x, y, w, h = r["bbox"]
             ax.add_patch(_rect(x, y, w, h, "red"))
         ax.set_title(Path(image["file_name"]).name, fontsize=8)
         ax.axis("off")
-    fig.suptitle(f"{entry.label}: true boxes green, predictions >= {threshold:g} red", fontsize=9)
+    shown = ", ".join(f"{c} {t:g}" for c, t in per_class.items())
+    fig.suptitle(f"{entry.label}: true boxes green, predictions red (scores >= {shown})", fontsize=9)
     return fig
 
 

@@ -171,8 +171,8 @@ def _detection_md(res: ExperimentResults, figures: dict[str, str]) -> list[str]:
     lines = ["", "## Detection", "",
              "COCO mAP@[.5:.95] on validation (selects the best epoch and ranks) and test, AP50, AP75, AR@100 and "
              "per-class AP on test (pycocotools, recomputable from each run's ground_truth_test.json and "
-             "predictions_test.json); count error: mean |predicted - true| cells per test image and class at the "
-             "score threshold chosen on validation.", "",
+             "predictions_test.json); count error: mean |predicted - true| cells per test image and class at each "
+             "class's score threshold chosen on validation.", "",
              md_table(cells, bold=["val mAP"])]
     if "det_pr" in figures:
         lines += ["", f"Best detector by validation mAP: **{best.label}**.", "", _link("det_pr", "precision-recall")]
