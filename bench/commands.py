@@ -107,8 +107,34 @@ def predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=sorted(PREDICT_METHODS), default=None,
                    help="combine by majority vote or mean probability (default: the ensemble's own voting; "
                         "soft for one checkpoint, majority for several)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images (or cell crops) per forward pass")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    chain = p.add_argument_group("smear fields: detector -> cell classifier (IMAGES_DIR holds whole fields)")
+    chain.add_argument("--detector", type=Path, default=None, metavar="DET",
+                       help="a detector run folder (results/<exp>/runs/<detector>/seed<seed>) or its best.pt")
+    chain.add_argument("--classifier", action="append", default=[], metavar="[LABEL=]CLS",
+                       help="the cell classifier: a best.pt, run folder or ensemble folder; LABEL=CLS (repeatable) "
+                            "types each detector label with its own classifier (e.g. Cheuque 2022's two groups)")
+    chain.add_argument("--classify-labels", default=None, metavar="LABEL[,LABEL]",
+                       help="detector labels whose boxes are cropped and typed (default: the labels that are "
+                            "classifier classes or white-cell names such as wbc; the others are counted as detected)")
+    chain.add_argument("--margin", type=float, default=0.25,
+                       help="context around a box, as a fraction of its longer side on each side (default 0.25)")
+    chain.add_argument("--crop-size", type=int, default=None, metavar="PX",
+                       help="crop a fixed square of PX field pixels around each box instead (at least the box): "
+                            "the framing of single-cell images taken at one magnification")
+    chain.add_argument("--score-threshold", type=float, default=None,
+                       help="keep boxes scoring at least this (default: the threshold the detector's run chose on "
+                            "validation, else 0.5)")
+    chain.add_argument("--truth", type=Path, default=None, metavar="ANNOTATIONS",
+                       help="score the chain: a COCO .json, boxes .csv or VOC folder of these fields, labels = cell "
+                            "types; writes cascade_metrics.json")
+    chain.add_argument("--truth-map", default=None, metavar="TRUTH=CLASS,...",
+                       help="rename the truth's labels to ours (e.g. Neutrophil=neutrophil,WBC=wbc)")
+    chain.add_argument("--score-level", choices=("cell", "detector"), default="cell",
+                       help="score the final cell types (default) or the detector's labels only (truth without "
+                            "white-cell types)")
+    chain.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -129,7 +155,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 def report_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench-report", description=COMMANDS["bench-report"].summary)
-    p.add_argument("exp_dir", type=Path, help="experiment folder, e.g. results/<experiment>")
+    p.add_argument("exp_dir", type=Path, help="experiment folder, e.g. results/<experiment>, or a bench-predict "
+                                            "--detector output folder (the chain's report, scored again)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default <exp_dir>/report)")
     p.add_argument("--top", type=int, default=REPORT_TOP,
                    help=f"models in the comparison table and the training curves (default {REPORT_TOP})")
@@ -181,6 +208,11 @@ def benchmark_parser() -> argparse.ArgumentParser:
     p.add_argument("--ceiling-window", type=float, default=1.0, help="seconds per timing window (best of 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra bench-train override for the harness runs and the sweep, e.g. trainer.amp=true")
+    p.add_argument("--task", choices=("classification", "detection"), default="classification",
+                   help="detection: one detector (--models, default fasterrcnn_mobilenet_v3_large_320_fpn) alone vs "
+                        "in the harness, and the smear-field chain's fields/s (bench.benchmark.detection)")
+    p.add_argument("--field-size", type=int, default=256, help="--task detection: synthetic field side in pixels")
+    p.add_argument("--fields", type=int, default=24, help="--task detection: fields through the chain")
     p.add_argument("--synthetic-n-per-class", type=int, default=60)
     p.add_argument("--synthetic-size", type=int, default=96)
     p.add_argument("--protocol-images", type=int, default=17092,
@@ -236,7 +268,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
             "leaderboard row of kind 'ensemble'.", parser=ensemble_parser),
     Command("bench-predict", "bench.predict:main",
             "Classify a folder of cell images with one checkpoint or an ensemble of checkpoints; write "
-            "predictions.csv, counts.csv (differential count) and unreadable.csv into --out.", parser=predict_parser),
+            "predictions.csv, counts.csv (differential count) and unreadable.csv into --out. With --detector: whole "
+            "smear fields, each cell found, cropped and typed (cells.csv, counts.csv, one picture per field; "
+            "--truth scores the chain).", parser=predict_parser),
     Command("bench-evaluate", "bench.evaluate:main",
             "Evaluate a trained run or ensemble on an external labelled folder (another lab's images, its own "
             "class names mapped with --map): per-class metrics and per-image predictions under the run, and "

@@ -4,6 +4,7 @@
 
     bench-predict IMAGES_DIR --checkpoint A.pt [--checkpoint B.pt ...] --out DIR
     bench-predict IMAGES_DIR --ensemble results/<exp>/ensembles/<name> --out DIR
+    bench-predict FIELDS_DIR --detector DET_RUN --classifier CLS --out DIR    (smear fields: bench.cascade)
 
 Every image file under IMAGES_DIR (recursively; hidden files skipped) goes through the
 training's eval transform: decoded to RGB, resized to the checkpoint's input size the way the
@@ -199,17 +200,25 @@ def predict_probs(checkpoints: Sequence[LoadedCheckpoint], files: Sequence[Path]
                 ok.append(i)
         if not ok:
             continue
-        probs = np.zeros((len(checkpoints), len(ok), n_cls))
-        batches = {s: _to_batch([decoded[s][i][0] for i in ok]).to(device) for s in sizes}
-        for m, (ckpt, norm) in enumerate(zip(checkpoints, norms)):
-            x = norm(batches[ckpt.decoding])
-            out_m = ckpt.model(x)
-            logits = out_m if isinstance(out_m, torch.Tensor) else tuple(out_m)[0]
-            probs[m] = torch.softmax(logits.float(), dim=1).cpu().numpy()
-        out.append(probs)
+        out.append(member_probs(checkpoints, {s: [decoded[s][i][0] for i in ok] for s in sizes}, norms, device))
     readable = np.array([r is None for r in reasons], dtype=bool)
     probs = np.concatenate(out, axis=1) if out else np.zeros((len(checkpoints), 0, n_cls))
     return probs, readable, reasons
+
+
+@torch.inference_mode()
+def member_probs(checkpoints: Sequence[LoadedCheckpoint], arrays: dict[tuple, list[np.ndarray]],
+                 norms: Sequence[Normalize], device) -> np.ndarray:
+    """Softmax probabilities (checkpoints, images, classes) of one batch of decoded images;
+    ``arrays[c.decoding]`` holds the batch as checkpoint ``c`` decodes it (uint8 HWC)."""
+    n = len(next(iter(arrays.values())))
+    probs = np.zeros((len(checkpoints), n, len(checkpoints[0].class_names)))
+    batches = {s: _to_batch(a).to(device) for s, a in arrays.items()}
+    for m, (ckpt, norm) in enumerate(zip(checkpoints, norms)):
+        out_m = ckpt.model(norm(batches[ckpt.decoding]))
+        logits = out_m if isinstance(out_m, torch.Tensor) else tuple(out_m)[0]
+        probs[m] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    return probs
 
 
 # --------------------------------------------------------------------------- tables
@@ -364,6 +373,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench.commands import parser
 
     args = parser("bench-predict").parse_args(argv)
+    if args.detector is not None or args.classifier:
+        from bench.cascade import cli as cascade
+
+        try:
+            cascade.print_summary(cascade.run(args), args.out)
+        except PredictError as exc:
+            print(f"bench-predict: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         result = run(args)
     except PredictError as exc:

@@ -129,3 +129,19 @@ def test_foreign_load_is_the_busy_time_of_other_processes(monkeypatch):
     with common.ForeignLoad() as none:
         pass
     assert math.isnan(none.value)
+
+
+def test_detection_benchmark_rows_are_the_quotients_of_their_columns(tmp_path, capsys):
+    """--task detection: a detector alone vs in the harness, and the chain's fields/s."""
+    out = tmp_path / "bench"
+    rc = benchmark.main(["--task", "detection", "--field-size", "96", "--epochs", "2", "--batch-size", "2",
+                         "--fields", "4", "--ceiling-window", "0.05", "--name", "det", "--out", str(out)])
+    assert rc == 0
+    frame = pd.read_csv(out / "det.csv")
+    assert frame["measure"].tolist() == ["detector train img/s", "chain fields/s", "detector eval img/s"]
+    both = frame.dropna(subset=["harness"])
+    assert (both["harness"] > 0).all() and (both["alone"] > 0).all()
+    np.testing.assert_allclose(both["ratio"], both["harness"] / both["alone"], rtol=1e-6)
+    assert frame["model"].unique().tolist() == ["fasterrcnn_mobilenet_v3_large_320_fpn"]
+    assert "chain fields/s" in capsys.readouterr().out
+    assert not (out / "det.work").exists()

@@ -32,6 +32,7 @@ the ceiling's timing windows; ``_all`` columns are over every epoch.
 
     bench-benchmark --data ../shared/data/pbc-sample --image-size 64 --epochs 3 --name pbc64
     bench-benchmark --data synthetic --models simple_cnn --epochs 1 --no-sweep
+    bench-benchmark --task detection --epochs 2          (a detector and the smear-field chain)
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_reference"]:
         return reference_main(argv[1:])
     args = parse_args(argv)
+    if args.task == "detection":
+        from .detection import run_detection_benchmark
+
+        return run_detection_benchmark(args)
     import logging
 
     from bench.data.build import build_data

@@ -116,8 +116,14 @@ def decode_resized(path: str | os.PathLike, size: int, geometry: str = "resize",
             img.draft("RGB", (target, target))
         img.load()  # force the full decode so truncated files fail here
         rgb = to_rgb(img)
+    return resize_rgb(rgb, size, geometry, crop_fraction)
+
+
+def resize_rgb(rgb: Image.Image, size: int, geometry: str = "resize", crop_fraction: float = 0.875) -> np.ndarray:
+    """An RGB PIL image made size x size the way ``decode_resized`` does it (``geometry``), as a
+    uint8 array: the one rule for a file and for a cell cropped from a smear field."""
     if geometry == "resize_crop":
-        rgb = _resize_shorter_then_centre_crop(rgb, target, size)
+        rgb = _resize_shorter_then_centre_crop(rgb, resize_crop_size(size, crop_fraction), size)
     elif rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)

@@ -56,10 +56,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench.commands import parser
 
     args = parser("bench-report").parse_args(argv)
+    from bench.cascade.report import build_cascade_report, is_cascade_dir
 
+    if is_cascade_dir(args.exp_dir):  # a bench-predict --detector output folder
+        from bench.predict import PredictError
+
+        try:
+            path = build_cascade_report(args.exp_dir, args.out)
+        except (PredictError, OSError, ValueError) as exc:
+            print(f"bench-report: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {path}")
+        return 0
     if not (args.exp_dir / "runs").is_dir():
         print(f"bench-report: {args.exp_dir} has no runs/ folder. Pass an experiment folder written by "
-              "bench-train (results/<experiment>, containing runs/<model>/seed<seed>/).", file=sys.stderr)
+              "bench-train (results/<experiment>, containing runs/<model>/seed<seed>/) or a smear-field folder "
+              "written by bench-predict --detector.", file=sys.stderr)
         return 2
     if args.resamples < 1 or not 0 < args.confidence < 1 or not 0 < args.alpha < 1 or args.top < 1:
         print("bench-report: --resamples and --top must be at least 1; --confidence and --alpha in (0, 1).",

@@ -1,0 +1,183 @@
+"""``bench-predict FIELDS --detector DET --classifier CLS --out OUT``: the chain's output folder.
+
+::
+
+    OUT/
+        cells.csv             one row per kept box: field, cell, box (field pixels), detector label and score,
+                              classified, cell_type, confidence, low_confidence, classifier, prob_<class>
+        counts.csv            per field and in total: every detector label, the typed cells by class, percentages
+        unreadable.csv        fields that could not be decoded, and other files skipped
+        fields/<field>.png    each field with its boxes and classes drawn
+        summary.json          models, thresholds, typed labels, counts, time; summary.md for a person
+        cascade_metrics.json  with --truth: the chain scored against the annotations (bench.cascade.scoring)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+from pathlib import Path
+
+import pandas as pd
+
+from bench import runs
+from bench.cascade import draw, scoring, tables
+from bench.cascade.chain import run_chain
+from bench.cascade.models import load_classifier, load_detector, parse_classifier_args, route_labels
+from bench.ensemble import HARD
+from bench.predict import IMAGE_EXTENSIONS, PredictError, list_images
+
+log = logging.getLogger(__name__)
+
+UPSAMPLING_WARN = 2.0  # crops enlarged more than this to reach the classifier's input: a scale mismatch
+CELLS_CSV, COUNTS_CSV, SUMMARY_JSON, METRICS_JSON = "cells.csv", "counts.csv", "summary.json", "cascade_metrics.json"
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.detector is None:
+        raise PredictError("--classifier types the cells a detector finds in smear fields: add --detector DET (a "
+                           "detector run folder). For folders of single-cell images use -c PT or --ensemble DIR.")
+    if not args.images_dir.is_dir():
+        raise PredictError(f"{args.images_dir} is not a folder. Pass the folder of smear fields "
+                           f"(any of {', '.join(IMAGE_EXTENSIONS)}, searched recursively).")
+    if not args.classifier:
+        raise PredictError("--detector needs --classifier CLS (a best.pt, run folder or ensemble folder), or "
+                           "--classifier LABEL=CLS for each detector label to type.")
+    if args.checkpoint or args.ensemble:
+        raise PredictError("with --detector, give the cell classifier as --classifier (-c and --ensemble are for "
+                           "folders of single-cell images).")
+    if not 0.0 <= args.margin <= 2.0:
+        raise PredictError(f"--margin {args.margin}: the fraction of the box added on each side, 0 to 2 "
+                           "(0.25: a crop 1.5 times the box).")
+    if args.crop_size is not None and args.crop_size < 1:
+        raise PredictError(f"--crop-size {args.crop_size}: a side in field pixels, at least 1.")
+    if args.batch_size < 1:
+        raise PredictError(f"--batch-size must be at least 1, got {args.batch_size}.")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The whole chain for the command line; returns the summary, counts and metrics."""
+    from bench.predict import _device
+
+    check_args(args)
+    files, skipped = list_images(args.images_dir)
+    if not files:
+        raise PredictError(f"{args.images_dir} holds no image files ({', '.join(IMAGE_EXTENSIONS)}); a count of "
+                           "nothing would read as zero cells. Pass the folder of the smear fields.")
+    device = _device(args.device)
+    detector = load_detector(args.detector, device, args.score_threshold)
+    sources = parse_classifier_args(args.classifier)
+    loaded = {key: load_classifier(path, device, args.method) for key, path in sources.items()}
+    requested = [s.strip() for s in (args.classify_labels or "").split(",") if s.strip()] or None
+    routes, rule = route_labels(detector, loaded, requested)
+    truth = None
+    if args.truth is not None:  # read (and checked) before the long part
+        truth = scoring.read_truth(args.truth, args.images_dir, scoring.parse_map(args.truth_map))
+
+    result = run_chain(files, args.images_dir, detector, routes, margin=args.margin, batch_size=args.batch_size,
+                       device=device, crop_size=args.crop_size, progress=not args.quiet)
+    classes = list(dict.fromkeys(c for clf in routes.values() for c in clf.class_names))
+    counts = tables.count_table(result.cells, result.fields, detector.labels, classes)
+    warnings = scale_warnings(result.upsampling)
+    metrics = None
+    if truth is not None:
+        metrics = scoring.score_cells(result.cells, result.fields, truth, level=args.score_level,
+                                      typed_classes=classes, truth_name=str(args.truth))
+        warnings += metrics["warnings"]
+    for w in warnings:
+        log.warning("%s", w)
+    out = args.out
+    (out / "fields").mkdir(parents=True, exist_ok=True)
+    runs.write_csv_atomic(out / CELLS_CSV, result.cells)
+    runs.write_csv_atomic(out / COUNTS_CSV, counts)
+    runs.write_csv_atomic(out / "unreadable.csv", pd.DataFrame(result.unreadable + skipped, columns=["path", "reason"]))
+    write_pictures(args.images_dir, out / "fields", result, detector.labels, classes, truth)
+    summary = {
+        "kind": "cascade", "fields_dir": str(args.images_dir), "n_fields": len(result.fields),
+        "n_unreadable": len(result.unreadable), "n_cells": int(len(result.cells)),
+        "n_typed": int(result.cells["classified"].sum()),
+        "n_low_confidence": int((result.cells["low_confidence"] == True).sum()),  # noqa: E712 (None = not flagged)
+        "detector": {"model": detector.model_name, "path": str(detector.path), "labels": detector.labels,
+                     "input_size": detector.input_size, "score_thresholds": detector.score_thresholds,
+                     "threshold_source": detector.threshold_source},
+        "classify_labels": list(routes), "classify_labels_rule": rule, "margin": args.margin,
+        "crop_size": args.crop_size,
+        "classifiers": {label: {"source": str(c.source), "models": [k.model_name for k in c.checkpoints],
+                                "classes": c.class_names, "method": "majority" if c.voting == HARD else "soft",
+                                "input_size": c.input_size, "low_confidence_threshold": c.record.threshold,
+                                "not_flagged_because": c.record.why}
+                        for label, c in routes.items()},
+        "classes": classes,
+        "counts": {r.label: int(r.count) for r in counts[(counts["field"] == tables.ALL_FIELDS)
+                                                         & (counts["group"] == "typed")].itertuples()},
+        "crop_upsampling_median": statistics.median(result.upsampling) if result.upsampling else None,
+        "truth": str(args.truth) if args.truth else None, "truth_map": args.truth_map, "score_level": args.score_level,
+        "warnings": warnings, "device": str(device), "seconds": result.seconds,
+        "fields_per_s": len(files) / result.seconds if result.seconds > 0 else float("nan"),
+    }
+    runs.write_json_atomic(out / SUMMARY_JSON, summary)
+    if metrics is not None:
+        runs.write_text_atomic(out / METRICS_JSON, json.dumps(metrics, indent=2))
+    runs.write_text_atomic(out / "summary.md", tables.summary_markdown(summary, counts, metrics))
+    return {"summary": summary, "counts": counts, "metrics": metrics, "cells": result.cells}
+
+
+def scale_warnings(upsampling) -> list[str]:
+    if not upsampling:
+        return []
+    median = statistics.median(upsampling)
+    if median <= UPSAMPLING_WARN:
+        return []
+    return [f"the cell crops are enlarged {median:.1f} times (median) to the classifier's input size: the cells in "
+            "these fields have far fewer pixels than the images the classifier was trained on (a lower "
+            "magnification, or a detector run at a smaller scale?); its types may be unreliable. Use fields at the "
+            "classifier's magnification or a classifier trained at a smaller input size."]
+
+
+def write_pictures(fields_dir: Path, out: Path, result, detector_labels, classes, truth=None) -> None:
+    """fields/<field>.png for every readable field (the truth's missed cells in white when given)."""
+    from bench.cascade.chain import read_field
+
+    colours = {**draw.palette(list(classes)),
+               **{lab: c for lab, c in draw.palette(list(detector_labels)).items() if lab not in classes}}
+    missed_by_field = missed_boxes(result, truth) if truth is not None else {}
+    by_field = dict(tuple(result.cells.groupby("field", sort=False))) if len(result.cells) else {}
+    for field in result.fields:
+        image, _ = read_field(fields_dir / field)
+        picture = draw.draw_field(image, by_field.get(field, result.cells.iloc[0:0]), colours,
+                                  missed_by_field.get(field))
+        with runs.atomic_path(out / draw.picture_name(field)) as tmp:
+            picture.save(tmp, format="PNG")
+
+
+def missed_boxes(result, truth) -> dict[str, list]:
+    keys = scoring._field_keys(truth, result.fields)
+    by_field = dict(tuple(result.cells.groupby("field", sort=False))) if len(result.cells) else {}
+    out = {}
+    for field, k in keys.items():
+        true = truth.images[k].boxes
+        here = by_field.get(field, result.cells.iloc[0:0])
+        pairs = scoring.match_boxes(here[["xmin", "ymin", "xmax", "ymax"]].to_numpy(float), true)
+        matched = {j for _, j in pairs}
+        out[field] = [true[j].tolist() for j in range(len(true)) if j not in matched]
+    return out
+
+
+def print_summary(result: dict, out: Path) -> None:
+    s, counts, m = result["summary"], result["counts"], result["metrics"]
+    print(f"{s['n_fields']} field(s): {s['n_cells']} cells found, {s['n_typed']} typed "
+          f"({s['fields_per_s']:.2f} fields/s on {s['device']}); {s['n_unreadable']} unreadable")
+    total = counts[counts["field"] == tables.ALL_FIELDS]
+    for group in tables.GROUPS:
+        print(f"\n{group}:")
+        for row in total[total["group"] == group].itertuples(index=False):
+            pct = "" if pd.isna(row.percent) else f"  {row.percent:6.2f}%"
+            print(f"  {row.label:<20} {row.count:>6}{pct}")
+    if m:
+        print("\n" + "\n".join(tables.metrics_markdown(m)[:2]))
+    for w in s["warnings"]:
+        print(f"\nwarning: {w}")
+    print(f"\nwrote cells.csv, counts.csv, unreadable.csv, fields/*.png, summary.json and summary.md"
+          f"{' and cascade_metrics.json' if m else ''} in {out}")
