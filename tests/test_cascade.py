@@ -86,6 +86,8 @@ def test_cascade_scores_by_hand():
     assert m["count_error_per_field"]["f1.png"] == {"lymphocyte": 0, "neutrophil": 1, "rbc": 1}
     assert m["count_error_per_field"]["f2.png"] == {"lymphocyte": 1, "neutrophil": 0, "rbc": 1}
     assert o["count_error"] == pytest.approx(4 / 6)
+    # finding nothing: the true counts, f1 (1, 1, 2) and f2 (1, 0, 0) -> 5 / 6
+    assert o["count_error_finding_nothing"] == pytest.approx(5 / 6)
     assert pc["rbc"]["count_error"] == 1.0
     # stages over the 3 true white cells: f1's two were typed (found), f2's went as rbc (lost at detection);
     # of the 2 found, 1 typed right

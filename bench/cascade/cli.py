@@ -153,7 +153,7 @@ def write_pictures(fields_dir: Path, out: Path, result, detector_labels, classes
 
 
 def missed_boxes(result, truth) -> dict[str, list]:
-    keys = scoring._field_keys(truth, result.fields)
+    keys = scoring.field_keys(truth, result.fields)
     by_field = dict(tuple(result.cells.groupby("field", sort=False))) if len(result.cells) else {}
     out = {}
     for field, k in keys.items():

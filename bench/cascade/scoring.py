@@ -11,7 +11,8 @@ torchvision's ``box_iou``), keeping pairs with IoU >= 0.5. Then:
 - per class: ``sensitivity`` = true cells of the class matched to a cell given that class / true
   cells of the class; ``precision`` = the same matches / cells given that class; ``missed``
   (true cells matched to nothing), ``spurious`` (predicted cells matched to nothing);
-  ``count_error``: mean over fields of |predicted - true| count;
+  ``count_error``: mean over fields of |predicted - true| count (overall: over fields and classes,
+  beside ``count_error_finding_nothing``, the same for a chain that finds no cell);
 - ``level``: ``cell`` compares the chain's final types (the classifier's class for typed boxes,
   the detector label for the others); ``detector`` the detector's labels only (for truth without
   white-cell types);
@@ -97,7 +98,7 @@ def match_boxes(pred: np.ndarray, true: np.ndarray, iou_threshold: float = IOU_T
     return [(int(i), int(j)) for i, j in zip(rows, cols) if iou[i, j] >= iou_threshold]
 
 
-def _field_keys(truth: DetectionSet, fields: Sequence[str]) -> dict[str, int]:
+def field_keys(truth: DetectionSet, fields: Sequence[str]) -> dict[str, int]:
     """Chain field -> truth image index: by path relative to the fields folder, else by file name."""
     by_path = {im.path: i for i, im in enumerate(truth.images)}
     names = pd.Series([Path(im.path).name for im in truth.images])
@@ -117,7 +118,7 @@ def score_cells(cells: pd.DataFrame, fields: Sequence[str], truth: DetectionSet,
     if level not in LEVELS:
         raise PredictError(f"--score-level {level!r}: one of {', '.join(LEVELS)}.")
     column = "cell_type" if level == "cell" else "detector_label"
-    keys = _field_keys(truth, fields)
+    keys = field_keys(truth, fields)
     scope = list(typed_classes) if level == "cell" and typed_classes else cells[column].unique().tolist()
     warnings = check_labels(scope, truth.classes, level)
     scored = [f for f in fields if f in keys]
@@ -126,7 +127,7 @@ def score_cells(cells: pd.DataFrame, fields: Sequence[str], truth: DetectionSet,
     classes = sorted(set(truth.classes) | set(cells[column]) | (set(typed_classes) if level == "cell" else set()))
     index = {c: k for k, c in enumerate(classes)}
     tp, n_true, n_pred, missed, spurious = (np.zeros(len(classes), int) for _ in range(5))
-    count_errors = np.zeros((len(scored), len(classes)))
+    count_errors, true_counts_all = np.zeros((len(scored), len(classes))), np.zeros((len(scored), len(classes)))
     st = {"n_true": 0, "found": 0, "correct": 0}
     typed = set(typed_classes)
     by_field = dict(tuple(cells.groupby("field", sort=False))) if len(cells) else {}
@@ -155,6 +156,7 @@ def score_cells(cells: pd.DataFrame, fields: Sequence[str], truth: DetectionSet,
         true_counts = np.bincount([index[c] for c in true_labels], minlength=len(classes))
         pred_counts = np.bincount([index[c] for c in pred_labels], minlength=len(classes))
         count_errors[f_i] = np.abs(pred_counts - true_counts)
+        true_counts_all[f_i] = true_counts
         per_field[f] = {c: int(count_errors[f_i, k]) for k, c in enumerate(classes)}
         if level == "cell" and typed:
             classified = here["classified"].astype(bool).tolist()
@@ -175,7 +177,9 @@ def score_cells(cells: pd.DataFrame, fields: Sequence[str], truth: DetectionSet,
     overall = {"n_fields": len(scored), "n_true": int(n_true.sum()), "n_pred": int(n_pred.sum()), "matched": matched,
                "missed": int(missed.sum()), "spurious": int(spurious.sum()), "correct": int(tp.sum()),
                "accuracy_of_matched": _ratio(tp.sum(), matched),
-               "count_error": float(count_errors.mean()) if count_errors.size else 0.0}
+               "count_error": float(count_errors.mean()) if count_errors.size else 0.0,
+               # the same for a chain that finds nothing: the mean true count, the number to beat
+               "count_error_finding_nothing": float(np.mean(true_counts_all)) if count_errors.size else 0.0}
     stages = None
     if level == "cell" and typed:
         stages = {**st, "detector_recall": _ratio(st["found"], st["n_true"]),

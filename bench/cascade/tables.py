@@ -79,7 +79,8 @@ def metrics_markdown(m: dict) -> list[str]:
     lines = [f"Matched at IoU >= {m['iou_threshold']} ({m['level']} level; truth `{m['truth']}`): "
              f"{o['n_true']} true cells, {o['n_pred']} found, {o['matched']} matched, {o['missed']} missed, "
              f"{o['spurious']} spurious; cells matched with the right type: {o['correct']} "
-             f"({_pct(o['accuracy_of_matched'])} of matched); count error {o['count_error']:.3f} per field and class."]
+             f"({_pct(o['accuracy_of_matched'])} of matched); count error {o['count_error']:.3f} per field and class (finding nothing: "
+             f"{o['count_error_finding_nothing']:.3f})."]
     st = m.get("stages")
     if st:
         lines.append(f"Stages, over the {st['n_true']} true cells of the typed classes: the detector found "
