@@ -265,6 +265,17 @@ def _check_augment(cfg, report: Report) -> None:
         report.problems.append(str(exc))
 
 
+def _check_detector_options(name: str, cfg, report: Report) -> None:
+    """Every model.detector_kwargs entry a detector of the sweep would get is one it takes."""
+    from bench.models.detection_zoo import DETECTORS, unknown_detector_options
+
+    unknown = unknown_detector_options(name, cfg.model.get("detector_kwargs")) if name in DETECTORS else []
+    if unknown:
+        report.problems.append(
+            f"{name}: model.detector_kwargs {', '.join(unknown)} not taken by its constructor; put a family's own "
+            f"options under model.detector_kwargs.<family> (fasterrcnn, retinanet, fcos, ssd) or drop them.")
+
+
 def _check_models(plan: Plan, report: Report) -> None:
     from bench.models import UnknownModelError, get_model_spec
 
@@ -284,6 +295,8 @@ def _check_models(plan: Plan, report: Report) -> None:
                 f"{'detector' if detection_data else 'classifier'} (bench-models lists each model's task) or "
                 f"{'a classification dataset' if detection_data else 'a detection dataset'}.")
             continue
+        if spec.task == "detection":
+            _check_detector_options(name, cfg, report)
         size = spec.image_size(cfg.data.image_size)
         if size < spec.min_train_size:
             report.problems.append(

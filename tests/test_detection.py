@@ -297,3 +297,44 @@ def test_scale_jitter_moves_boxes_with_the_pixels():
         assert len(labels) == len(out)
         zooms.add(round(float((out[:, 2] - out[:, 0]).max()), 1))
     assert len(zooms) > 3  # the boxes really change size
+
+
+def _voc_from_coco(coco_root: Path, voc: Path) -> Path:
+    """The synthetic smear fields as a Pascal VOC folder (Annotations/*.xml, JPEGImages/)."""
+    data = json.loads((coco_root / "instances.json").read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    (voc / "Annotations").mkdir(parents=True)
+    (voc / "JPEGImages").mkdir()
+    for im in data["images"]:
+        Image.open(coco_root / "images" / im["file_name"]).save(voc / "JPEGImages" / im["file_name"])
+        objects = "".join(
+            f"<object><name>{names[a['category_id']]}</name><bndbox><xmin>{a['bbox'][0]}</xmin>"
+            f"<ymin>{a['bbox'][1]}</ymin><xmax>{a['bbox'][0] + a['bbox'][2]}</xmax>"
+            f"<ymax>{a['bbox'][1] + a['bbox'][3]}</ymax></bndbox></object>"
+            for a in data["annotations"] if a["image_id"] == im["id"])
+        (voc / "Annotations" / f"{Path(im['file_name']).stem}.xml").write_text(
+            f"<annotation><filename>{im['file_name']}</filename>{objects}</annotation>")
+    return voc
+
+
+def test_a_sweep_over_detector_families_on_a_voc_folder(tmp_path, cache_dir, capsys):
+    """bench-train -m data=voc model=a,b: one row per detector. The two families take different
+    constructor options (the quickstart's Faster R-CNN proposal counts are its own), and an option a
+    detector does not take is a preflight problem before anything trains."""
+    from bench.detection.synthetic import synthetic_smear_root
+    from bench.train import cli
+
+    voc = _voc_from_coco(synthetic_smear_root(cache_dir, n_fields=12, size=96, seed=5), tmp_path / "voc")
+    args = [*SMALL, "data=voc", f"data.root={voc}", "trainer.epochs=1", "trainer.max_batches=1",
+            f"paths.results_dir={tmp_path / 'results'}", f"paths.cache_dir={cache_dir}", "experiment_name=vocsweep"]
+    models = "model=fasterrcnn_mobilenet_v3_large_320_fpn,ssdlite320_mobilenet_v3_large"
+    assert cli([*args, "-m", models]) == 0
+    board = pd.read_csv(tmp_path / "results" / "vocsweep" / "leaderboard.csv").set_index("model")
+    assert set(board.index) == {"fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large"}
+    assert (board["status"] == "completed").all() and (board["kind"] == "detector").all()
+    assert sorted(board["rank"]) == [1, 2]
+    capsys.readouterr()
+    assert cli([*args, "-m", models, "+model.detector_kwargs.rpn_batch_size_per_image=64"]) == 2
+    err = capsys.readouterr().err
+    assert "ssdlite320_mobilenet_v3_large: model.detector_kwargs rpn_batch_size_per_image" in err
+    assert "fasterrcnn_mobilenet_v3_large_320_fpn:" not in err  # Faster R-CNN takes it

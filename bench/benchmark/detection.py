@@ -106,6 +106,7 @@ def run_detection_benchmark(args) -> int:
     from bench.cascade import cli as cascade
     from bench.config import compose_config
     from bench.data.synthetic import CLASS_NAMES
+    from bench.detection.fit import detector_kwargs
     from bench.device import resolve_device
     from bench.training import run_training
 
@@ -121,10 +122,8 @@ def run_detection_benchmark(args) -> int:
                  f"trainer.epochs={args.epochs}", f"trainer.batch_size={args.batch_size}",
                  f"trainer.device={device}", "trainer.progress=false", f"paths.results_dir={work / 'results'}",
                  f"paths.cache_dir={work / 'cache'}", "experiment_name=detbench", *args.set]
-    if not model.startswith("fasterrcnn"):
-        overrides.append("model.detector_kwargs={}")
     cfg = compose_config(overrides)
-    kwargs = dict(cfg.model.get("detector_kwargs") or {}) if model.startswith("fasterrcnn") else {}
+    kwargs = detector_kwargs(cfg)  # what bench-train gives the same detector
     rows = []
     _log(f"{model} alone at {args.field_size} px, batch {args.batch_size}")
     alone = measure_detector_alone(model, image_size=args.field_size, batch_size=args.batch_size, n_classes=3,

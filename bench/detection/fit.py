@@ -64,6 +64,14 @@ def split_detection_set(dset: DetectionSet, cfg, exp_dir: Path) -> dict[str, lis
     return {s: [im for im in dset.images if where.get(im.path) == s] for s in SPLITS}
 
 
+def detector_kwargs(cfg) -> dict:
+    """``model.detector_kwargs`` as plain containers (a best.pt is loaded with weights_only)."""
+    from omegaconf import OmegaConf
+
+    options = cfg.model.get("detector_kwargs") or {}
+    return OmegaConf.to_container(options, resolve=True) if OmegaConf.is_config(options) else dict(options)
+
+
 def _sha1(path: Path) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
@@ -154,7 +162,7 @@ def fit_detector(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, 
                             "notes": dset.report.notes})
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model.name, num_classes=len(dset.classes), pretrained=cfg.model.pretrained,
-                         image_size=size, detector_kwargs=dict(cfg.model.get("detector_kwargs") or {})).to(device)
+                         image_size=size, detector_kwargs=detector_kwargs(cfg)).to(device)
     params_m = count_params(model)
     optimizer = instantiate(cfg.optim)(params=[p for p in model.parameters() if p.requires_grad])
     scheduler = instantiate(cfg.sched)(optimizer=optimizer)
@@ -170,7 +178,7 @@ def fit_detector(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, 
         log.info("resuming %s after epoch %d", run_dir.root, start)
     meta = dict(model_name=cfg.model.name, class_names=dset.classes, input_size=size, data_cfg=cfg.data,
                 pretrained=bool(cfg.model.pretrained), task="detection",
-                detector_kwargs=dict(cfg.model.get("detector_kwargs") or {}))
+                detector_kwargs=detector_kwargs(cfg))
     last_write = time.monotonic()
     for epoch in range(start, tcfg.epochs):
         threads.rebalance()

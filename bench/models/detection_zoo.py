@@ -49,10 +49,57 @@ def ensure_weights(weights, name: str) -> None:
         raise PretrainedWeightsUnavailable(unavailable_message(name, path, weights.url, exc)) from exc
 
 
-def build_detector(name: str, num_classes: int, pretrained: bool | str, image_size: int, **kwargs) -> nn.Module:
+# family: (module of torchvision.models.detection, class)
+FAMILY_CLASSES = {"fasterrcnn": ("faster_rcnn", "FasterRCNN"), "retinanet": ("retinanet", "RetinaNet"),
+                  "fcos": ("fcos", "FCOS"), "ssd": ("ssd", "SSD")}
+
+
+def detector_options(name: str, options) -> dict:
+    """The entries of ``model.detector_kwargs`` that go to detector ``name``'s constructor.
+
+    A flat entry goes to every detector; an entry named after a family (``fasterrcnn``,
+    ``retinanet``, ``fcos``, ``ssd``) holds that family's own options, so one sweep can span
+    families whose constructors take different options (experiment=detect_quickstart tunes
+    Faster R-CNN's proposal counts, which an SSD does not have)."""
+    family = DETECTORS[name][0]
+    options = dict(options or {})
+    flat = {k: v for k, v in options.items() if k not in FAMILY_CLASSES}
+    return {**flat, **dict(options.get(family) or {})}
+
+
+def unknown_detector_options(name: str, options) -> list[str]:
+    """The options :func:`detector_options` gives ``name`` that its family's constructor does not take."""
+    import importlib
+    import inspect
+
+    import torchvision.models.detection as tvd
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    module, cls = FAMILY_CLASSES[DETECTORS[name][0]]
+    family_class = getattr(importlib.import_module(f"torchvision.models.detection.{module}"), cls)
+
+    # The builder's own options, the family class's, and the resizing transform's (each class
+    # passes its **kwargs on to GeneralizedRCNNTransform).
+    accepted = set()
+    for f in (getattr(tvd, name), family_class.__init__, GeneralizedRCNNTransform.__init__):
+        accepted |= {n for n, p in inspect.signature(f).parameters.items()
+                     if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "self"}
+    accepted -= {"weights", "weights_backbone", "num_classes", "progress"}  # the harness sets these
+    return sorted(set(detector_options(name, options)) - accepted)
+
+
+def build_detector(name: str, num_classes: int, pretrained: bool | str, image_size: int, **options) -> nn.Module:
     import torchvision
 
     family = DETECTORS[name][0]
+    unknown = unknown_detector_options(name, options)
+    if unknown:
+        verb = "is not an option" if len(unknown) == 1 else "are not options"
+        raise ValueError(
+            f"model.detector_kwargs: {', '.join(unknown)} {verb} of {name} (torchvision's {FAMILY_CLASSES[family]}). Put a family's own options under "
+            f"model.detector_kwargs.<family> (one of {', '.join(FAMILY_CLASSES)}), e.g. "
+            f"model.detector_kwargs.fasterrcnn.rpn_pre_nms_top_n_train=500, or drop them.")
+    kwargs = detector_options(name, options)
     ctor = getattr(torchvision.models.detection, name)
     size = {**({} if family == "ssd" else {"min_size": image_size, "max_size": image_size}), **kwargs}
     if not pretrained:
