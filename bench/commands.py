@@ -367,7 +367,9 @@ def run(name: str, argv: Sequence[str] | None = None) -> int:
         return 0
     module, func = COMMANDS[name].target.split(":")
     try:
-        return getattr(importlib.import_module(module), func)(args) or 0
+        code = getattr(importlib.import_module(module), func)(args) or 0
+        sys.stdout.flush()  # a short listing still in the buffer meets a closed pipe here, not at exit
+        return code
     except BrokenPipeError:  # the reader went away (`bench-models | head`): stop quietly
         _silence_stdout()
         return 0

@@ -303,6 +303,18 @@ def test_bad_chain_input_is_one_clear_message(fields, detector_run, classifier, 
     assert message in capsys.readouterr().err
 
 
+def test_fields_that_all_fail_to_decode_are_an_error_not_a_zero_count(detector_run, classifier, tmp_path, capsys):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    _, det_dir = detector_run
+    assert predict.main(_args(folder, det_dir.root, [classifier.root], tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert "none of the 2 image file(s)" in err and "a.png" in err
+    assert not (tmp_path / "o" / "counts.csv").exists()
+
+
 def test_a_classifier_as_detector_or_without_one_is_named(fields, classifier, tmp_path, capsys):
     folder, _ = fields
     assert predict.main(_args(folder, classifier.root, [classifier.root], tmp_path / "o")) == 2

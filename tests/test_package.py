@@ -64,10 +64,12 @@ def test_version_names_bench_and_what_it_runs_on(capsys):
     assert out.startswith(f"bench {bench.__version__} (") and "torch " in out and "Hydra " in out
 
 
-def test_a_closed_pipe_ends_a_listing_quietly():
-    # The reader is gone before the first line (`bench-models | head` once head has exited).
+@pytest.mark.parametrize("pattern", [[], ["vgg1*"]], ids=["long", "short"])
+def test_a_closed_pipe_ends_a_listing_quietly(pattern):
+    # The reader is gone before the first line (`bench-models | head` once head has exited). A short
+    # listing fits the pipe's buffer and meets the closed pipe only when stdout is flushed.
     code = ("import os, sys\nr, w = os.pipe()\nos.close(r)\nos.dup2(w, 1)\n"
-            "from bench import commands\nrc = commands.run('bench-models', [])\n"
+            f"from bench import commands\nrc = commands.run('bench-models', {pattern!r})\n"
             "os.write(2, f'rc={rc}'.encode())\nsys.exit(rc)")
     proc = _python(code)
     assert proc.returncode == 0
@@ -84,6 +86,9 @@ def test_python_dash_m_bench_lists_and_runs_the_tools():
         "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
     unknown = subprocess.run([sys.executable, "-m", "bench", "nope"], capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2 and "no command 'nope'" in unknown.stderr
+    train_help = subprocess.run([sys.executable, "-m", "bench.train", "--help"], capture_output=True, text=True,
+                                timeout=120)
+    assert train_help.returncode == 0 and train_help.stdout.startswith("usage: bench-train"), train_help.stdout[:200]
 
 
 def test_cli_defaults_are_the_api_defaults():

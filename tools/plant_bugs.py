@@ -81,7 +81,7 @@ BUGS: dict[str, tuple[str, str, str, str]] = {
     "mcnemar_onesided": ("bench/stats.py", 'binomtest(only_a, n, 0.5, alternative="two-sided")',
                          'binomtest(only_a, n, 0.5, alternative="greater")', "McNemar test made one-sided"),
     # ---- detection and the detector -> classifier chain
-    "det_best_ge": ("bench/detection/fit.py", 'if val["map"] > best_score:', 'if val["map"] >= best_score:',
+    "det_best_ge": ("bench/detection/fit.py", 'if val["map"] > s.best_score:', 'if val["map"] >= s.best_score:',
                     "detector best-epoch tie keeps the later epoch"),
     "det_threshold_test": ("bench/detection/fit.py", 'choose_thresholds(images["val"], preds["val"], classes)',
                            'choose_thresholds(images["test"], preds["test"], classes)',
@@ -90,8 +90,8 @@ BUGS: dict[str, tuple[str, str, str, str]] = {
                          "count error signed (over- and under-counts cancel)"),
     "chain_iou_any": ("bench/cascade/scoring.py", "if iou[i, j] >= iou_threshold]", "if iou[i, j] > 0]",
                       "chain matches cells at any overlap instead of IoU >= 0.5"),
-    "chain_count_signed": ("bench/cascade/scoring.py", "count_errors[f_i] = np.abs(pred_counts - true_counts)",
-                           "count_errors[f_i] = pred_counts - true_counts", "chain count error signed"),
+    "chain_count_signed": ("bench/cascade/scoring.py", "self.count_errors.append(np.abs(pred_counts - true_counts))",
+                           "self.count_errors.append(pred_counts - true_counts)", "chain count error signed"),
 }
 
 

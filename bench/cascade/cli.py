@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> dict:
 
     result = run_chain(files, args.images_dir, detector, routes, margin=args.margin, batch_size=args.batch_size,
                        device=device, crop_size=args.crop_size, progress=not args.quiet)
+    if not result.fields:
+        raise PredictError(unreadable_message(args.images_dir, result.unreadable))
     classes = list(dict.fromkeys(c for clf in routes.values() for c in clf.class_names))
     counts = tables.count_table(result.cells, result.fields, detector.labels, classes)
     warnings = scale_warnings(result.upsampling)
@@ -88,13 +90,22 @@ def run(args: argparse.Namespace) -> dict:
         warnings += metrics["warnings"]
     for w in warnings:
         log.warning("%s", w)
-    out = args.out
-    (out / "fields").mkdir(parents=True, exist_ok=True)
-    runs.write_csv_atomic(out / CELLS_CSV, result.cells)
-    runs.write_csv_atomic(out / COUNTS_CSV, counts)
-    runs.write_csv_atomic(out / "unreadable.csv", pd.DataFrame(result.unreadable + skipped, columns=["path", "reason"]))
-    write_pictures(args.images_dir, out / "fields", result, detector.labels, classes, truth)
-    summary = {
+    summary = summarise(args, result, detector, routes, rule, classes, counts, warnings, device, len(files))
+    write_outputs(args, result, skipped, detector, classes, truth, counts, summary, metrics)
+    return {"summary": summary, "counts": counts, "metrics": metrics, "cells": result.cells}
+
+
+def unreadable_message(folder: Path, unreadable: list) -> str:
+    first = "; ".join(f"{path}: {reason}" for path, reason in unreadable[:3])
+    return (f"none of the {len(unreadable)} image file(s) in {folder} could be read ({first}"
+            f"{'; ...' if len(unreadable) > 3 else ''}): a count of nothing would read as zero cells. "
+            "Check the files (are they images, fully copied?) and run again.")
+
+
+def summarise(args, result, detector, routes, rule, classes, counts, warnings, device, n_files: int) -> dict:
+    """summary.json: what ran on what, with which thresholds, and the total count per typed class."""
+    total = counts[(counts["field"] == tables.ALL_FIELDS) & (counts["group"] == "typed")]
+    return {
         "kind": "cascade", "fields_dir": str(args.images_dir), "n_fields": len(result.fields),
         "n_unreadable": len(result.unreadable), "n_cells": int(len(result.cells)),
         "n_typed": int(result.cells["classified"].sum()),
@@ -110,18 +121,26 @@ def run(args: argparse.Namespace) -> dict:
                                 "not_flagged_because": c.record.why}
                         for label, c in routes.items()},
         "classes": classes,
-        "counts": {r.label: int(r.count) for r in counts[(counts["field"] == tables.ALL_FIELDS)
-                                                         & (counts["group"] == "typed")].itertuples()},
+        "counts": {r.label: int(r.count) for r in total.itertuples()},
         "crop_upsampling_median": statistics.median(result.upsampling) if result.upsampling else None,
         "truth": str(args.truth) if args.truth else None, "truth_map": args.truth_map, "score_level": args.score_level,
         "warnings": warnings, "device": str(device), "seconds": result.seconds,
-        "fields_per_s": len(files) / result.seconds if result.seconds > 0 else float("nan"),
+        "fields_per_s": n_files / result.seconds if result.seconds > 0 else float("nan"),
     }
+
+
+def write_outputs(args, result, skipped, detector, classes, truth, counts, summary, metrics) -> None:
+    """OUT: cells.csv, counts.csv, unreadable.csv, fields/*.png, summary.json/.md, cascade_metrics.json."""
+    out = args.out
+    (out / "fields").mkdir(parents=True, exist_ok=True)
+    runs.write_csv_atomic(out / CELLS_CSV, result.cells)
+    runs.write_csv_atomic(out / COUNTS_CSV, counts)
+    runs.write_csv_atomic(out / "unreadable.csv", pd.DataFrame(result.unreadable + skipped, columns=["path", "reason"]))
+    write_pictures(args.images_dir, out / "fields", result, detector.labels, classes, truth)
     runs.write_json_atomic(out / SUMMARY_JSON, summary)
     if metrics is not None:
         runs.write_text_atomic(out / METRICS_JSON, json.dumps(metrics, indent=2))
     runs.write_text_atomic(out / "summary.md", tables.summary_markdown(summary, counts, metrics))
-    return {"summary": summary, "counts": counts, "metrics": metrics, "cells": result.cells}
 
 
 def scale_warnings(upsampling) -> list[str]:

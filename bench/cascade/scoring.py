@@ -112,6 +112,78 @@ def field_keys(truth: DetectionSet, fields: Sequence[str]) -> dict[str, int]:
     return out
 
 
+class _Tally:
+    """Counts over the scored fields: per class (in ``index`` order) and, for typed classes, per stage."""
+
+    def __init__(self, index: dict[str, int], typed: set[str]):
+        self.index, self.typed = index, typed
+        n = len(index)
+        self.tp, self.n_true, self.n_pred, self.missed, self.spurious = (np.zeros(n, int) for _ in range(5))
+        self.count_errors, self.true_counts = [], []
+        self.stages = {"n_true": 0, "found": 0, "correct": 0}
+
+    def add_field(self, pred_labels: list, true_labels: list, pairs: list[tuple[int, int]]) -> np.ndarray:
+        """One field's matches; returns its |predicted - true| count per class."""
+        index, n = self.index, len(self.index)
+        p_matched, t_matched = {i for i, _ in pairs}, {j for _, j in pairs}
+        for label in true_labels:
+            self.n_true[index[label]] += 1
+        for label in pred_labels:
+            self.n_pred[index[label]] += 1
+        for i, j in pairs:
+            if pred_labels[i] == true_labels[j]:
+                self.tp[index[true_labels[j]]] += 1
+        for j, label in enumerate(true_labels):
+            if j not in t_matched:
+                self.missed[index[label]] += 1
+        for i, label in enumerate(pred_labels):
+            if i not in p_matched:
+                self.spurious[index[label]] += 1
+        true_counts = np.bincount([index[c] for c in true_labels], minlength=n)
+        pred_counts = np.bincount([index[c] for c in pred_labels], minlength=n)
+        self.count_errors.append(np.abs(pred_counts - true_counts))
+        self.true_counts.append(true_counts)
+        return self.count_errors[-1]
+
+    def add_stages(self, pred_labels: list, true_labels: list, pairs, classified: list[bool]) -> None:
+        """Of the true cells of the typed classes: found by the detector (matched to a typed box), and
+        of those, typed right by the classifier."""
+        by_true = {j: i for i, j in pairs}
+        for j, label in enumerate(true_labels):
+            if label not in self.typed:
+                continue
+            self.stages["n_true"] += 1
+            i = by_true.get(j)
+            if i is not None and classified[i]:
+                self.stages["found"] += 1
+                self.stages["correct"] += int(pred_labels[i] == label)
+
+    def per_class(self) -> dict:
+        errors = np.array(self.count_errors).reshape(-1, len(self.index))
+        return {c: {"n_true": int(self.n_true[k]), "n_pred": int(self.n_pred[k]),
+                    "matched_same_class": int(self.tp[k]), "sensitivity": _ratio(self.tp[k], self.n_true[k]),
+                    "precision": _ratio(self.tp[k], self.n_pred[k]), "missed": int(self.missed[k]),
+                    "spurious": int(self.spurious[k]),
+                    "count_error": float(errors[:, k].mean()) if len(errors) else None}
+                for c, k in self.index.items()}
+
+    def overall(self) -> dict:
+        errors = np.array(self.count_errors).reshape(-1, len(self.index))
+        matched = int(self.n_pred.sum() - self.spurious.sum())
+        return {"n_fields": len(errors), "n_true": int(self.n_true.sum()), "n_pred": int(self.n_pred.sum()),
+                "matched": matched, "missed": int(self.missed.sum()), "spurious": int(self.spurious.sum()),
+                "correct": int(self.tp.sum()), "accuracy_of_matched": _ratio(self.tp.sum(), matched),
+                "count_error": float(errors.mean()) if errors.size else 0.0,
+                # the same for a chain that finds nothing: the mean true count, the number to beat
+                "count_error_finding_nothing": float(np.mean(self.true_counts)) if errors.size else 0.0}
+
+    def stage_summary(self) -> dict:
+        st = self.stages
+        return {**st, "detector_recall": _ratio(st["found"], st["n_true"]),
+                "classifier_accuracy": _ratio(st["correct"], st["found"]),
+                "lost_at_detection": st["n_true"] - st["found"], "lost_at_classification": st["found"] - st["correct"]}
+
+
 def score_cells(cells: pd.DataFrame, fields: Sequence[str], truth: DetectionSet, *, level: str = "cell",
                 typed_classes: Sequence[str] = (), iou_threshold: float = IOU_THRESHOLD, truth_name: str = "") -> dict:
     """cascade_metrics.json: per class, overall and per stage (see the module docstring)."""
@@ -125,69 +197,22 @@ def score_cells(cells: pd.DataFrame, fields: Sequence[str], truth: DetectionSet,
     # The classes counted: the truth's, what we predicted and (cell level) every class the classifier
     # could have given; at detector level the classifier's classes are not in play.
     classes = sorted(set(truth.classes) | set(cells[column]) | (set(typed_classes) if level == "cell" else set()))
-    index = {c: k for k, c in enumerate(classes)}
-    tp, n_true, n_pred, missed, spurious = (np.zeros(len(classes), int) for _ in range(5))
-    count_errors, true_counts_all = np.zeros((len(scored), len(classes))), np.zeros((len(scored), len(classes)))
-    st = {"n_true": 0, "found": 0, "correct": 0}
-    typed = set(typed_classes)
+    staged = level == "cell" and bool(typed_classes)
+    tally = _Tally({c: k for k, c in enumerate(classes)}, set(typed_classes))
     by_field = dict(tuple(cells.groupby("field", sort=False))) if len(cells) else {}
     per_field = {}
-    for f_i, f in enumerate(scored):
+    for f in scored:
         true_im = truth.images[keys[f]]
         here = by_field.get(f, cells.iloc[0:0])
-        pred_labels = here[column].tolist()
-        true_labels = list(true_im.labels)
+        pred_labels, true_labels = here[column].tolist(), list(true_im.labels)
         pairs = match_boxes(here[["xmin", "ymin", "xmax", "ymax"]].to_numpy(float), true_im.boxes, iou_threshold)
-        p_matched = {i for i, _ in pairs}
-        t_matched = {j: i for i, j in pairs}
-        for label in true_labels:
-            n_true[index[label]] += 1
-        for label in pred_labels:
-            n_pred[index[label]] += 1
-        for i, j in pairs:
-            if pred_labels[i] == true_labels[j]:
-                tp[index[true_labels[j]]] += 1
-        for j, label in enumerate(true_labels):
-            if j not in t_matched:
-                missed[index[label]] += 1
-        for i, label in enumerate(pred_labels):
-            if i not in p_matched:
-                spurious[index[label]] += 1
-        true_counts = np.bincount([index[c] for c in true_labels], minlength=len(classes))
-        pred_counts = np.bincount([index[c] for c in pred_labels], minlength=len(classes))
-        count_errors[f_i] = np.abs(pred_counts - true_counts)
-        true_counts_all[f_i] = true_counts
-        per_field[f] = {c: int(count_errors[f_i, k]) for k, c in enumerate(classes)}
-        if level == "cell" and typed:
-            classified = here["classified"].astype(bool).tolist()
-            for j, label in enumerate(true_labels):
-                if label not in typed:
-                    continue
-                st["n_true"] += 1
-                i = t_matched.get(j)
-                if i is not None and classified[i]:
-                    st["found"] += 1
-                    st["correct"] += int(pred_labels[i] == label)
-    per_class = {c: {"n_true": int(n_true[k]), "n_pred": int(n_pred[k]), "matched_same_class": int(tp[k]),
-                     "sensitivity": _ratio(tp[k], n_true[k]), "precision": _ratio(tp[k], n_pred[k]),
-                     "missed": int(missed[k]), "spurious": int(spurious[k]),
-                     "count_error": float(count_errors[:, k].mean()) if len(scored) else None}
-                 for c, k in index.items()}
-    matched = int(n_pred.sum() - spurious.sum())
-    overall = {"n_fields": len(scored), "n_true": int(n_true.sum()), "n_pred": int(n_pred.sum()), "matched": matched,
-               "missed": int(missed.sum()), "spurious": int(spurious.sum()), "correct": int(tp.sum()),
-               "accuracy_of_matched": _ratio(tp.sum(), matched),
-               "count_error": float(count_errors.mean()) if count_errors.size else 0.0,
-               # the same for a chain that finds nothing: the mean true count, the number to beat
-               "count_error_finding_nothing": float(np.mean(true_counts_all)) if count_errors.size else 0.0}
-    stages = None
-    if level == "cell" and typed:
-        stages = {**st, "detector_recall": _ratio(st["found"], st["n_true"]),
-                  "classifier_accuracy": _ratio(st["correct"], st["found"]),
-                  "lost_at_detection": st["n_true"] - st["found"], "lost_at_classification": st["found"] - st["correct"]}
-    return {"truth": truth_name, "level": level, "iou_threshold": iou_threshold, "overall": overall,
-            "per_class": per_class, "stages": stages, "count_error_per_field": per_field,
-            "fields_without_truth": [f for f in fields if f not in keys],
+        errors = tally.add_field(pred_labels, true_labels, pairs)
+        per_field[f] = {c: int(errors[k]) for k, c in enumerate(classes)}
+        if staged:
+            tally.add_stages(pred_labels, true_labels, pairs, here["classified"].astype(bool).tolist())
+    return {"truth": truth_name, "level": level, "iou_threshold": iou_threshold, "overall": tally.overall(),
+            "per_class": tally.per_class(), "stages": tally.stage_summary() if staged else None,
+            "count_error_per_field": per_field, "fields_without_truth": [f for f in fields if f not in keys],
             "truth_images_without_field": sorted({im.path for im in truth.images} - {truth.images[keys[f]].path
                                                                                        for f in scored}),
             "warnings": warnings}

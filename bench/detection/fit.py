@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -144,18 +145,63 @@ def batches(samples, classes: list[str], batch_size: int, *, shuffle: bool, augm
 
 
 # --------------------------------------------------------------------------- the run
+@dataclass
+class DetectorSession:
+    """What the epochs of one detector run share: data, network, optimiser and where they stand."""
+
+    cfg: object
+    dset: DetectionSet
+    samples: dict  # split -> [(uint8 field, Boxes)]
+    size: int
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    meta: dict  # what best.pt records to rebuild the detector
+    history: list = field(default_factory=list)
+    best_score: float = -1.0
+    best_epoch: int = 0
+    start: int = 0
+
+
 def fit_detector(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, tracker, *, grad_accum: int = 1,
                  oom_retry: bool = False) -> dict:
     """Train a detector, select by validation mAP, evaluate on test; write the run folder; return metrics."""
-    tcfg = cfg.trainer
     threads.rebalance()
-    device = resolve_device(tcfg.device)
+    s = prepare_detector(cfg, run_dir, exp_dir)
+    resume_detector(s, run_dir, chash)
+    last_write = time.monotonic()
+    for epoch in range(s.start, cfg.trainer.epochs):
+        threads.rebalance()
+        detector_epoch(s, epoch, run_dir, tracker)
+        if epoch + 1 == cfg.trainer.epochs or time.monotonic() - last_write >= cfg.trainer.checkpoint_every_s:
+            save_last(run_dir.last_ckpt, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler, epoch=epoch + 1,
+                      best_score=s.best_score, best_epoch=s.best_epoch, history=s.history, config_hash=chash,
+                      amp=False)
+            last_write = time.monotonic()
+    if not run_dir.best_ckpt.exists():
+        raise RuntimeError("no epoch was trained (trainer.epochs=0?); nothing to evaluate")
+    runs.fsync_file(run_dir.best_ckpt)
+    s.model.load_state_dict(torch.load(run_dir.best_ckpt, map_location="cpu", weights_only=True)["model"])
+    results = evaluate_splits(s.model, s.samples, s.dset.classes, run_dir, s.device, cfg.trainer)
+    metrics = detector_metrics(s, results, chash, oom_retry)
+    runs.write_json_atomic(run_dir.metrics, metrics)
+    tracker.final({k: metrics[k] for k in ("val", "test")})
+    log.info("%s seed %d: best epoch %d, val mAP %.4f, test mAP %.4f, test count error %.3f -> %s", cfg.model.name,
+             cfg.seed, s.best_epoch, metrics["val"]["map"], metrics["test"]["map"], metrics["test"]["count_error"],
+             run_dir.root)
+    return metrics
+
+
+def prepare_detector(cfg, run_dir: runs.RunDir, exp_dir: Path) -> DetectorSession:
+    """The split fields decoded at the run's size, the annotation report, the detector and its optimiser."""
+    device = resolve_device(cfg.trainer.device)
     spec = get_model_spec(cfg.model.name)
     dset = read_detection_set(cfg.data, cfg.paths.cache_dir)
     log.info("detection data: %d images, classes %s (%s)", len(dset.images), dset.classes,
              ", ".join(f"{c} {n}" for c, n in sorted(dset.class_counts().items())))
     splits = split_detection_set(dset, cfg, exp_dir)
-    size = cfg.data.image_size or spec.input_size
+    size = spec.image_size(cfg.data.image_size)
     samples = {s: decode(dset, ims, size) for s, ims in splits.items()}
     runs.write_json_atomic(run_dir.root / "annotation_report.json",
                            {"counts": dict(dset.report.counts), "examples": dset.report.examples,
@@ -163,70 +209,68 @@ def fit_detector(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model.name, num_classes=len(dset.classes), pretrained=cfg.model.pretrained,
                          image_size=size, detector_kwargs=detector_kwargs(cfg)).to(device)
-    params_m = count_params(model)
     optimizer = instantiate(cfg.optim)(params=[p for p in model.parameters() if p.requires_grad])
     scheduler = instantiate(cfg.sched)(optimizer=optimizer)
-    state = read_last(run_dir, chash)
-    history, best_score, best_epoch, start = [], -1.0, 0, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        history, best_score, best_epoch, start = list(state["history"]), state["best_score"], state["best_epoch"], \
-            state["epoch"]
-        log.info("resuming %s after epoch %d", run_dir.root, start)
     meta = dict(model_name=cfg.model.name, class_names=dset.classes, input_size=size, data_cfg=cfg.data,
-                pretrained=bool(cfg.model.pretrained), task="detection",
-                detector_kwargs=detector_kwargs(cfg))
-    last_write = time.monotonic()
-    for epoch in range(start, tcfg.epochs):
-        threads.rebalance()
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        tr = _train_epoch(model, samples["train"], dset.classes, cfg, epoch, optimizer, device)
-        scheduler.step()
-        val_pred = predict(model, samples["val"], device, tcfg.eval_batch_size, tcfg.max_batches)
-        val = coco_metrics(coco_ground_truth([im for _, im in samples["val"]][:len(val_pred)], dset.classes),
-                           coco_results(val_pred))
-        history.append({"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "val_map": val["map"],
-                        "val_ap50": val["ap50"], "seconds": tr["seconds"], "train_img_s": tr["img_s"]})
-        tracker.epoch(epoch + 1, {k: float(v) for k, v in history[-1].items() if k not in ("epoch", "seconds")})
-        log.info("%s epoch %d/%d: train loss %.4f | val mAP %.4f AP50 %.4f | %.1f img/s", cfg.model.name, epoch + 1,
-                 tcfg.epochs, tr["loss"], val["map"], val["ap50"], tr["img_s"])
-        runs.write_csv_atomic(run_dir.history, pd.DataFrame(history))
-        if val["map"] > best_score:  # strictly greater: a tie keeps the earlier epoch
-            best_score, best_epoch = val["map"], epoch + 1
-            save_checkpoint(run_dir.best_ckpt, {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                            epoch=best_epoch, val_score=best_score, select_by="val_map", durable=False, **meta)
-        if epoch + 1 == tcfg.epochs or time.monotonic() - last_write >= tcfg.checkpoint_every_s:
-            save_last(run_dir.last_ckpt, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
-                      best_score=best_score, best_epoch=best_epoch, history=history, config_hash=chash, amp=False)
-            last_write = time.monotonic()
-    if not run_dir.best_ckpt.exists():
-        raise RuntimeError("no epoch was trained (trainer.epochs=0?); nothing to evaluate")
-    runs.fsync_file(run_dir.best_ckpt)
-    model.load_state_dict(torch.load(run_dir.best_ckpt, map_location="cpu", weights_only=True)["model"])
-    results = evaluate_splits(model, samples, dset.classes, run_dir, device, tcfg)
-    metrics = {
+                pretrained=bool(cfg.model.pretrained), task="detection", detector_kwargs=detector_kwargs(cfg))
+    return DetectorSession(cfg, dset, samples, size, device, model, optimizer, scheduler, meta)
+
+
+def resume_detector(s: DetectorSession, run_dir: runs.RunDir, chash: str) -> None:
+    """Continue from last.pt when it belongs to this config: weights, momentum, schedule, RNG, history."""
+    state = read_last(run_dir, chash)
+    if state is None:
+        return
+    s.model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    s.history, s.best_score, s.best_epoch, s.start = (list(state["history"]), state["best_score"],
+                                                      state["best_epoch"], state["epoch"])
+    log.info("resuming %s after epoch %d", run_dir.root, s.start)
+
+
+def detector_epoch(s: DetectorSession, epoch: int, run_dir: runs.RunDir, tracker) -> None:
+    """One epoch of training, validation mAP, history.csv, and best.pt when validation mAP improved."""
+    cfg, tcfg = s.cfg, s.cfg.trainer
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+    lr = s.optimizer.param_groups[0]["lr"]
+    tr = _train_epoch(s.model, s.samples["train"], s.dset.classes, cfg, epoch, s.optimizer, s.device)
+    s.scheduler.step()
+    val_pred = predict(s.model, s.samples["val"], s.device, tcfg.eval_batch_size, tcfg.max_batches)
+    val = coco_metrics(coco_ground_truth([im for _, im in s.samples["val"]][:len(val_pred)], s.dset.classes),
+                       coco_results(val_pred))
+    s.history.append({"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "val_map": val["map"],
+                      "val_ap50": val["ap50"], "seconds": tr["seconds"], "train_img_s": tr["img_s"]})
+    tracker.epoch(epoch + 1, {k: float(v) for k, v in s.history[-1].items() if k not in ("epoch", "seconds")})
+    log.info("%s epoch %d/%d: train loss %.4f | val mAP %.4f AP50 %.4f | %.1f img/s", cfg.model.name, epoch + 1,
+             tcfg.epochs, tr["loss"], val["map"], val["ap50"], tr["img_s"])
+    runs.write_csv_atomic(run_dir.history, pd.DataFrame(s.history))
+    if val["map"] > s.best_score:  # strictly greater: a tie keeps the earlier epoch
+        s.best_score, s.best_epoch = val["map"], epoch + 1
+        save_checkpoint(run_dir.best_ckpt, {k: v.detach().cpu() for k, v in s.model.state_dict().items()},
+                        epoch=s.best_epoch, val_score=s.best_score, select_by="val_map", durable=False, **s.meta)
+
+
+def detector_metrics(s: DetectorSession, results: dict, chash: str, oom_retry: bool) -> dict:
+    """metrics.json of a detector run: its results and the facts a leaderboard row needs."""
+    cfg, tcfg, history = s.cfg, s.cfg.trainer, s.history
+    family = get_model_spec(cfg.model.name).family
+    weights = ("imagenet-backbone" if family == "ssd" else "coco") if cfg.model.pretrained else "scratch"
+    return {
         "experiment": cfg.experiment_name, "model": cfg.model.name, "seed": int(cfg.seed), "task": "detection",
-        "status": runs.STATUS_COMPLETED, "classes": dset.classes, "epochs": int(tcfg.epochs),
-        "epochs_run": len(history), "best_epoch": best_epoch, "select_by": "val_map", **results,
-        "annotations": {"counts": dict(dset.report.counts), "notes": dset.report.notes},
-        "params_m": params_m, "gflops": _gflops(model, size), "input_size": int(size), "trainable_params_m": count_params(
-            model, trainable_only=True), "train_time_s": sum(h["seconds"] for h in history),
+        "status": runs.STATUS_COMPLETED, "classes": s.dset.classes, "epochs": int(tcfg.epochs),
+        "epochs_run": len(history), "best_epoch": s.best_epoch, "select_by": "val_map", **results,
+        "annotations": {"counts": dict(s.dset.report.counts), "notes": s.dset.report.notes},
+        "params_m": count_params(s.model), "gflops": _gflops(s.model, s.size), "input_size": int(s.size),
+        "trainable_params_m": count_params(s.model, trainable_only=True),
+        "train_time_s": sum(h["seconds"] for h in history),
         "train_img_s": float(np.nanmean([h["train_img_s"] for h in history])) if history else None,
-        "peak_mem_mb": peak_memory_mb(device), "batch_size": int(tcfg.batch_size), "oom_retry": oom_retry,
-        "precision": "fp32", "weights": "coco" if cfg.model.pretrained else "scratch", "data_root": str(dset.root),
-        "device": str(device), "env": env_info(device), "config_hash": chash, "recipe": recipe_of(cfg),
+        "peak_mem_mb": peak_memory_mb(s.device), "batch_size": int(tcfg.batch_size), "oom_retry": oom_retry,
+        "precision": "fp32", "weights": weights, "data_root": str(s.dset.root), "device": str(s.device),
+        "env": env_info(s.device), "config_hash": chash, "recipe": recipe_of(cfg),
         "protocol_deviations": None,  # no published detection recipe to compare with
     }
-    runs.write_json_atomic(run_dir.metrics, metrics)
-    tracker.final({k: metrics[k] for k in ("val", "test")})
-    log.info("%s seed %d: best epoch %d, val mAP %.4f, test mAP %.4f, test count error %.3f -> %s", cfg.model.name,
-             cfg.seed, best_epoch, metrics["val"]["map"], metrics["test"]["map"], metrics["test"]["count_error"],
-             run_dir.root)
-    return metrics
 
 
 def _gflops(model, size: int) -> float | None:
