@@ -603,8 +603,9 @@ def leaderboard_lock(exp_dir) -> Iterator[None]:
         os.close(fd)
 
 
-def write_tables(exp_dir) -> pd.DataFrame:
-    """Write leaderboard.csv, per_class.csv and summary.csv atomically; return the leaderboard."""
+def write_leaderboard(exp_dir) -> pd.DataFrame:
+    """Write leaderboard.csv, per_class.csv and summary.csv atomically (rebuilt from the run and
+    ensemble folders, never from the previous tables); return the leaderboard."""
     exp_dir = Path(exp_dir)
     with leaderboard_lock(exp_dir):
         records = collect_runs(exp_dir)
@@ -616,12 +617,6 @@ def write_tables(exp_dir) -> pd.DataFrame:
         # Last, so a reader that sees the new leaderboard also finds the matching files.
         runs.write_csv_atomic(exp_dir / LEADERBOARD_CSV, board)
     return board
-
-
-def write_leaderboard(exp_dir) -> Path:
-    """Write the three tables of ``exp_dir`` (see :func:`write_tables`); return leaderboard.csv's path."""
-    write_tables(exp_dir)
-    return Path(exp_dir) / LEADERBOARD_CSV
 
 
 # --------------------------------------------------------------------------- printing
@@ -640,7 +635,7 @@ def _cell(value: Any, column: str) -> str:
 
 
 def refresh_leaderboard(exp_dir) -> None:
-    """``write_leaderboard`` after a run; a failure here is logged, never fails the run."""
+    """:func:`write_leaderboard` as a run's last step: a failure here is logged, never fails the run."""
     try:
         write_leaderboard(exp_dir)
     except Exception as exc:  # the table is a convenience; the run's own files are what count
@@ -692,7 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    board = write_tables(args.exp_dir)
+    board = write_leaderboard(args.exp_dir)
     print(format_leaderboard(board, max_rows=args.max_rows))
     print(f"\nwrote {LEADERBOARD_CSV}, {PER_CLASS_CSV} and {SUMMARY_CSV} in {args.exp_dir}")
     return 0

@@ -144,9 +144,10 @@ def test_missing_reference_gives_empty_paper_columns(exp, tmp_path):
 
 
 def test_write_files_and_per_class_rows(exp):
-    path = lb.write_leaderboard(exp)
-    assert path == exp / "leaderboard.csv" and path.exists()
+    board = lb.write_leaderboard(exp)
+    path = exp / "leaderboard.csv"
     on_disk = pd.read_csv(path)
+    assert list(on_disk["model"]) == list(board["model"])
     assert len(on_disk) == 5
     per_class = pd.read_csv(exp / "per_class.csv")
     assert list(per_class.columns) == list(lb.PER_CLASS_COLUMNS)
