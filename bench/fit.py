@@ -1,6 +1,6 @@
 """Fitting one run: from a composed config to its checkpoints, predictions and metrics.json.
 
-The layer below :mod:`bench.train` (which adds the run lifecycle, the out-of-memory retry and
+The layer below :mod:`bench.training` and :mod:`bench.train` (which add the run lifecycle, the OOM retry and
 the command line) and above :mod:`bench.engine` (tensors in, numbers out). One function per
 stage, each with its reason to change::
 

@@ -123,6 +123,22 @@ def test_head_replaced_with_kaiming_init(name, head_path):
         assert isinstance(model.classifier[3], nn.AdaptiveAvgPool2d)
 
 
+def test_the_spec_names_the_head_that_the_builder_replaced():
+    # One table: the head path a builder replaces is its spec's ``head``, and bench.models.heads
+    # (MLP heads, freezing) reads that same field. Built on the meta device: no memory, no time.
+    from bench.models.heads import head_path
+
+    for name in CLASSIFIERS:
+        spec = get_model_spec(name)
+        assert spec.head, f"{name} is registered without its head"
+        with torch.device("meta"):
+            model = create_model(name, num_classes=NUM_CLASSES)
+        head = model.get_submodule(spec.head)
+        assert head_path(model, name) == spec.head
+        out = head.out_channels if isinstance(head, nn.Conv2d) else head.out_features
+        assert out == NUM_CLASSES, name
+
+
 # ------------------------------------------------------------------ registry
 
 

@@ -6,7 +6,7 @@ follows the steps of a run, each module importing only from those listed before 
 - ``common``: CSV columns, ratio and steady-speed rules, environment, foreign-load meter
 - ``ceiling``: 1. the model alone
 - ``pipeline``: 2. the data pipeline alone
-- ``harness``: 3. the harness (``bench.train.train``)
+- ``harness``: 3. the harness (``bench.training.run_training``)
 - ``reference``: 4. the reference loop, also the ``_reference`` subprocess entry point
   (``python -m bench.benchmark _reference ...``, through ``__main__``)
 - ``sweep``: 5. the ``bench-train -m`` sweep

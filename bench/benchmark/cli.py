@@ -9,7 +9,7 @@ Per model, all in the same run (so the same machine state):
 2. **data pipeline alone** (shared by the models): decoding the files into the uint8
    store (images/s), the whole cold data preparation (``build_data``, seconds) and
    iterating the training ``BatchLoader`` with augmentation and no model (images/s).
-3. **harness**: ``bench.train.train(cfg)`` on the real data with the harness's own
+3. **harness**: ``bench.training.run_training(cfg)`` on the real data with the harness's own
    defaults (``--set`` adds overrides); train images/s from its epochs, eval images/s,
    validation accuracy; the ratio to the ceiling.
 4. **reference**: a plain loop as in the paper, in a subprocess of its own (start-up
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.data.store import usable_cpus
     from bench.models import get_model_spec
     from bench.device import resolve_device
+    from bench.precision import resolve_precision
 
     logging.basicConfig(level=logging.WARNING)
     models = model_list(args.models)
@@ -137,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"data: {bundle.summary()}; decode {decode_img_s:.0f} img/s, cold preparation {data_prep_s:.2f} s "
              f"({size0} px)")
 
-        # The harness's own choice of channels_last, as bench.fit.prepare makes it.
+        # The harness's own choice of channels_last: the rule bench.fit.prepare applies.
         on_cuda = device.type == "cuda"
-        cl_default = on_cuda if cfg0.trainer.channels_last is None else bool(cfg0.trainer.channels_last)
+        cl_default = resolve_precision(cfg0.trainer, device)[1]
         loader_kw = {"batch_size": args.batch_size, "mean": cfg0.data.mean, "std": cfg0.data.std,
                      "augment_cfg": cfg0.data.augment, "device": device, "channels_last": cl_default}
         train_split = bundle.splits["train"].to(device) if on_cuda else bundle.splits["train"]

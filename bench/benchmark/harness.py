@@ -1,4 +1,5 @@
-"""3. The harness: ``bench.train.train(cfg)`` with the benchmark's overrides, and its run folder's numbers."""
+"""3. The harness: ``bench.training.run_training(cfg)`` with the benchmark's overrides, and its run folder's
+numbers."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def compose_cfg(overrides: list[str]):
 
 
 def run_harness(cfg) -> dict:
-    """``bench.train.train(cfg)`` and what its run folder says about speed and accuracy."""
+    """``bench.training.run_training(cfg)`` and what its run folder says about speed and accuracy."""
     import pandas as pd
 
     from bench import runs

@@ -2,15 +2,16 @@
 
 To add one, write a builder ``(num_classes, pretrained=False) -> nn.Module`` and
 decorate it with ``@register_model("name", input_size=..., min_input_size=...,
-family=..., source="custom")`` in a module imported by ``bench.models``.
+family=..., source="custom", head=...)`` in a module imported by ``bench.models``
+(``head``: the dotted path of its classification layer, e.g. ``"fc"``).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from ._layers import init_head_
 from ._registry import register_model
-from .torchvision_zoo import init_head_
 from .weights import PretrainedWeightsUnavailable
 
 
@@ -46,7 +47,7 @@ class SimpleCNN(nn.Module):
         return self.fc(self.dropout(x))
 
 
-@register_model("simple_cnn", input_size=64, min_input_size=16, family="custom", source="custom")
+@register_model("simple_cnn", input_size=64, min_input_size=16, family="custom", source="custom", head="fc")
 def simple_cnn(num_classes: int, pretrained: bool = False) -> nn.Module:
     if pretrained:
         raise PretrainedWeightsUnavailable(

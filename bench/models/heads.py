@@ -5,11 +5,13 @@ them right after :func:`~bench.models.create_model`).
 
 The head
 --------
-The *head* is the layer the registry replaced with a fresh ``num_classes``-way layer
-(table in :mod:`bench.models.torchvision_zoo`): ``classifier.6`` for VGG/AlexNet,
-``fc`` for ResNet/ResNeXt/WRN/GoogLeNet/Inception v3, ``classifier`` for DenseNet,
-``classifier.1`` for MobileNetV2/SqueezeNet; for ``timm/<name>`` the module named by
-``pretrained_cfg["classifier"]``; for other models the last ``nn.Linear``.
+The *head* is the layer the registry replaced with a fresh ``num_classes``-way layer, at
+the path its :class:`~bench.models.ModelSpec` names (``spec.head``, registered with each
+model in :mod:`bench.models.torchvision_zoo`, :mod:`~bench.models.custom`, ...):
+``classifier.6`` for VGG/AlexNet, ``fc`` for ResNet/ResNeXt/WRN/GoogLeNet/Inception v3,
+``classifier`` for DenseNet, ``classifier.1`` for MobileNetV2/SqueezeNet; for
+``timm/<name>`` the module named by ``pretrained_cfg["classifier"]``; for a model
+registered without one the last ``nn.Linear``.
 
 :func:`apply_head` replaces it by ``Linear(in, h1) -> ReLU -> [Dropout(p)] -> ... ->
 Linear(h_k, num_classes)`` (Kaiming-initialised like every new head), reading the same
@@ -53,8 +55,8 @@ blocks trains everything. :func:`list_blocks` lists a model's blocks.
 
 Frozen means frozen
 -------------------
-Frozen parameters get ``requires_grad=False`` (``bench.train`` builds the optimizer over
-the trainable ones), and BatchNorm and Dropout layers inside frozen blocks stay in eval
+Frozen parameters get ``requires_grad=False`` (``bench.fit.prepare`` builds the optimizer
+over the trainable ones), and BatchNorm and Dropout layers inside frozen blocks stay in eval
 mode even while the model trains (their ``train()`` is pinned to eval), so a frozen
 backbone's BN running statistics do not drift and its features are deterministic, as
 with Keras' ``trainable=False``.
@@ -81,24 +83,11 @@ from typing import Any, Mapping, Optional, Sequence
 
 from torch import nn
 
+from ._layers import init_head_
 from ._registry import get_model_spec
-from .torchvision_zoo import init_head_
 
 log = logging.getLogger(__name__)
 
-# Dotted path of the head the registry builds, per family (spec.family).
-FAMILY_HEAD = {
-    "vgg": "classifier.6",
-    "alexnet": "classifier.6",
-    "squeezenet": "classifier.1",
-    "resnet": "fc",
-    "resnext": "fc",
-    "wide_resnet": "fc",
-    "densenet": "classifier",
-    "inception": "fc",
-    "googlenet": "fc",
-    "mobilenet": "classifier.1",
-}
 _POOL_STAGED = {"vgg", "alexnet", "squeezenet"}  # conv stages of `features` end at a MaxPool
 _EXPANDED_CONTAINERS = {"features", "blocks", "stages", "layers"}
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
@@ -128,9 +117,8 @@ def head_path(model: nn.Module, name: str) -> str:
             path = path[0]
         if path and _has_module(model, path):
             return path
-    path = FAMILY_HEAD.get(spec.family)
-    if path and _has_module(model, path):
-        return path
+    if spec.head and _has_module(model, spec.head):
+        return spec.head
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError(f"{name}: cannot find its classification head (no nn.Linear in the model)")

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ._layers import init_head_
 from ._registry import register_model
-from .torchvision_zoo import init_head_
 from .weights import PretrainedWeightsUnavailable
 
 # (filters at width 1, stride) of the 13 depthwise-separable blocks.
@@ -54,7 +54,7 @@ class MobileNetV1(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
-@register_model("mobilenet_v1_050", input_size=128, min_input_size=32, family="mobilenet_v1")
+@register_model("mobilenet_v1_050", input_size=128, min_input_size=32, family="mobilenet_v1", head="fc")
 def mobilenet_v1_050(num_classes: int, pretrained: bool = False) -> nn.Module:
     if pretrained:
         raise PretrainedWeightsUnavailable(

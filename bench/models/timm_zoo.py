@@ -21,8 +21,8 @@ from typing import Optional
 
 from torch import nn
 
-from ._registry import TIMM_PREFIX, ModelSpec
-from .torchvision_zoo import init_head_
+from ._layers import init_head_
+from ._spec import TIMM_PREFIX, ModelSpec
 from .weights import PretrainedWeightsUnavailable, unavailable_message
 
 

@@ -2,7 +2,8 @@
 
 Each builder builds torchvision's network with its 1000-way ImageNet head (loading
 the ImageNet weights first when ``pretrained``), then replaces that family's own
-head with a fresh ``num_classes``-way layer:
+head with a fresh ``num_classes``-way layer (:func:`replace_head`; the path is the
+spec's ``head``, registered below, which :mod:`bench.models.heads` reads too):
 
 =========================================  ===========================================
 family                                     head replaced
@@ -17,9 +18,9 @@ inception_v3                               ``fc`` and ``AuxLogits.fc`` (Linear)
 =========================================  ===========================================
 
 Head initialisation: every new head gets ``kaiming_normal_`` weights (fan_in,
-ReLU gain) and a zero bias, see :func:`init_head_`. torchvision initialises the
-heads differently per family (VGG/SqueezeNet N(0, 0.01), ResNet PyTorch's default
-uniform, Inception truncated normal); one rule for all keeps the comparison across
+ReLU gain) and a zero bias, see :func:`~bench.models._layers.init_head_`. torchvision
+initialises the heads differently per family (VGG/SqueezeNet N(0, 0.01), ResNet PyTorch's
+default uniform, Inception truncated normal); one rule for all keeps the comparison across
 the zoo fair and reproducible. fan_in scaling by sqrt(2 / fan_in) keeps the logits'
 variance independent of the feature width (512 for resnet18, 4096 for VGG, 2208
 for densenet161), since every head reads non-negative post-ReLU/pooled features;
@@ -47,27 +48,13 @@ pipeline normalises with ImageNet mean/std for every model. From scratch it is F
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
+from ._layers import init_head_, new_linear
 from ._registry import register_model
 from .weights import ensure_torchvision_weights, torchvision_weights
-
-HeadFn = Callable[[nn.Module, int], None]
-
-
-def init_head_(layer: nn.Module) -> nn.Module:
-    """Kaiming-normal (fan_in, ReLU gain) weights and zero bias, in place."""
-    nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
-    if getattr(layer, "bias", None) is not None:
-        nn.init.zeros_(layer.bias)
-    return layer
-
-
-def new_linear(old: nn.Linear, num_classes: int) -> nn.Linear:
-    """A Kaiming-initialised ``Linear(old.in_features, num_classes)``."""
-    return init_head_(nn.Linear(old.in_features, num_classes))
 
 
 def build_torchvision(name: str, pretrained: bool | str, **kwargs: Any) -> nn.Module:
@@ -88,77 +75,55 @@ def build_torchvision(name: str, pretrained: bool | str, **kwargs: Any) -> nn.Mo
     return torchvision.models.get_model(name, weights=weights, **kwargs)
 
 
-# ------------------------------------------------------------------- head replacers
+# ------------------------------------------------------------------- heads
 
 
-def _fc(model: nn.Module, num_classes: int) -> None:
-    model.fc = new_linear(model.fc, num_classes)
+def replace_head(model: nn.Module, head: str, num_classes: int) -> None:
+    """Replace the layer at dotted path ``head`` (the spec's ``head``) by a fresh
+    ``num_classes``-way one: a Linear, or for SqueezeNet a 1x1 convolution."""
+    old = model.get_submodule(head)
+    if isinstance(old, nn.Conv2d):  # SqueezeNet: Dropout, [Conv2d 1x1], ReLU, AdaptiveAvgPool2d
+        model.set_submodule(head, init_head_(nn.Conv2d(old.in_channels, num_classes, kernel_size=1)))
+        model.num_classes = num_classes
+    else:
+        model.set_submodule(head, new_linear(old, num_classes))
 
 
-def _classifier_at(index: int) -> HeadFn:
-    def replace(model: nn.Module, num_classes: int) -> None:
-        model.classifier[index] = new_linear(model.classifier[index], num_classes)
-
-    return replace
-
-
-def _densenet_head(model: nn.Module, num_classes: int) -> None:
-    model.classifier = new_linear(model.classifier, num_classes)
-
-
-def _squeezenet_head(model: nn.Module, num_classes: int) -> None:
-    old = model.classifier[1]  # Dropout, [Conv2d 1x1], ReLU, AdaptiveAvgPool2d
-    model.classifier[1] = init_head_(nn.Conv2d(old.in_channels, num_classes, kernel_size=1))
-    model.num_classes = num_classes
-
-
-def _family(names: list[str], family: str, head: HeadFn, min_input_size: int) -> None:
-    """Register one builder per name: build, then replace the head with ``head``."""
+def _family(names: list[str], family: str, head: str, min_input_size: int) -> None:
+    """Register one builder per name: build, then replace the layer at ``head``."""
     for arch in names:
 
         def builder(num_classes: int, pretrained: bool = False, _arch: str = arch) -> nn.Module:
             model = build_torchvision(_arch, pretrained)
-            head(model, num_classes)
+            replace_head(model, head, num_classes)
             return model
 
         builder.__name__ = builder.__qualname__ = arch
         register_model(
-            arch, input_size=224, min_input_size=min_input_size, family=family, source="torchvision"
+            arch, input_size=224, min_input_size=min_input_size, family=family, source="torchvision", head=head
         )(builder)
 
 
 _VGGS = ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
-_family(_VGGS, "vgg", _classifier_at(6), min_input_size=32)
-_family(["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"], "resnet", _fc, 32)
-_family(["resnext50_32x4d", "resnext101_32x8d"], "resnext", _fc, 32)
-_family(["wide_resnet50_2", "wide_resnet101_2"], "wide_resnet", _fc, 32)
-_family(["densenet121", "densenet161", "densenet169", "densenet201"], "densenet", _densenet_head, 29)
-_family(["squeezenet1_0"], "squeezenet", _squeezenet_head, min_input_size=21)
-_family(["squeezenet1_1"], "squeezenet", _squeezenet_head, min_input_size=17)
-
-
-@register_model("alexnet", input_size=224, min_input_size=63, family="alexnet", source="torchvision")
-def alexnet(num_classes: int, pretrained: bool = False) -> nn.Module:
-    model = build_torchvision("alexnet", pretrained)
-    _classifier_at(6)(model, num_classes)
-    return model
-
-
-@register_model("mobilenet_v2", input_size=224, min_input_size=32, family="mobilenet", source="torchvision")
-def mobilenet_v2(num_classes: int, pretrained: bool = False) -> nn.Module:
-    model = build_torchvision("mobilenet_v2", pretrained)
-    _classifier_at(1)(model, num_classes)
-    return model
+_family(_VGGS, "vgg", "classifier.6", min_input_size=32)
+_family(["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"], "resnet", "fc", 32)
+_family(["resnext50_32x4d", "resnext101_32x8d"], "resnext", "fc", 32)
+_family(["wide_resnet50_2", "wide_resnet101_2"], "wide_resnet", "fc", 32)
+_family(["densenet121", "densenet161", "densenet169", "densenet201"], "densenet", "classifier", 29)
+_family(["squeezenet1_0"], "squeezenet", "classifier.1", min_input_size=21)
+_family(["squeezenet1_1"], "squeezenet", "classifier.1", min_input_size=17)
+_family(["alexnet"], "alexnet", "classifier.6", min_input_size=63)
+_family(["mobilenet_v2"], "mobilenet", "classifier.1", min_input_size=32)
 
 
 @register_model("googlenet", input_size=224, min_input_size=15, family="googlenet", source="torchvision",
-                pretrained_transform_input=True)
+                pretrained_transform_input=True, head="fc")
 def googlenet(num_classes: int, pretrained: bool = False) -> nn.Module:
     # Aux heads off: with weights torchvision loads them, then drops them (aux_logits
     # defaults to False); from scratch we ask for none. init_weights silences a warning.
     kwargs = {} if pretrained else {"aux_logits": False, "init_weights": True}
     model = build_torchvision("googlenet", pretrained, **kwargs)
-    _fc(model, num_classes)
+    replace_head(model, "fc", num_classes)
     return model
 
 
@@ -171,12 +136,13 @@ def googlenet(num_classes: int, pretrained: bool = False) -> nn.Module:
     source="torchvision",
     aux_weight=0.4,
     pretrained_transform_input=True,
+    head="fc",
 )
 def inception_v3(num_classes: int, pretrained: bool = False) -> nn.Module:
     # With weights torchvision itself sets transform_input=True and init_weights=False
     # (and rejects a conflicting init_weights), so only pass those from scratch.
     kwargs = {"aux_logits": True} if pretrained else {"aux_logits": True, "init_weights": True}
     model = build_torchvision("inception_v3", pretrained, **kwargs)
-    _fc(model, num_classes)
-    model.AuxLogits.fc = new_linear(model.AuxLogits.fc, num_classes)
+    replace_head(model, "fc", num_classes)
+    replace_head(model, "AuxLogits.fc", num_classes)  # the auxiliary head, trained with aux_weight
     return model

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ._layers import init_head_
 from ._registry import register_model
-from .torchvision_zoo import init_head_
 from .weights import PretrainedWeightsUnavailable
 
 
@@ -65,7 +65,7 @@ class WBCsNet(nn.Module):
         return self.fc(self.dropout(self.relu(self.fc1(x))))
 
 
-@register_model("wbcsnet", input_size=128, min_input_size=16, family="wbcsnet", source="custom")
+@register_model("wbcsnet", input_size=128, min_input_size=16, family="wbcsnet", source="custom", head="fc")
 def wbcsnet(num_classes: int, pretrained: bool = False) -> nn.Module:
     if pretrained:
         raise PretrainedWeightsUnavailable(
@@ -75,7 +75,8 @@ def wbcsnet(num_classes: int, pretrained: bool = False) -> nn.Module:
     return WBCsNet(num_classes)
 
 
-@register_model("mobilenet_v2_050", input_size=128, min_input_size=32, family="mobilenet", source="custom")
+@register_model("mobilenet_v2_050", input_size=128, min_input_size=32, family="mobilenet", source="custom",
+                head="classifier.1")
 def mobilenet_v2_050(num_classes: int, pretrained: bool = False) -> nn.Module:
     if pretrained:
         raise PretrainedWeightsUnavailable(
