@@ -117,8 +117,8 @@ class TrainerConfig:
     batch_size: int = 32
     eval_batch_size: int = 128  # evaluation has no gradients; a larger batch is just faster
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:1 | mps
-    amp: Optional[bool] = None  # bf16 autocast; null = on for CUDA, off elsewhere
-    channels_last: Optional[bool] = None  # null = on for CUDA, off elsewhere
+    amp: Optional[bool] = None  # bf16 autocast; null = on for CUDA, timed trial on a bf16 CPU (bench.precision)
+    channels_last: Optional[bool] = None  # null = on for CUDA and CPU, off elsewhere (bench.precision)
     compile: bool = False  # torch.compile the model
     num_threads: Optional[int] = None  # CPU threads for torch; null = torch's default
     grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size)

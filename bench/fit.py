@@ -328,7 +328,7 @@ def run_metrics(session: Session, progress: Progress, results: dict, chash: str,
         "amp": progress.amp, "channels_last": s.channels_last, "precision": precision, "weights": weights_used(cfg),
         # Left out entirely; files with identical bytes under two labels are listed in excluded.csv
         # too but train (they are only kept out of validation and test).
-        "n_excluded": bundle.n_left_out, "n_train_only_duplicates": len(bundle.excluded) - bundle.n_left_out,
+        "n_excluded": bundle.n_left_out, "n_train_only_duplicates": bundle.n_train_only,
         "data_root": bundle.root, "device": str(s.device), "env": env_info(s.device), "config_hash": chash,
         # vs. the paper's recipe ([] = follows it), including what was decided at run time (precision)
         "protocol_deviations": protocol_deviations(cfg, precision=precision),

@@ -35,7 +35,8 @@ Writes into ``--out``::
 ``low_confidence``: the confidence is below the threshold chosen on the model's validation data
 (the 5 % quantile of its confidence on the validation images it got right; the run's or the
 ensemble's ``metrics.json``). Several loose checkpoints were never validated together, so their
-images are not flagged (the summary says why). An empty folder is an error, not a zero count.
+images are not flagged (the summary says why). An empty folder, or one whose images all fail to
+decode, is an error, not a zero count.
 """
 
 from __future__ import annotations
@@ -340,6 +341,8 @@ def run(args: argparse.Namespace) -> dict:
     probs, readable, reasons = predict_probs(checkpoints, files, batch_size=args.batch_size, device=device)
     seconds = time.perf_counter() - start
     rel = [f.relative_to(args.images_dir).as_posix() for f in files]
+    if not readable.any():
+        raise PredictError(_nothing_readable(args.images_dir, rel, reasons, skipped))
     ok_paths = [p for p, ok in zip(rel, readable) if ok]
     record = validation_record(list(args.checkpoint), args.ensemble, voting, class_names)
     preds, counts = prediction_tables(ok_paths, probs, class_names, voting, weights, record)
@@ -367,6 +370,19 @@ def run(args: argparse.Namespace) -> dict:
     }
     runs.write_json_atomic(out / "summary.json", summary)
     return {"summary": summary, "counts": counts, "unreadable": unreadable, "predictions": preds}
+
+
+def _nothing_readable(images_dir: Path, rel: Sequence[str], reasons: Sequence[str | None],
+                      skipped: Sequence[tuple[str, str]], shown: int = 10) -> str:
+    """The error for a folder none of whose image files decodes: like an empty folder, a count of
+    nothing would read as zero cells. Names each file with its reason (the first ``shown``)."""
+    failed = [f"{p} ({r})" for p, r in zip(rel, reasons) if r is not None]
+    more = f", and {len(failed) - shown} more" if len(failed) > shown else ""
+    other = f"; {len(skipped)} other file(s) skipped" if skipped else ""
+    return (f"{images_dir}: none of its {len(failed)} image file(s) could be decoded{other}, so there is nothing to "
+            f"count (a differential count of nothing would read as zero cells). Unreadable: "
+            f"{'; '.join(failed[:shown])}{more}. Replace or re-export the files (a truncated copy, another format "
+            "under an image extension), or pass the folder that holds the images.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

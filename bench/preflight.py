@@ -12,6 +12,7 @@ checks cover exactly the runs that will start.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import socket
 import sys
@@ -32,7 +33,7 @@ MULTIRUN_FLAGS = ("-m", "--multirun")
 # 12 bytes per parameter, for one model at a time (the largest counts).
 BYTES_PER_PARAM_KEPT = 3 * 4
 BYTES_PER_PARAM_REWRITE = 3 * 4
-SPLIT_KEYS = ("data.split_seed", "data.split_fractions", "data.split_mode")
+SPLIT_KEYS = ("data.split_seed", "data.split_fractions", "data.split_mode", "data.split_rounding")
 
 
 @dataclass
@@ -43,10 +44,15 @@ class Plan:
     multirun: bool
     swept: dict[str, list[str]] = field(default_factory=dict)  # every swept key and its values
     overrides: list[str] = field(default_factory=list)  # the command line's overrides as given
+    # The other values of swept keys (not model / seed, which the checks go through by name): each as
+    # ("key=value", the overrides of the first run with that one value changed), composed and checked
+    # by the preflight, so a bad value fails before the first run and not when its own run starts.
+    variants: list[tuple[str, list[str]]] = field(default_factory=list)
 
     @property
     def n_runs(self) -> int:
-        return len(self.models) * len(self.seeds)
+        """Every combination Hydra's sweeper will start (models x seeds x any other swept key)."""
+        return math.prod(len(v) for v in self.swept.values()) if self.multirun else 1
 
 
 @dataclass
@@ -79,16 +85,16 @@ def plan_runs(args: list[str]) -> Plan:
     multirun = any(a in MULTIRUN_FLAGS for a in args)
     parser = OverridesParser.create()
     overrides = parser.parse_overrides([a for a in args if a not in MULTIRUN_FLAGS])
-    base, swept = [], {}
+    base, swept, elements = [], {}, {}
     for o in overrides:
         key = o.key_or_group
         if o.is_sweep_override():
             values = [str(v) for v in o.sweep_string_iterator()]
-            swept[key] = values
-            base.append(f"{o.get_key_element()}={values[0]}")
+            swept[key], elements[key] = values, o.get_key_element()
+            base.append((key, f"{o.get_key_element()}={values[0]}"))
         else:
-            base.append(o.input_line)
-    cfg = compose_config(base, return_hydra_config=True)
+            base.append((key, o.input_line))
+    cfg = compose_config([line for _, line in base], return_hydra_config=True)
     params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
     if multirun:
         for key, text in params.items():
@@ -96,7 +102,26 @@ def plan_runs(args: list[str]) -> Plan:
     models = swept.get("model") or swept.get("model.name") or [cfg.model.name]
     seeds = [int(s) for s in swept.get("seed", [cfg.seed])]
     return Plan(cfg=cfg, models=models, seeds=seeds, multirun=multirun, swept=swept,
-                overrides=[a for a in args if a not in MULTIRUN_FLAGS])
+                overrides=[a for a in args if a not in MULTIRUN_FLAGS],
+                variants=_variants(base, swept, elements) if multirun else [])
+
+
+RUN_KEYS = ("model", "model.name", "seed")  # swept keys the checks go through value by value already
+
+
+def _variants(base: list[tuple[str, str]], swept: dict[str, list[str]], elements: dict[str, str]):
+    """("key=value", overrides) for every value of a swept key that the first run's config lacks:
+    the command line's other values, and every value of an experiment file's sweeper params (which
+    the first run's config does not hold)."""
+    variants = []
+    for key, values in swept.items():
+        if key in RUN_KEYS:
+            continue
+        element = elements.get(key, key)
+        rest = [line for k, line in base if k != key]
+        for value in values[1:] if key in elements else values:
+            variants.append((f"{element}={value}", [*rest, f"{element}={value}"]))
+    return variants
 
 
 # --------------------------------------------------------------------------- checks
@@ -107,17 +132,46 @@ def preflight(plan: Plan) -> Report:
     report = Report()
     cfg = plan.cfg
     report.problems.extend(validate_config(cfg))
+    configs = [cfg, *_check_variants(plan, report)]
     from bench.loggers import missing_package
 
     if missing_package(cfg.logger.kind):
         report.problems.append(missing_package(cfg.logger.kind))
     n_images = _check_data(cfg, report)
     _check_split_sweep(plan, report)
-    _check_models(plan, report)
+    _check_models(plan, report, configs)
     _check_disk(plan, report)
-    _check_memory(plan, report, n_images)
+    _check_memory(plan, report, n_images, configs)
     _check_device(cfg, report)
     return report
+
+
+def _check_variants(plan: Plan, report: Report) -> list[DictConfig]:
+    """Compose and validate every other value of the swept keys; returns the configs that compose
+    (their image sizes are checked against the models, memory and disk with the first run's).
+    A problem the first run's config has too is not repeated."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from bench.config import validate_config
+
+    configs = []
+    for override, overrides in plan.variants:
+        try:
+            variant = compose_config(overrides, return_hydra_config=True)
+        except (HydraException, OmegaConfBaseException) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            report.problems.append(f"the swept value {override} does not compose ({first_line}); fix or drop "
+                                   "that value.")
+            continue
+        configs.append(variant)
+        key = override.split("=", 1)[0].lstrip("+~")
+        for problem in validate_config(variant):
+            if problem in report.problems:
+                continue
+            # A problem of another option that this value brings about (grad_accum > a swept batch_size).
+            report.problems.append(problem if problem.startswith(f"{key}=") else f"{problem} (with {override})")
+    return configs
 
 
 def _check_data(cfg, report: Report) -> int | None:
@@ -211,8 +265,9 @@ def _check_manifest(cfg, records, report: Report) -> None:
     if not path.is_file():
         return
     try:
-        check_split_settings(path, split_settings(seed=cfg.data.split_seed, fractions=cfg.data.split_fractions),
-                             record_missing=False)
+        settings = split_settings(seed=cfg.data.split_seed, fractions=cfg.data.split_fractions,
+                                  rounding=cfg.data.get("split_rounding") or "round")
+        check_split_settings(path, settings, record_missing=False)
     except DataError as exc:
         report.problems.append(str(exc))
     import pandas as pd
@@ -243,16 +298,26 @@ def _check_manifest(cfg, records, report: Report) -> None:
 
 
 def _check_split_sweep(plan: Plan, report: Report) -> None:
-    """A sweep over split settings into one experiment would run every value on the first split."""
-    swept = [k for k in SPLIT_KEYS if len(plan.swept.get(k, [])) > 1]
-    per_split_name = any(o.split("=", 1)[0].lstrip("+") == "experiment_name" and "${data.split" in o
-                         for o in plan.overrides)
-    if swept and not per_split_name:
-        key = swept[0]
+    """A sweep over split settings into one experiment would run every value on the first split:
+    each swept split key must be in experiment_name (``${data.split_seed}`` for data.split_seed; an
+    interpolation of another key does not tell its values apart)."""
+    names = _experiment_name_texts(plan)
+    for key in SPLIT_KEYS:
+        values = plan.swept.get(key, [])
+        if len(values) < 2 or all(f"${{{key}}}" in name for name in names):
+            continue
         report.problems.append(
-            f"{key} is swept ({', '.join(plan.swept[key])}) but every value would share experiment "
+            f"{key} is swept ({', '.join(values)}) but every value would share experiment "
             f"{plan.cfg.experiment_name!r} and so one split (an experiment has one). Give each split its own "
             f"experiment: add 'experiment_name={plan.cfg.experiment_name}_split${{{key}}}'.")
+
+
+def _experiment_name_texts(plan: Plan) -> list[str]:
+    """experiment_name as written (interpolations unresolved): the composed config's (command line or
+    experiment file) and every swept value of it."""
+    node = plan.cfg._get_node("experiment_name")
+    texts = [str(node._value())] if node is not None else []
+    return texts + list(plan.swept.get("experiment_name", []))
 
 
 def _check_augment(cfg, report: Report) -> None:
@@ -276,10 +341,16 @@ def _check_detector_options(name: str, cfg, report: Report) -> None:
             f"options under model.detector_kwargs.<family> (fasterrcnn, retinanet, fcos, ssd) or drop them.")
 
 
-def _check_models(plan: Plan, report: Report) -> None:
+def _image_sizes(configs) -> list:
+    """Every distinct data.image_size of the sweep (None: each model's own), first run's first."""
+    return list(dict.fromkeys(c.data.image_size for c in configs))
+
+
+def _check_models(plan: Plan, report: Report, configs=None) -> None:
     from bench.models import UnknownModelError, get_model_spec
 
     cfg = plan.cfg
+    image_sizes = _image_sizes(configs or [cfg])
     missing: list[tuple[str, Path | None]] = []
     for name in plan.models:
         try:
@@ -297,12 +368,12 @@ def _check_models(plan: Plan, report: Report) -> None:
             continue
         if spec.task == "detection":
             _check_detector_options(name, cfg, report)
-        size = spec.image_size(cfg.data.image_size)
-        if size < spec.min_train_size:
-            report.problems.append(
-                f"{name}: data.image_size={size} is below its minimum training input of "
-                f"{spec.min_train_size} px (leave data.image_size null for its own {spec.input_size} px)."
-            )
+        for size in dict.fromkeys(spec.image_size(s) for s in image_sizes if _valid_size(s)):
+            if size < spec.min_train_size:
+                report.problems.append(
+                    f"{name}: data.image_size={size} is below its minimum training input of "
+                    f"{spec.min_train_size} px (leave data.image_size null for its own {spec.input_size} px)."
+                )
         if cfg.model.pretrained and not cfg.model.weights:
             tag = cfg.model.get("weights_tag")
             if spec.source == "custom":
@@ -426,7 +497,14 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
 
 
-def _check_memory(plan: Plan, report: Report, n_images: int | None) -> None:
+def _valid_size(size) -> bool:
+    """A data.image_size the size checks can use (bad ones are named by validate_config)."""
+    from bench.config import MAX_IMAGE_SIZE
+
+    return size is None or (isinstance(size, int) and not isinstance(size, bool) and 8 <= size <= MAX_IMAGE_SIZE)
+
+
+def _check_memory(plan: Plan, report: Report, n_images: int | None, configs=None) -> None:
     from bench.data.store import available_memory, check_store_mode, memory_need
     from bench.models import get_model_spec
 
@@ -438,10 +516,12 @@ def _check_memory(plan: Plan, report: Report, n_images: int | None) -> None:
         return
     sizes = []
     for name in plan.models:
-        try:
-            sizes.append(get_model_spec(name).image_size(cfg.data.image_size))
-        except Exception:
-            continue  # reported by the model checks
+        for image_size in _image_sizes(configs or [cfg]):
+            try:
+                if _valid_size(image_size):
+                    sizes.append(get_model_spec(name).image_size(image_size))
+            except Exception:
+                continue  # reported by the model checks
     if not n_images or not sizes:
         return
     _check_store_disk(cfg, n_images, sorted(set(sizes)), report)

@@ -137,6 +137,17 @@ def test_corrupt_and_duplicate_files_in_a_real_run(tmp_path, cache_dir):
     assert metrics["n_excluded"] == 3 and metrics["n_train_only_duplicates"] == 2 == len(excluded) - 3
 
 
+def test_the_data_line_tells_excluded_files_from_train_only_duplicates(tmp_path, cache_dir):
+    root = _write_folder(tmp_path / "data", {"a": 8, "b": 8})
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")  # left out
+    shutil.copy(root / "a" / "a_000.png", root / "b" / "copy_of_a.png")  # the pair stays in train
+    cfg = compose_cfg("data=imagefolder", f"data.root={root}", "data.decode_workers=1", f"paths.cache_dir={cache_dir}")
+    bundle = build_data(cfg.data, image_size=8, exp_dir=tmp_path / "exp", cache_dir=str(cache_dir))
+    # 17 readable files, all in a split: the broken one is excluded, the copy and its original train only.
+    assert sum(len(s) for s in bundle.splits.values()) == 17
+    assert "excluded 1, train-only duplicates 2" in bundle.summary(), bundle.summary()
+
+
 def test_changed_data_under_an_existing_manifest_is_an_error(tmp_path, cache_dir):
     root = _write_folder(tmp_path / "data", {"a": 6, "b": 6})
     cfg = compose_cfg("data=imagefolder", f"data.root={root}", "data.decode_workers=1",

@@ -338,6 +338,79 @@ def test_a_changed_split_seed_fails_the_run_instead_of_reusing_the_split(make_cf
     assert out["status"] == "failed" and "data.split_seed=7 (the split was made with 42)" in out["error"]
 
 
+def _split_table(n_per_class: int = 20) -> pd.DataFrame:
+    rows = [(f"{c}/{i}.png", f"{c}-{i}", c) for c in ("a", "b") for i in range(n_per_class)]
+    return pd.DataFrame(rows, columns=["path", "sha1", "label"])
+
+
+def test_a_changed_split_rounding_or_fractions_is_named_not_reused(tmp_path):
+    from bench.data.imagefolder import DataError
+    from bench.data.split import load_or_create_manifest
+
+    path, table = tmp_path / "manifest.csv", _split_table()
+    load_or_create_manifest(path, table, seed=0, fractions=[0.64, 0.24, 0.12], rounding="ceil")
+    with pytest.raises(DataError, match=r"data\.split_rounding=round \(the split was made with ceil\)"):
+        load_or_create_manifest(path, table, seed=0, fractions=[0.64, 0.24, 0.12], rounding="round")
+    with pytest.raises(DataError, match=r"data\.split_fractions=\[0\.5, 0\.25, 0\.25\] \(the split was made "
+                                        r"with \[0\.64, 0\.24, 0\.12\]\)"):
+        load_or_create_manifest(path, table, seed=0, fractions=[0.5, 0.25, 0.25], rounding="ceil")
+    load_or_create_manifest(path, table, seed=0, fractions=[0.64, 0.24, 0.12], rounding="ceil")  # the same: fine
+
+
+def test_a_manifest_recorded_before_split_rounding_was_always_recorded_means_round(tmp_path):
+    from bench.data.imagefolder import DataError
+    from bench.data.split import load_or_create_manifest
+
+    path, table = tmp_path / "manifest.csv", _split_table()
+    load_or_create_manifest(path, table, seed=0, fractions=[0.64, 0.24, 0.12])
+    # What an older bench wrote beside a split made with the default rounding: no split_rounding key.
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"data.split_seed": 0, "data.split_fractions": [0.64, 0.24, 0.12], "data.split_mode": "holdout"}))
+    load_or_create_manifest(path, table, seed=0, fractions=[0.64, 0.24, 0.12], rounding="round")
+    with pytest.raises(DataError, match=r"data\.split_rounding=ceil \(the split was made with round\)"):
+        load_or_create_manifest(path, table, seed=0, fractions=[0.64, 0.24, 0.12], rounding="ceil")
+
+
+def test_a_changed_split_rounding_stops_the_run_and_the_preflight(make_cfg, tmp_path):
+    from bench.data.split import load_or_create_manifest
+    from bench.preflight import plan_runs, preflight
+
+    assert train(make_cfg("trainer.epochs=1", "experiment_name=ceiled",
+                          "data.split_rounding=ceil"))["status"] == "completed"
+    out = train(make_cfg("trainer.epochs=1", "experiment_name=ceiled", "model=squeezenet1_1"))
+    assert out["status"] == "failed" and "data.split_rounding=round (the split was made with ceil)" in out["error"]
+    lab = _folder(tmp_path / "lab", {"a": 10, "b": 10})
+    common = ["model=simple_cnn", "model.pretrained=false", "data=imagefolder", f"data.root={lab}",
+              "experiment_name=labsplit", f"paths.results_dir={tmp_path / 'results'}"]
+    # The experiment's split, made with ceil (the preflight reads paths and labels, not the hashes).
+    table = pd.DataFrame({"path": [f"{c}/{c}_{i:03d}.png" for c in "ab" for i in range(10)],
+                          "label": [c for c in "ab" for _ in range(10)]})
+    table["sha1"] = table["path"]
+    load_or_create_manifest(tmp_path / "results" / "labsplit" / "manifest.csv", table, seed=42,
+                            fractions=[0.64, 0.24, 0.12], rounding="ceil")
+    report = preflight(plan_runs(common))
+    assert any("data.split_rounding=round (the split was made with ceil)" in p for p in report.problems), \
+        report.format()
+    assert not any("split was made" in p for p in preflight(plan_runs([*common, "data.split_rounding=ceil"])).problems)
+
+
+@pytest.mark.parametrize("sweep, name_override", [
+    ("data.split_rounding=round,ceil", None),
+    ("data.split_fractions=[0.64,0.24,0.12],[0.5,0.25,0.25]", None),
+    # An interpolation of another split key does not give each seed its own experiment.
+    ("data.split_seed=0,1", "experiment_name=lab_${data.split_fractions}"),
+])
+def test_a_sweep_over_any_split_setting_needs_that_setting_in_the_experiment_name(tmp_path, sweep, name_override):
+    from bench.preflight import plan_runs, preflight
+
+    key = sweep.split("=", 1)[0]
+    args = ["-m", sweep, "model=simple_cnn", "model.pretrained=false", f"paths.results_dir={tmp_path}"]
+    report = preflight(plan_runs([*args, *([name_override] if name_override else [])]))
+    assert any(p.startswith(f"{key} is swept") for p in report.problems), report.format()
+    ok = preflight(plan_runs([*args, f"experiment_name=lab_${{{key}}}"]))
+    assert not any("is swept" in p for p in ok.problems), ok.format()
+
+
 def test_the_default_experiment_is_named_after_the_data():
     from bench.config import default_experiment_name
 

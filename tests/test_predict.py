@@ -106,6 +106,22 @@ def test_an_empty_folder_is_an_error_not_a_zero_count(trained, tmp_path, capsys)
     assert not (tmp_path / "o").exists()
 
 
+def test_a_folder_whose_images_all_fail_to_decode_is_an_error_not_a_zero_count(trained, tmp_path, capsys):
+    run_dir, _ = trained
+    broken = tmp_path / "broken"
+    (broken / "slide").mkdir(parents=True)
+    (broken / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (broken / "slide" / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (broken / "c.tif").write_text("text under an image extension")
+    (broken / "notes.txt").write_text("not an image")
+    assert predict.main([str(broken), "-c", str(run_dir.best_ckpt), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err  # one paragraph
+    assert str(broken) in err and "none of its 3 image file(s) could be decoded" in err
+    assert all(name in err for name in ("a.png", "slide/b.jpg", "c.tif")) and "1 other file(s) skipped" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_reproduces_the_runs_own_test_predictions(trained, tmp_path):
     """Same eval transform as training: the run's recorded probabilities come back."""
     run_dir, _ = trained

@@ -109,6 +109,23 @@ def test_a_full_disk_is_said_in_one_sentence_and_earlier_results_stay(make_cfg, 
     assert _run_dir(first).metrics.read_bytes() == kept
 
 
+def test_a_full_disk_says_how_much_the_checkpoint_needed(make_cfg, monkeypatch):
+    import torch
+
+    from bench.models import create_model
+
+    def no_space(*a, **k):  # torch.save itself fails: the disk filled up under the checkpoint
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    out = train(make_cfg("trainer.epochs=1"))
+    # best.pt is written first: the weights of simple_cnn with 8 outputs (the synthetic classes).
+    weights = create_model("simple_cnn", num_classes=8, pretrained=False).state_dict().values()
+    need_mb = sum(t.numel() * t.element_size() for t in weights) / 2**20
+    assert out["status"] == "failed" and out["error"].startswith("disk full at ")
+    assert f"MB free, {need_mb:.1f} MB needed to write best.pt) while writing" in out["error"], out["error"]
+
+
 def test_a_disk_too_full_to_record_the_failure_still_gives_one_message(make_cfg, monkeypatch):
     def no_space(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -203,6 +220,37 @@ def test_a_store_that_would_not_fit_the_disk_stops_the_preflight(tmp_path, monke
                                   f"paths.results_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"]))
     # 1,600 synthetic images x 2048 x 2048 x 3 bytes: about 18.8 GiB for the decoded-image store.
     assert any("decoded images" in p and "18.8 GiB" in p for p in report.problems), report.format()
+
+
+# --------------------------------------------------------------------------- 9, 10. every swept value
+def test_every_swept_value_is_checked_before_anything_trains(tmp_path, cache_dir, capsys):
+    from bench.train import cli
+
+    smoke = [o for o in SMOKE_OVERRIDES if not o.startswith("data.image_size=")]
+    code = cli(["-m", *smoke, "trainer.epochs=1", "optim.lr=0.1,abc", "data.image_size=32,100000",
+                f"paths.results_dir={tmp_path / 'results'}", f"paths.cache_dir={cache_dir}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "optim.lr='abc' is not valid" in err and "data.image_size=100000 is not valid" in err
+    assert "nothing was trained" in err and not (tmp_path / "results").exists()
+
+
+def test_a_swept_value_that_does_not_compose_is_named_by_the_preflight(tmp_path):
+    report = preflight(plan_runs(["-m", "model=simple_cnn", "model.pretrained=false", "trainer.batch_size=32,abc",
+                                  f"paths.results_dir={tmp_path}"]))
+    assert any("trainer.batch_size=abc" in p and "does not compose" in p for p in report.problems), report.format()
+
+
+def test_a_swept_image_size_whose_store_would_not_fit_stops_the_preflight(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", _disk_with(50 * 2**20))
+    report = preflight(plan_runs(["-m", "model=simple_cnn", "model.pretrained=false", "data.image_size=32,2048",
+                                  f"paths.results_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"]))
+    # 1,600 synthetic images, a store at 32 px and one at 2048 px, 3 bytes a pixel.
+    need = 1600 * 3 * (32 * 32 + 2048 * 2048)
+    assert any("decoded images" in p and "32 px, 2048 px" in p and f"{need / 2**30:.1f} GiB" in p
+               for p in report.problems), report.format()
 
 
 # --------------------------------------------------------------------------- 1. sweeps over the split

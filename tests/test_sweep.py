@@ -219,3 +219,10 @@ def test_host_memory_does_not_grow_across_models(make_cfg):
         assert out["status"] == "completed"
         sizes.append(_rss_mb())
     assert sizes[-1] - sizes[1] < 40, sizes  # MB
+
+
+def test_the_plan_counts_every_combination_the_sweeper_starts():
+    # models x seeds x learning rates: the progress line and the disk check count 2 x 2 x 3 runs
+    plan = plan_runs(["-m", "model=simple_cnn,squeezenet1_1", "seed=0,1", "optim.lr=0.1,0.01,0.001"])
+    assert plan.n_runs == 12
+    assert plan_runs(["model=simple_cnn", "optim.lr=0.1"]).n_runs == 1

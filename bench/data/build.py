@@ -19,7 +19,6 @@ from bench.config import DATA_KINDS  # the choices, defined once
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class DataBundle:
     class_names: list[str]
@@ -40,9 +39,17 @@ class DataBundle:
         used = {p for split in self.splits.values() for p in split.paths}
         return int(sum(p not in used for p in self.excluded["path"]))
 
+    @property
+    def n_train_only(self) -> int:
+        """Files of ``excluded`` that are in a split all the same: identical bytes under two labels,
+        listed so they are seen, kept in train (never scored)."""
+        return len(self.excluded) - self.n_left_out
+
     def summary(self) -> str:
         counts = ", ".join(f"{s} {len(self.splits[s])}" for s in SPLITS)
-        return f"{self.num_classes} classes, {counts}, {len(self.excluded)} excluded ({self.root})"
+        # Train-only duplicates are in the counts above: calling them excluded would count them twice.
+        return (f"{self.num_classes} classes, {counts}, excluded {self.n_left_out}, train-only duplicates "
+                f"{self.n_train_only} ({self.root})")
 
 
 def build_data(data_cfg, *, image_size: int, exp_dir: Path, cache_dir: str | None) -> DataBundle:
@@ -50,25 +57,20 @@ def build_data(data_cfg, *, image_size: int, exp_dir: Path, cache_dir: str | Non
     # Class selection (data.classes / data.class_map) happens after the split, so every
     # subset of the classes sees the same images in the same splits (two-level classifier).
     bundle = _build(data_cfg, image_size=image_size, exp_dir=exp_dir, cache_dir=cache_dir)
-    return select_classes(bundle, _opt(data_cfg, "classes"), _opt(data_cfg, "class_map"))
+    return select_classes(bundle, data_cfg.classes, data_cfg.class_map)
 
 
 def geometry_of(data_cfg) -> tuple:
-    """``(data.geometry, data.crop_fraction)``, or ``("resize",)`` (configs before the option)."""
-    kind = _opt(data_cfg, "geometry", "resize")
-    return (kind,) if kind == "resize" else (kind, float(_opt(data_cfg, "crop_fraction", 0.875)))
-
-
-def _opt(data_cfg, key: str, default=None):
-    """A data key added after the first release (old config.yaml files lack it)."""
-    value = getattr(data_cfg, key, default)
-    return default if value is None else value
+    """``(data.geometry, data.crop_fraction)``, or ``("resize",)``: a plain resize has no crop."""
+    if data_cfg.geometry == "resize":
+        return ("resize",)
+    return (data_cfg.geometry, float(data_cfg.crop_fraction))
 
 
 def _build(data_cfg, *, image_size: int, exp_dir: Path, cache_dir: str | None) -> DataBundle:
     kind = data_cfg.kind
     if kind == "bloodmnist":
-        if _opt(data_cfg, "split_mode", "holdout") != "holdout":
+        if data_cfg.split_mode != "holdout":
             raise DataError("data=bloodmnist has official splits; cross-validation (data.split_mode="
                             f"{data_cfg.split_mode}) needs data=imagefolder (or synthetic).")
         return _bloodmnist(data_cfg, image_size)
@@ -128,8 +130,8 @@ def _imagefolder(root: Path, data_cfg, image_size: int, exp_dir: Path, cache_dir
             ignore_index=True,
         )
     # Holdout: manifest.csv as always. Cross-validation: one manifest file per fold / repetition.
-    split_options = dict(split_mode=_opt(data_cfg, "split_mode", "holdout"), n_folds=_opt(data_cfg, "n_folds"),
-                         fold=_opt(data_cfg, "fold"), rounding=_opt(data_cfg, "split_rounding", "round"))
+    split_options = dict(split_mode=data_cfg.split_mode, n_folds=data_cfg.n_folds, fold=data_cfg.fold,
+                         rounding=data_cfg.split_rounding)
     manifest = load_or_create_manifest(
         Path(exp_dir) / manifest_filename(**split_options, fractions=list(data_cfg.split_fractions)), table,
         seed=data_cfg.split_seed, fractions=data_cfg.split_fractions, **split_options,

@@ -220,9 +220,13 @@ def split_settings(*, seed: int, fractions: Sequence[float], split_mode: str = "
                 "data.split_mode": str(split_mode)}
     if split_mode != "holdout":
         settings.update({"data.n_folds": n_folds, "data.fold": fold})
-    if rounding != "round":  # recorded only when set, so manifests made before the option still match
-        settings["data.split_rounding"] = rounding
+    settings["data.split_rounding"] = str(rounding)
     return settings
+
+
+# What a manifest.json without a key was made with: the option did not exist yet (or, before it was
+# always recorded, was left at its default), so the split came from this value.
+RECORDED_DEFAULTS = {"data.split_rounding": "round", "data.split_mode": "holdout"}
 
 
 def settings_path(manifest_path: Path) -> Path:
@@ -244,9 +248,12 @@ def check_split_settings(manifest_path: Path, settings: dict, *, record_missing:
         return
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {recorded_path} ({exc}); delete it to record the current split settings.")
-    differ = [k for k in settings if recorded.get(k) != settings[k]]
+    if not isinstance(recorded, dict):
+        raise DataError(f"{recorded_path} is not a record of split settings; delete it to record the current ones.")
+    made_with = {**RECORDED_DEFAULTS, **recorded}
+    differ = [k for k in settings if made_with.get(k) != settings[k]]
     if differ:
-        what = "; ".join(f"{k}={settings[k]} (the split was made with {recorded.get(k)})" for k in differ)
+        what = "; ".join(f"{k}={settings[k]} (the split was made with {made_with.get(k)})" for k in differ)
         raise DataError(
             f"{what}. The experiment's split {manifest_path} is shared by all its runs and stays as it is; "
             "a different split is a different experiment: add experiment_name=<new name> (each experiment "

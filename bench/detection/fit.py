@@ -60,7 +60,7 @@ def split_detection_set(dset: DetectionSet, cfg, exp_dir: Path) -> dict[str, lis
     small = table["label"].map(table["label"].value_counts()) < 3  # too few to split: one shared stratum
     table.loc[small, "label"] = "(rare)"
     manifest = load_or_create_manifest(Path(exp_dir) / "manifest.csv", table, seed=cfg.data.split_seed,
-                                       fractions=cfg.data.split_fractions)
+                                       fractions=cfg.data.split_fractions, rounding=cfg.data.split_rounding)
     where = dict(zip(manifest["path"], manifest["split"]))
     return {s: [im for im in dset.images if where.get(im.path) == s] for s in SPLITS}
 
