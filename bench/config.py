@@ -210,7 +210,7 @@ class SvmConfig:
     coef0: float = 1.0  # polynomial kernels: (gamma <x, y> + coef0)^degree
     standardize: bool = True  # z-score features (fitted inside each CV fold)
     probability: bool = False  # Platt-scaled probabilities; false: softmax of the decision function
-    balance_to: Optional[int] = None  # augment minority classes up to N training images (paper: 4096)
+    balance_to: Optional[int] = None  # augment minority classes up to N training images (Acevedo 2019: 4,608 per class for the SVM)
     n_jobs: int = 1  # parallel CV fits
 
 

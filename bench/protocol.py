@@ -7,15 +7,22 @@ epochs, batch 32, flips + 60 degree rotations, 64/24/12 split). The recipe is
 ``experiment=gavas2021`` itself, so a run's resolved config is compared with that experiment
 composed for the same model, on the keys that change results, and every difference is
 named: ``trainer.epochs=8 (paper: 25)``.
+
+A run's reference is its recipe derived the way the run was: a variant's recipe
+(``scratch_vs_pretrained/frozen``) is the experiment composed with that variant, a
+cross-validation fold is compared with the recipe's own fold, and a level of the two-level
+classifier with the paper's same level, so the keys those derivations set are the protocol,
+not departures.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +32,27 @@ PROTOCOL_EXPERIMENT = "gavas2021"  # the recipe when a config names none (its Ta
 def recipe_of(cfg: DictConfig) -> str:
     """The experiment whose recipe a run is compared with (``recipe.experiment``, else gavas2021)."""
     return OmegaConf.select(cfg, "recipe.experiment", default=None) or PROTOCOL_EXPERIMENT
+
+
 # The config keys (dotted) that make up the recipe; whole groups are compared key by key.
 PROTOCOL_KEYS = (
-    "data.kind", "data.split_mode", "data.split_fractions", "data.split_rounding", "data.geometry",
-    "data.crop_fraction", "data.classes", "data.class_map",
+    "data.kind", "data.split_mode", "data.n_folds", "data.split_fractions", "data.split_rounding",
+    "data.geometry", "data.crop_fraction", "data.classes", "data.class_map",
     "data.mean", "data.std", "data.augment",
     "model.pretrained", "model.weights", "model.head_hidden", "model.head_dropout",
     "model.freeze_backbone", "model.trainable_blocks",
     "optim", "sched",
     "trainer.epochs", "trainer.max_batches", "trainer.batch_size", "trainer.label_smoothing",
     "trainer.class_weights", "trainer.sampler",
+    "cv.folds", "cv.repeats", "cv.test_fraction", "two_level.enabled", "two_level.groups",
+    # bench-svm (Acevedo et al.): what changes an SVM's results; svm.n_jobs and the list of
+    # feature models (which runs there are) do not.
+    "svm.kernels", "svm.cv_folds", "svm.c_grid", "svm.gamma_grid", "svm.coef0", "svm.standardize",
+    "svm.probability", "svm.balance_to",
 )
+# A declared departure written as found ones are, "KEY=VALUE (paper: ...)", holds only while the
+# run's KEY has that VALUE: "model.weights=none (paper: ImageNet weights)" is lifted by model.weights=PATH.
+_CONDITIONAL = re.compile(r"(?P<key>[A-Za-z_]\w*(?:\.\w+)+)=(?P<value>\S+) \(paper: ")
 
 
 def protocol_deviations(cfg: DictConfig, *, precision: str | None = None) -> list[str] | None:
@@ -48,17 +65,17 @@ def protocol_deviations(cfg: DictConfig, *, precision: str | None = None) -> lis
 
     recipe = recipe_of(cfg)
     try:
-        ref = _reference(recipe, cfg.model.name)
+        ref = _as_level(cfg, _as_fold(cfg, _reference(recipe, cfg.model.name)))
         input_size = get_model_spec(cfg.model.name).input_size
     except Exception as exc:  # e.g. a model with no config node: no verdict rather than a wrong one
         log.debug("no protocol comparison for %s: %s", cfg.model.name, exc)
         return None
     # What the harness always does differently from this paper (declared in the experiment file).
-    found = list(OmegaConf.select(cfg, "recipe.departures", default=None) or [])
+    found, declared_keys = _declared(cfg)
     for key in PROTOCOL_KEYS:
         ours, theirs = _flat(OmegaConf.select(cfg, key), key), _flat(OmegaConf.select(ref, key), key)
         for sub in sorted(set(ours) | set(theirs)):
-            if ours.get(sub) != theirs.get(sub):
+            if ours.get(sub) != theirs.get(sub) and not _governed(sub, declared_keys):
                 found.append(f"{sub}={_text(ours.get(sub))} (paper: {_text(theirs.get(sub))})")
     size = cfg.data.image_size or input_size  # null means the model's own size, as in the paper
     paper_size = ref.data.image_size or input_size
@@ -72,16 +89,78 @@ def protocol_deviations(cfg: DictConfig, *, precision: str | None = None) -> lis
     return found
 
 
+def _recipe_overrides(recipe: str) -> list[str]:
+    """``EXP`` is experiment=EXP; ``EXP/VARIANT`` (what a conf/variant/ file names as its recipe)
+    is experiment=EXP with variant=VARIANT: a frozen run is compared with the frozen recipe."""
+    experiment, _, variant = recipe.partition("/")
+    return [f"experiment={experiment}", *([f"variant={variant}"] if variant else [])]
+
+
 @functools.lru_cache(maxsize=64)
 def _reference_container(recipe: str, model: str) -> str:
     from bench.config import compose_config
 
-    return OmegaConf.to_yaml(compose_config([f"experiment={recipe}", f"model={model}", "data.root=unused"]))
+    return OmegaConf.to_yaml(compose_config([*_recipe_overrides(recipe), f"model={model}", "data.root=unused"]))
 
 
 def _reference(recipe: str, model: str) -> DictConfig:
     """The recipe composed for ``model`` (cached per process: a sweep compares every run with it)."""
     return OmegaConf.create(_reference_container(recipe, model))
+
+
+def _as_fold(cfg: DictConfig, ref: DictConfig) -> DictConfig:
+    """For a cross-validation fold (bench-cv sets data.split_mode, n_folds, fold, split_fractions
+    and resets cv.*), the recipe's own fold; a recipe without cross-validation stays as it is,
+    so a fold of it is a departure."""
+    if cfg.data.split_mode == "holdout" and cfg.data.fold is None:
+        return ref
+    from bench.protocols.cv import plan_folds
+
+    try:
+        return plan_folds(ref)[0].cfg  # the folds differ only in data.fold, which is not compared
+    except ValueError:
+        return ref
+
+
+def _as_level(cfg: DictConfig, ref: DictConfig) -> DictConfig:
+    """For a level of the two-level classifier (its data.classes / class_map derived from
+    two_level.groups), the paper's same level; a level the paper has not gets no classes there.
+    ``ref`` is this call's own (created from the cached text), so it is updated in place."""
+    from bench.protocols.two_level import level_selections
+
+    if not OmegaConf.select(cfg, "two_level.enabled", default=False):
+        return ref
+    try:
+        ours = level_selections(cfg.two_level.groups)
+        theirs = level_selections(ref.two_level.groups) if ref.two_level.enabled else {}
+    except ValueError:  # a grouping that cannot run: the preflight says why
+        return ref
+    selection = {k: _plain(cfg.data.get(k)) for k in ("classes", "class_map")}
+    level = next((name for name, keys in ours.items() if keys == selection), None)
+    if level is None:  # the composed classifier, not one of its levels
+        return ref
+    for key, value in theirs.get(level, {"classes": None, "class_map": None}).items():
+        OmegaConf.update(ref, f"data.{key}", value, merge=False)
+    return ref
+
+
+def _declared(cfg: DictConfig) -> tuple[list[str], set[str]]:
+    """The experiment's declared departures that hold for this run, and the keys the conditional
+    ones speak for (their own words on the paper replace the comparison of that key)."""
+    holding, keys = [], set()
+    for text in OmegaConf.select(cfg, "recipe.departures", default=None) or []:
+        match = _CONDITIONAL.match(str(text))
+        if match is None:
+            holding.append(str(text))
+            continue
+        keys.add(match["key"])
+        if _text(_plain(OmegaConf.select(cfg, match["key"]))) == match["value"]:
+            holding.append(str(text))
+    return holding, keys
+
+
+def _governed(key: str, declared_keys: set[str]) -> bool:
+    return any(key == k or key.startswith(f"{k}.") for k in declared_keys)
 
 
 def _weights_deviation(cfg: DictConfig, ref: DictConfig) -> list[str]:
@@ -101,8 +180,7 @@ def _weights_deviation(cfg: DictConfig, ref: DictConfig) -> list[str]:
 
 def _flat(value: Any, key: str) -> dict[str, Any]:
     """``{dotted key: leaf}`` for a config node or a single value."""
-    if isinstance(value, DictConfig):
-        value = OmegaConf.to_container(value, resolve=True)
+    value = _plain(value)
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for k, v in value.items():
@@ -111,9 +189,15 @@ def _flat(value: Any, key: str) -> dict[str, Any]:
     return {key: value}
 
 
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
 def _text(value: Any) -> str:
     if value is None:
         return "none"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, (list, tuple)):  # [rbf, cubic], as written on the command line
+        return "[" + ", ".join(_text(v) for v in value) + "]"
     return str(value)

@@ -235,3 +235,68 @@ def test_keras_decay_steps_the_learning_rate_every_iteration(make_cfg):
                          "trainer.sched_interval=step", "optim.lr=0.01"))
     history = pd.read_csv(runs.RunDir(Path(out["run_dir"])).history)
     assert history["lr"].tolist() == pytest.approx([0.01, 0.01 / 2, 0.01 / 3])
+
+
+# --------------------------------------------------------------------------- what a run is compared with
+@pytest.mark.parametrize("variant", ["frozen", "scratch"])
+def test_a_variant_run_is_compared_with_its_variant_of_the_recipe(variant):
+    # The paper's two variants (issue 14): frozen = ImageNet weights, backbone frozen, the new head;
+    # scratch = random initialisation, the stock architecture. Neither departs from its own recipe.
+    cfg = compose_cfg("experiment=scratch_vs_pretrained", f"variant={variant}", "data.root=/d", "model=vgg16")
+    found = protocol_deviations(cfg)
+    # Only what the variant declares: the frozen head reads pooled features; the scratch run is
+    # the stock architecture, so that departure is not its.
+    assert found == {"frozen": ["the head reads the pooled features (paper: the flattened last convolutional "
+                                "map, 7x7x512 for VGG)"], "scratch": []}[variant]
+    # A change inside a variant is still a departure from that variant.
+    assert protocol_deviations(compose_cfg("experiment=scratch_vs_pretrained", f"variant={variant}",
+                                           "data.root=/d", "model=vgg16", "trainer.epochs=5")) == [
+        *found, "trainer.epochs=5 (paper: 100)"]
+
+
+def test_cheuque_levels_and_folds_follow_the_paper():
+    from bench.protocols.cv import plan_folds
+    from bench.protocols.two_level import level_configs
+
+    cfg = compose_cfg("experiment=cheuque2022_two_level", "data.root=/d")
+    declared = list(cfg.recipe.departures)
+    fold = plan_folds(cfg)[3].cfg  # bench-cv: Monte Carlo repetition 3 of 10 (their protocol)
+    level1, level2 = level_configs(fold)
+    assert list(level1.data.classes) == ["lymphocyte", "monocyte", "neutrophil", "eosinophil"]  # derived ...
+    for run in (fold, level1, *level2.values()):  # ... but the two-level protocol itself: no departure
+        assert protocol_deviations(run) == declared
+    # Other groups change the levels: a departure, named.
+    moved = compose_cfg("experiment=cheuque2022_two_level", "data.root=/d",
+                        "two_level.groups.mononuclear=[lymphocyte,monocyte,basophil]")
+    found = protocol_deviations(level_configs(plan_folds(moved)[0].cfg)[0])
+    assert "data.class_map.basophil=mononuclear (paper: none)" in found
+    assert "two_level.groups.mononuclear=[lymphocyte, monocyte, basophil] (paper: [lymphocyte, monocyte])" in found
+
+
+def test_converted_weights_lift_cheuques_declared_no_imagenet_departure():
+    from bench.protocols.two_level import level_configs
+
+    without = protocol_deviations(compose_cfg("experiment=cheuque2022_two_level", "data.root=/d"))
+    assert any(d.startswith("model.weights=none (paper: ImageNet") for d in without)
+    cfg = compose_cfg("experiment=cheuque2022_two_level", "data.root=/d", "model.weights=/w/mobilenet_050_keras.pt")
+    level1, level2 = level_configs(cfg)
+    for run in (cfg, level1, *level2.values()):
+        found = protocol_deviations(run)
+        assert not any("ImageNet" in d or d.startswith("model.weights") for d in found), found
+        assert any("Faster R-CNN" in d for d in found)  # the other declared departure still holds
+
+
+def test_acevedo_svm_is_scikit_learns_defaults_and_its_options_are_compared():
+    svm = compose_cfg("experiment=acevedo2019_svm", "data.root=/d")
+    # scikit-learn's SVC defaults (C=1.0, coef0=0.0), no scaling, as the paper.
+    from sklearn.svm import SVC
+
+    assert list(svm.svm.c_grid) == [SVC().C] and svm.svm.coef0 == SVC().coef0 and svm.svm.standardize is False
+    declared = protocol_deviations(svm)
+    assert any(d.startswith("VGG16 features from fc7") for d in declared)  # the layer read is said
+    changed = protocol_deviations(compose_cfg("experiment=acevedo2019_svm", "data.root=/d", "svm.balance_to=null",
+                                              "svm.coef0=1", "svm.kernels=[rbf]", "svm.c_grid=[1,10]",
+                                              "svm.standardize=true"))
+    assert set(changed) - set(declared) == {
+        "svm.balance_to=none (paper: 4608)", "svm.coef0=1.0 (paper: 0.0)", "svm.kernels=[rbf] (paper: [rbf, cubic])",
+        "svm.c_grid=[1.0, 10.0] (paper: [1.0])", "svm.standardize=true (paper: false)"}

@@ -141,12 +141,13 @@ def test_notebook_runs_top_to_bottom(sweep, monkeypatch):
 
 # --------------------------------------------------------------------------- hand-made run folders
 def _fake_run(exp: Path, model: str, seed: int, y: dict, pred: dict, *, gflops=1.0, train_time=10.0,
-              classes=CLASSES, epochs=3) -> None:
-    """A completed run folder as bench.train writes it, from given labels and predictions per split."""
+              classes=CLASSES, epochs=3, **recorded) -> None:
+    """A completed run folder as bench.train writes it, from given labels and predictions per split;
+    ``recorded``: more metrics.json keys (recipe, protocol_deviations)."""
     rd = runs.RunDir.for_run(exp, model, seed)
     metrics = {"experiment": exp.name, "model": model, "seed": seed, "status": "completed", "classes": classes,
                "params_m": gflops * 2, "gflops": gflops, "train_time_s": train_time, "epochs": epochs,
-               "best_epoch": epochs, "data_root": "/data/PBC_dataset_normal_DIB"}
+               "best_epoch": epochs, "data_root": "/data/PBC_dataset_normal_DIB", **recorded}
     for split in ("val", "test"):
         metrics[split] = classification_metrics(y[split], pred[split], classes)
         probs = np.full((len(y[split]), len(classes)), 0.01)
@@ -243,3 +244,57 @@ def test_thirty_runs_take_seconds(tmp_path):
     table = text.split("## Ranking with uncertainty")[1].split("*How to read")[0]
     assert table.count("\n| ") == 31 + 1  # header + 30 runs + 1 ensemble
     assert elapsed < 120, f"report took {elapsed:.1f} s"  # ~6 s on 2 idle cores; only a runaway fails
+
+
+# --------------------------------------------------------------------------- published numbers beside ours
+def _section(text: str, heading: str) -> str:
+    return text.split(heading)[1].split("\n## ")[0]
+
+
+def _runs_of(exp: Path, models: list[str], classes=CLASSES, **recorded) -> None:
+    """Runs right on every test image (test accuracy 1), with the given recipe / departures."""
+    y = {"val": np.arange(16) % len(classes), "test": np.arange(24) % len(classes)}
+    for model in models:
+        _fake_run(exp, model, 0, y, {"val": y["val"], "test": y["test"]}, classes=classes, **recorded)
+
+
+def test_published_gavas_numbers_only_beside_runs_of_its_recipe(tmp_path):
+    table2 = pd.read_csv(Path(report.__file__).resolve().parents[1] / "reference" / "gavas2021_table2.csv")
+    paper = table2.set_index("model").loc["resnet18", "overall"]
+
+    # Another paper's recipe: Gavas' rows are left out, and the report says why.
+    _runs_of(tmp_path / "acevedo", ["vgg16", "inception_v3"], recipe="acevedo2019_finetune",
+             protocol_deviations=["trains the last 2 blocks (paper: the last four convolutional blocks)"])
+    text = report.build_report(tmp_path / "acevedo").read_text()
+    assert "Gavas & Olpadkar 2021, Table 2)" not in text and "published (" not in text
+    assert "ours − paper" not in text and "## Comparison with published results" not in text
+    assert "Published numbers:" not in text
+    for block in ("## Class-wise test accuracy", "## Test accuracy and macro metrics"):
+        note = _section(text, block)
+        assert "**Not a replication**" in note and "follow experiment=acevedo2019_finetune" in note, note
+
+    # Gavas' recipe with a departure: the published rows, no difference, and "not a replication" in both blocks.
+    _runs_of(tmp_path / "short", ["resnet18"], recipe="gavas2021", protocol_deviations=["trainer.epochs=3 (paper: 25)"])
+    text = report.build_report(tmp_path / "short").read_text()
+    for block in ("## Class-wise test accuracy (as the paper's Table 2)",
+                  "## Comparison with published results (as the paper's Table 3)"):
+        note = _section(text, block)
+        assert "**Not a replication**" in note and "resnet18: trainer.epochs=3 (paper: 25)" in note, note
+    assert re.search(r"\| resnet18 \|[^\n]* \| - \|\n", _section(text, "## Class-wise test accuracy"))
+    assert "Published numbers: Gavas & Olpadkar 2021" in text
+
+    # Gavas' recipe followed: ours − paper is shown (1 - the published 0.9917).
+    _runs_of(tmp_path / "follows", ["resnet18"], recipe="gavas2021", protocol_deviations=[])
+    text = report.build_report(tmp_path / "follows").read_text()
+    assert f"| {100 * (1 - paper):+.2f} |" in _section(text, "## Class-wise test accuracy")
+    assert "Every run compared here followed the published protocol." in _section(
+        text, "## Comparison with published results (as the paper's Table 3)")
+
+
+def test_data_of_other_classes_gets_no_published_heading_or_source(tmp_path):
+    _runs_of(tmp_path / "four", ["resnet18"], classes=["eosinophil", "lymphocyte", "monocyte", "neutrophil"],
+             recipe="gavas2021", protocol_deviations=[])
+    text = report.build_report(tmp_path / "four").read_text()
+    assert "## Test accuracy and macro metrics" in text
+    assert "as the paper's Table" not in text and "Published numbers:" not in text and "published (" not in text
+    assert "so none is shown next to these" in text  # the data note says why

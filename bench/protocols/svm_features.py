@@ -8,7 +8,8 @@ Features
     The network's classification head is replaced by ``nn.Identity`` (the head table of
     :mod:`bench.models.heads`), so a feature is what the head read: VGG16's 4096-d output
     of its penultimate fully connected layer (fc7, after ReLU; dropout is off in eval
-    mode), Inception v3's 2048-d globally pooled features, ResNet50's 2048-d pool. Images
+    mode; Acevedo et al. removed the fully connected layers, a departure the experiment
+    declares), Inception v3's 2048-d globally pooled features, ResNet50's 2048-d pool. Images
     are resized to the model's input size (``data.image_size`` null) and normalised with
     ``data.mean``/``data.std``, no augmentation. Features are computed once per model,
     weights and split and cached as ``<exp_dir>/features/<model>-<weights tag>-<split>-<size>.npz``
@@ -18,7 +19,7 @@ Features
     if its image paths, labels, normalisation (and augmentation) match the current split;
     otherwise it is recomputed. Writes are atomic (``bench.runs``).
 
-Class balancing (``svm.balance_to=N``; the paper used 4096)
+Class balancing (``svm.balance_to=N``; the paper augmented to 4,608 per class, the experiment's value)
     Every training class with fewer than N images gets N - n_c augmented copies of its own
     images (cycled through a seeded permutation; the harness's flips and rotations,
     ``data.augment``), whose features are cached as split ``train-balanced<N>-seed<seed>``.
@@ -27,9 +28,11 @@ Class balancing (``svm.balance_to=N``; the paper used 4096)
     a training fold and, augmented, in the fold that scores it.
 
 Classifier
-    ``StandardScaler`` (``svm.standardize``) + ``sklearn.svm.SVC`` with the kernel
+    [``StandardScaler`` (``svm.standardize``) +] ``sklearn.svm.SVC`` with the kernel
     (``rbf``, ``linear``, ``cubic`` = polynomial of degree 3, ``quadratic``, ``poly<d>``;
-    polynomial kernels use ``coef0=svm.coef0``, 1 by default: (gamma <x, y> + 1)^d).
+    polynomial kernels use ``coef0=svm.coef0``: (gamma <x, y> + coef0)^d). The schema's
+    default coef0 is 1 (MATLAB's); experiment=acevedo2019_svm sets scikit-learn's defaults,
+    as the paper: coef0 0, C 1 (``svm.c_grid=[1.0]``), no standardisation.
     ``C`` from ``svm.c_grid`` (and ``gamma`` from ``svm.gamma_grid`` for non-linear kernels)
     is chosen by stratified ``svm.cv_folds``-fold cross-validation on the training split
     (accuracy; ties: the first grid point), every fold's accuracy of the chosen point is

@@ -3,7 +3,7 @@
 Level 1 tells groups of classes apart (``two_level.groups``; default mononuclear =
 lymphocyte, monocyte and polymorphonuclear = neutrophil, eosinophil); level 2 has one
 classifier per group for its classes. Each level is an ordinary run of
-:func:`bench.train.train` on the same split: the split is made over all classes first,
+:func:`bench.training.run_training` on the same split: the split is made over all classes first,
 then ``data.classes`` keeps the grouped classes and ``data.class_map`` renames them to
 their group (level 1) or keeps one group's classes (level 2). Images of classes outside
 every group are excluded and counted (``n_excluded``, ``excluded_by_class``).
@@ -75,23 +75,34 @@ def level_experiment(cfg: DictConfig, level: str) -> str:
     return f"{cfg.experiment_name}/levels/{level}"
 
 
+def level_selections(groups) -> dict[str, dict[str, Any]]:
+    """``{level: {"classes": ..., "class_map": ...}}``: the data keys each level's run gets from
+    the groups (level1, then level2-<group> per group of two or more classes). The protocol
+    check (bench/protocol.py) derives the paper's levels with it too: these keys are the
+    two-level protocol, not a run's departures."""
+    groups = validate_groups(groups)
+    grouped = [c for members in groups.values() for c in members]
+    out = {"level1": {"classes": grouped, "class_map": {c: g for g, members in groups.items() for c in members}}}
+    out.update({f"level2-{g}": {"classes": members, "class_map": None}
+                for g, members in groups.items() if len(members) > 1})
+    return out
+
+
 def level_configs(cfg: DictConfig) -> tuple[DictConfig, dict[str, DictConfig]]:
     """The level-1 config and one level-2 config per group of two or more classes."""
-    groups = validate_groups(cfg.two_level.groups)
+    selections = level_selections(cfg.two_level.groups)
     if cfg.data.classes or cfg.data.class_map:
         log.warning("two_level: data.classes / data.class_map are set by the groups; the given values are ignored")
-    grouped = [c for members in groups.values() for c in members]
 
-    def derive(level: str, classes: list[str], class_map: dict | None) -> DictConfig:
+    def derive(level: str) -> DictConfig:
         out = copy.deepcopy(cfg)
         OmegaConf.update(out, "experiment_name", level_experiment(cfg, level))
-        OmegaConf.update(out, "data.classes", classes, merge=False)
-        OmegaConf.update(out, "data.class_map", class_map, merge=False)
+        for key, value in selections[level].items():
+            OmegaConf.update(out, f"data.{key}", value, merge=False)
         return out
 
-    level1 = derive("level1", grouped, {c: g for g, members in groups.items() for c in members})
-    level2 = {g: derive(f"level2-{g}", members, None) for g, members in groups.items() if len(members) > 1}
-    return level1, level2
+    level2 = {level.removeprefix("level2-"): derive(level) for level in selections if level != "level1"}
+    return derive("level1"), level2
 
 
 # --------------------------------------------------------------------------- the protocol

@@ -45,6 +45,18 @@ class Entry:
     def predictions_path(self, split: str) -> Path:
         return self.root / f"predictions_{split}.csv"
 
+    @property
+    def recipe(self) -> str:
+        """The experiment whose recipe the run was measured against (runs from before recipes
+        were recorded: gavas2021's, as the leaderboard reads them)."""
+        return self.metrics.get("recipe") or lb.PROTOCOL_RECIPE
+
+    @property
+    def follows_gavas(self) -> bool:
+        """A run of experiment=gavas2021 with no departure: the only kind whose number may be
+        read against Gavas & Olpadkar's published one as a replication."""
+        return self.recipe == lb.PROTOCOL_RECIPE and self.metrics.get("protocol_deviations") == []
+
 
 @dataclass
 class Predictions:

@@ -12,7 +12,7 @@ from bench import leaderboard as lb
 from bench import runs, stats
 from bench.report.loading import ExperimentResults, is_fixed
 from bench.report.tables import (DEFAULT_TOP, MACRO_TABLE3, PAPER, class_accuracy_table, comparison_table,
-                                 published_class_accuracy, seed_table, statistics_table)
+                                 published_class_accuracy, published_left_out, seed_table, statistics_table)
 
 PBC_CITATION = "Acevedo et al., Data in Brief 30 (2020) 105474, CC BY 4.0"
 
@@ -128,6 +128,8 @@ def _protocol_note(res: ExperimentResults, models: set[str]) -> str:
             text = lb.protocol_text(entry.metrics.get("protocol_deviations"))
             if text == lb.PROTOCOL_UNKNOWN:
                 text = "not recorded (written by an older bench)"
+            if entry.recipe != lb.PROTOCOL_RECIPE:
+                text = f"follows experiment={entry.recipe}, not experiment={lb.PROTOCOL_RECIPE}"
             if text != lb.PROTOCOL_FOLLOWED:
                 differ.setdefault(text, []).append(entry.label)
     if not differ:
@@ -135,6 +137,17 @@ def _protocol_note(res: ExperimentResults, models: set[str]) -> str:
     parts = [f"{', '.join(labels)}: {text}" for text, labels in differ.items()]
     return ("**Not a replication** where a run departs from the published protocol, so read these "
             "differences with that in mind: " + " | ".join(parts) + ".")
+
+
+def _left_out_note(res: ExperimentResults, table: str) -> list[str]:
+    """Why the published rows of ``table`` are absent for runs of another paper's recipe."""
+    left_out = published_left_out(res)
+    if not left_out:
+        return []
+    runs_of = "; ".join(f"{', '.join(labels)} follow experiment={recipe}" for recipe, labels in left_out.items())
+    return ["", f"**Not a replication**: {runs_of}, not experiment={lb.PROTOCOL_RECIPE}, so {PAPER}'s published "
+            f"{table} numbers are left out; each run's own recipe and its departures from it are in the "
+            "leaderboard's protocol column."]
 
 
 def _data_note(res: ExperimentResults) -> str:
@@ -226,32 +239,38 @@ def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int
                   "Mean and sample standard deviation over the completed seeds of each model "
                   "(sd `-` for a single seed).", "", md_table(cells)]
 
-    lines += ["", "## Class-wise test accuracy (as the paper's Table 2)", ""]
+    published_shown = False
     classes = class_accuracy_table(res)
+    published = published_class_accuracy(res) if len(classes) else None
+    lines += ["", "## Class-wise test accuracy" + (" (as the paper's Table 2)" if published is not None else ""), ""]
     if len(classes):
         mean_note = " Models with several seeds: mean over seeds." if res.several_seeds else ""
         shown = _fmt_frac_table(classes)
         shown.columns = _with_support(res, list(classes.columns))
         lines += [f"Accuracy per class (= recall), %; n = test images of the class; best per column in bold; rows "
                   f"by validation accuracy.{mean_note}", "", md_table(shown, bold=list(shown.columns), index=True)]
-        published = published_class_accuracy(res)
         if published is not None:
+            published_shown = True
             shown = _fmt_frac_table(published.drop(columns="ours_minus_paper"))
             shown["ours − paper (overall)"] = [f"{100 * d:+.2f}" if math.isfinite(d) else "-"
                                               for d in published["ours_minus_paper"]]
             lines += ["", f"Published class-wise accuracy for the same models ({PAPER}, Table 2), %. "
-                      "Their split is not ours: differences of a few tenths are within split-to-split noise. "
+                      "Their split is not ours: differences of a few tenths are within split-to-split noise; "
+                      "ours − paper only for models whose every run followed the recipe. "
                       + _protocol_note(res, set(published.index)),
                       "", md_table(shown, bold=list(published.columns.drop("ours_minus_paper")), index=True)]
+        lines += _left_out_note(res, "Table 2")
         if "classes" in figures:
             lines += ["", _link("classes", "class-wise test accuracy heatmap")]
     else:
         lines.append(_no_runs(res))
 
-    lines += ["", "## Comparison with published results (as the paper's Table 3)", ""]
     comp = comparison_table(res, top=top)
+    ours = comp["source"] == "this experiment"
+    published_shown |= bool((~ours).any())
+    lines += ["", "## Comparison with published results (as the paper's Table 3)" if (~ours).any()
+              else "## Test accuracy and macro metrics", ""]
     if len(comp):
-        ours = comp["source"] == "this experiment"
         cells = comp.copy()
         for col in ("accuracy", *MACRO_TABLE3):
             cells[col] = [f"{v:.2f}" if math.isfinite(v) else "-" for v in comp[col]]
@@ -262,10 +281,12 @@ def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int
         fixed_note = (f" {', '.join(fixed)}: the paper's own four models, fixed and hard-voted, to compare with its "
                       "ensemble like for like (the paper chose them on its test set, which this harness never does: "
                       "the ensembles chosen on validation are the honest headline)." if fixed else "")
+        replication = (" " + _protocol_note(res, {e.model for e in res.runs})) if (~ours).any() else ""
         lines += [f"Test accuracy and macro (one-vs-rest) precision, sensitivity, specificity, %, for the top {top} "
                   "models by validation accuracy and the ensembles"
                   + (f", then the published numbers ({PAPER}, Table 3)" if (~ours).any() else "")
-                  + ". Bold: best of this experiment." + fixed_note, "", table]
+                  + ". Bold: best of this experiment." + fixed_note + replication, "", table]
+        lines += _left_out_note(res, "Table 3")
     else:
         lines.append(_no_runs(res))
 
@@ -304,5 +325,6 @@ def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int
     else:
         lines.append("None.")
 
-    lines += ["", "---", "", _data_note(res) + f" Published numbers: {PAPER}, arXiv:2110.09508.", ""]
+    source = f" Published numbers: {PAPER}, arXiv:2110.09508." if published_shown else ""
+    lines += ["", "---", "", _data_note(res) + source, ""]
     return "\n".join(lines)

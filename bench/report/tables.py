@@ -131,22 +131,34 @@ def _reference_key(model: str, names: Sequence[str]) -> str | None:
     return name if prefix == "torchvision" and name in names else None
 
 
+def _gavas_runs(res: ExperimentResults) -> dict[str, list]:
+    """Model -> its runs measured against experiment=gavas2021 (the recipe of the published tables)."""
+    out: dict[str, list] = {}
+    for e in res.runs:
+        if e.recipe == lb.PROTOCOL_RECIPE:
+            out.setdefault(e.model, []).append(e)
+    return out
+
+
 def published_class_accuracy(res: ExperimentResults) -> pd.DataFrame | None:
-    """The paper's Table 2 rows for the models of this experiment (fractions), with
-    ``ours_minus_paper`` (overall); None without the reference file or a matching model."""
+    """The paper's Table 2 rows for the models of this experiment run on its recipe (fractions),
+    with ``ours_minus_paper`` (overall) where every seed followed it (NaN otherwise, as the
+    leaderboard's paper_diff); None without the reference file or a matching model."""
     table = res.reference_table(TABLE2_CSV)
     if table is None or "model" not in table.columns or "overall" not in table.columns:
         return None
     names = table["model"].astype(str).tolist()
     ours = class_accuracy_table(res)
+    gavas = _gavas_runs(res)
     rows = []
     for model in ours.index:
         ref = _reference_key(str(model), names)
-        if ref is None:
+        if ref is None or str(model) not in gavas:  # another paper's recipe: Gavas' row is no target
             continue
         paper = table[table["model"].astype(str) == ref].iloc[0]
         row = {c: lb._num(paper.get(c)) for c in [*res.classes, "overall"]}
-        row["ours_minus_paper"] = ours.loc[model, "overall"] - row["overall"]
+        followed = all(e.follows_gavas for e in gavas[str(model)])
+        row["ours_minus_paper"] = ours.loc[model, "overall"] - row["overall"] if followed else math.nan
         rows.append(pd.Series(row, name=str(model)))
     if not rows:
         return None
@@ -176,13 +188,30 @@ def comparison_table(res: ExperimentResults, top: int = DEFAULT_TOP) -> pd.DataF
     return pd.DataFrame(rows, columns=["source", "model", *cols])
 
 
-def _any_published_model(res: ExperimentResults) -> bool:
+def _published_names(res: ExperimentResults) -> list[str]:
     names: list[str] = []
     for filename, column in ((TABLE2_CSV, "model"), (TABLE3_CSV, "method")):
         table = res.reference_table(filename)
         if table is not None and column in table.columns:
             names += table[column].astype(str).tolist()
-    return any(_reference_key(e.model, names) for e in res.runs)
+    return names
+
+
+def _any_published_model(res: ExperimentResults) -> bool:
+    """A model of the published tables run on their recipe (experiment=gavas2021)."""
+    names = _published_names(res)
+    return any(_reference_key(e.model, names) for e in res.runs if e.recipe == lb.PROTOCOL_RECIPE)
+
+
+def published_left_out(res: ExperimentResults) -> dict[str, list[str]]:
+    """Recipe -> the runs of a published model that were measured against another paper's recipe,
+    whose published Gavas rows the report therefore leaves out."""
+    names = _published_names(res)
+    out: dict[str, list[str]] = {}
+    for e in res.runs:
+        if e.recipe != lb.PROTOCOL_RECIPE and _reference_key(e.model, names):
+            out.setdefault(e.recipe, []).append(e.label)
+    return out
 
 
 def unfinished_table(res: ExperimentResults) -> pd.DataFrame:
