@@ -663,6 +663,13 @@ def format_leaderboard(df: pd.DataFrame, max_rows: int | None = None) -> str:
         lines.append("(no runs)")
     if len(df) > len(shown):
         lines.append(f"... {len(df) - len(shown)} more rows")
+    if "warnings" in df.columns:
+        warned = df[df["warnings"].notna() & (df["warnings"].astype(str) != "")]
+        if len(warned):
+            names = ", ".join(f"{r['model']}" + (f"/seed{int(r['seed'])}" if pd.notna(r.get("seed")) else "")
+                              for r in warned.to_dict("records"))
+            lines.append(f"{len(warned)} run(s) with a warning ({names}): read it in leaderboard.csv's warnings "
+                         "column before their numbers.")
     if {"protocol", "paper_test_acc"} <= set(df.columns):
         done = df[(df["status"] == runs.STATUS_COMPLETED) & df["paper_test_acc"].notna()]
         departing = int((done["protocol"] != PROTOCOL_FOLLOWED).sum())

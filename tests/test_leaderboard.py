@@ -242,3 +242,11 @@ def test_status_json_fields_used_for_identity(tmp_path):
     board = lb.build_leaderboard(tmp_path)
     assert _row(board, "timm/convnext_tiny", 3)["rank"] == 1
     assert json.loads((tmp_path / "runs/timm--convnext_tiny/seed3/status.json").read_text())["seed"] == 3
+
+
+def test_the_printed_leaderboard_names_the_runs_with_a_warning(exp):
+    board = lb.build_leaderboard(exp)
+    assert "with a warning" not in lb.format_leaderboard(board)
+    board.loc[board["model"] == "resnet18", "warnings"] = "the model predicts 'a' for 97% of the validation images"
+    last = lb.format_leaderboard(board).splitlines()[-1]
+    assert last.startswith("1 run(s) with a warning (resnet18/seed0)"), last

@@ -298,3 +298,15 @@ def test_data_of_other_classes_gets_no_published_heading_or_source(tmp_path):
     assert "## Test accuracy and macro metrics" in text
     assert "as the paper's Table" not in text and "Published numbers:" not in text and "published (" not in text
     assert "so none is shown next to these" in text  # the data note says why
+
+
+def test_a_runs_warnings_are_in_the_report_beside_its_numbers(tmp_path):
+    warning = "the model predicts 'neutrophil' for 97% of the validation images, where it is 40% of them"
+    _runs_of(tmp_path / "warned", ["resnet18"], warnings=[warning])
+    _runs_of(tmp_path / "warned", ["simple_cnn"])
+    text = report.build_report(tmp_path / "warned").read_text()
+    section = text.split("## Warnings", 1)[1].split("\n## ", 1)[0]
+    assert "1 warning(s) from 1 run(s)" in section and warning in section and "resnet18" in section
+    assert "simple_cnn" not in section
+    _runs_of(tmp_path / "quiet", ["simple_cnn"])
+    assert "## Warnings" not in report.build_report(tmp_path / "quiet").read_text()

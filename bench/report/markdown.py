@@ -200,6 +200,16 @@ def _with_support(res: ExperimentResults, columns: list[str]) -> list[str]:
     return [f"{c} (n={support[c]})" if c in support else c for c in columns]
 
 
+def _warnings_md(res: ExperimentResults) -> list[str]:
+    """What the runs warned about (a run predicting one class, classes left out, ...), so a number in
+    the tables above is never read without it."""
+    rows = [(e.label, w) for e in res.runs for w in (e.metrics.get("warnings") or [])]
+    if not rows:
+        return []
+    return ["", "## Warnings", "", f"{len(rows)} warning(s) from {len({r for r, _ in rows})} run(s); read the "
+            "numbers above with them.", "", md_table(pd.DataFrame(rows, columns=["run", "warning"]))]
+
+
 def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int = DEFAULT_TOP,
                     n_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED,
                     confidence: float = stats.DEFAULT_CONFIDENCE, alpha: float = stats.DEFAULT_ALPHA) -> str:
@@ -316,6 +326,7 @@ def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int
     if res.detectors:
         lines += _detection_md(res, figures)
 
+    lines += _warnings_md(res)
     lines += ["", "## Failed and unfinished runs", ""]
     if n_unfinished:
         cells = res.unfinished.copy()
