@@ -215,10 +215,32 @@ def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int
                     confidence: float = stats.DEFAULT_CONFIDENCE, alpha: float = stats.DEFAULT_ALPHA) -> str:
     """The Markdown text of the report; ``figures`` maps figure keys (:data:`FIGURES`) that were written."""
     st = statistics_table(res, n_resamples=n_resamples, seed=seed, confidence=confidence, alpha=alpha)
+    lines = _header_md(res)
+    if res.runs or res.ensembles:
+        lines += _statistics_md(res, st, alpha, confidence, n_resamples, seed)
+        if "ci" in figures:
+            lines += ["", _link("ci", "test accuracy with 95% bootstrap intervals")]
+    else:
+        lines.append(_no_runs(res))
+    if res.several_seeds:
+        lines += _seeds_md(res)
+    class_lines, published_in_classes = _class_accuracy_md(res, figures)
+    comparison_lines, published_in_comparison = _comparison_md(res, top)
+    lines += class_lines + comparison_lines + _figures_md(res, figures, top)
+    if res.detectors:
+        lines += _detection_md(res, figures)
+    lines += _warnings_md(res) + _unfinished_md(res)
+    source = (f" Published numbers: {PAPER}, arXiv:2110.09508."
+              if published_in_classes or published_in_comparison else "")
+    lines += ["", "---", "", _data_note(res) + source, ""]
+    return "\n".join(lines)
+
+
+def _header_md(res: ExperimentResults) -> list[str]:
     models = sorted({e.model for e in res.runs})
     n_unfinished = len(res.unfinished)
     failed = int((res.unfinished["status"] == runs.STATUS_FAILED).sum()) if n_unfinished else 0
-    lines = [
+    return [
         f"# Report: {res.name}",
         "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `bench-report` from `{res.exp_dir}`. "
@@ -230,76 +252,79 @@ def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int
         "## Ranking with uncertainty",
         "",
     ]
-    if res.runs or res.ensembles:
-        lines += _statistics_md(res, st, alpha, confidence, n_resamples, seed)
-        if "ci" in figures:
-            lines += ["", _link("ci", "test accuracy with 95% bootstrap intervals")]
-    else:
-        lines.append(_no_runs(res))
 
-    if res.several_seeds:
-        seeds = seed_table(res)
-        cells = pd.DataFrame({
-            "model": seeds["model"], "seeds": seeds["n_seeds"].astype(str),
-            **{f"{split} acc % (mean ± sd)": [f"{_pct(m)} ± {_pct(s)}" for m, s in
-                                             zip(seeds[f"{split}_acc_mean"], seeds[f"{split}_acc_std"])]
-               for split in ("val", "test")},
-        })
-        lines += ["", "## Across seeds", "",
-                  "Mean and sample standard deviation over the completed seeds of each model "
-                  "(sd `-` for a single seed).", "", md_table(cells)]
 
-    published_shown = False
+def _seeds_md(res: ExperimentResults) -> list[str]:
+    seeds = seed_table(res)
+    cells = pd.DataFrame({
+        "model": seeds["model"], "seeds": seeds["n_seeds"].astype(str),
+        **{f"{split} acc % (mean ± sd)": [f"{_pct(m)} ± {_pct(s)}" for m, s in
+                                         zip(seeds[f"{split}_acc_mean"], seeds[f"{split}_acc_std"])]
+           for split in ("val", "test")},
+    })
+    return ["", "## Across seeds", "",
+            "Mean and sample standard deviation over the completed seeds of each model "
+            "(sd `-` for a single seed).", "", md_table(cells)]
+
+
+def _class_accuracy_md(res: ExperimentResults, figures: dict[str, str]) -> tuple[list[str], bool]:
+    """The class-wise section, and whether it shows published numbers (only beside runs of their recipe)."""
     classes = class_accuracy_table(res)
     published = published_class_accuracy(res) if len(classes) else None
-    lines += ["", "## Class-wise test accuracy" + (" (as the paper's Table 2)" if published is not None else ""), ""]
-    if len(classes):
-        mean_note = " Models with several seeds: mean over seeds." if res.several_seeds else ""
-        shown = _fmt_frac_table(classes)
-        shown.columns = _with_support(res, list(classes.columns))
-        lines += [f"Accuracy per class (= recall), %; n = test images of the class; best per column in bold; rows "
-                  f"by validation accuracy.{mean_note}", "", md_table(shown, bold=list(shown.columns), index=True)]
-        if published is not None:
-            published_shown = True
-            shown = _fmt_frac_table(published.drop(columns="ours_minus_paper"))
-            shown["ours − paper (overall)"] = [f"{100 * d:+.2f}" if math.isfinite(d) else "-"
-                                              for d in published["ours_minus_paper"]]
-            lines += ["", f"Published class-wise accuracy for the same models ({PAPER}, Table 2), %. "
-                      "Their split is not ours: differences of a few tenths are within split-to-split noise; "
-                      "ours − paper only for models whose every run followed the recipe. "
-                      + _protocol_note(res, set(published.index)),
-                      "", md_table(shown, bold=list(published.columns.drop("ours_minus_paper")), index=True)]
-        lines += _left_out_note(res, "Table 2")
-        if "classes" in figures:
-            lines += ["", _link("classes", "class-wise test accuracy heatmap")]
-    else:
-        lines.append(_no_runs(res))
+    lines = ["", "## Class-wise test accuracy" + (" (as the paper's Table 2)" if published is not None else ""), ""]
+    if not len(classes):
+        return lines + [_no_runs(res)], False
+    mean_note = " Models with several seeds: mean over seeds." if res.several_seeds else ""
+    shown = _fmt_frac_table(classes)
+    shown.columns = _with_support(res, list(classes.columns))
+    lines += [f"Accuracy per class (= recall), %; n = test images of the class; best per column in bold; rows "
+              f"by validation accuracy.{mean_note}", "", md_table(shown, bold=list(shown.columns), index=True)]
+    if published is not None:
+        shown = _fmt_frac_table(published.drop(columns="ours_minus_paper"))
+        shown["ours − paper (overall)"] = [f"{100 * d:+.2f}" if math.isfinite(d) else "-"
+                                          for d in published["ours_minus_paper"]]
+        lines += ["", f"Published class-wise accuracy for the same models ({PAPER}, Table 2), %. "
+                  "Their split is not ours: differences of a few tenths are within split-to-split noise; "
+                  "ours − paper only for models whose every run followed the recipe. "
+                  + _protocol_note(res, set(published.index)),
+                  "", md_table(shown, bold=list(published.columns.drop("ours_minus_paper")), index=True)]
+    lines += _left_out_note(res, "Table 2")
+    if "classes" in figures:
+        lines += ["", _link("classes", "class-wise test accuracy heatmap")]
+    return lines, published is not None
 
+
+def _comparison_md(res: ExperimentResults, top: int) -> tuple[list[str], bool]:
+    """Test accuracy and macro metrics of the top runs and the ensembles, with the paper's Table 3 rows
+    when the runs follow its recipe; and whether those published rows are shown."""
     comp = comparison_table(res, top=top)
     ours = comp["source"] == "this experiment"
-    published_shown |= bool((~ours).any())
-    lines += ["", "## Comparison with published results (as the paper's Table 3)" if (~ours).any()
-              else "## Test accuracy and macro metrics", ""]
-    if len(comp):
-        cells = comp.copy()
-        for col in ("accuracy", *MACRO_TABLE3):
-            cells[col] = [f"{v:.2f}" if math.isfinite(v) else "-" for v in comp[col]]
-        table = md_table(cells[ours], bold=["accuracy", *MACRO_TABLE3])
-        if (~ours).any():
-            table += "\n" + "\n".join(md_table(cells[~ours]).splitlines()[2:])
-        fixed = [e.model for e in res.ensembles if is_fixed(e)]
-        fixed_note = (f" {', '.join(fixed)}: the paper's own four models, fixed and hard-voted, to compare with its "
-                      "ensemble like for like (the paper chose them on its test set, which this harness never does: "
-                      "the ensembles chosen on validation are the honest headline)." if fixed else "")
-        replication = (" " + _protocol_note(res, {e.model for e in res.runs})) if (~ours).any() else ""
-        lines += [f"Test accuracy and macro (one-vs-rest) precision, sensitivity, specificity, %, for the top {top} "
-                  "models by validation accuracy and the ensembles"
-                  + (f", then the published numbers ({PAPER}, Table 3)" if (~ours).any() else "")
-                  + ". Bold: best of this experiment." + fixed_note + replication, "", table]
-        lines += _left_out_note(res, "Table 3")
-    else:
-        lines.append(_no_runs(res))
+    published = bool((~ours).any())
+    lines = ["", "## Comparison with published results (as the paper's Table 3)" if published
+             else "## Test accuracy and macro metrics", ""]
+    if not len(comp):
+        return lines + [_no_runs(res)], published
+    cells = comp.copy()
+    for col in ("accuracy", *MACRO_TABLE3):
+        cells[col] = [f"{v:.2f}" if math.isfinite(v) else "-" for v in comp[col]]
+    table = md_table(cells[ours], bold=["accuracy", *MACRO_TABLE3])
+    if published:
+        table += "\n" + "\n".join(md_table(cells[~ours]).splitlines()[2:])
+    fixed = [e.model for e in res.ensembles if is_fixed(e)]
+    fixed_note = (f" {', '.join(fixed)}: the paper's own four models, fixed and hard-voted, to compare with its "
+                  "ensemble like for like (the paper chose them on its test set, which this harness never does: "
+                  "the ensembles chosen on validation are the honest headline)." if fixed else "")
+    replication = (" " + _protocol_note(res, {e.model for e in res.runs})) if published else ""
+    lines += [f"Test accuracy and macro (one-vs-rest) precision, sensitivity, specificity, %, for the top {top} "
+              "models by validation accuracy and the ensembles"
+              + (f", then the published numbers ({PAPER}, Table 3)" if published else "")
+              + ". Bold: best of this experiment." + fixed_note + replication, "", table]
+    return lines + _left_out_note(res, "Table 3"), published
 
+
+def _figures_md(res: ExperimentResults, figures: dict[str, str], top: int) -> list[str]:
+    """Accuracy vs cost, the confusion matrices and the training curves (those that were drawn)."""
+    lines = []
     if "gflops" in figures or "time" in figures:
         lines += ["", "## Accuracy vs cost", "",
                   "Test accuracy with its 95% bootstrap interval against compute (GFLOPs per image) and training "
@@ -308,7 +333,6 @@ def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int
                   "not rise monotonically.", ""]
         lines += [_link(k, alt) for k, alt in (("gflops", "accuracy vs GFLOPs"), ("time", "accuracy vs training time"))
                   if k in figures]
-
     if "cm_best" in figures or "cm_ensemble" in figures:
         lines += ["", "## Confusion matrices (test)", ""]
         if "cm_best" in figures:
@@ -317,25 +341,18 @@ def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int
         if "cm_ensemble" in figures:
             lines += [f"Ensemble: **{res.ensemble.model}**.", "",
                       _link("cm_ensemble", f"confusion matrix of ensemble {res.ensemble.model}")]
-
     if "curves" in figures:
         lines += ["", "## Training curves", "",
                   f"Loss and accuracy per epoch of the top {min(top, len(res.runs))} run(s) by validation accuracy.",
                   "", _link("curves", "training curves")]
+    return lines
 
-    if res.detectors:
-        lines += _detection_md(res, figures)
 
-    lines += _warnings_md(res)
-    lines += ["", "## Failed and unfinished runs", ""]
-    if n_unfinished:
-        cells = res.unfinished.copy()
-        cells["seed"] = cells["seed"].astype(object).where(cells["seed"].notna(), "-").astype(str)
-        cells["error"] = cells["error"].astype(object).where(cells["error"].notna(), "")
-        lines.append(md_table(cells))
-    else:
-        lines.append("None.")
-
-    source = f" Published numbers: {PAPER}, arXiv:2110.09508." if published_shown else ""
-    lines += ["", "---", "", _data_note(res) + source, ""]
-    return "\n".join(lines)
+def _unfinished_md(res: ExperimentResults) -> list[str]:
+    lines = ["", "## Failed and unfinished runs", ""]
+    if not len(res.unfinished):
+        return lines + ["None."]
+    cells = res.unfinished.copy()
+    cells["seed"] = cells["seed"].astype(object).where(cells["seed"].notna(), "-").astype(str)
+    cells["error"] = cells["error"].astype(object).where(cells["error"].notna(), "")
+    return lines + [md_table(cells)]
