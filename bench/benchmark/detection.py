@@ -97,18 +97,12 @@ def _classifier_checkpoint(path: Path, classes: list[str], image_size: int) -> P
 
 
 def run_detection_benchmark(args) -> int:
-    import argparse
-
+    """--task detection: one detector alone vs trained by the harness, and the chain's fields/s."""
     import pandas as pd
-    import torch
 
     from bench import runs
-    from bench.cascade import cli as cascade
     from bench.config import compose_config
-    from bench.data.synthetic import CLASS_NAMES
-    from bench.detection.fit import detector_kwargs
     from bench.device import resolve_device
-    from bench.training import run_training
 
     device = resolve_device(args.device)
     name = args.name or f"detection-{args.field_size}px"
@@ -122,22 +116,62 @@ def run_detection_benchmark(args) -> int:
                  f"trainer.epochs={args.epochs}", f"trainer.batch_size={args.batch_size}",
                  f"trainer.device={device}", "trainer.progress=false", f"paths.results_dir={work / 'results'}",
                  f"paths.cache_dir={work / 'cache'}", "experiment_name=detbench", *args.set]
-    cfg = compose_config(overrides)
-    kwargs = detector_kwargs(cfg)  # what bench-train gives the same detector
-    rows = []
+    train_row, run_dir = measure_training(args, compose_config(overrides), model, device)
+    if run_dir is None:
+        return 1
+    chain_row, n_typed = measure_chain(args, model, run_dir, work, device)
+    alone_eval = train_row.pop("alone_eval")
+    frame = pd.DataFrame([train_row, chain_row,
+                          {"measure": "detector eval img/s", "harness": None, "alone": alone_eval, "ratio": None}])
+    frame["model"] = model
+    frame["cells_typed"] = n_typed
+    frame["val_map"] = runs.read_json(run_dir / "metrics.json")["val"]["map"]
+    env["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    runs.write_csv_atomic(Path(args.out) / f"{name}.csv", frame)
+    runs.write_json_atomic(Path(args.out) / f"{name}.json", env)
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"\nwrote {Path(args.out) / (name + '.csv')} and .json; {n_typed} cells typed in "
+          f"{args.fields} fields (the harness's detector after {args.epochs} epoch(s))")
+    if not args.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def measure_training(args, cfg, model: str, device) -> tuple[dict, Path | None]:
+    """Train img/s of the detector alone (random fields) and through bench-train (the steady epoch);
+    the harness's run folder, None when it failed."""
+    import pandas as pd
+
+    from bench.detection.fit import detector_kwargs
+    from bench.training import run_training
+
     _log(f"{model} alone at {args.field_size} px, batch {args.batch_size}")
     alone = measure_detector_alone(model, image_size=args.field_size, batch_size=args.batch_size, n_classes=3,
-                                   device=device, window_s=args.ceiling_window, detector_kwargs=kwargs)
+                                   device=device, window_s=args.ceiling_window,
+                                   detector_kwargs=detector_kwargs(cfg))  # what bench-train gives it
     _log(f"the harness: bench-train {model}, {args.epochs} epochs")
     out = run_training(cfg)
     if out["status"] != "completed":
         _log(f"the harness run failed: {out.get('error')}")
-        return 1
-    history = pd.read_csv(Path(out["run_dir"]) / "history.csv")
-    epochs = history["train_img_s"].tolist()
-    harness_train = max(epochs[1:]) if len(epochs) > 1 else epochs[0]  # the steady rule of the classifiers
-    rows.append({"measure": "detector train img/s", "harness": harness_train, "alone": alone["train"],
-                 "ratio": ratio(harness_train, alone["train"])})
+        return {}, None
+    epochs = pd.read_csv(Path(out["run_dir"]) / "history.csv")["train_img_s"].tolist()
+    harness = max(epochs[1:]) if len(epochs) > 1 else epochs[0]  # the steady rule of the classifiers
+    return {"measure": "detector train img/s", "harness": harness, "alone": alone["train"],
+            "ratio": ratio(harness, alone["train"]), "alone_eval": alone["eval"]}, Path(out["run_dir"])
+
+
+def measure_chain(args, model: str, run_dir: Path, work: Path, device) -> tuple[dict, int]:
+    """Fields/s of bench-predict --detector on the first --fields synthetic fields against the
+    detector's forward passes alone on the same fields; and how many cells the chain typed."""
+    import argparse
+
+    import torch
+    from PIL import Image
+
+    from bench.cascade import cli as cascade
+    from bench.cascade.models import load_detector
+    from bench.data.synthetic import CLASS_NAMES
+    from bench.detection.fit import field_tensor
 
     root = next((work / "cache" / "datasets").glob("synthetic-smear-*"))
     fields = sorted((root / "images").glob("*.png"))[:args.fields]
@@ -148,16 +182,11 @@ def run_detection_benchmark(args) -> int:
     clf = _classifier_checkpoint(work / "classifier" / "best.pt", list(CLASS_NAMES), 64)
     _log(f"the chain: {len(fields)} fields, {model} -> {CHAIN_CLASSIFIER}")
     chain_args = argparse.Namespace(
-        images_dir=chain_dir, detector=Path(out["run_dir"]), classifier=[str(clf)], checkpoint=[], ensemble=None,
+        images_dir=chain_dir, detector=run_dir, classifier=[str(clf)], checkpoint=[], ensemble=None,
         out=work / "chain", method=None, batch_size=64, device=str(device), classify_labels="wbc", margin=0.25,
         crop_size=None, score_threshold=None, truth=None, truth_map=None, score_level="cell", quiet=True)
     chain = cascade.run(chain_args)["summary"]
-    detector = runs.read_json(Path(out["run_dir"]) / "metrics.json")
-    from bench.cascade.models import load_detector
-    from bench.detection.fit import field_tensor
-    from PIL import Image
-
-    det = load_detector(Path(out["run_dir"]), device)
+    det = load_detector(run_dir, device)
     tensors = [field_tensor(Image.open(f).convert("RGB"), det.input_size)[0].float().div(255).to(device)
                for f in fields]
 
@@ -166,21 +195,7 @@ def run_detection_benchmark(args) -> int:
             for start in range(0, len(tensors), 4):
                 det.model(tensors[start:start + 4])
 
-    alone_fields = len(fields) / time_best(detect_all, device=device, warmup=1, repeats=3, window_s=args.ceiling_window,
-                                           min_steps=1)
-    rows.append({"measure": "chain fields/s", "harness": chain["fields_per_s"], "alone": alone_fields,
-                 "ratio": ratio(chain["fields_per_s"], alone_fields)})
-    rows.append({"measure": "detector eval img/s", "harness": None, "alone": alone["eval"], "ratio": None})
-    frame = pd.DataFrame(rows)
-    frame["model"] = model
-    frame["cells_typed"] = chain["n_typed"]
-    frame["val_map"] = detector["val"]["map"]
-    env["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    runs.write_csv_atomic(Path(args.out) / f"{name}.csv", frame)
-    runs.write_json_atomic(Path(args.out) / f"{name}.json", env)
-    print(frame.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print(f"\nwrote {Path(args.out) / (name + '.csv')} and .json; {chain['n_typed']} cells typed in "
-          f"{len(fields)} fields (the harness's detector after {args.epochs} epoch(s))")
-    if not args.keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    alone = len(fields) / time_best(detect_all, device=device, warmup=1, repeats=3, window_s=args.ceiling_window,
+                                    min_steps=1)
+    return {"measure": "chain fields/s", "harness": chain["fields_per_s"], "alone": alone,
+            "ratio": ratio(chain["fields_per_s"], alone)}, chain["n_typed"]
