@@ -313,7 +313,7 @@ def run_ensemble(exp_dir, *, method: str = "majority", k: int = 4, top_n: int | 
         runs.write_csv_atomic(out_dir / f"confusion_{split}.csv",
                               _confusion_frame(metric_sets[split]["confusion_matrix"], classes))
     runs.write_csv_atomic(out_dir / MEMBERS_CSV, members)
-    runs.write_json_atomic(out_dir / "metrics.json", metrics)  # last: its presence means complete
+    runs.write_metrics(out_dir, metrics, kind="ensemble")  # last: its presence means complete
     board = lb.write_leaderboard(exp_dir)  # the ensemble's row is built from the folder just written
     row = board[(board["kind"] == lb.KIND_ENSEMBLE) & (board["model"].astype(str) == name)].iloc[0].to_dict()
     return EnsembleResult(name, out_dir, est, metrics, members, row)

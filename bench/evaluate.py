@@ -136,7 +136,7 @@ def evaluate_external(source, data_root, *, mapping: dict[str, str] | None = Non
     runs.write_csv_atomic(out / "predictions.csv", frame)
     runs.write_csv_atomic(out / "unreadable.csv", pd.DataFrame(
         [(r.path, why) for r, why in zip(kept, reasons) if why is not None], columns=["path", "reason"]))
-    runs.write_json_atomic(out / "metrics.json", metrics)  # last: its presence means complete
+    runs.write_metrics(out, metrics, kind="external")  # last: its presence means complete
     lb.refresh_leaderboard(exp_dir)
     return metrics
 

@@ -108,7 +108,7 @@ def fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, tracker, 
         write_checkpoints(session, progress, epoch, run_dir, chash)
     results = evaluate_best(session, progress, run_dir)
     metrics = run_metrics(session, progress, results, chash, oom_retry)
-    runs.write_json_atomic(run_dir.metrics, metrics)
+    runs.write_metrics(run_dir.root, metrics)
     tracker.final(metrics)
     log.info("%s seed %d: best epoch %d, val acc %.4f, test acc %.4f -> %s", cfg.model.name, cfg.seed,
              progress.best_epoch, metrics["val"]["accuracy"], metrics["test"]["accuracy"], run_dir.root)

@@ -149,6 +149,17 @@ def _read_json_or_none(path: Path, what: str) -> Any | None:
         return None
 
 
+def _metrics_or_none(path: Path, kind: str) -> dict | None:
+    """An ensemble's or external evaluation's metrics.json, or None with a warning naming it."""
+    try:
+        return runs.read_metrics(path, kind)
+    except FileNotFoundError:
+        return None
+    except (OSError, runs.UnreadableMetrics) as exc:
+        log.warning("skipping the %s at %s: %s", kind, path.parent, exc)
+        return None
+
+
 def read_run(run_dir: runs.RunDir) -> RunRecord | None:
     """One run folder as a record; None if its status file cannot be read."""
     status = _read_json_or_none(run_dir.status, "status file")
@@ -166,14 +177,16 @@ def read_run(run_dir: runs.RunDir) -> RunRecord | None:
         return RunRecord(model, seed, state, error)
     # status.json is the authority; metrics.json may lag behind it (another process
     # is writing it, or it was deleted), and then the run is not finished for us.
-    metrics = _read_json_or_none(run_dir.metrics, "metrics file")
-    if not isinstance(metrics, dict) or "test" not in metrics:
-        if run_dir.metrics.exists() and _read_json_or_none(run_dir.metrics, "metrics file") is None:
-            # Writes are atomic, so this is damage, not a write in progress: say so, by path.
-            return RunRecord(model, seed, STATUS_UNREADABLE,
-                             f"{run_dir.metrics} is unreadable; rerun the same command to evaluate the run again "
-                             "from its checkpoints and rewrite it", root=run_dir.root)
+    try:
+        metrics = runs.read_metrics(run_dir.root)
+    except FileNotFoundError:
         return RunRecord(model, seed, runs.STATUS_RUNNING, error)
+    except (OSError, runs.UnreadableMetrics) as exc:
+        # Writes are atomic, so this is damage, not a write in progress: say so, by path.
+        log.warning("%s", exc)
+        return RunRecord(model, seed, STATUS_UNREADABLE,
+                         f"{run_dir.metrics} is unreadable; rerun the same command to evaluate the run again "
+                         "from its checkpoints and rewrite it", root=run_dir.root)
     return RunRecord(metrics.get("model") or model, metrics.get("seed", seed), state, error, metrics, run_dir.root)
 
 
@@ -419,8 +432,8 @@ def external_scores(folder: Path) -> dict[str, float]:
     for a run or an ensemble (bench-evaluate), read from ``<folder>/external/<name>/metrics.json``."""
     out: dict[str, float] = {}
     for path in sorted(Path(folder).glob(f"{EXTERNAL_DIR}/*/metrics.json")):
-        metrics = _read_json_or_none(path, "external evaluation")
-        if not isinstance(metrics, dict):
+        metrics = _metrics_or_none(path, "external")
+        if metrics is None:
             continue
         name = path.parent.name
         out[f"ext_{name}_acc"] = _round(_num(metrics.get("accuracy")))
@@ -432,8 +445,8 @@ def read_ensembles(exp_dir) -> list[dict]:
     """The metrics.json of every finished ensemble of an experiment, by name."""
     found = []
     for path in sorted((Path(exp_dir) / ENSEMBLES_DIR).glob("*/metrics.json")):
-        metrics = _read_json_or_none(path, "ensemble metrics")
-        if isinstance(metrics, dict) and "val" in metrics and "test" in metrics:
+        metrics = _metrics_or_none(path, "ensemble")
+        if metrics is not None:
             found.append({**metrics, "_dir": path.parent})
     return found
 

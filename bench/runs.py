@@ -69,7 +69,7 @@ class RunDir:
     config = property(lambda self: self.root / "config.yaml")
     status = property(lambda self: self.root / "status.json")
     history = property(lambda self: self.root / "history.csv")
-    metrics = property(lambda self: self.root / "metrics.json")
+    metrics = property(lambda self: self.root / METRICS_JSON)
     excluded = property(lambda self: self.root / "excluded.csv")
     best_ckpt = property(lambda self: self.root / "best.pt")
     last_ckpt = property(lambda self: self.root / "last.pt")
@@ -105,13 +105,9 @@ class RunDir:
             return None
         if previous and previous.get("status") == STATUS_COMPLETED and self.metrics.exists():
             try:
-                metrics = read_json(self.metrics)
-                if isinstance(metrics, dict) and "val" in metrics and "test" in metrics:
-                    return metrics
-                problem = "it lacks the val/test results"
-            except (OSError, ValueError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            log.warning("%s is unreadable (%s); evaluating the run again from its checkpoints", self.metrics, problem)
+                return read_metrics(self.root)
+            except (OSError, UnreadableMetrics) as exc:
+                log.warning("%s is unreadable (%s); evaluating the run again from its checkpoints", self.metrics, exc)
         return None
 
     @contextlib.contextmanager
@@ -358,6 +354,60 @@ def iter_run_dirs(exp_dir) -> Iterator[RunDir]:
         return
     for status in sorted(runs.glob("*/seed*/status.json")):
         yield RunDir(status.parent)
+
+
+# --------------------------------------------------------------------------- metrics.json
+# The record every table, report, ensemble and tracker reads: one writer and one reader, so what
+# a reader relies on is checked where the file is written, not discovered by a KeyError later.
+METRICS_JSON = "metrics.json"
+# kind: the keys its readers rely on
+METRICS_KEYS = {
+    "run": ("model", "val", "test"),  # a training run (classifier or detector), SVM or two-level row
+    "ensemble": ("val", "test", "members"),
+    "external": ("name", "accuracy", "per_class"),  # bench-evaluate on another lab's folder
+}
+
+
+class UnreadableMetrics(ValueError):
+    """A metrics.json that cannot be read, or lacks what its readers rely on (the message says which)."""
+
+
+def metrics_problems(metrics: Any, kind: str) -> list[str]:
+    if not isinstance(metrics, dict):
+        return [f"not a JSON object but {type(metrics).__name__}"]
+    problems = [f"no {key!r}" for key in METRICS_KEYS[kind] if key not in metrics]
+    problems += [f"{split!r} is not a mapping" for split in ("val", "test")
+                 if split in METRICS_KEYS[kind] and split in metrics and not isinstance(metrics[split], dict)]
+    return problems
+
+
+def write_metrics(folder, metrics: dict, kind: str = "run") -> Path:
+    """``folder/metrics.json``, atomically; written last, so its presence means the result is complete.
+    A record missing what readers rely on is a bug of the writer: it raises here, not at a reader."""
+    problems = metrics_problems(metrics, kind)
+    if problems:
+        raise ValueError(f"metrics.json of {folder} ({kind}): {'; '.join(problems)}")
+    path = Path(folder) / METRICS_JSON
+    write_json_atomic(path, metrics)
+    return path
+
+
+def read_metrics(folder, kind: str = "run") -> dict:
+    """The metrics.json of a run, ensemble or external-evaluation folder (or the file itself).
+    FileNotFoundError when there is none; :class:`UnreadableMetrics` naming the file and why when it
+    does not parse or lacks the keys of its kind."""
+    path = Path(folder)
+    path = path if path.name == METRICS_JSON else path / METRICS_JSON
+    try:
+        metrics = read_json(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:  # ValueError covers JSON and Unicode decode errors
+        raise UnreadableMetrics(f"{path}: {type(exc).__name__}: {exc}") from exc
+    problems = metrics_problems(metrics, kind)
+    if problems:
+        raise UnreadableMetrics(f"{path}: {'; '.join(problems)}")
+    return metrics
 
 
 # --------------------------------------------------------------------------- predictions

@@ -250,3 +250,20 @@ def test_the_printed_leaderboard_names_the_runs_with_a_warning(exp):
     board.loc[board["model"] == "resnet18", "warnings"] = "the model predicts 'a' for 97% of the validation images"
     last = lb.format_leaderboard(board).splitlines()[-1]
     assert last.startswith("1 run(s) with a warning (resnet18/seed0)"), last
+
+
+def test_metrics_json_is_written_and_read_by_one_contract(tmp_path):
+    from bench import runs
+
+    with pytest.raises(ValueError, match="no 'test'"):
+        runs.write_metrics(tmp_path, {"model": "m", "val": {}})
+    assert not (tmp_path / "metrics.json").exists()  # nothing half-right on disk
+    runs.write_metrics(tmp_path, {"model": "m", "status": "completed", "val": {}, "test": {}})
+    assert runs.read_metrics(tmp_path)["model"] == "m"
+    with pytest.raises(runs.UnreadableMetrics, match="no 'members'"):
+        runs.read_metrics(tmp_path, "ensemble")
+    (tmp_path / "metrics.json").write_text('{"model": "m", "status": "completed", "val": {}, "test": [1]}')
+    with pytest.raises(runs.UnreadableMetrics, match="'test' is not a mapping"):
+        runs.read_metrics(tmp_path / "metrics.json")
+    with pytest.raises(FileNotFoundError):
+        runs.read_metrics(tmp_path / "absent")

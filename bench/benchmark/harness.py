@@ -48,7 +48,7 @@ def run_harness(cfg) -> dict:
         raise RuntimeError(f"harness run of {cfg.model.name} {result['status']}: {result.get('error')}")
     run_dir = runs.RunDir(Path(result["run_dir"]))
     history = pd.read_csv(run_dir.history)
-    metrics = runs.read_json(run_dir.metrics)
+    metrics = runs.read_metrics(run_dir.root)
     img_s = history["train_img_s"].tolist()
     return {
         "harness_amp": bool(metrics["amp"]),

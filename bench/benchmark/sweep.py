@@ -38,6 +38,6 @@ def run_sweep(args, models: list[str], work: Path) -> dict:
         raise RuntimeError(f"the sweep failed (see {work / 'sweep.log'}):\n{proc.stderr[-3000:]}")
     accs = {}
     for rd in runs.iter_run_dirs(results / "sweep"):
-        m = runs.read_json(rd.metrics)
+        m = runs.read_metrics(rd.root)
         accs[m["model"]] = m["val"]["accuracy"]
     return {"sweep_wall_s": wall, "sweep_val_acc": accs, "command": " ".join(cmd)}

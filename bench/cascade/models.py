@@ -83,7 +83,7 @@ def load_detector(source, device, score_threshold: float | None = None) -> Loade
         found, why = float(score_threshold), "--score-threshold"
     else:
         try:
-            found = runs.read_json(path.parent / "metrics.json")["score_threshold"]
+            found = runs.read_metrics(path.parent)["score_threshold"]
             why = f"chosen per label on the detector's validation fields ({path.parent / 'metrics.json'})"
         except (OSError, ValueError, KeyError, TypeError):
             found = DEFAULT_SCORE_THRESHOLD

@@ -459,7 +459,7 @@ def _write_run(cfg, run_dir: runs.RunDir, chash: str, name: str, feature_model: 
                          "cached": f.cached, "seconds": round(f.seconds, 3), "n": len(f.y)}
                      for k, f in feats.items()},
     }
-    runs.write_json_atomic(run_dir.metrics, metrics)
+    runs.write_metrics(run_dir.root, metrics)
     return metrics
 
 

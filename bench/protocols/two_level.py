@@ -132,7 +132,7 @@ def run_two_level(cfg: DictConfig) -> dict:
     result = runs.RunLifecycle(run_dir, chash, OmegaConf.to_yaml(container), model=name, seed=seed,
                                experiment=cfg.experiment_name, after=lambda: refresh_leaderboard(exp_dir)).run(work)
     if result["status"] in (runs.STATUS_COMPLETED, "skipped") and run_dir.metrics.exists():
-        result["n_excluded"] = runs.read_json(run_dir.metrics).get("n_excluded")
+        result["n_excluded"] = runs.read_metrics(run_dir.root).get("n_excluded")
     return result
 
 
@@ -143,7 +143,7 @@ def _load_level(cfg: DictConfig) -> tuple[torch.nn.Module, list[str], dict]:
     exp_dir = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name)
     rd = runs.RunDir.for_run(exp_dir, cfg.model.name, int(cfg.seed))
     ckpt = torch.load(rd.best_ckpt, map_location="cpu", weights_only=True)
-    metrics = runs.read_json(rd.metrics)
+    metrics = runs.read_metrics(rd.root)
     metrics["run_dir"] = str(rd.root)
     return rebuild_model(ckpt), list(ckpt["class_names"]), metrics
 
@@ -271,7 +271,7 @@ def compose_and_evaluate(cfg, level1_cfg, level2_cfgs, run_dir: runs.RunDir, cha
                        for g, members in groups.items()},
         },
     }
-    runs.write_json_atomic(run_dir.metrics, metrics)
+    runs.write_metrics(run_dir.root, metrics)
     log.info("two-level %s seed %d: composed val acc %.4f, test acc %.4f over %s -> %s", cfg.model.name, cfg.seed,
              metrics["val"]["accuracy"], metrics["test"]["accuracy"], classes, run_dir.root)
     return metrics

@@ -205,12 +205,9 @@ def _load_ensembles(exp_dir: Path) -> list[Entry]:
         return out
     for metrics_path in sorted(folder.glob("*/metrics.json")):
         try:
-            metrics = runs.read_json(metrics_path)
-        except (OSError, ValueError) as exc:
-            log.warning("skipping unreadable ensemble %s: %s", metrics_path, exc)
-            continue
-        if not isinstance(metrics, dict) or "test" not in metrics or "val" not in metrics:
-            log.warning("skipping ensemble %s: metrics.json lacks val/test", metrics_path.parent)
+            metrics = runs.read_metrics(metrics_path, "ensemble")
+        except (OSError, runs.UnreadableMetrics) as exc:
+            log.warning("skipping ensemble %s: %s", metrics_path.parent, exc)
             continue
         name = str(metrics.get("name") or metrics_path.parent.name)
         out.append(Entry(f"ensemble:{name}", lb.KIND_ENSEMBLE, name, None, f"ensemble {name}",
