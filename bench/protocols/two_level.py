@@ -37,6 +37,7 @@ import copy
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -169,9 +170,8 @@ def _predict(model, split, cfg: DictConfig, device, amp: bool) -> tuple[np.ndarr
 def compose_and_evaluate(cfg, level1_cfg, level2_cfgs, run_dir: runs.RunDir, chash: str) -> dict:
     """Evaluate the cascade on val and test of the grouped classes; write metrics and predictions."""
     from bench.data.build import build_data
-    from bench.data.split import manifest_filename
-    from bench.models import count_gflops, count_params, get_model_spec
-    from bench.device import env_info, resolve_device
+    from bench.device import resolve_device
+    from bench.models import get_model_spec
     from bench.precision import resolve_precision
 
     groups = validate_groups(cfg.two_level.groups)
@@ -182,71 +182,94 @@ def compose_and_evaluate(cfg, level1_cfg, level2_cfgs, run_dir: runs.RunDir, cha
     # The grouped classes under their own names, on the level-1 split (same manifest file).
     eval_cfg = copy.deepcopy(level1_cfg)
     OmegaConf.update(eval_cfg, "data.class_map", None, merge=False)
-    eval_data = eval_cfg.data
     level1_dir = runs.experiment_dir(cfg.paths.results_dir, level1_cfg.experiment_name)
-    bundle = build_data(eval_data, image_size=image_size, exp_dir=level1_dir, cache_dir=cfg.paths.cache_dir)
+    bundle = build_data(eval_cfg.data, image_size=image_size, exp_dir=level1_dir, cache_dir=cfg.paths.cache_dir)
+    level1 = _load_level(level1_cfg)
+    level2 = {g: _load_level(c) for g, c in level2_cfgs.items()}
+    for m, _, _ in (level1, *level2.values()):
+        m.to(device)
+    metrics_of = {split: _evaluate_split(bundle, split, groups, level1, level2, cfg, device, amp, run_dir)
+                  for split in ("val", "test")}
+    runs.write_csv_atomic(run_dir.excluded, bundle.excluded)
+    metrics = _composed_metrics(cfg, chash, bundle, groups, level1, level2, metrics_of, image_size, device,
+                                _excluded_by_class(eval_cfg.data, level1_dir, groups))
+    runs.write_metrics(run_dir.root, metrics)
+    log.info("two-level %s seed %d: composed val acc %.4f, test acc %.4f over %s -> %s", cfg.model.name, cfg.seed,
+             metrics["val"]["accuracy"], metrics["test"]["accuracy"], bundle.class_names, run_dir.root)
+    return metrics
+
+
+def _evaluate_split(bundle, split: str, groups, level1, level2, cfg, device, amp: bool, run_dir) -> dict:
+    """The composed prediction on one split: level 1 picks the group, the group's level 2 the class
+    (a one-class group is its class); joint probabilities p(group) x p(class | group). Writes the
+    split's predictions with the group columns; returns its metrics and eval img/s."""
     classes = bundle.class_names
     group_of = {c: g for g, members in groups.items() for c in members}
+    level1_model, level1_names, _ = level1
+    data = bundle.splits[split]
+    p1, seconds = _predict(level1_model, data, cfg, device, amp)
+    n = len(p1)
+    labels = data.labels[:n].cpu().numpy()
+    joint = np.zeros((n, len(classes)))
+    cascade = np.zeros(n, dtype=int)
+    group_pred = p1.argmax(1)
+    for g, members in groups.items():
+        gi = level1_names.index(g)
+        chosen = group_pred == gi
+        if g in level2:
+            model, names, _ = level2[g]
+            p2, s2 = _predict(model, data, cfg, device, amp)
+            seconds += s2
+            cols = [classes.index(c) for c in names]
+            joint[:, cols] = p1[:, [gi]] * p2
+            cascade[chosen] = np.asarray(cols)[p2[chosen].argmax(1)]
+        else:
+            joint[:, classes.index(members[0])] = p1[:, gi]
+            cascade[chosen] = classes.index(members[0])
+    runs.write_predictions(run_dir.predictions(split), data.paths[:n],
+                           {"labels": labels, "preds": cascade, "probs": joint}, classes,
+                           extra={"group_label": [group_of[classes[i]] for i in labels],
+                                  "group_predicted": [level1_names[i] for i in group_pred]})
+    return {**classification_metrics(labels, cascade, classes), "eval_img_s": n / seconds if seconds > 0 else math.nan}
 
-    level1, level1_names, level1_metrics = _load_level(level1_cfg)
-    level2 = {g: _load_level(c) for g, c in level2_cfgs.items()}
-    models = [level1, *(m for m, _, _ in level2.values())]
-    for m in models:
-        m.to(device)
 
-    metrics_of: dict[str, dict] = {}
-    for split in ("val", "test"):
-        data = bundle.splits[split]
-        p1, seconds = _predict(level1, data, cfg, device, amp)
-        n = len(p1)
-        labels = data.labels[:n].cpu().numpy()
-        joint = np.zeros((n, len(classes)))
-        cascade = np.zeros(n, dtype=int)
-        group_pred = p1.argmax(1)
-        for g, members in groups.items():
-            gi = level1_names.index(g)
-            chosen = group_pred == gi
-            if g in level2:
-                model, names, _ = level2[g]
-                p2, s2 = _predict(model, data, cfg, device, amp)
-                seconds += s2
-                cols = [classes.index(c) for c in names]
-                joint[:, cols] = p1[:, [gi]] * p2
-                cascade[chosen] = np.asarray(cols)[p2[chosen].argmax(1)]
-            else:
-                joint[:, classes.index(members[0])] = p1[:, gi]
-                cascade[chosen] = classes.index(members[0])
-        metrics_of[split] = classification_metrics(labels, cascade, classes)
-        metrics_of[split]["eval_img_s"] = n / seconds if seconds > 0 else math.nan
-        runs.write_predictions(run_dir.predictions(split), data.paths[:n],
-                               {"labels": labels, "preds": cascade, "probs": joint}, classes,
-                               extra={"group_label": [group_of[classes[i]] for i in labels],
-                                      "group_predicted": [level1_names[i] for i in group_pred]})
-    runs.write_csv_atomic(run_dir.excluded, bundle.excluded)
+def _excluded_by_class(eval_data, level1_dir: Path, groups) -> dict[str, int]:
+    """Images of classes outside the groups, per class, from the split manifest (whole dataset)."""
+    from bench.data.split import manifest_filename
 
-    # Images of classes outside the groups, per class, from the split manifest (whole dataset).
-    excluded_by_class: dict[str, int] = {}
+    group_of = {c for members in groups.values() for c in members}
     manifest_path = level1_dir / manifest_filename(
         eval_data.split_mode, n_folds=eval_data.n_folds, fold=eval_data.fold, fractions=list(eval_data.split_fractions))
-    if manifest_path.exists():
-        manifest = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
-        outside = manifest[~manifest["label"].isin(group_of)]
-        excluded_by_class = {str(k): int(v) for k, v in outside.groupby("label").size().items()}
-    if excluded_by_class:
-        log.info("two-level: %d image(s) of classes outside the groups excluded: %s",
-                 sum(excluded_by_class.values()), excluded_by_class)
+    if not manifest_path.exists():
+        return {}
+    manifest = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
+    outside = manifest[~manifest["label"].isin(group_of)]
+    excluded = {str(k): int(v) for k, v in outside.groupby("label").size().items()}
+    if excluded:
+        log.info("two-level: %d image(s) of classes outside the groups excluded: %s", sum(excluded.values()), excluded)
+    return excluded
 
+
+def _composed_metrics(cfg, chash: str, bundle, groups, level1, level2, metrics_of, image_size: int, device,
+                      excluded_by_class: dict) -> dict:
+    """The combined row's metrics.json: the composed prediction's val/test, costs summed over the
+    levels, and both scorings labelled (see the two_level entry)."""
+    from bench.device import env_info
+    from bench.models import count_gflops, count_params
+
+    level1_model, level1_names, level1_metrics = level1
+    models = [level1_model, *(m for m, _, _ in level2.values())]
     level2_gflops = [count_gflops(m, image_size) for m, _, _ in level2.values()]
     level_metrics = [level1_metrics, *(lm for _, _, lm in level2.values())]
-    metrics = {
+    return {
         "experiment": cfg.experiment_name, "model": COMPOSED_PREFIX + cfg.model.name, "seed": int(cfg.seed),
-        "status": runs.STATUS_COMPLETED, "classes": classes,
+        "status": runs.STATUS_COMPLETED, "classes": bundle.class_names,
         "epochs": int(cfg.trainer.epochs), "epochs_run": None, "best_epoch": None,
         "val": {k: v for k, v in metrics_of["val"].items() if k != "eval_img_s"},
         "test": {k: v for k, v in metrics_of["test"].items() if k != "eval_img_s"},
         "params_m": sum(count_params(m) for m in models),
         # Per image: level 1 and one level-2 network (their mean, as the groups share one architecture).
-        "gflops": count_gflops(level1, image_size) + (float(np.mean(level2_gflops)) if level2_gflops else 0.0),
+        "gflops": count_gflops(level1_model, image_size) + (float(np.mean(level2_gflops)) if level2_gflops else 0.0),
         "input_size": image_size,
         "train_time_s": sum(_float(m.get("train_time_s")) for m in level_metrics),
         "train_img_s": math.nan,
@@ -271,10 +294,6 @@ def compose_and_evaluate(cfg, level1_cfg, level2_cfgs, run_dir: runs.RunDir, cha
                        for g, members in groups.items()},
         },
     }
-    runs.write_metrics(run_dir.root, metrics)
-    log.info("two-level %s seed %d: composed val acc %.4f, test acc %.4f over %s -> %s", cfg.model.name, cfg.seed,
-             metrics["val"]["accuracy"], metrics["test"]["accuracy"], classes, run_dir.root)
-    return metrics
 
 
 def _level_summary(metrics: dict, names: list[str]) -> dict[str, Any]:
