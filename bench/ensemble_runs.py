@@ -246,6 +246,36 @@ def run_ensemble(exp_dir, *, method: str = "majority", k: int = 4, top_n: int | 
     """Load the runs, fit on validation, evaluate on val and test, write the folder and the row."""
     exp_dir = Path(exp_dir)
     cands = candidates if candidates is not None else load_candidates(exp_dir)
+    _check_candidates(cands, exp_dir, method, k, weights)
+    est = make_estimator(method, cands.ids, k=k, top_n=top_n, weights=weights, voting=voting, steps=steps, seed=seed)
+    val, test = cands.splits["val"], cands.splits["test"]
+    try:
+        est.fit(val.probs, val.labels)
+    except ValueError as exc:
+        raise EnsembleError(str(exc)) from exc
+    combined = {"val": est.combine(val.probs), "test": est.combine(test.probs)}
+    name = name or (PAPER_ENSEMBLE_NAME if method == "paper" else default_name(
+        method, None if method == "greedy" else (len(weights) if isinstance(weights, Mapping) else k)))
+    out_dir = exp_dir / ENSEMBLES_DIR / name
+    member_rows = _member_rows(cands, est, exp_dir)
+    metrics = _ensemble_metrics(exp_dir, name, method, cands, est, combined, member_rows)
+    members = pd.DataFrame(member_rows)
+    if method != "greedy":
+        members = members.drop(columns="count")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        runs.write_csv_atomic(out_dir / f"predictions_{split}.csv",
+                              _predictions_frame(cands.splits[split], combined[split], cands.classes, metrics["voting"]))
+        runs.write_csv_atomic(out_dir / f"confusion_{split}.csv",
+                              _confusion_frame(metrics[split]["confusion_matrix"], cands.classes))
+    runs.write_csv_atomic(out_dir / MEMBERS_CSV, members)
+    runs.write_metrics(out_dir, metrics, kind="ensemble")  # last: its presence means complete
+    board = lb.write_leaderboard(exp_dir)  # the ensemble's row is built from the folder just written
+    row = board[(board["kind"] == lb.KIND_ENSEMBLE) & (board["model"].astype(str) == name)].iloc[0].to_dict()
+    return EnsembleResult(name, out_dir, est, metrics, members, row)
+
+
+def _check_candidates(cands: Candidates, exp_dir: Path, method: str, k: int, weights) -> None:
     needed = 1 if method in ("greedy", "paper") or isinstance(weights, Mapping) else k
     if len(cands) < needed:
         skipped = f" ({len(cands.skipped)} completed run(s) skipped: {'; '.join(cands.skipped)})" if cands.skipped else ""
@@ -257,28 +287,16 @@ def run_ensemble(exp_dir, *, method: str = "majority", k: int = 4, top_n: int | 
         if unknown:
             raise EnsembleError(f"weights name run(s) {unknown} that are not completed runs of {exp_dir}; "
                                 f"available: {', '.join(cands.ids)}.")
-    est = make_estimator(method, cands.ids, k=k, top_n=top_n, weights=weights, voting=voting, steps=steps, seed=seed)
-    val, test = cands.splits["val"], cands.splits["test"]
-    try:
-        est.fit(val.probs, val.labels)
-    except ValueError as exc:
-        raise EnsembleError(str(exc)) from exc
-    combined = {"val": est.combine(val.probs), "test": est.combine(test.probs)}
-    voting = est.get_voting()
-    name = name or (PAPER_ENSEMBLE_NAME if method == "paper" else default_name(
-        method, None if method == "greedy" else (len(weights) if isinstance(weights, Mapping) else k)))
-    out_dir = exp_dir / ENSEMBLES_DIR / name
-    classes = cands.classes
 
-    metric_sets = {s: classification_metrics(cands.splits[s].labels, combined[s].pred, classes) for s in SPLITS}
-    threshold = confidence_threshold(confidence_of(combined["val"], voting), combined["val"].pred == val.labels,
-                                     kind="vote_share" if voting == HARD else "probability")
-    member_rows = []
+
+def _member_rows(cands: Candidates, est: _Ensemble, exp_dir: Path) -> list[dict]:
+    """members.csv: each member's validation rank, accuracies, normalised weight and folders."""
+    rows = []
     total_w = float(np.sum(est.weights_))
     for idx, w in zip(est.member_indices_, est.weights_):
         run_dir = cands.run_dirs[idx]
         m = cands.metrics[idx]
-        member_rows.append({
+        rows.append({
             "rank": int(idx) + 1, "member": cands.ids[idx], "model": cands.models[idx], "seed": cands.seeds[idx],
             "val_acc": round(float(est.candidate_val_acc_[idx]), lb.DECIMALS),
             "test_acc": round(float((m.get("test") or {}).get("accuracy", math.nan)), lb.DECIMALS),
@@ -286,11 +304,20 @@ def run_ensemble(exp_dir, *, method: str = "majority", k: int = 4, top_n: int | 
             "run_dir": run_dir.root.relative_to(exp_dir).as_posix(),
             "checkpoint": run_dir.best_ckpt.relative_to(exp_dir).as_posix(),
         })
-    members = pd.DataFrame(member_rows)
-    if method != "greedy":
-        members = members.drop(columns="count")
+    return rows
 
-    metrics = {
+
+def _ensemble_metrics(exp_dir: Path, name: str, method: str, cands: Candidates, est: _Ensemble, combined: dict,
+                      member_rows: list[dict]) -> dict:
+    """The ensemble's metrics.json: how it was chosen (on validation), its val/test metrics, and the
+    confidence threshold bench-predict flags less sure images with (chosen on validation)."""
+    voting = est.get_voting()
+    classes = cands.classes
+    val = cands.splits["val"]
+    metric_sets = {s: classification_metrics(cands.splits[s].labels, combined[s].pred, classes) for s in SPLITS}
+    threshold = confidence_threshold(confidence_of(combined["val"], voting), combined["val"].pred == val.labels,
+                                     kind="vote_share" if voting == HARD else "probability")
+    return {
         "experiment": exp_dir.name, "kind": lb.KIND_ENSEMBLE, "model": name, "name": name,
         "method": method, "estimator": type(est).__name__, "voting": voting,
         "k": len(est.members_), "status": runs.STATUS_COMPLETED, "classes": classes,
@@ -302,21 +329,10 @@ def run_ensemble(exp_dir, *, method: str = "majority", k: int = 4, top_n: int | 
         "n_candidates": len(cands), "candidates": [
             {"member": cid, "val_acc": float(a)} for cid, a in zip(cands.ids, est.candidate_val_acc_)],
         "val": metric_sets["val"], "test": metric_sets["test"],
-        "confidence_threshold": threshold,  # bench-predict flags less sure images (chosen on validation)
+        "confidence_threshold": threshold,
         "params_m": _sum_member(cands, est, "params_m"), "gflops": _sum_member(cands, est, "gflops"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        runs.write_csv_atomic(out_dir / f"predictions_{split}.csv",
-                              _predictions_frame(cands.splits[split], combined[split], classes, voting))
-        runs.write_csv_atomic(out_dir / f"confusion_{split}.csv",
-                              _confusion_frame(metric_sets[split]["confusion_matrix"], classes))
-    runs.write_csv_atomic(out_dir / MEMBERS_CSV, members)
-    runs.write_metrics(out_dir, metrics, kind="ensemble")  # last: its presence means complete
-    board = lb.write_leaderboard(exp_dir)  # the ensemble's row is built from the folder just written
-    row = board[(board["kind"] == lb.KIND_ENSEMBLE) & (board["model"].astype(str) == name)].iloc[0].to_dict()
-    return EnsembleResult(name, out_dir, est, metrics, members, row)
 
 
 def _sum_member(cands: Candidates, est: _Ensemble, key: str) -> float | None:
