@@ -121,38 +121,16 @@ def load_candidates(exp_dir, splits: Sequence[str] = SPLITS) -> Candidates:
     naming both runs.
     """
     exp_dir = Path(exp_dir)
-    found = []
-    skipped = []
-    for run_dir in runs.iter_run_dirs(exp_dir):
-        record = lb.read_run(run_dir)
-        if record is None or not record.completed:
-            continue
-        missing = [s for s in splits if not run_dir.predictions(s).exists()]
-        if missing:
-            skipped.append(f"{member_id(record.model, record.seed)}: no predictions_{missing[0]}.csv")
-            log.warning("skipping %s: %s", run_dir.root, skipped[-1])
-            continue
-        val_acc = float((record.metrics.get("val") or {}).get("accuracy", math.nan))
-        found.append((record, run_dir, val_acc))
-    # Runs trained on another class set than most (a subset, a grouping) cannot vote with them.
-    main = lb.main_class_set([record for record, _, _ in found])
-    for record, run_dir, _ in list(found):
-        why = lb.off_main_classes(record, main)
-        if why:
-            skipped.append(f"{member_id(record.model, record.seed)}: {why}")
-            log.warning("skipping %s: %s", run_dir.root, why)
-            found.remove((record, run_dir, _))
-    found.sort(key=lambda t: (-t[2] if t[2] == t[2] else math.inf, t[0].model,
-                              t[0].seed if isinstance(t[0].seed, int) else math.inf))
+    found, skipped = _usable_runs(exp_dir, splits)
     cands = Candidates(exp_dir, [], [], [], [], [], [], skipped=skipped)
     if not found:
         return cands
-    ref_record, ref_dir, _ = found[0]
+    ref_record = found[0][0]
     classes = classes_of(ref_record.metrics)
     cands.classes = classes
     per_split: dict[str, list] = {s: [] for s in splits}
     ref_split: dict[str, tuple] = {}
-    for record, run_dir, _ in found:
+    for record, run_dir in found:
         rid = member_id(record.model, record.seed)
         if classes_of(record.metrics) != classes:
             raise EnsembleError(
@@ -175,6 +153,40 @@ def load_candidates(exp_dir, splits: Sequence[str] = SPLITS) -> Candidates:
         paths, labels, _ = ref_split[split]
         cands.splits[split] = SplitPredictions(paths, labels, np.stack(per_split[split]))
     return cands
+
+
+def _usable_runs(exp_dir: Path, splits: Sequence[str]) -> tuple[list[tuple], list[str]]:
+    """(record, run folder) of each completed run with its prediction files and the experiment's main
+    class set, best validation accuracy first; and why each other completed run was skipped."""
+    found, skipped = [], []
+    for run_dir in runs.iter_run_dirs(exp_dir):
+        record = lb.read_run(run_dir)
+        if record is None or not record.completed:
+            continue
+        missing = [s for s in splits if not run_dir.predictions(s).exists()]
+        if missing:
+            skipped.append(f"{member_id(record.model, record.seed)}: no predictions_{missing[0]}.csv")
+            log.warning("skipping %s: %s", run_dir.root, skipped[-1])
+            continue
+        found.append((record, run_dir))
+    # Runs trained on another class set than most (a subset, a grouping) cannot vote with them.
+    main = lb.main_class_set([record for record, _ in found])
+    kept = []
+    for record, run_dir in found:
+        why = lb.off_main_classes(record, main)
+        if why:
+            skipped.append(f"{member_id(record.model, record.seed)}: {why}")
+            log.warning("skipping %s: %s", run_dir.root, why)
+        else:
+            kept.append((record, run_dir))
+
+    def order(item):
+        record = item[0]
+        val_acc = float((record.metrics.get("val") or {}).get("accuracy", math.nan))
+        return (-val_acc if val_acc == val_acc else math.inf, record.model,
+                record.seed if isinstance(record.seed, int) else math.inf)
+
+    return sorted(kept, key=order), skipped
 
 
 def _check_aligned(ref: tuple, other: tuple, split: str) -> None:
