@@ -334,33 +334,13 @@ def class_scores(pipe, X: np.ndarray, num_classes: int, probability: bool) -> np
 
 def fit_svm(cfg: DictConfig, kernel_name: str, feats: dict[str, Features], class_names: list[str]) -> dict:
     """Cross-validate on train, refit, score val and test. Returns results for the run folder."""
-    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
-
     scfg, seed = cfg.svm, int(cfg.seed)
     kernel = parse_kernel(kernel_name)
-    X, y = feats["train"].X, feats["train"].y
-    groups = np.arange(len(y))
-    if "extra" in feats and len(feats["extra"].y):
-        X = np.concatenate([X, feats["extra"].X])
-        y = np.concatenate([y, feats["extra"].y])
-        groups = np.concatenate([groups, feats["extra"].source])
+    X, y, groups = _fit_set(feats)
     folds = int(scfg.cv_folds)
-    counts = np.bincount(y[: len(feats["train"].y)], minlength=len(class_names))
-    present = counts[counts > 0]
-    if folds < 2 or present.min() < folds:
-        worst = class_names[int(np.flatnonzero(counts == present.min())[0])]
-        raise ValueError(f"svm.cv_folds={folds} needs >= 2 folds and at least that many training images per "
-                         f"class; class {worst!r} has {present.min()}. Lower svm.cv_folds.")
+    _check_folds(folds, y[: len(feats["train"].y)], class_names)
     balanced = "extra" in feats
-    cv = (StratifiedGroupKFold if balanced else StratifiedKFold)(n_splits=folds, shuffle=True, random_state=seed)
-    grid: dict[str, list] = {"svc__C": [float(c) for c in scfg.c_grid]}
-    if kernel["kernel"] != "linear":
-        grid["svc__gamma"] = [_gamma(g) for g in scfg.gamma_grid]
-    search = GridSearchCV(_pipeline(kernel, scfg, seed), grid, scoring="accuracy", cv=cv,
-                          n_jobs=int(scfg.n_jobs), refit=False, error_score="raise")
-    start = time.perf_counter()
-    search.fit(X, y, groups=groups if balanced else None)
-    cv_time = time.perf_counter() - start
+    search, cv_time = _grid_search(kernel, scfg, seed, X, y, groups if balanced else None, folds, balanced)
     res, best = search.cv_results_, int(search.best_index_)
     chosen = {k.removeprefix("svc__"): v for k, v in res["params"][best].items()}
     fold_acc = [float(res[f"split{k}_test_score"][best]) for k in range(folds)]
@@ -369,26 +349,9 @@ def fit_svm(cfg: DictConfig, kernel_name: str, feats: dict[str, Features], class
     start = time.perf_counter()
     final.fit(X, y)
     fit_time = time.perf_counter() - start
-
-    scored = {}
-    for split in ("val", "test"):
-        f = feats[split]
-        start = time.perf_counter()
-        probs = class_scores(final, f.X, len(class_names), bool(scfg.probability)) if len(f.y) else \
-            np.zeros((0, len(class_names)))
-        seconds = time.perf_counter() - start
-        scored[split] = {"labels": f.y, "preds": probs.argmax(1) if len(probs) else np.zeros(0, int),
-                         "probs": probs, "seconds": seconds}
-
-    rows = []
-    for i, params in enumerate(res["params"]):
-        row = {k.removeprefix("svc__"): v for k, v in params.items()}
-        row.update({"mean_accuracy": res["mean_test_score"][i], "std_accuracy": res["std_test_score"][i]})
-        row.update({f"fold{k + 1}": res[f"split{k}_test_score"][i] for k in range(folds)})
-        row.update({"rank": int(res["rank_test_score"][i]), "selected": i == best})
-        rows.append(row)
+    scored = {split: _score(final, feats[split], len(class_names), bool(scfg.probability)) for split in ("val", "test")}
     return {
-        "pipeline": final, "scored": scored, "cv_table": pd.DataFrame(rows),
+        "pipeline": final, "scored": scored, "cv_table": _cv_table(res, best, folds),
         "summary": {
             "kernel": kernel_name, "sklearn_kernel": kernel, "coef0": float(scfg.coef0)
             if kernel["kernel"] in ("poly", "sigmoid") else None,
@@ -404,6 +367,61 @@ def fit_svm(cfg: DictConfig, kernel_name: str, feats: dict[str, Features], class
             "scores": "platt_probability" if scfg.probability else "softmax_of_ovr_decision_function",
         },
     }
+
+
+def _fit_set(feats: dict[str, Features]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training features plus the augmented extra ones (svm.balance_to); groups = the source image,
+    so an original and its augmented copies never sit on both sides of a CV fold."""
+    X, y = feats["train"].X, feats["train"].y
+    groups = np.arange(len(y))
+    if "extra" in feats and len(feats["extra"].y):
+        X = np.concatenate([X, feats["extra"].X])
+        y = np.concatenate([y, feats["extra"].y])
+        groups = np.concatenate([groups, feats["extra"].source])
+    return X, y, groups
+
+
+def _check_folds(folds: int, y_train: np.ndarray, class_names: list[str]) -> None:
+    counts = np.bincount(y_train, minlength=len(class_names))
+    present = counts[counts > 0]
+    if folds < 2 or present.min() < folds:
+        worst = class_names[int(np.flatnonzero(counts == present.min())[0])]
+        raise ValueError(f"svm.cv_folds={folds} needs >= 2 folds and at least that many training images per "
+                         f"class; class {worst!r} has {present.min()}. Lower svm.cv_folds.")
+
+
+def _grid_search(kernel: dict, scfg, seed: int, X, y, groups, folds: int, balanced: bool):
+    """GridSearchCV over C (and gamma), accuracy, stratified folds (grouped by source when balanced)."""
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
+
+    cv = (StratifiedGroupKFold if balanced else StratifiedKFold)(n_splits=folds, shuffle=True, random_state=seed)
+    grid: dict[str, list] = {"svc__C": [float(c) for c in scfg.c_grid]}
+    if kernel["kernel"] != "linear":
+        grid["svc__gamma"] = [_gamma(g) for g in scfg.gamma_grid]
+    search = GridSearchCV(_pipeline(kernel, scfg, seed), grid, scoring="accuracy", cv=cv,
+                          n_jobs=int(scfg.n_jobs), refit=False, error_score="raise")
+    start = time.perf_counter()
+    search.fit(X, y, groups=groups)
+    return search, time.perf_counter() - start
+
+
+def _score(pipe, f: Features, num_classes: int, probability: bool) -> dict:
+    start = time.perf_counter()
+    probs = class_scores(pipe, f.X, num_classes, probability) if len(f.y) else np.zeros((0, num_classes))
+    return {"labels": f.y, "preds": probs.argmax(1) if len(probs) else np.zeros(0, int), "probs": probs,
+            "seconds": time.perf_counter() - start}
+
+
+def _cv_table(res: dict, best: int, folds: int) -> pd.DataFrame:
+    """cv.csv: every grid point's mean, std and per-fold accuracy, its rank, and the one selected."""
+    rows = []
+    for i, params in enumerate(res["params"]):
+        row = {k.removeprefix("svc__"): v for k, v in params.items()}
+        row.update({"mean_accuracy": res["mean_test_score"][i], "std_accuracy": res["std_test_score"][i]})
+        row.update({f"fold{k + 1}": res[f"split{k}_test_score"][i] for k in range(folds)})
+        row.update({"rank": int(res["rank_test_score"][i]), "selected": i == best})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- run folders
@@ -466,74 +484,86 @@ def _write_run(cfg, run_dir: runs.RunDir, chash: str, name: str, feature_model: 
 def run_svm_protocol(cfg: DictConfig) -> list[dict]:
     """Every ``svm.feature_models`` x ``svm.kernels`` run of ``cfg``; never raises for one
     run's failure (its status is ``failed``). Returns one summary dict per run."""
-    from bench.data.build import build_data
-    from bench.models import get_model_spec
     from bench.device import resolve_device
 
     exp_dir = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name)
-    seed = int(cfg.seed)
     kernels = list(cfg.svm.kernels)
     for k in kernels:
         parse_kernel(k)  # fail on a typo before any feature is computed
     if not cfg.model.pretrained and not cfg.model.weights:
         log.warning("model.pretrained=false: the feature extractors are randomly initialised (seed %d); random "
-                    "features are only meant for testing the pipeline, not for results", seed)
+                    "features are only meant for testing the pipeline, not for results", int(cfg.seed))
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     device = resolve_device(cfg.trainer.device)
-    config_yaml = OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True))
     results: list[dict] = []
     for feature_model in cfg.svm.feature_models:
         # Every kernel's run is started first: they share the features computed next.
-        todo = []
-        for kernel in kernels:
-            name = run_name(feature_model, kernel)
-            run_dir = runs.RunDir.for_run(exp_dir, name, seed)
-            chash = runs.config_hash(identity(cfg, feature_model, kernel))
-            life = runs.RunLifecycle(run_dir, chash, config_yaml, model=name, seed=seed,
-                                     experiment=cfg.experiment_name, after=lambda: refresh_leaderboard(exp_dir))
-            early = life.begin()
-            if early is not None:
-                results.append(early)
-            else:
-                todo.append((kernel, name, run_dir, chash, life))
-        if not todo:
-            continue
-        try:
-            spec = get_model_spec(feature_model)
-            size = spec.image_size(cfg.data.image_size)
-            if size < spec.min_input_size:
-                raise ValueError(f"data.image_size={size} is below {feature_model}'s minimum input of "
-                                 f"{spec.min_input_size} px; leave it null for {spec.input_size} px")
-            bundle = build_data(cfg.data, image_size=size, exp_dir=exp_dir, cache_dir=cfg.paths.cache_dir)
-            log.info("data: %s", bundle.summary())
-            feats, tag = compute_features(cfg, exp_dir, feature_model, size, bundle, device)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # no features: every kernel of this model fails, the others go on
-            tb = traceback.format_exc()
-            results += [life.fail(exc, tb) for *_, life in todo]
-            continue
-        for kernel, name, run_dir, chash, life in todo:
-            try:
-                runs.write_csv_atomic(run_dir.excluded, bundle.excluded)
-                fitted = fit_svm(cfg, kernel, feats, bundle.class_names)
-                metrics = _write_run(cfg, run_dir, chash, name, feature_model, tag, size, bundle, feats, fitted,
-                                     device, exp_dir)
-            except KeyboardInterrupt:
-                for *_, other in todo:
-                    other.close()
-                raise
-            except Exception as exc:
-                results.append(life.fail(exc, traceback.format_exc()))
-            else:
-                s = metrics["svm"]
-                log.info("%s: CV accuracy %s (mean %.4f), %s; val acc %.4f, test acc %.4f -> %s", name,
-                         " ".join(f"{a:.4f}" for a in s["cv_fold_accuracy"]), s["cv_mean_accuracy"], s["selected"],
-                         metrics["val"]["accuracy"], metrics["test"]["accuracy"], run_dir.root)
-                results.append(life.complete(metrics, cv_fold_accuracy=s["cv_fold_accuracy"]))
-        del feats, bundle
+        todo = _begin_kernels(cfg, exp_dir, feature_model, kernels, results)
+        if todo:
+            results += _run_feature_model(cfg, exp_dir, feature_model, todo, device)
     refresh_leaderboard(exp_dir)
+    return results
+
+
+def _begin_kernels(cfg, exp_dir: Path, feature_model: str, kernels: list[str], results: list[dict]) -> list[tuple]:
+    """Start the lifecycle of each kernel's run; finished or busy ones go straight to ``results``,
+    the others are returned as (kernel, name, run folder, config hash, lifecycle)."""
+    seed = int(cfg.seed)
+    config_yaml = OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True))
+    todo = []
+    for kernel in kernels:
+        name = run_name(feature_model, kernel)
+        run_dir = runs.RunDir.for_run(exp_dir, name, seed)
+        chash = runs.config_hash(identity(cfg, feature_model, kernel))
+        life = runs.RunLifecycle(run_dir, chash, config_yaml, model=name, seed=seed,
+                                 experiment=cfg.experiment_name, after=lambda: refresh_leaderboard(exp_dir))
+        early = life.begin()
+        if early is not None:
+            results.append(early)
+        else:
+            todo.append((kernel, name, run_dir, chash, life))
+    return todo
+
+
+def _run_feature_model(cfg, exp_dir: Path, feature_model: str, todo: list[tuple], device) -> list[dict]:
+    """The features of one extractor, then each kernel's SVM on them; a failure is that run's row."""
+    from bench.data.build import build_data
+    from bench.models import get_model_spec
+
+    try:
+        spec = get_model_spec(feature_model)
+        size = spec.image_size(cfg.data.image_size)
+        if size < spec.min_input_size:
+            raise ValueError(f"data.image_size={size} is below {feature_model}'s minimum input of "
+                             f"{spec.min_input_size} px; leave it null for {spec.input_size} px")
+        bundle = build_data(cfg.data, image_size=size, exp_dir=exp_dir, cache_dir=cfg.paths.cache_dir)
+        log.info("data: %s", bundle.summary())
+        feats, tag = compute_features(cfg, exp_dir, feature_model, size, bundle, device)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # no features: every kernel of this model fails, the others go on
+        tb = traceback.format_exc()
+        return [life.fail(exc, tb) for *_, life in todo]
+    results = []
+    for kernel, name, run_dir, chash, life in todo:
+        try:
+            runs.write_csv_atomic(run_dir.excluded, bundle.excluded)
+            fitted = fit_svm(cfg, kernel, feats, bundle.class_names)
+            metrics = _write_run(cfg, run_dir, chash, name, feature_model, tag, size, bundle, feats, fitted,
+                                 device, exp_dir)
+        except KeyboardInterrupt:
+            for *_, other in todo:
+                other.close()
+            raise
+        except Exception as exc:
+            results.append(life.fail(exc, traceback.format_exc()))
+        else:
+            s = metrics["svm"]
+            log.info("%s: CV accuracy %s (mean %.4f), %s; val acc %.4f, test acc %.4f -> %s", name,
+                     " ".join(f"{a:.4f}" for a in s["cv_fold_accuracy"]), s["cv_mean_accuracy"], s["selected"],
+                     metrics["val"]["accuracy"], metrics["test"]["accuracy"], run_dir.root)
+            results.append(life.complete(metrics, cv_fold_accuracy=s["cv_fold_accuracy"]))
     return results
 
 
