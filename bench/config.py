@@ -311,16 +311,29 @@ def validate_config(cfg) -> list[str]:
     """Every bad value of a composed config, each as one sentence naming the option, the value and
     what is valid; [] when the config can run. The schema already rejects unknown keys and wrong
     types of typed keys; this catches ranges, choices, and the free-form optimizer's values."""
-    problems: list[str] = []
+    c = _Checks()
+    _check_data_values(c, cfg.data)
+    _check_trainer_values(c, cfg.trainer)
+    if "logger" in cfg:
+        c.choice("logger", cfg.logger.kind, LOGGERS)
+    _check_optim_sched_values(c, cfg.optim or {}, cfg.sched or {})
+    return c.problems
 
-    def check(ok: bool, option: str, value, valid: str) -> None:
+
+class _Checks:
+    """Collects one sentence per bad value."""
+
+    def __init__(self):
+        self.problems: list[str] = []
+
+    def check(self, ok: bool, option: str, value, valid: str) -> None:
         if not ok:
-            problems.append(f"{option}={value!r} is not valid: {valid}.")
+            self.problems.append(f"{option}={value!r} is not valid: {valid}.")
 
-    def choice(option: str, value, choices) -> None:
-        check(value in choices, option, value, "use one of " + ", ".join(str(c) for c in choices))
+    def choice(self, option: str, value, choices) -> None:
+        self.check(value in choices, option, value, "use one of " + ", ".join(str(c) for c in choices))
 
-    def number(option: str, value, *, low=None, high=None, low_open=False, integer=False, null=False) -> None:
+    def number(self, option: str, value, *, low=None, high=None, low_open=False, integer=False, null=False) -> None:
         if value is None and null:
             return
         is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -334,67 +347,69 @@ def validate_config(cfg) -> list[str]:
         kind = "an integer" if integer else "a number"
         valid = f"{kind}{' ' + ' and '.join(bounds) if bounds else ''}{' (or null)' if null else ''}"
         if not is_num:
-            check(False, option, value, valid)
+            self.check(False, option, value, valid)
             return
         too_low = low is not None and (value <= low if low_open else value < low)
         too_high = high is not None and value > high
-        check(not (too_low or too_high), option, value, valid)
+        self.check(not (too_low or too_high), option, value, valid)
 
-    data, trainer = cfg.data, cfg.trainer
-    choice("data.kind", data.kind, DATA_KINDS + DETECTION_KINDS)
-    choice("data.coordinates", data.get("coordinates", "auto"), ("auto", "pixel", "fraction"))
-    number("data.image_size", data.image_size, low=8, high=MAX_IMAGE_SIZE, integer=True, null=True)
+
+def _check_data_values(c: _Checks, data) -> None:
+    c.choice("data.kind", data.kind, DATA_KINDS + DETECTION_KINDS)
+    c.choice("data.coordinates", data.get("coordinates", "auto"), ("auto", "pixel", "fraction"))
+    c.number("data.image_size", data.image_size, low=8, high=MAX_IMAGE_SIZE, integer=True, null=True)
     fractions = list(data.split_fractions)
-    check(len(fractions) == 3 and all(isinstance(f, (int, float)) and f > 0 for f in fractions),
-          "data.split_fractions", fractions, "three positive fractions (train, val, test), e.g. [0.64,0.24,0.12]")
-    choice("data.split_mode", data.split_mode, SPLIT_MODES)
-    choice("data.store", data.store, STORE_MODES)
-    choice("data.split_rounding", data.split_rounding, ("round", "ceil"))
-    choice("data.geometry", data.geometry, ("resize", "resize_crop"))
-    number("data.crop_fraction", data.crop_fraction, low=0, high=1, low_open=True)
+    c.check(len(fractions) == 3 and all(isinstance(f, (int, float)) and f > 0 for f in fractions),
+            "data.split_fractions", fractions, "three positive fractions (train, val, test), e.g. [0.64,0.24,0.12]")
+    c.choice("data.split_mode", data.split_mode, SPLIT_MODES)
+    c.choice("data.store", data.store, STORE_MODES)
+    c.choice("data.split_rounding", data.split_rounding, ("round", "ceil"))
+    c.choice("data.geometry", data.geometry, ("resize", "resize_crop"))
+    c.number("data.crop_fraction", data.crop_fraction, low=0, high=1, low_open=True)
     aug = data.augment
-    choice("data.augment.interpolation", aug.interpolation, INTERPOLATIONS)
-    number("data.augment.rotation", aug.rotation, low=0, high=180)
+    c.choice("data.augment.interpolation", aug.interpolation, INTERPOLATIONS)
+    c.number("data.augment.rotation", aug.rotation, low=0, high=180)
     for key in ("brightness", "contrast", "saturation"):
-        number(f"data.augment.{key}", getattr(aug, key), low=0)
-    number("data.augment.hue", aug.hue, low=0, high=0.5)
-    number("data.decode_workers", data.decode_workers, low=0, integer=True)
-    number("trainer.epochs", trainer.epochs, low=1, integer=True)
-    number("trainer.batch_size", trainer.batch_size, low=1, integer=True)
-    number("trainer.eval_batch_size", trainer.eval_batch_size, low=1, integer=True)
-    number("trainer.grad_accum", trainer.grad_accum, low=1, high=max(1, trainer.batch_size), integer=True)
-    number("trainer.label_smoothing", trainer.label_smoothing, low=0, high=0.99)
-    number("trainer.num_threads", trainer.num_threads, low=1, integer=True, null=True)
-    number("trainer.max_batches", trainer.max_batches, low=1, integer=True, null=True)
-    number("trainer.checkpoint_every_s", trainer.checkpoint_every_s, low=0)
-    number("trainer.warmup_steps", trainer.get("warmup_steps", 0), low=0, integer=True)
-    jitter = cfg.data.get("scale_jitter")
+        c.number(f"data.augment.{key}", getattr(aug, key), low=0)
+    c.number("data.augment.hue", aug.hue, low=0, high=0.5)
+    c.number("data.decode_workers", data.decode_workers, low=0, integer=True)
+    jitter = data.get("scale_jitter")
     if jitter is not None:
         jitter = list(jitter)
-        check(len(jitter) == 2 and all(isinstance(v, (int, float)) for v in jitter) and 0 < jitter[0] <= jitter[1],
-              "data.scale_jitter", jitter, "two zoom factors [lo, hi] with 0 < lo <= hi, e.g. [0.75, 1.25] (or null)")
-    choice("trainer.select_by", trainer.select_by, SELECT_BY)
-    choice("trainer.class_weights", trainer.class_weights, CLASS_WEIGHTS)
-    choice("trainer.sampler", trainer.sampler, SAMPLERS)
-    choice("trainer.sched_interval", trainer.sched_interval, ("epoch", "step"))
-    if "logger" in cfg:
-        choice("logger", cfg.logger.kind, LOGGERS)
-    optim = cfg.optim or {}
+        c.check(len(jitter) == 2 and all(isinstance(v, (int, float)) for v in jitter) and 0 < jitter[0] <= jitter[1],
+                "data.scale_jitter", jitter, "two zoom factors [lo, hi] with 0 < lo <= hi, e.g. [0.75, 1.25] (or null)")
+
+
+def _check_trainer_values(c: _Checks, trainer) -> None:
+    c.number("trainer.epochs", trainer.epochs, low=1, integer=True)
+    c.number("trainer.batch_size", trainer.batch_size, low=1, integer=True)
+    c.number("trainer.eval_batch_size", trainer.eval_batch_size, low=1, integer=True)
+    c.number("trainer.grad_accum", trainer.grad_accum, low=1, high=max(1, trainer.batch_size), integer=True)
+    c.number("trainer.label_smoothing", trainer.label_smoothing, low=0, high=0.99)
+    c.number("trainer.num_threads", trainer.num_threads, low=1, integer=True, null=True)
+    c.number("trainer.max_batches", trainer.max_batches, low=1, integer=True, null=True)
+    c.number("trainer.checkpoint_every_s", trainer.checkpoint_every_s, low=0)
+    c.number("trainer.warmup_steps", trainer.get("warmup_steps", 0), low=0, integer=True)
+    c.choice("trainer.select_by", trainer.select_by, SELECT_BY)
+    c.choice("trainer.class_weights", trainer.class_weights, CLASS_WEIGHTS)
+    c.choice("trainer.sampler", trainer.sampler, SAMPLERS)
+    c.choice("trainer.sched_interval", trainer.sched_interval, ("epoch", "step"))
+
+
+def _check_optim_sched_values(c: _Checks, optim, sched) -> None:
     for key, low, high, low_open in (("lr", 0, None, True), ("momentum", 0, 0.9999, False),
                                      ("weight_decay", 0, None, False), ("eps", 0, None, True)):
         if key in optim:
-            number(f"optim.{key}", optim[key], low=low, high=high, low_open=low_open)
+            c.number(f"optim.{key}", optim[key], low=low, high=high, low_open=low_open)
     if "betas" in optim:
         betas = list(optim.betas)
-        check(len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas),
-              "optim.betas", betas, "two numbers in [0, 1), e.g. [0.9,0.999]")
-    sched = cfg.sched or {}
+        c.check(len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas),
+                "optim.betas", betas, "two numbers in [0, 1), e.g. [0.9,0.999]")
     for key in ("step_size", "T_max"):
         if key in sched:
-            number(f"sched.{key}", sched[key], low=1, integer=True)
+            c.number(f"sched.{key}", sched[key], low=1, integer=True)
     if "gamma" in sched:
-        number("sched.gamma", sched.gamma, low=0, high=1, low_open=True)
-    return problems
+        c.number("sched.gamma", sched.gamma, low=0, high=1, low_open=True)
 
 
 # --------------------------------------------------------------------------- run identity
