@@ -313,21 +313,7 @@ def run(args: argparse.Namespace) -> dict:
                            f"(any of {', '.join(IMAGE_EXTENSIONS)}, searched recursively).")
     if args.batch_size < 1:
         raise PredictError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    paths, weights = list(args.checkpoint), [1.0] * len(args.checkpoint)
-    ens_voting = None
-    if args.ensemble is not None:
-        ens_paths, ens_weights, ens_voting = ensemble_checkpoints(args.ensemble)
-        paths += ens_paths
-        weights += ens_weights
-    if not paths:
-        raise PredictError("no model given: pass --checkpoint PATH/best.pt (repeatable) or --ensemble "
-                           "results/<exp>/ensembles/<name>.")
-    if args.method is not None:
-        voting = METHODS[args.method]
-    elif ens_voting in (HARD, SOFT) and not args.checkpoint:
-        voting = ens_voting
-    else:
-        voting = SOFT if len(paths) == 1 else HARD
+    paths, weights, voting = _models_and_voting(args)
     files, skipped = list_images(args.images_dir)
     if not files:
         raise PredictError(f"{args.images_dir} holds no image files ({', '.join(IMAGE_EXTENSIONS)}; searched "
@@ -349,12 +335,6 @@ def run(args: argparse.Namespace) -> dict:
     unreadable = pd.DataFrame(
         [(p, r) for p, r in zip(rel, reasons) if r is not None] + skipped, columns=["path", "reason"]
     ).sort_values("path", kind="mergesort")
-
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    runs.write_csv_atomic(out / "predictions.csv", preds)
-    runs.write_csv_atomic(out / "counts.csv", counts)
-    runs.write_csv_atomic(out / "unreadable.csv", unreadable)
     summary = {
         "images_dir": str(args.images_dir), "checkpoints": [str(p) for p in paths],
         "models": [c.model_name for c in checkpoints], "weights": weights,
@@ -368,8 +348,34 @@ def run(args: argparse.Namespace) -> dict:
         "val_recall": record.recall,
         "device": str(device), "seconds": seconds,
     }
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    runs.write_csv_atomic(out / "predictions.csv", preds)
+    runs.write_csv_atomic(out / "counts.csv", counts)
+    runs.write_csv_atomic(out / "unreadable.csv", unreadable)
     runs.write_json_atomic(out / "summary.json", summary)
     return {"summary": summary, "counts": counts, "unreadable": unreadable, "predictions": preds}
+
+
+def _models_and_voting(args) -> tuple[list[Path], list[float], str]:
+    """The checkpoints (-c, then an ensemble's members), their weights, and the voting: --method, else
+    the ensemble's own, else soft for one model and majority for several."""
+    paths, weights = list(args.checkpoint), [1.0] * len(args.checkpoint)
+    ens_voting = None
+    if args.ensemble is not None:
+        ens_paths, ens_weights, ens_voting = ensemble_checkpoints(args.ensemble)
+        paths += ens_paths
+        weights += ens_weights
+    if not paths:
+        raise PredictError("no model given: pass --checkpoint PATH/best.pt (repeatable) or --ensemble "
+                           "results/<exp>/ensembles/<name>.")
+    if args.method is not None:
+        voting = METHODS[args.method]
+    elif ens_voting in (HARD, SOFT) and not args.checkpoint:
+        voting = ens_voting
+    else:
+        voting = SOFT if len(paths) == 1 else HARD
+    return paths, weights, voting
 
 
 def _nothing_readable(images_dir: Path, rel: Sequence[str], reasons: Sequence[str | None],
