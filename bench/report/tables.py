@@ -40,39 +40,16 @@ def statistics_table(res: ExperimentResults, *, n_resamples: int = stats.DEFAULT
         return res._cache[key]
     entries = res.entries
     preds = [res.predictions(e) for e in entries]
-    rows = []
-    for e, p in zip(entries, preds):
-        rows.append({"rank": e.rank, "kind": e.kind, "model": e.model, "seed": e.seed, "label": e.label,
-                     "val_acc": e.val_acc, "test_acc": e.test_acc,
-                     "n_test": len(p.paths) if p is not None else (e.metrics.get("test") or {}).get("n"),
-                     "ci_low": math.nan, "ci_high": math.nan, "only_this": None, "only_best": None,
-                     "p_vs_best": math.nan, "p_vs_best_holm": math.nan, "p_vs_ensemble": math.nan,
-                "p_vs_ensemble_holm": math.nan, "distinguishable_from_best": None})
-    # Bootstrap: entries on the same images share resamples (one matrix product per group).
-    groups: dict[tuple, list[int]] = {}
-    for i, p in enumerate(preds):
-        if p is not None and len(p.paths):
-            groups.setdefault((len(p.paths), hash(tuple(p.paths))), []).append(i)
-    for members in groups.values():
-        ci = stats.bootstrap_accuracy_ci(np.stack([preds[i].correct for i in members]),
-                                         n_resamples=n_resamples, confidence=confidence, seed=seed)
-        for i, (low, high) in zip(members, ci):
-            rows[i]["ci_low"], rows[i]["ci_high"] = float(low), float(high)
-    # McNemar against the best run and against the ensemble.
-    best_i = 0 if res.best is not None else None
-    ens_i = entries.index(res.ensemble) if res.ensemble is not None else None
-    for i, p in enumerate(preds):
-        for ref_i, column in ((best_i, "p_vs_best"), (ens_i, "p_vs_ensemble")):
-            if ref_i is None or ref_i == i or p is None or preds[ref_i] is None:
-                continue
-            if not p.same_images(preds[ref_i]):
-                log.warning("%s and %s were tested on different images; no McNemar test", entries[i].key,
-                            entries[ref_i].key)
-                continue
-            result = stats.mcnemar_exact(p.correct, preds[ref_i].correct)
-            rows[i][column] = result.pvalue
-            if column == "p_vs_best":
-                rows[i]["only_this"], rows[i]["only_best"] = result.only_a, result.only_b
+    rows = [{"rank": e.rank, "kind": e.kind, "model": e.model, "seed": e.seed, "label": e.label,
+             "val_acc": e.val_acc, "test_acc": e.test_acc,
+             "n_test": len(p.paths) if p is not None else (e.metrics.get("test") or {}).get("n"),
+             "ci_low": math.nan, "ci_high": math.nan, "only_this": None, "only_best": None,
+             "p_vs_best": math.nan, "p_vs_best_holm": math.nan, "p_vs_ensemble": math.nan,
+             "p_vs_ensemble_holm": math.nan, "distinguishable_from_best": None}
+            for e, p in zip(entries, preds)]
+    _add_bootstrap(rows, preds, n_resamples, confidence, seed)
+    _add_mcnemar(rows, preds, entries, best_i=0 if res.best is not None else None,
+                 ens_i=entries.index(res.ensemble) if res.ensemble is not None else None)
     # Many models are each compared with the best: correct for the number of comparisons.
     for column in ("p_vs_best", "p_vs_ensemble"):
         for row, adjusted in zip(rows, stats.holm([r[column] for r in rows])):
@@ -85,6 +62,36 @@ def statistics_table(res: ExperimentResults, *, n_resamples: int = stats.DEFAULT
         frame[col] = pd.array(frame[col].tolist(), dtype="Int64")
     res._cache[key] = frame
     return frame
+
+
+def _add_bootstrap(rows: list[dict], preds, n_resamples: int, confidence: float, seed: int) -> None:
+    """Percentile bootstrap of test accuracy; entries on the same images share resamples (one matrix
+    product per group), so their intervals are comparable."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(preds):
+        if p is not None and len(p.paths):
+            groups.setdefault((len(p.paths), hash(tuple(p.paths))), []).append(i)
+    for members in groups.values():
+        ci = stats.bootstrap_accuracy_ci(np.stack([preds[i].correct for i in members]),
+                                         n_resamples=n_resamples, confidence=confidence, seed=seed)
+        for i, (low, high) in zip(members, ci):
+            rows[i]["ci_low"], rows[i]["ci_high"] = float(low), float(high)
+
+
+def _add_mcnemar(rows: list[dict], preds, entries, *, best_i: int | None, ens_i: int | None) -> None:
+    """McNemar's exact test of each entry against the best run and against the ensemble."""
+    for i, p in enumerate(preds):
+        for ref_i, column in ((best_i, "p_vs_best"), (ens_i, "p_vs_ensemble")):
+            if ref_i is None or ref_i == i or p is None or preds[ref_i] is None:
+                continue
+            if not p.same_images(preds[ref_i]):
+                log.warning("%s and %s were tested on different images; no McNemar test", entries[i].key,
+                            entries[ref_i].key)
+                continue
+            result = stats.mcnemar_exact(p.correct, preds[ref_i].correct)
+            rows[i][column] = result.pvalue
+            if column == "p_vs_best":
+                rows[i]["only_this"], rows[i]["only_best"] = result.only_a, result.only_b
 
 
 def seed_table(res: ExperimentResults) -> pd.DataFrame:
