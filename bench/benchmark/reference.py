@@ -49,6 +49,35 @@ def relative_samples(dataset, root) -> list[str]:
 
 def reference_main(argv: list[str]) -> int:
     """The reference loop, run as its own process: ``python -m bench.benchmark _reference ...``."""
+    a = _reference_parser().parse_args(argv)
+    # Only what a plain training script imports (torch, torchvision) plus the model zoo, so
+    # the reference's start-up is not inflated by the harness's own imports.
+    import torch
+    from torch.utils.data import DataLoader
+
+    from bench.models import create_model, get_model_spec
+
+    device = torch.device(a.device)
+    mean, std = [float(v) for v in a.mean.split(",")], [float(v) for v in a.std.split(",")]
+    ds = reference_datasets(a.root, a.manifest, a.image_size, mean, std)
+    classes = a.classes.split(",")
+    if ds["train"].classes != classes:
+        raise SystemExit(f"ImageFolder classes {ds['train'].classes} differ from the harness's {classes}")
+    train_dl = DataLoader(ds["train"], batch_size=a.batch_size, shuffle=True, num_workers=a.workers)
+    val_dl = DataLoader(ds["val"], batch_size=a.batch_size, shuffle=False, num_workers=a.workers)
+    torch.manual_seed(a.seed)
+    model = create_model(a.model, num_classes=len(classes), pretrained=False).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
+    epochs = []
+    for _ in range(a.epochs):
+        epochs.append(_reference_epoch(model, train_dl, val_dl, optimizer, get_model_spec(a.model).aux_weight, device))
+        scheduler.step()
+    Path(a.out).write_text(json.dumps({"epochs": epochs, "n_train": len(ds["train"]), "n_val": len(ds["val"])}))
+    return 0
+
+
+def _reference_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench-benchmark _reference")
     p.add_argument("--root", required=True)
     p.add_argument("--manifest", required=True)
@@ -63,55 +92,36 @@ def reference_main(argv: list[str]) -> int:
     p.add_argument("--mean", default="0.485,0.456,0.406")
     p.add_argument("--std", default="0.229,0.224,0.225")
     p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
+    return p
 
-    # Only what a plain training script imports (torch, torchvision) plus the model zoo, so
-    # the reference's start-up is not inflated by the harness's own imports.
+
+def _reference_epoch(model, train_dl, val_dl, optimizer, aux_weight: float, device) -> dict:
+    """One epoch the way a plain script writes it: train, then validation accuracy."""
     import torch
-    from torch.utils.data import DataLoader
 
     from bench.engine import split_outputs
-    from bench.models import create_model, get_model_spec
 
-    device = torch.device(a.device)
-    mean, std = [float(v) for v in a.mean.split(",")], [float(v) for v in a.std.split(",")]
-    ds = reference_datasets(a.root, a.manifest, a.image_size, mean, std)
-    classes = a.classes.split(",")
-    if ds["train"].classes != classes:
-        raise SystemExit(f"ImageFolder classes {ds['train'].classes} differ from the harness's {classes}")
-    train_dl = DataLoader(ds["train"], batch_size=a.batch_size, shuffle=True, num_workers=a.workers)
-    val_dl = DataLoader(ds["val"], batch_size=a.batch_size, shuffle=False, num_workers=a.workers)
-    torch.manual_seed(a.seed)
-    model = create_model(a.model, num_classes=len(classes), pretrained=False).to(device)
-    aux_weight = get_model_spec(a.model).aux_weight
     criterion = torch.nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
-    epochs = []
-    for _ in range(a.epochs):
-        model.train()
-        n, t0 = 0, time.perf_counter()
-        for x, y in train_dl:
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad()
-            logits, aux = split_outputs(model(x))
-            loss = criterion(logits, y) + sum(aux_weight * criterion(o, y) for o in aux)
-            loss.backward()
-            optimizer.step()
-            n += len(y)
-        _sync(device)
-        train_s = time.perf_counter() - t0
-        model.eval()
-        correct, total = 0, 0
-        with torch.no_grad():
-            for x, y in val_dl:
-                pred = model(x.to(device)).argmax(1).cpu()
-                correct += int((pred == y).sum())
-                total += len(y)
-        scheduler.step()
-        epochs.append({"train_img_s": n / train_s, "train_s": train_s, "val_acc": correct / max(total, 1)})
-    Path(a.out).write_text(json.dumps({"epochs": epochs, "n_train": len(ds["train"]), "n_val": len(ds["val"])}))
-    return 0
+    model.train()
+    n, t0 = 0, time.perf_counter()
+    for x, y in train_dl:
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad()
+        logits, aux = split_outputs(model(x))
+        loss = criterion(logits, y) + sum(aux_weight * criterion(o, y) for o in aux)
+        loss.backward()
+        optimizer.step()
+        n += len(y)
+    _sync(device)
+    train_s = time.perf_counter() - t0
+    model.eval()
+    correct, total = 0, 0
+    with torch.no_grad():
+        for x, y in val_dl:
+            pred = model(x.to(device)).argmax(1).cpu()
+            correct += int((pred == y).sum())
+            total += len(y)
+    return {"train_img_s": n / train_s, "train_s": train_s, "val_acc": correct / max(total, 1)}
 
 
 def run_reference(args, model: str, *, image_size: int, manifest: Path, classes: list[str], mean, std, device,
