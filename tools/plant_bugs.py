@@ -128,7 +128,10 @@ def plant(bug_id: str, pytest_args: list[str], rev: str | None = None) -> tuple[
         failed = re.findall(r"^FAILED (\S+)", proc.stdout, flags=re.M)
         if proc.returncode == 0:
             return False, "", seconds
-        return True, failed[0] if failed else proc.stdout.strip().splitlines()[-1], seconds
+        # The first assertion line, so a reader sees the test failed for the planted bug, not another reason.
+        why = next((line[1:].strip() for line in proc.stdout.splitlines() if line.startswith("E ")), "")
+        return True, (failed[0] if failed else proc.stdout.strip().splitlines()[-1]) + (f"\n      {why[:200]}" if why
+                                                                                       else ""), seconds
 
 
 def main(argv=None) -> int:
