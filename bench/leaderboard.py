@@ -398,6 +398,15 @@ def ranking_text(board: pd.DataFrame) -> str:
     return f"ranked by {RANK_NAMES[rank_key(models)]}" if len(models) else "ranked by validation accuracy"
 
 
+def by_validation(frame: pd.DataFrame, key: str = "val_acc") -> pd.DataFrame:
+    """The one ranking order: ``key`` (a validation number) descending, then model name, then seed
+    (numeric); stable, so equal rows keep their order. Test numbers never order anything."""
+    frame = frame.copy()
+    frame["_seed_key"] = pd.to_numeric(frame["seed"], errors="coerce") if "seed" in frame else 0
+    ordered = frame.sort_values([key, "model", "_seed_key"], ascending=[False, True, True], kind="mergesort")
+    return ordered.drop(columns="_seed_key").reset_index(drop=True)
+
+
 def _rank_rows(frame: pd.DataFrame, off_main: pd.Series | None = None) -> pd.DataFrame:
     """Order: ranked runs by the rank key (:func:`rank_key`, desc), then model, seed; unranked runs
     (not completed, or trained on another class set: ``off_main``) after them."""
@@ -405,11 +414,7 @@ def _rank_rows(frame: pd.DataFrame, off_main: pd.Series | None = None) -> pd.Dat
     rankable = (frame["status"] == runs.STATUS_COMPLETED) & frame[key].notna()
     if off_main is not None:
         rankable &= ~off_main
-    ranked = frame[rankable].copy()
-    ranked["_seed_key"] = pd.to_numeric(ranked["seed"], errors="coerce")
-    ranked = ranked.sort_values(
-        [key, "model", "_seed_key"], ascending=[False, True, True], kind="mergesort"
-    ).drop(columns="_seed_key")
+    ranked = by_validation(frame[rankable], key)
     ranked["rank"] = range(1, len(ranked) + 1)
     rest = frame[~rankable].copy()
     rest["_seed_key"] = pd.to_numeric(rest["seed"], errors="coerce")
@@ -479,7 +484,7 @@ def ensemble_rows_frame(exp_dir, columns: Sequence[str]) -> pd.DataFrame | None:
     if not rows:
         return None
     frame = pd.DataFrame(rows)
-    return frame.sort_values(["val_acc", "model"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
+    return by_validation(frame)
 
 
 def main_class_set(records: Sequence[RunRecord]) -> tuple[str, ...] | None:
@@ -589,8 +594,7 @@ def summary_frame(model_rows: pd.DataFrame, classes: Sequence[str]) -> pd.DataFr
     # Only when every seed followed the paper's recipe (see the protocol column).
     followed = grouped["protocol"].agg(lambda s: bool((s == PROTOCOL_FOLLOWED).all())).values
     out["paper_diff"] = (out["test_acc_mean"] - out["paper_test_acc"]).where(followed)
-    out = out.sort_values(["val_acc_mean", "model"], ascending=[False, True], kind="mergesort")
-    return out.round(DECIMALS).reset_index(drop=True)[columns]
+    return by_validation(out, "val_acc_mean").round(DECIMALS)[columns]
 
 
 # --------------------------------------------------------------------------- writing

@@ -109,7 +109,7 @@ def _per_model_means(res: ExperimentResults, columns: Sequence[str]) -> pd.DataF
         return pd.DataFrame(columns=["model", "val_acc", *columns])
     cols = list(dict.fromkeys(["val_acc", *columns]))
     means = done.groupby("model", sort=True)[cols].mean().reset_index()
-    return means.sort_values(["val_acc", "model"], ascending=[False, True], kind="mergesort").reset_index(drop=True)
+    return lb.by_validation(means)
 
 
 def class_accuracy_table(res: ExperimentResults) -> pd.DataFrame:
