@@ -232,7 +232,8 @@ def overrides_parser(name: str) -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- the table
 COMMANDS: dict[str, Command] = {c.name: c for c in [
     Command("bench-train", "bench.train:cli",
-            "Fine-tune and evaluate image classifiers under one Hydra config: one run, or a sweep with -m. "
+            "Fine-tune and evaluate image classifiers (or cell detectors on smear fields) under one Hydra "
+            "config: one run, or a sweep with -m. "
             "Each run writes results/<experiment>/runs/<model>/seed<seed>/ (metrics, per-image predictions, "
             "checkpoints) and refreshes the experiment's leaderboard; finished runs are skipped, interrupted ones "
             "resume. Defaults are the published protocol (Gavas & Olpadkar 2021).",
@@ -241,6 +242,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
                 "bench-train model=resnet34 data=imagefolder data.root=/data/PBC     # your own folder",
                 "bench-train -m experiment=gavas2021 data.root=/data/PBC            # all 27 models",
                 "bench-train model=timm/convnext_tiny model.pretrained=false data.image_size=64",
+                "bench-train experiment=detect_quickstart                           # a detector on synthetic smears",
                 "bench-train --cfg job experiment=gavas2021                         # print the config")),
     Command("bench-cv", "bench.protocols.cv:main",
             "Cross-validate a model: cv.folds=K stratified k-fold or cv.repeats=R Monte Carlo splits, one run per "

@@ -183,7 +183,9 @@ def test_a_killed_store_build_leaves_nothing_for_good(tmp_path):
 
 # --------------------------------------------------------------------------- 7. Ctrl-C
 def test_ctrl_c_says_how_to_resume_without_a_traceback(tmp_path, cache_dir):
-    cmd = [sys.executable, "-m", "bench", "train", *SMOKE_OVERRIDES, "trainer.epochs=50",
+    # Epochs enough that the signal always lands mid-training: 50 tiny epochs could all finish on a fast
+    # machine (or with a warm precision record) between two polls of this test on a busy one.
+    cmd = [sys.executable, "-m", "bench", "train", *SMOKE_OVERRIDES, "trainer.epochs=100000",
            "data.synthetic_n_per_class=60", f"paths.results_dir={tmp_path}", f"paths.cache_dir={cache_dir}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     history = tmp_path / "synthetic" / "runs" / "simple_cnn" / "seed0" / "history.csv"
@@ -194,8 +196,11 @@ def test_ctrl_c_says_how_to_resume_without_a_traceback(tmp_path, cache_dir):
     # start-up would test something else.
     assert history.exists() and proc.poll() is None, "the run did not reach its first epoch"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, f"rc {proc.returncode}: {err[-2000:]}"
     assert "interrupted" in err and "rerun the same command" in err
     assert "Traceback" not in err
     status = runs.read_json(history.parent / "status.json")
