@@ -187,7 +187,10 @@ def test_ctrl_c_says_how_to_resume_without_a_traceback(tmp_path, cache_dir):
     # machine (or with a warm precision record) between two polls of this test on a busy one.
     cmd = [sys.executable, "-m", "bench", "train", *SMOKE_OVERRIDES, "trainer.epochs=100000",
            "data.synthetic_n_per_class=60", f"paths.results_dir={tmp_path}", f"paths.cache_dir={cache_dir}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as in a terminal: a suite started in the background (`cmd &`, nohup, some CI runners) passes
+    # its children SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     history = tmp_path / "synthetic" / "runs" / "simple_cnn" / "seed0" / "history.csv"
     deadline = time.time() + 600  # generous: on a loaded 2-core machine the first epoch can take minutes
     while not history.exists() and time.time() < deadline and proc.poll() is None:
