@@ -338,3 +338,36 @@ def test_a_sweep_over_detector_families_on_a_voc_folder(tmp_path, cache_dir, cap
     err = capsys.readouterr().err
     assert "ssdlite320_mobilenet_v3_large: model.detector_kwargs rpn_batch_size_per_image" in err
     assert "fasterrcnn_mobilenet_v3_large_320_fpn:" not in err  # Faster R-CNN takes it
+
+
+def test_the_detectors_best_epoch_is_the_first_best_validation_map(tmp_path, cache_dir, monkeypatch):
+    """Scripted validation mAP 0.2, 0.5, 0.5: the best epoch is 2 (a tie keeps the earlier) and best.pt
+    holds epoch 2's weights, not the last epoch's."""
+    import torch
+
+    from bench.detection import fit as det_fit
+    from bench.training import run_training
+
+    real, scripted, saved = det_fit.coco_metrics, iter([0.2, 0.5, 0.5]), {}
+    real_epoch = det_fit.detector_epoch
+
+    def scripted_metrics(gt, res):
+        out = real(gt, res)
+        value = next(scripted, None)  # the three epochs' validation, then the real final evaluation
+        return out if value is None else {**out, "map": value}
+
+    def remember(s, epoch, run_dir, tracker):
+        real_epoch(s, epoch, run_dir, tracker)
+        saved[epoch + 1] = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
+
+    monkeypatch.setattr(det_fit, "coco_metrics", scripted_metrics)
+    monkeypatch.setattr(det_fit, "detector_epoch", remember)
+    out = run_training(compose_cfg(*SMALL, "trainer.epochs=3", f"paths.results_dir={tmp_path}",
+                                   f"paths.cache_dir={cache_dir}"))
+    assert out["status"] == "completed", out.get("error")
+    run_dir = Path(out["run_dir"])
+    metrics = runs.read_json(run_dir / "metrics.json")
+    assert metrics["best_epoch"] == 2
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    assert best["epoch"] == 2 and all(torch.equal(best["model"][k], saved[2][k]) for k in saved[2])
+    assert not all(torch.equal(saved[2][k], saved[3][k]) for k in saved[2])  # epoch 3 did change the weights
