@@ -371,3 +371,29 @@ def test_the_detectors_best_epoch_is_the_first_best_validation_map(tmp_path, cac
     best = torch.load(run_dir / "best.pt", weights_only=True)
     assert best["epoch"] == 2 and all(torch.equal(best["model"][k], saved[2][k]) for k in saved[2])
     assert not all(torch.equal(saved[2][k], saved[3][k]) for k in saved[2])  # epoch 3 did change the weights
+
+
+def test_score_thresholds_are_chosen_on_validation_never_on_test(tmp_path, monkeypatch):
+    """One wbc per field. Validation scores 0.9 and 0.3: counted right from 0.35 up (the lowest such grid
+    value, 0.05 steps); test scores 0.9 and 0.8 would ask for 0.85. The run must take 0.35 and then count
+    test's two boxes against its one cell."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from bench.detection import fit as det_fit
+    from bench.detection.data import Boxes
+
+    box = np.array([[1.0, 1.0, 8.0, 8.0]])
+    samples = {s: [(torch.zeros(3, 10, 10, dtype=torch.uint8), Boxes(f"{s}.png", 10, 10, box, ["wbc"]))]
+               for s in ("val", "test")}
+    scores = {"val": [0.9, 0.3], "test": [0.9, 0.8]}
+
+    def scripted(model, split_samples, *a, **k):
+        split = "val" if split_samples is samples["val"] else "test"
+        return [{"boxes": np.repeat(box, 2, axis=0), "labels": np.array([1, 1]), "scores": np.array(scores[split])}]
+
+    monkeypatch.setattr(det_fit, "predict", scripted)
+    out = det_fit.evaluate_splits(None, samples, ["wbc"], runs.RunDir(tmp_path), "cpu",
+                                  OmegaConf.create({"eval_batch_size": 2, "max_batches": None}))
+    assert out["score_threshold"] == {"wbc": 0.35}
+    assert out["val"]["count_error"] == 0.0 and out["test"]["count_error"] == 1.0
