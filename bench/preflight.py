@@ -332,13 +332,11 @@ def _check_augment(cfg, report: Report) -> None:
 
 def _check_detector_options(name: str, cfg, report: Report) -> None:
     """Every model.detector_kwargs entry a detector of the sweep would get is one it takes."""
-    from bench.models.detection_zoo import DETECTORS, unknown_detector_options
+    from bench.models.detection_zoo import DETECTORS, detector_options_problem
 
-    unknown = unknown_detector_options(name, cfg.model.get("detector_kwargs")) if name in DETECTORS else []
-    if unknown:
-        report.problems.append(
-            f"{name}: model.detector_kwargs {', '.join(unknown)} not taken by its constructor; put a family's own "
-            f"options under model.detector_kwargs.<family> (fasterrcnn, retinanet, fcos, ssd) or drop them.")
+    problem = detector_options_problem(name, cfg.model.get("detector_kwargs")) if name in DETECTORS else None
+    if problem:
+        report.problems.append(problem)
 
 
 def _image_sizes(configs) -> list:

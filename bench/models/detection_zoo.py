@@ -88,17 +88,24 @@ def unknown_detector_options(name: str, options) -> list[str]:
     return sorted(set(detector_options(name, options)) - accepted)
 
 
+def detector_options_problem(name: str, options) -> str | None:
+    """The one message for options a detector does not take (the preflight's and the builder's)."""
+    unknown = unknown_detector_options(name, options)
+    if not unknown:
+        return None
+    return (f"{name}: model.detector_kwargs {', '.join(unknown)} not taken by torchvision's "
+            f"{FAMILY_CLASSES[DETECTORS[name][0]][1]}; put a family's own options under "
+            f"model.detector_kwargs.<family> ({', '.join(FAMILY_CLASSES)}), e.g. "
+            "model.detector_kwargs.fasterrcnn.rpn_pre_nms_top_n_train=500, or drop them.")
+
+
 def build_detector(name: str, num_classes: int, pretrained: bool | str, image_size: int, **options) -> nn.Module:
     import torchvision
 
     family = DETECTORS[name][0]
-    unknown = unknown_detector_options(name, options)
-    if unknown:
-        verb = "is not an option" if len(unknown) == 1 else "are not options"
-        raise ValueError(
-            f"model.detector_kwargs: {', '.join(unknown)} {verb} of {name} (torchvision's {FAMILY_CLASSES[family]}). Put a family's own options under "
-            f"model.detector_kwargs.<family> (one of {', '.join(FAMILY_CLASSES)}), e.g. "
-            f"model.detector_kwargs.fasterrcnn.rpn_pre_nms_top_n_train=500, or drop them.")
+    problem = detector_options_problem(name, options)
+    if problem:
+        raise ValueError(problem)
     kwargs = detector_options(name, options)
     ctor = getattr(torchvision.models.detection, name)
     size = {**({} if family == "ssd" else {"min_size": image_size, "max_size": image_size}), **kwargs}
