@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from bench import runs
+from bench import write_errors
 
 log = logging.getLogger("bench.train")
 
@@ -16,7 +17,7 @@ log = logging.getLogger("bench.train")
 def save_checkpoint(path: Path, weights: dict, *, model_name, class_names, input_size, data_cfg,
                     durable: bool = True, **extra) -> None:
     """Weights plus what a predictor needs to use them (class order, input size, normalisation)."""
-    runs.save_torch_atomic(path, {
+    write_errors.save_torch_atomic(path, {
         "model": weights, "model_name": model_name, "class_names": list(class_names),
         "input_size": int(input_size), "mean": list(data_cfg.mean), "std": list(data_cfg.std), **extra,
     }, durable=durable)
@@ -26,7 +27,7 @@ def save_last(path: Path, *, model, optimizer, scheduler, epoch: int, best_score
               history: list, config_hash: str, amp) -> None:
     """The full state after an epoch, to resume from (written without fsync: an unreadable last.pt
     after a power cut only means starting over)."""
-    runs.save_torch_atomic(path, {
+    write_errors.save_torch_atomic(path, {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": None,  # bf16 autocast needs no loss scaling
         "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch, "history": history,

@@ -37,6 +37,7 @@ import pandas as pd
 
 from bench import leaderboard as lb
 from bench import runs
+from bench import run_files
 from bench.commands import ENSEMBLE_OPTIONS as OPTIONS  # the key=value options (the CLI surface)
 from bench.ensemble import (HARD, SOFT, BestSubset, Combined, GreedySelection, MajorityVote, SoftVote,
                             WeightedVote, _Ensemble, confidence_of)
@@ -106,8 +107,8 @@ def member_id(model: str, seed) -> str:
 
 def _read_predictions(path: Path, classes: list[str], run_label: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
-        paths, labels, _, probs = runs.read_predictions(path, classes)
-    except runs.PredictionsError as exc:
+        paths, labels, _, probs = run_files.read_predictions(path, classes)
+    except run_files.PredictionsError as exc:
         raise EnsembleError(f"{exc} ({run_label})") from exc
     return paths, labels, probs
 
@@ -281,7 +282,7 @@ def run_ensemble(exp_dir, *, method: str = "majority", k: int = 4, top_n: int | 
         runs.write_csv_atomic(out_dir / f"confusion_{split}.csv",
                               _confusion_frame(metrics[split]["confusion_matrix"], cands.classes))
     runs.write_csv_atomic(out_dir / MEMBERS_CSV, members)
-    runs.write_metrics(out_dir, metrics, kind="ensemble")  # last: its presence means complete
+    run_files.write_metrics(out_dir, metrics, kind="ensemble")  # last: its presence means complete
     board = lb.write_leaderboard(exp_dir)  # the ensemble's row is built from the folder just written
     row = board[(board["kind"] == lb.KIND_ENSEMBLE) & (board["model"].astype(str) == name)].iloc[0].to_dict()
     return EnsembleResult(name, out_dir, est, metrics, members, row)

@@ -35,6 +35,7 @@ import pandas as pd
 
 from bench import leaderboard as lb
 from bench import runs
+from bench import run_files
 from bench.ensemble import HARD, combine
 from bench.ensemble_runs import MEMBERS_CSV
 from bench.metrics import classification_metrics
@@ -136,7 +137,7 @@ def evaluate_external(source, data_root, *, mapping: dict[str, str] | None = Non
     runs.write_csv_atomic(out / "predictions.csv", frame)
     runs.write_csv_atomic(out / "unreadable.csv", pd.DataFrame(
         [(r.path, why) for r, why in zip(kept, reasons) if why is not None], columns=["path", "reason"]))
-    runs.write_metrics(out, metrics, kind="external")  # last: its presence means complete
+    run_files.write_metrics(out, metrics, kind="external")  # last: its presence means complete
     lb.refresh_leaderboard(exp_dir)
     return metrics
 

@@ -41,6 +41,7 @@ import pandas as pd
 
 import bench
 from bench import runs
+from bench import run_files
 from bench.metrics import MACRO_KEYS
 
 log = logging.getLogger(__name__)
@@ -152,10 +153,10 @@ def _read_json_or_none(path: Path, what: str) -> Any | None:
 def _metrics_or_none(path: Path, kind: str) -> dict | None:
     """An ensemble's or external evaluation's metrics.json, or None with a warning naming it."""
     try:
-        return runs.read_metrics(path, kind)
+        return run_files.read_metrics(path, kind)
     except FileNotFoundError:
         return None
-    except (OSError, runs.UnreadableMetrics) as exc:
+    except (OSError, run_files.UnreadableMetrics) as exc:
         log.warning("skipping the %s at %s: %s", kind, path.parent, exc)
         return None
 
@@ -178,10 +179,10 @@ def read_run(run_dir: runs.RunDir) -> RunRecord | None:
     # status.json is the authority; metrics.json may lag behind it (another process
     # is writing it, or it was deleted), and then the run is not finished for us.
     try:
-        metrics = runs.read_metrics(run_dir.root)
+        metrics = run_files.read_metrics(run_dir.root)
     except FileNotFoundError:
         return RunRecord(model, seed, runs.STATUS_RUNNING, error)
-    except (OSError, runs.UnreadableMetrics) as exc:
+    except (OSError, run_files.UnreadableMetrics) as exc:
         # Writes are atomic, so this is damage, not a write in progress: say so, by path.
         log.warning("%s", exc)
         return RunRecord(model, seed, STATUS_UNREADABLE,

@@ -54,6 +54,7 @@ import pandas as pd
 import torch
 
 from bench import runs
+from bench import run_files
 from bench.data.imagefolder import IMAGE_EXTENSIONS, try_decode
 from bench.data.transforms import Normalize
 from bench.ensemble import HARD, SOFT, combine, confidence_of
@@ -136,7 +137,7 @@ def ensemble_checkpoints(ens_dir) -> tuple[list[Path], list[float], str | None]:
         weights = [1.0] * len(paths)  # equal weights: plain votes (integral vote counts)
     voting = None
     try:
-        voting = runs.read_metrics(ens_dir, "ensemble").get("voting")
+        voting = run_files.read_metrics(ens_dir, "ensemble").get("voting")
     except (OSError, ValueError):
         pass
     return paths, weights, voting
@@ -248,7 +249,7 @@ def validation_record(checkpoints: Sequence[Path], ensemble_dir: Path | None, vo
     else:
         return ValidationRecord(why="these checkpoints were never validated together (no ensemble folder)")
     try:
-        metrics = runs.read_metrics(source, "ensemble" if ensemble_dir is not None and not checkpoints else "run")
+        metrics = run_files.read_metrics(source, "ensemble" if ensemble_dir is not None and not checkpoints else "run")
     except (OSError, ValueError):
         return ValidationRecord(why=f"no readable {source} beside the model")
     if [str(c) for c in metrics.get("classes") or []] != list(class_names):

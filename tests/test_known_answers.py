@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as tnf
 
 from bench import runs
+from bench import write_errors
 from bench.engine import compute_loss, evaluate, split_outputs, train_one_epoch
 from bench.metrics import classification_metrics
 
@@ -216,7 +217,7 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path, mo
         "json": lambda value: runs.write_json_atomic(target, {"value": value}),
         "text": lambda value: runs.write_text_atomic(target, f"value {value}\n"),
         "csv": lambda value: runs.write_csv_atomic(target, pd.DataFrame({"value": [value] * 3})),
-        "torch": lambda value: runs.save_torch_atomic(target, {"value": torch.full((256,), float(value))}),
+        "torch": lambda value: write_errors.save_torch_atomic(target, {"value": torch.full((256,), float(value))}),
     }[writer]
     write(1)
     before = target.read_bytes()

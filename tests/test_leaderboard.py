@@ -10,6 +10,7 @@ import pytest
 
 from bench import leaderboard as lb
 from bench import runs
+from bench import run_files
 from bench.metrics import classification_metrics
 
 CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
@@ -256,14 +257,14 @@ def test_metrics_json_is_written_and_read_by_one_contract(tmp_path):
     from bench import runs
 
     with pytest.raises(ValueError, match="no 'test'"):
-        runs.write_metrics(tmp_path, {"model": "m", "val": {}})
+        run_files.write_metrics(tmp_path, {"model": "m", "val": {}})
     assert not (tmp_path / "metrics.json").exists()  # nothing half-right on disk
-    runs.write_metrics(tmp_path, {"model": "m", "status": "completed", "val": {}, "test": {}})
-    assert runs.read_metrics(tmp_path)["model"] == "m"
-    with pytest.raises(runs.UnreadableMetrics, match="no 'members'"):
-        runs.read_metrics(tmp_path, "ensemble")
+    run_files.write_metrics(tmp_path, {"model": "m", "status": "completed", "val": {}, "test": {}})
+    assert run_files.read_metrics(tmp_path)["model"] == "m"
+    with pytest.raises(run_files.UnreadableMetrics, match="no 'members'"):
+        run_files.read_metrics(tmp_path, "ensemble")
     (tmp_path / "metrics.json").write_text('{"model": "m", "status": "completed", "val": {}, "test": [1]}')
-    with pytest.raises(runs.UnreadableMetrics, match="'test' is not a mapping"):
-        runs.read_metrics(tmp_path / "metrics.json")
+    with pytest.raises(run_files.UnreadableMetrics, match="'test' is not a mapping"):
+        run_files.read_metrics(tmp_path / "metrics.json")
     with pytest.raises(FileNotFoundError):
-        runs.read_metrics(tmp_path / "absent")
+        run_files.read_metrics(tmp_path / "absent")

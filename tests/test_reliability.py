@@ -22,6 +22,7 @@ import pytest
 
 from bench import leaderboard as lb
 from bench import runs
+from bench import write_errors
 from bench.preflight import plan_runs, preflight
 from bench.train import train
 
@@ -100,7 +101,7 @@ def test_a_full_disk_is_said_in_one_sentence_and_earlier_results_stay(make_cfg, 
     def torch_disk_full(*a, **k):  # what torch.save says when the disk fills up
         raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 1728 vs 1622")
 
-    monkeypatch.setattr(runs, "save_torch_atomic", torch_disk_full)
+    monkeypatch.setattr(write_errors, "save_torch_atomic", torch_disk_full)
     monkeypatch.setattr(shutil, "disk_usage", _disk_with(3 * 2**20))
     out = train(make_cfg("trainer.epochs=1", "experiment_name=full"))
     assert out["status"] == "failed" and out["error"].startswith("disk full at ")
@@ -130,7 +131,7 @@ def test_a_disk_too_full_to_record_the_failure_still_gives_one_message(make_cfg,
     def no_space(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runs, "save_torch_atomic", no_space)
+    monkeypatch.setattr(write_errors, "save_torch_atomic", no_space)
     monkeypatch.setattr(runs, "write_text_atomic", no_space)  # error.log cannot be written either
     out = train(make_cfg("trainer.epochs=1"))  # returns: no chain of tracebacks
     assert out["status"] == "failed" and out["error"].startswith("disk full at ")

@@ -14,6 +14,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError
 
 from bench import runs
+from bench import write_errors
 from bench.metrics import classification_metrics
 from omegaconf import OmegaConf
 
@@ -335,13 +336,13 @@ def test_sweep_progress_line(caplog):
 @pytest.mark.parametrize("every_s, last_writes", [(0, 3), (1e9, 1)])
 def test_checkpoints_are_written_at_most_every_checkpoint_every_s(make_cfg, monkeypatch, every_s, last_writes):
     written = []
-    real_save = runs.save_torch_atomic
+    real_save = write_errors.save_torch_atomic
 
     def counting_save(path, obj, **kw):
         written.append(Path(path).name)
         return real_save(path, obj, **kw)
 
-    monkeypatch.setattr(runs, "save_torch_atomic", counting_save)
+    monkeypatch.setattr(write_errors, "save_torch_atomic", counting_save)
     out = train(make_cfg("trainer.epochs=3", f"trainer.checkpoint_every_s={every_s}"))
     assert out["status"] == "completed"
     assert written.count("last.pt") == last_writes  # the last epoch is always written

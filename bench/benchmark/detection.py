@@ -101,6 +101,8 @@ def run_detection_benchmark(args) -> int:
     import pandas as pd
 
     from bench import runs
+
+    from bench import run_files
     from bench.config import compose_config
     from bench.device import resolve_device
 
@@ -125,7 +127,7 @@ def run_detection_benchmark(args) -> int:
                           {"measure": "detector eval img/s", "harness": None, "alone": alone_eval, "ratio": None}])
     frame["model"] = model
     frame["cells_typed"] = n_typed
-    frame["val_map"] = runs.read_metrics(run_dir)["val"]["map"]
+    frame["val_map"] = run_files.read_metrics(run_dir)["val"]["map"]
     env["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     runs.write_csv_atomic(Path(args.out) / f"{name}.csv", frame)
     runs.write_json_atomic(Path(args.out) / f"{name}.json", env)

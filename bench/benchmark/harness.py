@@ -39,6 +39,8 @@ def run_harness(cfg) -> dict:
     import pandas as pd
 
     from bench import runs
+
+    from bench import run_files
     from bench.training import run_training as train
 
     t0 = time.perf_counter()
@@ -48,7 +50,7 @@ def run_harness(cfg) -> dict:
         raise RuntimeError(f"harness run of {cfg.model.name} {result['status']}: {result.get('error')}")
     run_dir = runs.RunDir(Path(result["run_dir"]))
     history = pd.read_csv(run_dir.history)
-    metrics = runs.read_metrics(run_dir.root)
+    metrics = run_files.read_metrics(run_dir.root)
     img_s = history["train_img_s"].tolist()
     return {
         "harness_amp": bool(metrics["amp"]),

@@ -23,6 +23,7 @@ def run_sweep(args, models: list[str], work: Path) -> dict:
     """Wall time of one ``bench-train -m`` for all models: fresh results and cache, so start-up,
     decoding and the split are included, exactly as a user's first sweep."""
     from bench import runs
+    from bench import run_files
 
     results, cache = work / "sweep-results", work / "sweep-cache"
     for d in (results, cache):
@@ -38,6 +39,6 @@ def run_sweep(args, models: list[str], work: Path) -> dict:
         raise RuntimeError(f"the sweep failed (see {work / 'sweep.log'}):\n{proc.stderr[-3000:]}")
     accs = {}
     for rd in runs.iter_run_dirs(results / "sweep"):
-        m = runs.read_metrics(rd.root)
+        m = run_files.read_metrics(rd.root)
         accs[m["model"]] = m["val"]["accuracy"]
     return {"sweep_wall_s": wall, "sweep_val_acc": accs, "command": " ".join(cmd)}

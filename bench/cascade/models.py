@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from bench import runs
+from bench import run_files
 from bench.detection.metrics import class_thresholds
 from bench.ensemble import HARD, SOFT
 from bench.predict import (METHODS, LoadedCheckpoint, PredictError, ValidationRecord, check_same_classes,
@@ -83,7 +83,7 @@ def load_detector(source, device, score_threshold: float | None = None) -> Loade
         found, why = float(score_threshold), "--score-threshold"
     else:
         try:
-            found = runs.read_metrics(path.parent)["score_threshold"]
+            found = run_files.read_metrics(path.parent)["score_threshold"]
             why = f"chosen per label on the detector's validation fields ({path.parent / 'metrics.json'})"
         except (OSError, ValueError, KeyError, TypeError):
             found = DEFAULT_SCORE_THRESHOLD

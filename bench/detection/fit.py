@@ -30,6 +30,7 @@ import torch
 from hydra.utils import instantiate
 
 from bench import runs
+from bench import run_files
 from bench.checkpoints import read_last, save_checkpoint, save_last
 from bench.device import env_info, peak_memory_mb, resolve_device
 from bench.detection.data import Boxes, DetectionSet, read_detection_set
@@ -185,7 +186,7 @@ def fit_detector(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, 
     s.model.load_state_dict(torch.load(run_dir.best_ckpt, map_location="cpu", weights_only=True)["model"])
     results = evaluate_splits(s.model, s.samples, s.dset.classes, run_dir, s.device, cfg.trainer)
     metrics = detector_metrics(s, results, chash, oom_retry)
-    runs.write_metrics(run_dir.root, metrics)
+    run_files.write_metrics(run_dir.root, metrics)
     tracker.final({k: metrics[k] for k in ("val", "test")})
     log.info("%s seed %d: best epoch %d, val mAP %.4f, test mAP %.4f, test count error %.3f -> %s", cfg.model.name,
              cfg.seed, s.best_epoch, metrics["val"]["map"], metrics["test"]["map"], metrics["test"]["count_error"],

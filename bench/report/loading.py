@@ -13,6 +13,7 @@ import pandas as pd
 
 from bench import leaderboard as lb
 from bench import runs
+from bench import run_files
 from bench.ensemble_runs import ENSEMBLES_DIR, classes_of, member_id
 
 log = logging.getLogger(__name__)
@@ -205,8 +206,8 @@ def _load_ensembles(exp_dir: Path) -> list[Entry]:
         return out
     for metrics_path in sorted(folder.glob("*/metrics.json")):
         try:
-            metrics = runs.read_metrics(metrics_path, "ensemble")
-        except (OSError, runs.UnreadableMetrics) as exc:
+            metrics = run_files.read_metrics(metrics_path, "ensemble")
+        except (OSError, run_files.UnreadableMetrics) as exc:
             log.warning("skipping ensemble %s: %s", metrics_path.parent, exc)
             continue
         name = str(metrics.get("name") or metrics_path.parent.name)
