@@ -82,6 +82,6 @@ def rebuild_model(ckpt: dict) -> torch.nn.Module:
         # torchvision sets transform_input=True only when it builds these with ImageNet weights;
         # the fine-tuned weights expect it.
         model.transform_input = True
-    match_state_dict(model, name, ckpt["model"])  # an MLP head / no aux head, as trained
+    match_state_dict(model, name, ckpt["model"], head=ckpt.get("head"))  # the head / no aux head, as trained
     model.load_state_dict(ckpt["model"])
     return model.eval()

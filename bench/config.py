@@ -13,11 +13,31 @@ single list of models and ``model=resnet34`` can never drift from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import MISSING, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
+
+# --------------------------------------------------------------------------- identity metadata
+# Which keys change a run's results is said where each key is defined: a run's identity hash
+# (run_identity) covers every key but those marked here, so e.g. turning progress bars off never
+# retrains a finished model.
+_IDENTITY = "bench_identity"
+
+
+def not_a_result(default=MISSING, *, default_factory=MISSING):
+    """A key (or group) that never changes a run's results: left out of the identity hash."""
+    return field(default=default, default_factory=default_factory, metadata={_IDENTITY: "ignored"})
+
+
+def added_later(default=MISSING, *, default_factory=MISSING):
+    """An option added after runs were already on disk, whose default does what the code did
+    before it: at that value it stays out of the identity hash, so adding an option never
+    retrains (or sets aside) a finished run whose config did not ask for it."""
+    return field(default=default, default_factory=default_factory, metadata={_IDENTITY: "neutral"})
+
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -34,10 +54,10 @@ class AugmentConfig:
     # Stain / colour jitter (off in the paper's protocol), torchvision's ColorJitter ranges:
     # brightness, contrast and saturation factors uniform in [max(0, 1 - v), 1 + v], hue shift
     # uniform in [-hue, hue] (hue <= 0.5). Per image, batched on the device like the flips.
-    brightness: float = 0.0
-    contrast: float = 0.0
-    saturation: float = 0.0
-    hue: float = 0.0
+    brightness: float = added_later(0.0)
+    contrast: float = added_later(0.0)
+    saturation: float = added_later(0.0)
+    hue: float = added_later(0.0)
 
 
 @dataclass
@@ -48,12 +68,12 @@ class DataConfig:
     split_seed: int = 42  # fixed across model seeds so every run sees the same split
     # Per-class split counts: round (shares rounded) | ceil (scikit-learn's train_test_split per
     # class: test = ceil(0.12 n), then validation out of the rest; the paper's 147 basophils, ...)
-    split_rounding: str = "round"
+    split_rounding: str = added_later("round")
     # How an image becomes image_size x image_size: resize (the whole image) | resize_crop (the
     # shorter side to image_size / crop_fraction, then the centre: torchvision's Resize(256) +
     # CenterCrop(224), the ImageNet protocol)
-    geometry: str = "resize"
-    crop_fraction: float = 0.875
+    geometry: str = added_later("resize")
+    crop_fraction: float = added_later(0.875)
     # Stratified train / validation / test fractions (the paper's 64/24/12).
     split_fractions: List[float] = field(default_factory=lambda: [0.64, 0.24, 0.12])
     mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
@@ -66,10 +86,10 @@ class DataConfig:
     # bloodmnist: which official resolution file (28, 64, 128, 224); download when missing
     bloodmnist_size: int = 64
     download: bool = False
-    decode_workers: int = 0  # processes decoding images into the store; 0 = one per CPU core
+    decode_workers: int = not_a_result(0)  # processes decoding images into the store; 0 = one per CPU core
     # Where training reads the decoded images: memory | mmap (from the store file, batch by batch,
     # for datasets that do not fit in memory) | auto (mmap only when memory would not suffice).
-    store: str = "auto"
+    store: str = not_a_result("auto")
     # --- Cross-validation splits (bench/protocols/cv.py sets these per fold; see split.py).
     # holdout: the one split above (manifest.csv). kfold: stratified fold ``fold`` of ``n_folds`` is
     # the test set, validation is carved from the other folds in the train:val ratio of
@@ -81,12 +101,12 @@ class DataConfig:
     classes: Optional[List[str]] = None  # keep only these classes; the others are excluded (counted)
     class_map: Optional[Dict[str, str]] = None  # rename classes, e.g. to group labels (merges classes)
     # --- Detection (bench/detection/): boxes on smear fields.
-    annotations: Optional[str] = None  # coco: the JSON; boxes_csv: the CSV (default under data.root)
-    label_map: Optional[Dict[str, str]] = None  # rename / merge box labels, e.g. {neutrophil: wbc}
-    coordinates: str = "auto"  # boxes_csv: pixel | fraction | auto (decided from the values, logged)
-    smear_n_fields: int = 120  # synthetic_smear: fields, side in pixels
-    smear_size: int = 256
-    scale_jitter: Optional[List[float]] = None  # detection training: zoom by a factor in [lo, hi], boxes with it
+    annotations: Optional[str] = added_later(None)  # coco: the JSON; boxes_csv: the CSV (default under data.root)
+    label_map: Optional[Dict[str, str]] = added_later(None)  # rename / merge box labels, e.g. {neutrophil: wbc}
+    coordinates: str = added_later("auto")  # boxes_csv: pixel | fraction | auto (decided from the values, logged)
+    smear_n_fields: int = added_later(120)  # synthetic_smear: fields, side in pixels
+    smear_size: int = added_later(256)
+    scale_jitter: Optional[List[float]] = added_later(None)  # detection training: zoom by a factor in [lo, hi], boxes with it
 
 
 @dataclass
@@ -96,7 +116,7 @@ class ModelConfig:
     # Which ImageNet weights: null = the latest (torchvision's DEFAULT, e.g. IMAGENET1K_V2 for
     # resnet50); IMAGENET1K_V1 = torchvision's original ones (what papers of 2019-2021 used);
     # for timm models a pretrained tag (e.g. a1_in1k).
-    weights_tag: Optional[str] = None
+    weights_tag: Optional[str] = added_later(None)
     weights: Optional[str] = None  # a local checkpoint or state dict to start from
     # Head and freezing (bench.models.heads): hidden widths of an MLP head replacing the
     # family's head ([] = the family's own head, as built by the registry), dropout after
@@ -104,11 +124,18 @@ class ModelConfig:
     # (per-family definition of a block in bench/models/heads.py; null = all trainable).
     # Detectors only: keyword arguments of the torchvision constructor (e.g. box_batch_size_per_image,
     # rpn_post_nms_top_n_train: fewer sampled boxes make a CPU step several times cheaper).
-    detector_kwargs: Dict[str, Any] = field(default_factory=dict)
+    detector_kwargs: Dict[str, Any] = added_later(default_factory=dict)
     head_hidden: List[int] = field(default_factory=list)
     head_dropout: float = 0.0
+    # Where the new head reads from: keep only the first N of the family's fully connected layers
+    # before its head (VGG/AlexNet: fc6, fc7; 0 = the flattened conv features, VGG's 7x7x512);
+    # null keeps them all. Acevedo 2019's VGG16: 1 (fc6 4096 -> 1024 -> classes).
+    head_keep_fc: Optional[int] = added_later(None)
     freeze_backbone: bool = False
     trainable_blocks: Optional[int] = None
+    # Or count only the blocks holding a convolution ("the last four convolutional blocks"): the
+    # last N of them train, with everything after them (VGG's fc6/fc7) and the head.
+    trainable_conv_blocks: Optional[int] = added_later(None)
 
 
 @dataclass
@@ -120,30 +147,34 @@ class TrainerConfig:
     amp: Optional[bool] = None  # bf16 autocast; null = on for CUDA, timed trial on a bf16 CPU (bench.precision)
     channels_last: Optional[bool] = None  # null = on for CUDA and CPU, off elsewhere (bench.precision)
     compile: bool = False  # torch.compile the model
-    num_threads: Optional[int] = None  # CPU threads for torch; null = torch's default
+    num_threads: Optional[int] = not_a_result(None)  # CPU threads for torch; null = torch's default
     grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size)
     label_smoothing: float = 0.0
-    progress: bool = True  # tqdm bars
+    progress: bool = not_a_result(True)  # tqdm bars
     max_batches: Optional[int] = None  # cap batches per epoch (smoke tests only)
     # Write last.pt (and a new best.pt) after an epoch only when this many seconds have passed
     # since the previous write, and after the last epoch: a 1 GB VGG checkpoint per 8 s GPU
     # epoch would cost a quarter of the time. A kill loses at most this much training. 0 = every epoch.
-    checkpoint_every_s: float = 60.0
+    checkpoint_every_s: float = not_a_result(60.0)
     # The validation number that picks the best epoch and ranks the leaderboard:
     # val_acc (the paper's) | val_balanced_acc | val_macro_f1 (both fairer on imbalanced classes).
-    select_by: str = "val_acc"
+    select_by: str = added_later("val_acc")
     # Loss weights per class: null (plain cross-entropy, the paper) | balanced (n / (C x n_c) on the
     # training split, scikit-learn's rule), so a rare class counts as much as a common one.
-    class_weights: Optional[str] = None
+    class_weights: Optional[str] = added_later(None)
     # When the learning-rate schedule steps: epoch (torch's convention, the paper's StepLR) | step
     # (after every optimizer step: Keras' per-iteration decay, sched=inverse_time)
-    sched_interval: str = "epoch"
+    sched_interval: str = added_later("epoch")
     # Detectors: the learning rate ramps up linearly over the first N optimizer steps (torchvision's
     # detection recipe); from scratch without it RetinaNet's loss can turn NaN in the first epoch.
-    warmup_steps: int = 0
+    warmup_steps: int = added_later(0)
     # Training order: shuffle (every image once per epoch, the paper) | balanced (each class drawn
     # equally often, images drawn with replacement; same number of images per epoch).
-    sampler: str = "shuffle"
+    sampler: str = added_later("shuffle")
+    # Every class reaches N training images per epoch (Acevedo 2019: 4,096): a class with fewer
+    # gets N - n extra draws of its own images, each augmented afresh (data.augment); larger classes
+    # are kept whole. null: each image once per epoch.
+    balance_to: Optional[int] = added_later(None)
 
 
 @dataclass
@@ -153,9 +184,9 @@ class RecipeConfig:
     with); ``departures``: what this harness always does differently from that paper (written in
     the experiment file next to the reason), recorded in every run's protocol column."""
 
-    experiment: Optional[str] = None
-    paper: Optional[str] = None
-    departures: List[str] = field(default_factory=list)
+    experiment: Optional[str] = added_later(None)
+    paper: Optional[str] = added_later(None)
+    departures: List[str] = added_later(default_factory=list)
 
 
 @dataclass
@@ -221,14 +252,16 @@ class BenchConfig:
     optim: Any = None
     sched: Any = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = not_a_result(default_factory=PathsConfig)
+    logger: LoggerConfig = not_a_result(default_factory=LoggerConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
-    svm: SvmConfig = field(default_factory=SvmConfig)
+    # cv / two_level / svm drive other commands (bench-cv, bench-svm); a training run's own data
+    # selection is in data.* (fold, classes, class_map), which stays in the hash.
+    svm: SvmConfig = not_a_result(default_factory=SvmConfig)
     experiment_name: str = "default"
     seed: int = 0
-    cv: CvConfig = field(default_factory=CvConfig)
-    two_level: TwoLevelConfig = field(default_factory=TwoLevelConfig)
+    cv: CvConfig = not_a_result(default_factory=CvConfig)
+    two_level: TwoLevelConfig = not_a_result(default_factory=TwoLevelConfig)
 
 
 def default_experiment_name(kind: str, root: str = "", bloodmnist_size=None) -> str:
@@ -314,6 +347,7 @@ def validate_config(cfg) -> list[str]:
     c = _Checks()
     _check_data_values(c, cfg.data)
     _check_trainer_values(c, cfg.trainer)
+    _check_model_values(c, cfg.model)
     if "logger" in cfg:
         c.choice("logger", cfg.logger.kind, LOGGERS)
     _check_optim_sched_values(c, cfg.optim or {}, cfg.sched or {})
@@ -380,6 +414,16 @@ def _check_data_values(c: _Checks, data) -> None:
                 "data.scale_jitter", jitter, "two zoom factors [lo, hi] with 0 < lo <= hi, e.g. [0.75, 1.25] (or null)")
 
 
+def _check_model_values(c: _Checks, model) -> None:
+    c.number("model.head_keep_fc", model.get("head_keep_fc"), low=0, integer=True, null=True)
+    c.number("model.trainable_blocks", model.get("trainable_blocks"), low=0, integer=True, null=True)
+    conv_blocks = model.get("trainable_conv_blocks")
+    c.number("model.trainable_conv_blocks", conv_blocks, low=0, integer=True, null=True)
+    c.check(conv_blocks is None or (model.get("trainable_blocks") is None and not model.get("freeze_backbone")),
+            "model.trainable_conv_blocks", conv_blocks,
+            "it, model.trainable_blocks and model.freeze_backbone each say how much trains; set only one")
+
+
 def _check_trainer_values(c: _Checks, trainer) -> None:
     c.number("trainer.epochs", trainer.epochs, low=1, integer=True)
     c.number("trainer.batch_size", trainer.batch_size, low=1, integer=True)
@@ -393,6 +437,10 @@ def _check_trainer_values(c: _Checks, trainer) -> None:
     c.choice("trainer.select_by", trainer.select_by, SELECT_BY)
     c.choice("trainer.class_weights", trainer.class_weights, CLASS_WEIGHTS)
     c.choice("trainer.sampler", trainer.sampler, SAMPLERS)
+    balance_to = trainer.get("balance_to")
+    c.number("trainer.balance_to", balance_to, low=1, integer=True, null=True)
+    c.check(balance_to is None or trainer.sampler == "shuffle", "trainer.balance_to", balance_to,
+            "it and trainer.sampler=balanced both balance the classes; set trainer.sampler=shuffle or balance_to=null")
     c.choice("trainer.sched_interval", trainer.sched_interval, ("epoch", "step"))
 
 
@@ -413,52 +461,51 @@ def _check_optim_sched_values(c: _Checks, optim, sched) -> None:
 
 
 # --------------------------------------------------------------------------- run identity
-# Which config keys change results, in one place: a run's identity hash covers every key but
-# these, so e.g. turning progress bars off never retrains a finished model.
-# cv / two_level / svm drive other commands (bench-cv, bench-svm); a training run's own data
-# selection is in data.* (fold, classes, class_map), which stays in the hash.
-NON_RESULT_KEYS = {"paths": None, "trainer": ("progress", "num_threads", "checkpoint_every_s"),
-                   "data": ("decode_workers", "store"), "cv": None, "two_level": None, "svm": None, "logger": None}
-# Options added after runs were already on disk, with the value that does what the code did before
-# them: at that value they stay out of the identity hash, so adding an option never retrains (or
-# sets aside) a finished run whose config did not ask for it.
-NEUTRAL_OPTIONS = {
-    ("trainer", "select_by"): "val_acc", ("trainer", "class_weights"): None, ("trainer", "sampler"): "shuffle",
-    ("trainer", "sched_interval"): "epoch", ("trainer", "warmup_steps"): 0, ("model", "weights_tag"): None,
-    ("data", "split_rounding"): "round", ("data", "geometry"): "resize", ("data", "crop_fraction"): 0.875,
-    ("data", "augment", "brightness"): 0.0, ("data", "augment", "contrast"): 0.0,
-    ("data", "augment", "saturation"): 0.0, ("data", "augment", "hue"): 0.0,
-    ("recipe", "experiment"): None, ("recipe", "paper"): None, ("recipe", "departures"): [],
-    ("data", "annotations"): None, ("data", "label_map"): None, ("data", "coordinates"): "auto",
-    ("data", "smear_n_fields"): 120, ("data", "smear_size"): 256, ("model", "detector_kwargs"): {},
-    ("data", "scale_jitter"): None,
-}
+def _identity_rules(schema=None, prefix: tuple = ()) -> tuple[set, dict]:
+    """The dotted paths (tuples) marked :func:`not_a_result`, and those marked :func:`added_later`
+    with their defaults, read from the schema."""
+    ignored, neutral = set(), {}
+    for f in dataclasses.fields(schema or BenchConfig):
+        path = (*prefix, f.name)
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        kind = f.metadata.get(_IDENTITY)
+        if kind == "ignored":
+            ignored.add(path)
+            continue
+        if kind == "neutral":
+            neutral[path] = default
+        if dataclasses.is_dataclass(default):
+            sub_ignored, sub_neutral = _identity_rules(type(default), path)
+            ignored |= sub_ignored
+            neutral.update(sub_neutral)
+    return ignored, neutral
+
+
+def result_keys(container: dict, prefix: tuple = ()) -> dict:
+    """``container`` (a resolved config, or its group at ``prefix``) without the keys that do not
+    change results: those never do, and options at the default they were added with."""
+    import copy
+
+    ignored, neutral = _identity_rules()
+    out = {}
+    for key, value in container.items():
+        path = (*prefix, key)
+        if path in ignored or (path in neutral and value == neutral[path]):
+            continue
+        if isinstance(value, dict) and value:
+            value = result_keys(value, path)
+            if not value:  # a group left empty (recipe at its defaults)
+                continue
+        out[key] = copy.deepcopy(value)  # nested values are shared with the container written to config.yaml
+    return out
 
 
 def run_identity(cfg) -> tuple[dict, str]:
     """The resolved config as a plain dict and its hash over the keys that change results."""
-    import copy
-
     from bench.runs import config_hash
 
     container = OmegaConf.to_container(cfg, resolve=True)
-    ident = {}
-    for key, value in container.items():
-        drop = NON_RESULT_KEYS.get(key, ())
-        if drop is None:
-            continue
-        ident[key] = {k: v for k, v in value.items() if k not in drop} if isinstance(value, dict) else value
-    ident = copy.deepcopy(ident)  # nested dicts are shared with the container written to config.yaml
-    for path, neutral in NEUTRAL_OPTIONS.items():
-        *parents, leaf = path
-        node = ident
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
-            del node[leaf]
-    for key in [k for k, v in ident.items() if v == {}]:  # a group left empty (recipe at its defaults)
-        del ident[key]
-    return container, config_hash(ident)
+    return container, config_hash(result_keys(container))
 
 
 class ConfigValueError(ValueError):

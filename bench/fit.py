@@ -42,6 +42,7 @@ from bench.device import env_info, peak_memory_mb, resolve_device, to_device_if_
 from bench.engine import evaluate, loss_class_weights, merge_epoch_parts, train_one_epoch
 from bench.metrics import SELECT_BY, classification_metrics, collapse_warning, confidence_threshold
 from bench.models import count_gflops, count_params, create_model, get_model_spec
+from bench.models.heads import configure_model, head_record
 from bench.precision import choose_cpu_precision, precision_record_key, read_precision_records, resolve_precision
 from bench.progress import EpochProgress
 from bench.protocol import protocol_deviations, recipe_of
@@ -148,7 +149,11 @@ def prepare(cfg, run_dir: runs.RunDir, exp_dir: Path, grad_accum: int) -> Sessio
     train_loader = BatchLoader(
         splits["train"], micro_batch, normalize=norm, device=device, shuffle=True,
         augment=BatchAugment.from_config(cfg.data.augment), channels_last=channels_last, seed=cfg.seed,
-        max_batches=tcfg.max_batches, sample_weights=sampler_weights(tcfg.sampler, train_labels, bundle.num_classes))
+        max_batches=tcfg.max_batches, sample_weights=sampler_weights(tcfg.sampler, train_labels, bundle.num_classes),
+        balance_to=tcfg.get("balance_to"))
+    if train_loader.balance_to:
+        log.info("trainer.balance_to=%d: %d training draws per epoch (%d images + augmented copies)",
+                 train_loader.balance_to, train_loader.size, len(splits["train"]))
 
     def eval_loader(split: str) -> BatchLoader:
         return BatchLoader(splits[split], tcfg.eval_batch_size, normalize=norm, device=device,
@@ -165,7 +170,8 @@ def prepare(cfg, run_dir: runs.RunDir, exp_dir: Path, grad_accum: int) -> Sessio
         precision_key=precision_record_key(cfg.model.name, image_size, micro_batch, channels_last),
         checkpoint_meta=dict(model_name=cfg.model.name, class_names=bundle.class_names, input_size=image_size,
                              data_cfg=cfg.data, pretrained=bool(cfg.model.pretrained),
-                             geometry=list(geometry_of(cfg.data))),  # bench-predict decodes new images alike
+                             geometry=list(geometry_of(cfg.data)),  # bench-predict decodes new images alike
+                             head=head_record(cfg.model)),  # the head it trained, to rebuild it
         params_m=params_m, gflops=gflops)
 
 
@@ -182,8 +188,6 @@ def resolve_image_size(cfg, spec) -> int:
 
 def build_model(cfg, num_classes: int) -> torch.nn.Module:
     """The configured network: registry build (weights), then head and freezing."""
-    from bench.models.heads import configure_model  # MLP head, frozen backbone / blocks
-
     torch.manual_seed(cfg.seed)  # head initialisation (and whole net when not pretrained)
     model = create_model(cfg.model.name, num_classes=num_classes, pretrained=cfg.model.pretrained,
                          weights=cfg.model.weights, weights_tag=cfg.model.get("weights_tag"))

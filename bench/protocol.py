@@ -40,10 +40,10 @@ PROTOCOL_KEYS = (
     "data.geometry", "data.crop_fraction", "data.classes", "data.class_map",
     "data.mean", "data.std", "data.augment",
     "model.pretrained", "model.weights", "model.head_hidden", "model.head_dropout",
-    "model.freeze_backbone", "model.trainable_blocks",
+    "model.head_keep_fc", "model.freeze_backbone", "model.trainable_blocks", "model.trainable_conv_blocks",
     "optim", "sched",
     "trainer.epochs", "trainer.max_batches", "trainer.batch_size", "trainer.label_smoothing",
-    "trainer.class_weights", "trainer.sampler",
+    "trainer.class_weights", "trainer.sampler", "trainer.balance_to",
     "cv.folds", "cv.repeats", "cv.test_fraction", "two_level.enabled", "two_level.groups",
     # bench-svm (Acevedo et al.): what changes an SVM's results; svm.n_jobs and the list of
     # feature models (which runs there are) do not.
@@ -51,7 +51,8 @@ PROTOCOL_KEYS = (
     "svm.probability", "svm.balance_to",
 )
 # A declared departure written as found ones are, "KEY=VALUE (paper: ...)", holds only while the
-# run's KEY has that VALUE: "model.weights=none (paper: ImageNet weights)" is lifted by model.weights=PATH.
+# run's KEY has that VALUE: "model.weights=none (paper: ImageNet weights)" is lifted by model.weights=PATH;
+# "KEY=A|B (paper: ...)" while it has one of them (a departure of some of an experiment's models).
 _CONDITIONAL = re.compile(r"(?P<key>[A-Za-z_]\w*(?:\.\w+)+)=(?P<value>\S+) \(paper: ")
 
 
@@ -154,7 +155,7 @@ def _declared(cfg: DictConfig) -> tuple[list[str], set[str]]:
             holding.append(str(text))
             continue
         keys.add(match["key"])
-        if _text(_plain(OmegaConf.select(cfg, match["key"]))) == match["value"]:
+        if _text(_plain(OmegaConf.select(cfg, match["key"]))) in match["value"].split("|"):
             holding.append(str(text))
     return holding, keys
 

@@ -268,6 +268,34 @@ def test_training_batches_depend_only_on_seed_and_epoch():
     assert not all(torch.equal(y1, y2) for (_, y1), (_, y2) in zip(a, c))
 
 
+def test_balance_to_tops_each_smaller_class_up_with_its_own_images_evenly():
+    from bench.data.store import SplitData
+
+    # 3 images of class 0, 5 of class 1, 10 of class 2; every image's pixels hold its index.
+    labels = torch.tensor([0] * 3 + [1] * 5 + [2] * 10)
+    images = torch.arange(18, dtype=torch.uint8).view(18, 1, 1, 1).expand(18, 3, 2, 2).contiguous()
+    split = SplitData(images, labels, [str(i) for i in range(18)])
+    loader = BatchLoader(split, 4, normalize=Normalize([0.0] * 3, [1.0] * 3), device=torch.device("cpu"),
+                         shuffle=True, seed=0, balance_to=8)
+    assert len(loader) == 7  # 8 + 8 + 10 = 26 draws per epoch, in batches of 4
+    orders = []
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        drawn = torch.cat([(x[:, 0, 0, 0] * 255).round().long() for x, _ in loader])
+        ys = torch.cat([y for _, y in loader])
+        assert torch.equal(labels[drawn], ys)
+        counts = torch.bincount(drawn, minlength=18).tolist()
+        # 8 draws of 3 images: each 2 or 3 times (8 = 3 + 3 + 2); of 5: each 1 or 2 times (8 = 2+2+2+1+1);
+        # the class of 10 (more than 8) is kept whole, each image once.
+        assert sorted(counts[:3]) == [2, 3, 3] and sorted(counts[3:8]) == [1, 1, 2, 2, 2]
+        assert counts[8:] == [1] * 10
+        orders.append(drawn)
+    assert not torch.equal(orders[0], orders[1])  # which images get the extra copies changes per epoch
+    with pytest.raises(ValueError, match="both balance"):
+        BatchLoader(split, 4, normalize=Normalize([0.0] * 3, [1.0] * 3), device=torch.device("cpu"),
+                    balance_to=8, sample_weights=torch.ones(18))
+
+
 def test_mapped_images_index_like_the_in_memory_tensor(tmp_path):
     from bench.data.store import MappedImages, SplitData
 

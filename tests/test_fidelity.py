@@ -203,9 +203,80 @@ def test_almotairi_uses_the_five_white_cell_classes():
         "trainer.epochs=3 (paper: 40)"]
 
 
-def test_acevedo_departures_are_recorded_where_not_reproduced():
-    ft = protocol_deviations(compose_cfg("experiment=acevedo2019_finetune", "data.root=/d", "model=vgg16"))
-    assert any("fc7" in d for d in ft) and any("four convolutional blocks" in d for d in ft)
+def _conv_params(channels: list) -> list[int]:
+    """Parameters of each 3x3 convolution (weights + bias) of a VGG stage list, by hand."""
+    out, cin = [], 3
+    for c in channels:
+        if c != "M":
+            out.append(9 * cin * c + c)
+            cin = c
+    return out
+
+
+# VGG16's conv stages (Simonyan & Zisserman 2015, configuration D); "M" ends a stage.
+VGG16_STAGES = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
+
+
+def _meta_configured(cfg, name: str):
+    from bench.models.heads import configure_model
+
+    with torch.device("meta"):
+        return configure_model(create_model(name, num_classes=8, pretrained=False), cfg.model, num_classes=8)
+
+
+def test_acevedo_finetune_vgg16_is_their_head_and_last_four_conv_blocks():
+    cfg = compose_cfg("experiment=acevedo2019_finetune", "data.root=/d", "model=vgg16")
+    assert (cfg.optim.lr, cfg.trainer.epochs, cfg.trainer.balance_to) == (1e-4, 100, 4096)
+    assert cfg.model.weights_tag == "IMAGENET1K_V1" and cfg.trainer.select_by == "val_acc"
+    model = _meta_configured(cfg, "vgg16")
+    linears = [(m.in_features, m.out_features) for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears == [(25088, 4096), (4096, 1024), (1024, 8)]  # their Fig. 8: fc6, then 1024, then 8 classes
+    # Trainable: conv stages 2-5 (stage 1 frozen), fc6 and the new head; counted by hand.
+    convs = [sum(_conv_params(sum(VGG16_STAGES[:i + 1], []))[sum(map(len, VGG16_STAGES[:i])):])
+             for i in range(5)]
+    assert convs[0] == 1792 + 36928
+    expected = sum(convs[1:]) + (25088 * 4096 + 4096) + (4096 * 1024 + 1024) + (1024 * 8 + 8)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected == 121_644_040
+    assert not any(p.requires_grad for p in model.features[:4].parameters())  # stage 1: conv 0 and 2
+
+
+def test_acevedo_finetune_inception_v3_is_their_head_and_last_four_mixed_blocks():
+    cfg = compose_cfg("experiment=acevedo2019_finetune", "data.root=/d", "model=inception_v3")
+    model = _meta_configured(cfg, "inception_v3")
+    assert [(m.in_features, m.out_features) for m in model.fc.modules() if isinstance(m, torch.nn.Linear)] == [
+        (2048, 1024), (1024, 8)]
+    assert model.AuxLogits is None
+    # Keras mixed7 ... mixed10 are torchvision's Mixed_6e, Mixed_7a, 7b, 7c (counted on torchvision's own net).
+    with torch.device("meta"):
+        tv = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
+    last_four = ("Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
+    expected = sum(p.numel() for n in last_four for p in getattr(tv, n).parameters())
+    expected += (2048 * 1024 + 1024) + (1024 * 8 + 8)
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {*last_four, "fc"}
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
+
+
+def test_the_frozen_vgg_head_reads_the_flattened_conv_map():
+    cfg = compose_cfg("experiment=scratch_vs_pretrained", "variant=frozen", "data.root=/d", "model=vgg16")
+    model = _meta_configured(cfg, "vgg16")
+    # Paper: Dense 256 ReLU, Dropout 0.5, Dense N on the flattened 7 x 7 x 512 map; only those train.
+    assert [(m.in_features, m.out_features) for m in model.classifier.modules() if isinstance(m, torch.nn.Linear)] == [
+        (7 * 7 * 512, 256), (256, 8)]
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 25088 * 256 + 256 + 256 * 8 + 8
+    scratch = _meta_configured(compose_cfg("experiment=scratch_vs_pretrained", "variant=scratch", "data.root=/d",
+                                           "model=vgg16"), "vgg16")
+    assert [m.out_features for m in scratch.classifier.modules() if isinstance(m, torch.nn.Linear)] == [4096, 4096, 8]
+
+
+@pytest.mark.parametrize("model", ["vgg16", "inception_v3"])
+def test_acevedo_finetune_departs_only_in_the_split(model):
+    ft = protocol_deviations(compose_cfg("experiment=acevedo2019_finetune", "data.root=/d", f"model={model}"))
+    assert ft == ["the harness's 64/24/12 split (paper: its own split of the PBC images)"]
+    changed = protocol_deviations(compose_cfg("experiment=acevedo2019_finetune", "data.root=/d", f"model={model}",
+                                              "trainer.balance_to=null", "model.trainable_conv_blocks=2"))
+    assert "trainer.balance_to=none (paper: 4096)" in changed
+    assert "model.trainable_conv_blocks=2 (paper: 4)" in changed
     svm = compose_cfg("experiment=acevedo2019_svm", "data.root=/d")
     assert svm.svm.coef0 == 0.0 and svm.svm.balance_to == 4608
     assert any("88/12" in d for d in protocol_deviations(svm))
@@ -244,10 +315,15 @@ def test_a_variant_run_is_compared_with_its_variant_of_the_recipe(variant):
     # scratch = random initialisation, the stock architecture. Neither departs from its own recipe.
     cfg = compose_cfg("experiment=scratch_vs_pretrained", f"variant={variant}", "data.root=/d", "model=vgg16")
     found = protocol_deviations(cfg)
-    # Only what the variant declares: the frozen head reads pooled features; the scratch run is
-    # the stock architecture, so that departure is not its.
-    assert found == {"frozen": ["the head reads the pooled features (paper: the flattened last convolutional "
-                                "map, 7x7x512 for VGG)"], "scratch": []}[variant]
+    # VGG16's frozen head reads the flattened 7x7x512 map as the paper's (model.head_keep_fc=0); the
+    # scratch run is the stock architecture. A frozen ResNet50 reads pooled features: declared.
+    assert found == []
+    resnet = protocol_deviations(compose_cfg("experiment=scratch_vs_pretrained", f"variant={variant}",
+                                             "data.root=/d", "model.name=resnet50"))
+    assert resnet == {"frozen": [
+        "model.name=resnet50|inception_v3|timm/legacy_xception|densenet121|densenet169|densenet201 (paper: the "
+        "head on the flattened last convolutional map; this model's head reads its pooled features)"],
+        "scratch": []}[variant]
     # A change inside a variant is still a departure from that variant.
     assert protocol_deviations(compose_cfg("experiment=scratch_vs_pretrained", f"variant={variant}",
                                            "data.root=/d", "model=vgg16", "trainer.epochs=5")) == [

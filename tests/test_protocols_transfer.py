@@ -18,15 +18,8 @@ from torch import nn
 from bench import runs
 from bench.metrics import classification_metrics
 from bench.models import create_model
-from bench.models.heads import (
-    apply_head,
-    configure_model,
-    freeze_backbone,
-    head_path,
-    list_blocks,
-    match_state_dict,
-    set_trainable_blocks,
-)
+from bench.models.blocks import freeze_backbone, head_path, list_blocks, set_trainable_blocks
+from bench.models.heads import apply_head, configure_model, match_state_dict
 from bench.protocols import compare, svm_features
 from bench.train import train
 
@@ -54,7 +47,7 @@ def test_the_three_experiments_compose():
 
     ft = compose_cfg("experiment=acevedo2019_finetune", "data.root=/data", "model=inception_v3")
     assert ft.experiment_name == "acevedo2019_finetune"
-    assert list(ft.model.head_hidden) == [1024] and ft.model.trainable_blocks == 2 and ft.model.pretrained
+    assert list(ft.model.head_hidden) == [1024] and ft.model.trainable_conv_blocks == 4 and ft.model.pretrained
     assert ft.optim.lr == 1e-4 and ft.trainer.epochs == 100
 
     base = compose_cfg("experiment=scratch_vs_pretrained", "data.root=/data")
@@ -174,6 +167,66 @@ def test_match_state_dict_rebuilds_an_mlp_head():
     fresh.load_state_dict(trained.state_dict())  # strict
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(fresh.eval()(x), trained.eval()(x))
+
+
+@pytest.mark.parametrize("keep_fc,linears", [(0, [(25088, 64), (64, NUM_CLASSES)]),
+                                              (1, [(25088, 4096), (4096, 64), (64, NUM_CLASSES)]),
+                                              (2, [(25088, 4096), (4096, 4096), (4096, 64), (64, NUM_CLASSES)])])
+def test_head_keep_fc_cuts_vggs_fully_connected_layers(keep_fc, linears):
+    model = _meta_model("vgg16")
+    apply_head(model, "vgg16", NUM_CLASSES, [64], 0.0, keep_fc=keep_fc)
+    assert [(m.in_features, m.out_features) for m in model.classifier.modules() if isinstance(m, nn.Linear)] == linears
+    assert head_path(model, "vgg16") == f"classifier.{3 * keep_fc if keep_fc < 2 else 6}"
+    out = model(torch.empty(2, 3, 224, 224, device="meta"))
+    assert out.shape == (2, NUM_CLASSES)
+    resnet = _meta_model("resnet50")  # nothing before its head to drop
+    apply_head(resnet, "resnet50", NUM_CLASSES, [64], 0.0, keep_fc=keep_fc)
+    assert [(m.in_features, m.out_features) for m in resnet.fc if isinstance(m, nn.Linear)] == [
+        (2048, 64), (64, NUM_CLASSES)]
+
+
+def test_trainable_conv_blocks_counts_only_blocks_with_a_convolution():
+    model = _meta_model("vgg16")
+    apply_head(model, "vgg16", NUM_CLASSES, [64], 0.0, keep_fc=1)
+    cfg = compose_cfg("model=vgg16", "model.trainable_conv_blocks=0")
+    configure_model(model, cfg.model, num_classes=NUM_CLASSES)
+    # No conv stage trains; fc6 (after the last one) and the head do.
+    assert {n.rsplit(".", 1)[0] for n in _trainable_roots(model)} == {"classifier.0", "classifier.3.0", "classifier.3.2"}
+    cfg = compose_cfg("model=vgg16", "model.trainable_conv_blocks=1")
+    configure_model(model, cfg.model, num_classes=NUM_CLASSES)
+    assert {n.rsplit(".", 1)[0] for n in _trainable_roots(model)} == {
+        "features.24", "features.26", "features.28", "classifier.0", "classifier.3.0", "classifier.3.2"}
+    cfg = compose_cfg("model=vgg16", "model.trainable_conv_blocks=5")
+    configure_model(model, cfg.model, num_classes=NUM_CLASSES)
+    assert all(p.requires_grad for p in model.parameters())
+    for bad, said in [(("model.trainable_conv_blocks=2", "model.trainable_blocks=1"), "set only one"),
+                      (("model.trainable_conv_blocks=2", "model.freeze_backbone=true"), "set only one"),
+                      (("model.trainable_conv_blocks=-1",), "model.trainable_conv_blocks=-1"),
+                      (("model.head_keep_fc=-1",), "model.head_keep_fc=-1"),
+                      (("trainer.balance_to=0",), "trainer.balance_to=0"),
+                      (("trainer.balance_to=100", "trainer.sampler=balanced"), "both balance the classes")]:
+        from bench.config import validate_config
+
+        assert any(said in p for p in validate_config(compose_cfg(*bad))), bad
+
+
+def test_a_cut_head_trains_balanced_records_itself_and_rebuilds_from_best_pt(make_cfg, caplog):
+    from bench.checkpoints import rebuild_model
+
+    cfg = make_cfg("model=alexnet", "data.image_size=64", "model.head_keep_fc=1", "model.head_hidden=[16]",
+                   "model.trainable_conv_blocks=2", "trainer.balance_to=40", "trainer.epochs=1",
+                   "trainer.batch_size=64", "experiment_name=cut")
+    with caplog.at_level("INFO", logger="bench.train"):
+        out = train(cfg)
+    assert out["status"] == "completed", out.get("error")
+    # 30 synthetic images per class -> 19 training images each (64 %): 8 x 40 draws per epoch.
+    assert "trainer.balance_to=40: 320 training draws per epoch" in caplog.text
+    rd = runs.RunDir.for_run(cfg.paths.results_dir + "/cut", "alexnet", 0)
+    ckpt = torch.load(rd.best_ckpt, map_location="cpu", weights_only=True)
+    assert ckpt["head"] == {"hidden": [16], "dropout": 0.0, "keep_fc": 1}
+    model = rebuild_model(ckpt)  # loads strictly
+    assert [(m.in_features, m.out_features) for m in model.classifier.modules() if isinstance(m, nn.Linear)] == [
+        (9216, 4096), (4096, 16), (16, NUM_CLASSES)]
 
 
 def test_feature_extractors_give_the_published_feature_sizes():

@@ -79,6 +79,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from bench import runs
+from bench.data.loader import balance_plan
 from bench.protocol import protocol_deviations, recipe_of
 from bench.leaderboard import refresh_leaderboard
 
@@ -116,7 +117,8 @@ def feature_extractor(name: str, *, pretrained: bool, weights: Optional[str] = N
                       tag: Optional[str] = None) -> nn.Module:
     """``name`` with its classification head replaced by ``nn.Identity``, in eval mode."""
     from bench.models import create_model
-    from bench.models.heads import drop_aux_head, head_path
+    from bench.models._layers import drop_aux_head
+    from bench.models.blocks import head_path
 
     torch.manual_seed(seed)  # the whole network when not pretrained
     model = create_model(name, num_classes=1, pretrained=pretrained, weights=weights, weights_tag=tag)
@@ -216,17 +218,6 @@ def _save(path: Path, meta: dict, feats: Features) -> None:
             np.savez(fh, **arrays)
 
 
-def _balance_plan(labels: np.ndarray, num_classes: int, n: int, seed: int) -> np.ndarray:
-    """Indices (into train) of the images to augment so every class reaches ``n``."""
-    rng = np.random.default_rng(seed)
-    extra = []
-    for c in range(num_classes):
-        idx = np.flatnonzero(labels == c)
-        if 0 < len(idx) < n:
-            extra.append(np.resize(rng.permutation(idx), n - len(idx)))
-    return np.concatenate(extra) if extra else np.zeros(0, dtype=np.int64)
-
-
 def compute_features(cfg: DictConfig, exp_dir: Path, name: str, size: int, bundle, device: torch.device
                      ) -> tuple[dict[str, Features], str]:
     """Features of train/val/test (and the balanced extras) of ``name``, from the cache
@@ -277,7 +268,7 @@ def compute_features(cfg: DictConfig, exp_dir: Path, name: str, size: int, bundl
     if n:
         train = bundle.splits["train"]
         labels = train.labels.cpu().numpy()
-        src = _balance_plan(labels, bundle.num_classes, int(n), seed)
+        src = balance_plan(labels, bundle.num_classes, int(n), np.random.default_rng(seed).permutation)
         aug = cfg.data.augment
         augmenter = BatchAugment(bool(aug.hflip), bool(aug.vflip), float(aug.rotation), str(aug.interpolation))
         params = augmenter.sample(len(src), torch.Generator().manual_seed(seed))
@@ -430,12 +421,16 @@ def run_name(feature_model: str, kernel: str) -> str:
 
 
 def identity(cfg: DictConfig, feature_model: str, kernel: str) -> dict:
-    """What decides an SVM run's results (hashed to its config_hash)."""
+    """What decides an SVM run's results (hashed to its config_hash): the data keys by the same
+    rule as a training run's (bench.config.result_keys), the extractor's weights and the SVM's own
+    options (which runs there are, feature_models and kernels, and n_jobs do not change one)."""
+    from bench.config import result_keys
+
     c = OmegaConf.to_container(cfg, resolve=True)
     return {
         "protocol": PROTOCOL, "feature_model": feature_model, "kernel": kernel, "seed": int(cfg.seed),
-        "data": {k: v for k, v in c["data"].items() if k != "decode_workers"},
-        "model": {"pretrained": c["model"]["pretrained"], "weights": c["model"]["weights"]},
+        "data": result_keys(c["data"], ("data",)),
+        "model": result_keys({k: c["model"].get(k) for k in ("pretrained", "weights", "weights_tag")}, ("model",)),
         "svm": {k: v for k, v in c["svm"].items() if k not in ("feature_models", "kernels", "n_jobs")},
     }
 
