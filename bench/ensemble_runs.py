@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 
 from bench import leaderboard as lb
+from bench import leaderboard_rows
+from bench import result_records
 from bench import runs
 from bench import run_files
 from bench.commands import ENSEMBLE_OPTIONS as OPTIONS  # the key=value options (the CLI surface)
@@ -46,7 +48,7 @@ from bench.metrics import classification_metrics, confidence_threshold
 log = logging.getLogger(__name__)
 
 SPLITS = ("val", "test")
-ENSEMBLES_DIR = lb.ENSEMBLES_DIR
+ENSEMBLES_DIR = result_records.ENSEMBLES_DIR
 MEMBERS_CSV = "members.csv"
 
 METHODS = {
@@ -161,7 +163,7 @@ def _usable_runs(exp_dir: Path, splits: Sequence[str]) -> tuple[list[tuple], lis
     class set, best validation accuracy first; and why each other completed run was skipped."""
     found, skipped = [], []
     for run_dir in runs.iter_run_dirs(exp_dir):
-        record = lb.read_run(run_dir)
+        record = result_records.read_run(run_dir)
         if record is None or not record.completed:
             continue
         missing = [s for s in splits if not run_dir.predictions(s).exists()]
@@ -171,10 +173,10 @@ def _usable_runs(exp_dir: Path, splits: Sequence[str]) -> tuple[list[tuple], lis
             continue
         found.append((record, run_dir))
     # Runs trained on another class set than most (a subset, a grouping) cannot vote with them.
-    main = lb.main_class_set([record for record, _ in found])
+    main = result_records.main_class_set([record for record, _ in found])
     kept = []
     for record, run_dir in found:
-        why = lb.off_main_classes(record, main)
+        why = result_records.off_main_classes(record, main)
         if why:
             skipped.append(f"{member_id(record.model, record.seed)}: {why}")
             log.warning("skipping %s: %s", run_dir.root, why)
@@ -284,7 +286,7 @@ def run_ensemble(exp_dir, *, method: str = "majority", k: int = 4, top_n: int | 
     runs.write_csv_atomic(out_dir / MEMBERS_CSV, members)
     run_files.write_metrics(out_dir, metrics, kind="ensemble")  # last: its presence means complete
     board = lb.write_leaderboard(exp_dir)  # the ensemble's row is built from the folder just written
-    row = board[(board["kind"] == lb.KIND_ENSEMBLE) & (board["model"].astype(str) == name)].iloc[0].to_dict()
+    row = board[(board["kind"] == result_records.KIND_ENSEMBLE) & (board["model"].astype(str) == name)].iloc[0].to_dict()
     return EnsembleResult(name, out_dir, est, metrics, members, row)
 
 
@@ -311,9 +313,9 @@ def _member_rows(cands: Candidates, est: _Ensemble, exp_dir: Path) -> list[dict]
         m = cands.metrics[idx]
         rows.append({
             "rank": int(idx) + 1, "member": cands.ids[idx], "model": cands.models[idx], "seed": cands.seeds[idx],
-            "val_acc": round(float(est.candidate_val_acc_[idx]), lb.DECIMALS),
-            "test_acc": round(float((m.get("test") or {}).get("accuracy", math.nan)), lb.DECIMALS),
-            "weight": round(float(w) / total_w, lb.DECIMALS), "count": int(round(w)),
+            "val_acc": round(float(est.candidate_val_acc_[idx]), leaderboard_rows.DECIMALS),
+            "test_acc": round(float((m.get("test") or {}).get("accuracy", math.nan)), leaderboard_rows.DECIMALS),
+            "weight": round(float(w) / total_w, leaderboard_rows.DECIMALS), "count": int(round(w)),
             "run_dir": run_dir.root.relative_to(exp_dir).as_posix(),
             "checkpoint": run_dir.best_ckpt.relative_to(exp_dir).as_posix(),
         })
@@ -331,7 +333,7 @@ def _ensemble_metrics(exp_dir: Path, name: str, method: str, cands: Candidates, 
     threshold = confidence_threshold(confidence_of(combined["val"], voting), combined["val"].pred == val.labels,
                                      kind="vote_share" if voting == HARD else "probability")
     return {
-        "experiment": exp_dir.name, "kind": lb.KIND_ENSEMBLE, "model": name, "name": name,
+        "experiment": exp_dir.name, "kind": result_records.KIND_ENSEMBLE, "model": name, "name": name,
         "method": method, "estimator": type(est).__name__, "voting": voting,
         "k": len(est.members_), "status": runs.STATUS_COMPLETED, "classes": classes,
         "members": member_rows,

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from bench import leaderboard as lb
+from bench import result_records
 from bench import runs
 from bench import run_files
 from bench.ensemble import HARD, combine
@@ -129,7 +130,7 @@ def evaluate_external(source, data_root, *, mapping: dict[str, str] | None = Non
         "voting": voting, "mapping": to_class, "left_out_folders": unknown,
         "n_left_out": len(records) - len(kept), "n_unreadable": int((~readable).sum()), "seconds": seconds,
     })
-    out = owner / lb.EXTERNAL_DIR / name
+    out = owner / result_records.EXTERNAL_DIR / name
     frame = pd.DataFrame({"path": [r.path for r in ok], "label": [classes[i] for i in y_true],
                           "predicted": [classes[i] for i in combined.pred]})
     for j, c in enumerate(classes):

@@ -117,7 +117,8 @@ def cli(argv: list[str] | None = None) -> int:
 def _report(results: list[dict], plan) -> int:
     """End-of-sweep summary. Runs launched in other processes (submitit) are read back
     from the leaderboard, since their return values never reach this process."""
-    from bench.leaderboard import build_leaderboard, format_leaderboard, ranking_text
+    from bench.leaderboard import build_leaderboard, format_leaderboard
+    from bench.ranking import ranking_text
 
     if plan is None:
         return 0

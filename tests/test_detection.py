@@ -208,6 +208,7 @@ def test_each_class_gets_the_threshold_with_its_smallest_validation_count_error(
 
 def test_a_detector_run_is_a_leaderboard_row_ranked_by_val_map(detector_run):
     from bench import leaderboard as lb
+    from bench import ranking
 
     _, rd = detector_run
     board = lb.build_leaderboard(rd.root.parents[2])
@@ -216,7 +217,7 @@ def test_a_detector_run_is_a_leaderboard_row_ranked_by_val_map(detector_run):
     assert row["kind"] == "detector" and row["rank"] == 1
     assert row["val_map"] == pytest.approx(metrics["val"]["map"], abs=1e-6)
     assert row["test_count_error"] == pytest.approx(metrics["test"]["count_error"], abs=1e-6)
-    assert lb.rank_key(board) == "val_map"
+    assert ranking.rank_key(board) == "val_map"
 
 
 def test_a_detector_resumes_to_the_same_weights(tmp_path, cache_dir, monkeypatch):

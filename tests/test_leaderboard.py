@@ -9,6 +9,9 @@ import pandas as pd
 import pytest
 
 from bench import leaderboard as lb
+from bench import leaderboard_rows
+from bench import paper_reference
+from bench import result_records
 from bench import runs
 from bench import run_files
 from bench.metrics import classification_metrics
@@ -112,7 +115,7 @@ def test_failed_and_running_rows_are_unranked_and_last(exp):
 
 def test_paper_columns(exp):
     board = lb.build_leaderboard(exp)
-    ref = pd.read_csv(lb.reference_dir() / "gavas2021_table2.csv").set_index("model")["overall"]
+    ref = pd.read_csv(paper_reference.reference_dir() / "gavas2021_table2.csv").set_index("model")["overall"]
     vgg = _row(board, "vgg19")
     assert vgg["paper_test_acc"] == pytest.approx(ref["vgg19"])
     assert vgg["paper_diff"] == pytest.approx(vgg["test_acc"] - ref["vgg19"])
@@ -139,8 +142,8 @@ def test_paper_difference_only_for_runs_that_follow_the_paper(tmp_path):
 
 
 def test_missing_reference_gives_empty_paper_columns(exp, tmp_path):
-    assert lb.load_reference(tmp_path / "absent.csv") == {}
-    frame = lb.model_rows_frame(lb.collect_runs(exp), reference={})
+    assert paper_reference.load_reference(tmp_path / "absent.csv") == {}
+    frame = leaderboard_rows.model_rows_frame(result_records.collect_runs(exp), reference={})
     assert frame["paper_test_acc"].isna().all() and frame["paper_diff"].isna().all()
 
 
@@ -254,8 +257,6 @@ def test_the_printed_leaderboard_names_the_runs_with_a_warning(exp):
 
 
 def test_metrics_json_is_written_and_read_by_one_contract(tmp_path):
-    from bench import runs
-
     with pytest.raises(ValueError, match="no 'test'"):
         run_files.write_metrics(tmp_path, {"model": "m", "val": {}})
     assert not (tmp_path / "metrics.json").exists()  # nothing half-right on disk

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from bench import leaderboard as lb
+from bench import ranking
 from bench import runs
 from bench import fit as train_mod  # the stages of a run
 from bench.config import validate_config
@@ -240,7 +241,7 @@ def test_leaderboard_ranks_by_the_runs_select_by(tmp_path):
         metrics["val"]["balanced_accuracy"] = bal
         path.write_text(json.dumps(metrics))
     board = lb.build_leaderboard(exp)
-    assert board["model"].tolist()[:2] == ["vgg19", "resnet18"] and lb.ranking_text(board).endswith("balanced accuracy")
+    assert board["model"].tolist()[:2] == ["vgg19", "resnet18"] and ranking.ranking_text(board).endswith("balanced accuracy")
 
 
 def _imbalanced_run(tmp_path, cache_dir, counts, *extra):

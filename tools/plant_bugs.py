@@ -72,7 +72,7 @@ BUGS: dict[str, tuple[str, str, str, str]] = {
     "norm_mean": ("bench/data/transforms.py",
                   "self.shift = (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std))",
                   "self.shift = (torch.tensor(mean, dtype=torch.float32))", "normalisation forgets to divide the mean by std"),
-    "rank_by_test": ("bench/leaderboard.py", '[key, "model", "_seed_key"], ascending=[False, True, True]',
+    "rank_by_test": ("bench/ranking.py", '[key, "model", "_seed_key"], ascending=[False, True, True]',
                      '["test_acc", "model", "_seed_key"], ascending=[False, True, True]',
                      "leaderboard ranked by test accuracy"),
     "vote_tie_prob": ("bench/ensemble.py", "keys = (votes, prob_sum) if voting == HARD else (proba, votes)",

@@ -34,7 +34,7 @@ re-exported here.
 
 from bench.report.cli import REPORT_DIR, REPORT_MD, build_report, main
 from bench.report.loading import TABLE2_CSV, TABLE3_CSV, Entry, ExperimentResults, Predictions, load_results
-from bench.leaderboard import PBC_CLASSES
+from bench.paper_reference import PBC_CLASSES
 from bench.report.markdown import FIGURES, PBC_CITATION, md_table, report_markdown
 from bench.report.plots import (COSTS, DPI, figure_png, plot_accuracy_vs_cost, plot_class_accuracy, plot_confusion,
                                 plot_test_accuracy_ci, plot_training_curves)

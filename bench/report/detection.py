@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import leaderboard as lb
+from bench import leaderboard_rows
 from bench.detection.metrics import class_thresholds
 
 FIGURES = {"pr": "detection_pr_curves.png", "fields": "detection_fields.png"}
@@ -23,10 +23,10 @@ def detection_table(entries) -> pd.DataFrame:
     rows = []
     for e in entries:
         val, test = e.metrics.get("val") or {}, e.metrics.get("test") or {}
-        rows.append({"model": e.label, "val mAP": lb._num(val.get("map")), "test mAP": lb._num(test.get("map")),
-                     "AP50": lb._num(test.get("ap50")), "AP75": lb._num(test.get("ap75")),
-                     "AR@100": lb._num(test.get("ar100")), "count error": lb._num(test.get("count_error")),
-                     **{f"AP {c}": lb._num(v) for c, v in (test.get("per_class_ap") or {}).items()}})
+        rows.append({"model": e.label, "val mAP": leaderboard_rows._num(val.get("map")), "test mAP": leaderboard_rows._num(test.get("map")),
+                     "AP50": leaderboard_rows._num(test.get("ap50")), "AP75": leaderboard_rows._num(test.get("ap75")),
+                     "AR@100": leaderboard_rows._num(test.get("ar100")), "count error": leaderboard_rows._num(test.get("count_error")),
+                     **{f"AP {c}": leaderboard_rows._num(v) for c, v in (test.get("per_class_ap") or {}).items()}})
     return pd.DataFrame(rows)
 
 

@@ -11,7 +11,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from bench import leaderboard as lb
+from bench import leaderboard_rows
+from bench import paper_reference
+from bench import result_records
 from bench import runs
 from bench import run_files
 from bench.ensemble_runs import ENSEMBLES_DIR, classes_of, member_id
@@ -27,7 +29,7 @@ class Entry:
     """A completed run or an ensemble, as the tables and figures see it."""
 
     key: str  # "model/seed<seed>" (as bench.ensemble names members) or "ensemble:<name>"
-    kind: str  # lb.KIND_MODEL or lb.KIND_ENSEMBLE
+    kind: str  # result_records.KIND_MODEL or result_records.KIND_ENSEMBLE
     model: str  # model name, or the ensemble's name
     seed: int | None
     label: str  # for tables and figures
@@ -37,11 +39,11 @@ class Entry:
 
     @property
     def val_acc(self) -> float:
-        return lb._num((self.metrics.get("val") or {}).get("accuracy"))
+        return leaderboard_rows._num((self.metrics.get("val") or {}).get("accuracy"))
 
     @property
     def test_acc(self) -> float:
-        return lb._num((self.metrics.get("test") or {}).get("accuracy"))
+        return leaderboard_rows._num((self.metrics.get("test") or {}).get("accuracy"))
 
     def predictions_path(self, split: str) -> Path:
         return self.root / f"predictions_{split}.csv"
@@ -50,13 +52,13 @@ class Entry:
     def recipe(self) -> str:
         """The experiment whose recipe the run was measured against (runs from before recipes
         were recorded: gavas2021's, as the leaderboard reads them)."""
-        return self.metrics.get("recipe") or lb.PROTOCOL_RECIPE
+        return self.metrics.get("recipe") or paper_reference.PROTOCOL_RECIPE
 
     @property
     def follows_gavas(self) -> bool:
         """A run of experiment=gavas2021 with no departure: the only kind whose number may be
         read against Gavas & Olpadkar's published one as a replication."""
-        return self.recipe == lb.PROTOCOL_RECIPE and self.metrics.get("protocol_deviations") == []
+        return self.recipe == paper_reference.PROTOCOL_RECIPE and self.metrics.get("protocol_deviations") == []
 
 
 @dataclass
@@ -83,7 +85,7 @@ class ExperimentResults:
     ``runs``: completed runs in leaderboard (validation) order; ``unfinished``: failed and
     running runs with their error; ``ensembles``: by validation accuracy, then name;
     ``ensemble``: the one compared against (highest validation accuracy, or the one
-    named); ``board``: the model rows of the leaderboard (:func:`bench.leaderboard.model_rows_frame`).
+    named); ``board``: the model rows of the leaderboard (:func:`bench.leaderboard_rows.model_rows_frame`).
     Prediction and history files are read on first use and cached.
     """
 
@@ -211,7 +213,7 @@ def _load_ensembles(exp_dir: Path) -> list[Entry]:
             log.warning("skipping ensemble %s: %s", metrics_path.parent, exc)
             continue
         name = str(metrics.get("name") or metrics_path.parent.name)
-        out.append(Entry(f"ensemble:{name}", lb.KIND_ENSEMBLE, name, None, f"ensemble {name}",
+        out.append(Entry(f"ensemble:{name}", result_records.KIND_ENSEMBLE, name, None, f"ensemble {name}",
                          metrics_path.parent, metrics))
     out.sort(key=lambda e: (-e.val_acc if e.val_acc == e.val_acc else math.inf, e.model))
     return out
@@ -230,15 +232,15 @@ def load_results(exp_dir, *, reference_dir: Path | str | None = "default",
         raise FileNotFoundError(f"{exp_dir} is not a folder; pass an experiment folder written by bench-train "
                                 "(results/<experiment>), e.g. after `bench-train -m experiment=quickstart`.")
     if reference_dir == "default":
-        reference_dir = lb.reference_dir()
+        reference_dir = paper_reference.reference_dir()
     reference_dir = Path(reference_dir) if reference_dir is not None else None
     pairs = []
     for run_dir in runs.iter_run_dirs(exp_dir):
-        record = lb.read_run(run_dir)
+        record = result_records.read_run(run_dir)
         if record is not None:
             pairs.append((run_dir, record))
-    reference = lb.load_reference(reference_dir / TABLE2_CSV) if reference_dir is not None else {}
-    board = lb.model_rows_frame([r for _, r in pairs], reference=reference)
+    reference = paper_reference.load_reference(reference_dir / TABLE2_CSV) if reference_dir is not None else {}
+    board = leaderboard_rows.model_rows_frame([r for _, r in pairs], reference=reference)
     by_id = {(r.model, r.seed): (d, r) for d, r in pairs}
 
     completed = board[board["status"] == runs.STATUS_COMPLETED]
@@ -251,16 +253,16 @@ def load_results(exp_dir, *, reference_dir: Path | str | None = "default",
         label = f"{row.model} s{seed}" if several else str(row.model)
         entry = Entry(member_id(row.model, seed), row.kind, str(row.model), seed, label, run_dir.root,
                       record.metrics, None if pd.isna(row.rank) else int(row.rank))
-        (detectors if row.kind == lb.KIND_DETECTOR else entries).append(entry)
+        (detectors if row.kind == result_records.KIND_DETECTOR else entries).append(entry)
         if data_kind is None:
             data_kind, data_root = _data_info(run_dir, record.metrics)
 
     unfinished = board.loc[board["status"] != runs.STATUS_COMPLETED, ["model", "seed", "status", "error"]]
-    classes = lb._union_classes([r for _, r in pairs if r.completed])
+    classes = result_records._union_classes([r for _, r in pairs if r.completed])
     ensembles = _load_ensembles(exp_dir)
     if not classes and ensembles:
         classes = classes_of(ensembles[0].metrics)
-    if classes and not lb.is_pbc_classes(classes):
+    if classes and not paper_reference.is_pbc_classes(classes):
         reference_dir = None  # the published tables are PBC's; the data note says why they are absent
     chosen = None
     if ensemble is not None:
@@ -273,6 +275,6 @@ def load_results(exp_dir, *, reference_dir: Path | str | None = "default",
         # chosen on their test set) is shown beside it, never instead of it.
         chosen = next((e for e in ensembles if not is_fixed(e)), ensembles[0])
     if detectors:  # the classifier sections are about classifiers; detectors get their own
-        classes = lb._union_classes([r for _, r in pairs if r.completed and r.metrics.get("task") != "detection"])
+        classes = result_records._union_classes([r for _, r in pairs if r.completed and r.metrics.get("task") != "detection"])
     return ExperimentResults(exp_dir, classes, board, entries, unfinished.reset_index(drop=True), ensembles,
                              chosen, reference_dir, data_kind, data_root, detectors=detectors)

@@ -8,7 +8,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from bench import leaderboard as lb
+from bench import leaderboard_rows
+from bench import paper_reference
 from bench import runs, stats
 from bench.report.loading import ExperimentResults, is_fixed
 from bench.report.tables import (DEFAULT_TOP, MACRO_TABLE3, PAPER, class_accuracy_table, comparison_table,
@@ -61,12 +62,12 @@ def _numeric_text(col: pd.Series) -> pd.Series:
 
 
 def _pct(x: Any, digits: int = 2) -> str:
-    x = lb._num(x)
+    x = leaderboard_rows._num(x)
     return "-" if not math.isfinite(x) else f"{100 * x:.{digits}f}"
 
 
 def _p(x: Any) -> str:
-    x = lb._num(x)
+    x = leaderboard_rows._num(x)
     if not math.isfinite(x):
         return "-"
     return f"{x:.3f}" if x >= 0.001 else f"{x:.1e}"
@@ -125,12 +126,12 @@ def _protocol_note(res: ExperimentResults, models: set[str]) -> str:
     differ: dict[str, list[str]] = {}
     for entry in res.runs:
         if entry.model in models:
-            text = lb.protocol_text(entry.metrics.get("protocol_deviations"))
-            if text == lb.PROTOCOL_UNKNOWN:
+            text = paper_reference.protocol_text(entry.metrics.get("protocol_deviations"))
+            if text == paper_reference.PROTOCOL_UNKNOWN:
                 text = "not recorded (written by an older bench)"
-            if entry.recipe != lb.PROTOCOL_RECIPE:
-                text = f"follows experiment={entry.recipe}, not experiment={lb.PROTOCOL_RECIPE}"
-            if text != lb.PROTOCOL_FOLLOWED:
+            if entry.recipe != paper_reference.PROTOCOL_RECIPE:
+                text = f"follows experiment={entry.recipe}, not experiment={paper_reference.PROTOCOL_RECIPE}"
+            if text != paper_reference.PROTOCOL_FOLLOWED:
                 differ.setdefault(text, []).append(entry.label)
     if not differ:
         return "Every run compared here followed the published protocol."
@@ -145,7 +146,7 @@ def _left_out_note(res: ExperimentResults, table: str) -> list[str]:
     if not left_out:
         return []
     runs_of = "; ".join(f"{', '.join(labels)} follow experiment={recipe}" for recipe, labels in left_out.items())
-    return ["", f"**Not a replication**: {runs_of}, not experiment={lb.PROTOCOL_RECIPE}, so {PAPER}'s published "
+    return ["", f"**Not a replication**: {runs_of}, not experiment={paper_reference.PROTOCOL_RECIPE}, so {PAPER}'s published "
             f"{table} numbers are left out; each run's own recipe and its departures from it are in the "
             "leaderboard's protocol column."]
 
@@ -157,7 +158,7 @@ def _data_note(res: ExperimentResults) -> str:
         return (f"Data: the embedded synthetic stand-in (procedurally drawn cells with the PBC class names), "
                 f"not real images; its accuracies are not comparable with published numbers. The class scheme "
                 f"follows the PBC dataset ({PBC_CITATION}).")
-    if not lb.is_pbc_classes(res.classes):
+    if not paper_reference.is_pbc_classes(res.classes):
         return (f"Data: `{root or 'unknown'}`, classes {', '.join(res.classes) or '-'}. The published numbers are "
                 f"for the PBC dataset's eight classes ({PBC_CITATION}), so none is shown next to these.")
     looks_pbc = kind == "bloodmnist" or "pbc" in root.lower()

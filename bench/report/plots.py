@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench import leaderboard as lb
+from bench import leaderboard_rows
+from bench import result_records
 from bench import stats
 from bench.ensemble_runs import classes_of
 from bench.report.loading import Entry, ExperimentResults
@@ -51,7 +52,7 @@ def plot_test_accuracy_ci(res: ExperimentResults, stats_frame: pd.DataFrame | No
     color = np.where(dist.eq(True).to_numpy(), "C0", "0.55").astype(object)
     if res.best is not None:
         color[0] = "C3"
-    is_ens = (st["kind"] == lb.KIND_ENSEMBLE).to_numpy()
+    is_ens = (st["kind"] == result_records.KIND_ENSEMBLE).to_numpy()
     for c in dict.fromkeys(color):  # one errorbar call per colour and marker: fast for many rows
         for ens_rows, marker, ms in ((False, "o", 5), (True, "*", 9)):
             sel = (color == c) & (is_ens == ens_rows)
@@ -102,10 +103,10 @@ def _cost_points(res: ExperimentResults, cost_key: str) -> pd.DataFrame:
     by_key = {e.key: e for e in res.runs}
     rows = []
     for e in res.entries:
-        cost = lb._num(e.metrics.get(cost_key))
-        if e.kind == lb.KIND_ENSEMBLE and cost_key == "train_time_s":
+        cost = leaderboard_rows._num(e.metrics.get(cost_key))
+        if e.kind == result_records.KIND_ENSEMBLE and cost_key == "train_time_s":
             members = {m.get("member") for m in e.metrics.get("members") or []}
-            times = [lb._num(by_key[m].metrics.get("train_time_s")) if m in by_key else math.nan for m in members]
+            times = [leaderboard_rows._num(by_key[m].metrics.get("train_time_s")) if m in by_key else math.nan for m in members]
             cost = float(sum(times)) if times else math.nan
         rows.append({"label": e.label, "kind": e.kind, "cost": cost, "val_acc": e.val_acc, "test_acc": e.test_acc})
     return pd.DataFrame(rows, columns=["label", "kind", "cost", "val_acc", "test_acc"])
@@ -131,7 +132,7 @@ def plot_accuracy_vs_cost(res: ExperimentResults, cost: str = "gflops", stats_fr
     low = 100 * st["ci_low"].reindex(pts.index)
     high = 100 * st["ci_high"].reindex(pts.index)
     for i in np.flatnonzero(ok.to_numpy()):
-        is_ens = pts.at[i, "kind"] == lb.KIND_ENSEMBLE
+        is_ens = pts.at[i, "kind"] == result_records.KIND_ENSEMBLE
         yerr = None
         if np.isfinite(low.iloc[i]) and np.isfinite(high.iloc[i]):
             yerr = [[max(acc.iloc[i] - low.iloc[i], 0)], [max(high.iloc[i] - acc.iloc[i], 0)]]
@@ -191,7 +192,7 @@ def plot_confusion(res: ExperimentResults, entry: Entry, split: str = "test"):
                     ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if values[i, j] > vmax / 2 else "black")
         fig.colorbar(im, ax=ax, shrink=0.75)
-    acc = lb._num((entry.metrics.get(split) or {}).get("accuracy"))
+    acc = leaderboard_rows._num((entry.metrics.get(split) or {}).get("accuracy"))
     fig.suptitle(f"{entry.label}: {split} confusion matrix (accuracy {100 * acc:.2f}%, n = {int(cm.sum())})",
                  fontsize=10)
     return fig

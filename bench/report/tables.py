@@ -10,6 +10,9 @@ import numpy as np
 import pandas as pd
 
 from bench import leaderboard as lb
+from bench import leaderboard_rows
+from bench import paper_reference
+from bench import ranking
 from bench import runs, stats
 from bench.report.loading import TABLE2_CSV, TABLE3_CSV, ExperimentResults
 
@@ -109,20 +112,20 @@ def _per_model_means(res: ExperimentResults, columns: Sequence[str]) -> pd.DataF
         return pd.DataFrame(columns=["model", "val_acc", *columns])
     cols = list(dict.fromkeys(["val_acc", *columns]))
     means = done.groupby("model", sort=True)[cols].mean().reset_index()
-    return lb.by_validation(means)
+    return ranking.by_validation(means)
 
 
 def class_accuracy_table(res: ExperimentResults) -> pd.DataFrame:
     """Class-wise test accuracy (recall), models x classes plus overall, as fractions;
     one row per model (mean over seeds), then the ensembles. Index: the row label."""
-    class_cols = [lb.class_column(c) for c in res.classes]
+    class_cols = [leaderboard_rows.class_column(c) for c in res.classes]
     means = _per_model_means(res, [*class_cols, "test_acc"])
     table = means.set_index("model")[[*class_cols, "test_acc"]]
     table.columns = [*res.classes, "overall"]
     rows = [table]
     for e in res.ensembles:
         per_class = (e.metrics.get("test") or {}).get("per_class") or {}
-        values = [lb._num((per_class.get(c) or {}).get("accuracy")) for c in res.classes] + [e.test_acc]
+        values = [leaderboard_rows._num((per_class.get(c) or {}).get("accuracy")) for c in res.classes] + [e.test_acc]
         rows.append(pd.DataFrame([values], index=[e.label], columns=table.columns))
     out = pd.concat([r for r in rows if len(r)]) if any(len(r) for r in rows) else table
     out.index.name = "model"
@@ -130,7 +133,7 @@ def class_accuracy_table(res: ExperimentResults) -> pd.DataFrame:
 
 
 def _reference_key(model: str, names: Sequence[str]) -> str | None:
-    """The published row for a model: the same rule as :func:`bench.leaderboard.paper_accuracy`
+    """The published row for a model: the same rule as :func:`bench.paper_reference.paper_accuracy`
     (exact torchvision name, optionally written ``torchvision/<name>``)."""
     if model in names:
         return model
@@ -142,7 +145,7 @@ def _gavas_runs(res: ExperimentResults) -> dict[str, list]:
     """Model -> its runs measured against experiment=gavas2021 (the recipe of the published tables)."""
     out: dict[str, list] = {}
     for e in res.runs:
-        if e.recipe == lb.PROTOCOL_RECIPE:
+        if e.recipe == paper_reference.PROTOCOL_RECIPE:
             out.setdefault(e.model, []).append(e)
     return out
 
@@ -163,7 +166,7 @@ def published_class_accuracy(res: ExperimentResults) -> pd.DataFrame | None:
         if ref is None or str(model) not in gavas:  # another paper's recipe: Gavas' row is no target
             continue
         paper = table[table["model"].astype(str) == ref].iloc[0]
-        row = {c: lb._num(paper.get(c)) for c in [*res.classes, "overall"]}
+        row = {c: leaderboard_rows._num(paper.get(c)) for c in [*res.classes, "overall"]}
         followed = all(e.follows_gavas for e in gavas[str(model)])
         row["ours_minus_paper"] = ours.loc[model, "overall"] - row["overall"] if followed else math.nan
         rows.append(pd.Series(row, name=str(model)))
@@ -186,12 +189,12 @@ def comparison_table(res: ExperimentResults, top: int = DEFAULT_TOP) -> pd.DataF
     for e in res.ensembles:
         macro = (e.metrics.get("test") or {}).get("macro") or {}
         rows.append({"source": "this experiment", "model": e.label, "accuracy": 100 * e.test_acc,
-                     **{k: 100 * lb._num(macro.get(k)) for k in MACRO_TABLE3}})
+                     **{k: 100 * leaderboard_rows._num(macro.get(k)) for k in MACRO_TABLE3}})
     table3 = res.reference_table(TABLE3_CSV)
     if table3 is not None and {"method", *cols} <= set(table3.columns) and _any_published_model(res):
         for r in table3.to_dict("records"):
             rows.append({"source": f"published ({PAPER}, Table 3)", "model": str(r["method"]),
-                         **{k: lb._num(r[k]) for k in cols}})
+                         **{k: leaderboard_rows._num(r[k]) for k in cols}})
     return pd.DataFrame(rows, columns=["source", "model", *cols])
 
 
@@ -207,7 +210,7 @@ def _published_names(res: ExperimentResults) -> list[str]:
 def _any_published_model(res: ExperimentResults) -> bool:
     """A model of the published tables run on their recipe (experiment=gavas2021)."""
     names = _published_names(res)
-    return any(_reference_key(e.model, names) for e in res.runs if e.recipe == lb.PROTOCOL_RECIPE)
+    return any(_reference_key(e.model, names) for e in res.runs if e.recipe == paper_reference.PROTOCOL_RECIPE)
 
 
 def published_left_out(res: ExperimentResults) -> dict[str, list[str]]:
@@ -216,7 +219,7 @@ def published_left_out(res: ExperimentResults) -> dict[str, list[str]]:
     names = _published_names(res)
     out: dict[str, list[str]] = {}
     for e in res.runs:
-        if e.recipe != lb.PROTOCOL_RECIPE and _reference_key(e.model, names):
+        if e.recipe != paper_reference.PROTOCOL_RECIPE and _reference_key(e.model, names):
             out.setdefault(e.recipe, []).append(e.label)
     return out
 
