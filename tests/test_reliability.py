@@ -139,7 +139,7 @@ def test_a_disk_too_full_to_record_the_failure_still_gives_one_message(make_cfg,
 
 
 def test_the_preflight_counts_the_checkpoint_rewrite(tmp_path, monkeypatch):
-    import bench.preflight as pf
+    import bench.preflight_resources as pf
 
     monkeypatch.setattr(pf, "_param_count", lambda name, spec: 10**8)
     report = preflight(plan_runs(["-m", "model=resnet18,vgg11", "seed=0,1", "model.pretrained=false",

@@ -154,7 +154,7 @@ def test_preflight_lists_every_problem_at_once(tmp_path, monkeypatch):
                       "data.augment.interpolation=bicubic"])
     assert plan.models == ["resnet18", "inception_v3"]
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache
-    import bench.preflight as pf
+    import bench.preflight_models as pf
 
     monkeypatch.setattr(pf, "_REACHABLE", {"download.pytorch.org": False})  # offline, deterministically
     report = preflight(plan)
