@@ -20,9 +20,9 @@ and integer labels ``y``: ``fit(X_val, y_val)`` chooses members, ``predict(X)`` 
 Tie rules (all deterministic)
 -----------------------------
 *Rank.* Candidates are ranked by validation accuracy, descending; equal accuracies
-keep the order in which the candidates were given. :func:`bench.ensemble_runs.load_candidates` gives them
-in leaderboard order (validation accuracy, then model name, then seed), so remaining
-ties fall to model name, then seed.
+keep the order in which the candidates were given.
+:func:`bench.ensemble_candidates.load_candidates` gives them in leaderboard order (validation
+accuracy, then model name, then seed), so remaining ties fall to model name, then seed.
 
 *Member selection (top k).* Candidates strictly better than the k-th on validation
 accuracy are taken. If more candidates tie with the k-th than places are left, every

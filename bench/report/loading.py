@@ -16,7 +16,8 @@ from bench import paper_reference
 from bench import result_records
 from bench import runs
 from bench import run_files
-from bench.ensemble_runs import ENSEMBLES_DIR, classes_of, member_id
+from bench.ensemble_candidates import classes_of, member_id
+from bench.ensemble_runs import ENSEMBLES_DIR
 
 log = logging.getLogger(__name__)
 

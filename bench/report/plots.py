@@ -11,7 +11,7 @@ import pandas as pd
 from bench import leaderboard_rows
 from bench import result_records
 from bench import stats
-from bench.ensemble_runs import classes_of
+from bench.ensemble_candidates import classes_of
 from bench.report.loading import Entry, ExperimentResults
 from bench.report.tables import DEFAULT_TOP, class_accuracy_table, statistics_table
 
