@@ -34,7 +34,7 @@ from hydra.utils import instantiate
 
 from bench import runs
 from bench.checkpoints import read_last, save_checkpoint, save_last
-from bench.config import check_config
+from bench.config_checks import check_config
 from bench.data.build import build_data, geometry_of
 from bench.data.loader import BatchLoader, sampler_weights
 from bench.data.transforms import BatchAugment, Normalize

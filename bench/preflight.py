@@ -121,7 +121,7 @@ def _variants(base: list[tuple[str, str]], swept: dict[str, list[str]], elements
 # --------------------------------------------------------------------------- checks
 def preflight(plan: Plan) -> Report:
     """Check data, weights, image sizes, disk and device for every planned run."""
-    from bench.config import validate_config
+    from bench.config_checks import validate_config
 
     report = Report()
     cfg = plan.cfg
@@ -147,7 +147,7 @@ def _check_variants(plan: Plan, report: Report) -> list[DictConfig]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from bench.config import validate_config
+    from bench.config_checks import validate_config
 
     configs = []
     for override, overrides in plan.variants:

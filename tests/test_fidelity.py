@@ -283,15 +283,16 @@ def test_acevedo_finetune_departs_only_in_the_split(model):
 
 
 def test_another_papers_recipe_is_never_compared_with_gavas_table2(tmp_path):
-    from bench import leaderboard as lb
+    from bench.leaderboard_rows import _model_row
     from bench.metrics import classification_metrics
+    from bench.result_records import RunRecord
 
     from .test_leaderboard import CLASSES
 
     m = classification_metrics([0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5, 6, 7], CLASSES)
-    record = lb.RunRecord("wbcsnet", 0, "completed", None, {
+    record = RunRecord("wbcsnet", 0, "completed", None, {
         "val": m, "test": m, "classes": CLASSES, "protocol_deviations": [], "recipe": "almotairi2019"})
-    row = lb._model_row(record, CLASSES, {"wbcsnet": 0.5})
+    row = _model_row(record, CLASSES, {"wbcsnet": 0.5})
     assert row["protocol"] == "almotairi2019: paper" and math.isnan(row["paper_test_acc"])
     assert math.isnan(row["paper_diff"])
 

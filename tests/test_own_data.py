@@ -19,7 +19,7 @@ from bench import leaderboard as lb
 from bench import ranking
 from bench import runs
 from bench import fit as train_mod  # the stages of a run
-from bench.config import validate_config
+from bench.config_checks import validate_config
 from bench.metrics import balanced_accuracy, classification_metrics, collapse_warning, confidence_threshold
 from bench.train import cli, run_identity, train
 

@@ -20,7 +20,7 @@ from bench.metrics import classification_metrics
 from bench.models import create_model
 from bench.models.blocks import freeze_backbone, head_path, list_blocks, set_trainable_blocks
 from bench.models.heads import apply_head, configure_model, match_state_dict
-from bench.protocols import compare, svm_features
+from bench.protocols import cnn_features, compare, svm_features
 from bench.train import train
 
 from .conftest import compose_cfg
@@ -205,7 +205,7 @@ def test_trainable_conv_blocks_counts_only_blocks_with_a_convolution():
                       (("model.head_keep_fc=-1",), "model.head_keep_fc=-1"),
                       (("trainer.balance_to=0",), "trainer.balance_to=0"),
                       (("trainer.balance_to=100", "trainer.sampler=balanced"), "both balance the classes")]:
-        from bench.config import validate_config
+        from bench.config_checks import validate_config
 
         assert any(said in p for p in validate_config(compose_cfg(*bad))), bad
 
@@ -231,8 +231,8 @@ def test_a_cut_head_trains_balanced_records_itself_and_rebuilds_from_best_pt(mak
 
 def test_feature_extractors_give_the_published_feature_sizes():
     with torch.device("meta"):
-        vgg = svm_features.feature_extractor("vgg16", pretrained=False)
-        inception = svm_features.feature_extractor("inception_v3", pretrained=False)
+        vgg = cnn_features.feature_extractor("vgg16", pretrained=False)
+        inception = cnn_features.feature_extractor("inception_v3", pretrained=False)
         assert vgg(torch.empty(2, 3, 224, 224)).shape == (2, 4096)  # fc7 (penultimate FC), after ReLU
         assert inception(torch.empty(2, 3, 299, 299)).shape == (2, 2048)  # pooled
     assert isinstance(vgg.classifier[4], nn.ReLU) and isinstance(vgg.classifier[6], nn.Identity)
@@ -241,13 +241,13 @@ def test_feature_extractors_give_the_published_feature_sizes():
 # --------------------------------------------------------------------------- the SVM protocol
 def test_svm_protocol_end_to_end_with_cached_features(make_cfg, tmp_path, monkeypatch):
     calls = []
-    real_extract = svm_features.extract_features
+    real_extract = cnn_features.extract_features
 
     def spy(*args, **kwargs):
         calls.append(len(args[1]) if kwargs.get("index") is None else len(kwargs["index"]))
         return real_extract(*args, **kwargs)
 
-    monkeypatch.setattr(svm_features, "extract_features", spy)
+    monkeypatch.setattr(cnn_features, "extract_features", spy)
     overrides = ["experiment=acevedo2019_svm", "data=synthetic", "svm.feature_models=[resnet18]",
                  "svm.balance_to=24", "trainer.eval_batch_size=64"]
     cfg = make_cfg(*overrides, "svm.c_grid=[1,10]")
