@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from hydra.utils import instantiate
 
-from bench import runs
+from bench import run_files, runs
 from bench.checkpoints import read_last, save_checkpoint, save_last
 from bench.config_checks import check_config
 from bench.data.build import build_data, geometry_of
@@ -109,7 +109,7 @@ def fit(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, tracker, 
         write_checkpoints(session, progress, epoch, run_dir, chash)
     results = evaluate_best(session, progress, run_dir)
     metrics = run_metrics(session, progress, results, chash, oom_retry)
-    runs.write_metrics(run_dir.root, metrics)
+    run_files.write_metrics(run_dir.root, metrics)
     tracker.final(metrics)
     log.info("%s seed %d: best epoch %d, val acc %.4f, test acc %.4f -> %s", cfg.model.name, cfg.seed,
              progress.best_epoch, metrics["val"]["accuracy"], metrics["test"]["accuracy"], run_dir.root)
@@ -300,7 +300,7 @@ def evaluate_best(session: Session, progress: Progress, run_dir: runs.RunDir) ->
             results[split] = progress.best_val  # same weights as best.pt: evaluating again would give the same
         else:
             results[split] = evaluate(s.model, s.eval_loader(split), s.criterion, device=s.device, amp=progress.amp)
-        runs.write_predictions(run_dir.predictions(split), s.splits[split].paths[: results[split]["n"]],
+        run_files.write_predictions(run_dir.predictions(split), s.splits[split].paths[: results[split]["n"]],
                                results[split], s.bundle.class_names)
     return results
 

@@ -49,9 +49,6 @@ from bench.metrics import MACRO_KEYS
 from bench.paper_reference import PROTOCOL_FOLLOWED
 from bench.ranking import by_validation
 from bench.result_records import KIND_DETECTOR, RunRecord, _classes_of, _union_classes, collect_runs
-# Re-exported until bench/protocols/svm_features.py and tests/test_fidelity.py import them from their modules.
-from bench.leaderboard_rows import _model_row  # noqa: F401
-from bench.ranking import ranking_text  # noqa: F401
 
 log = logging.getLogger(__name__)
 

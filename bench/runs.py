@@ -39,8 +39,6 @@ from typing import Callable, Iterator
 from bench.atomic import (atomic_path, fsync_file, read_json, remove_stale_temporaries,  # noqa: F401
                           write_bytes_atomic, write_csv_atomic, write_json_atomic, write_text_atomic)
 from bench.run_files import METRICS_JSON, UnreadableMetrics, read_metrics
-# Re-exported until bench/fit.py and bench/protocols/ import them from bench.run_files.
-from bench.run_files import write_metrics, write_predictions  # noqa: F401
 from bench.write_errors import explain_error
 
 log = logging.getLogger("bench.runs")

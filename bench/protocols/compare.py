@@ -3,7 +3,7 @@
 ``python -m bench.protocols.compare results/scratch_vs_pretrained`` reads every
 sub-experiment directly under the folder (a sub-folder with ``runs/``; for
 ``experiment=scratch_vs_pretrained`` these are ``scratch/`` and ``frozen/``, see
-conf/experiment/scratch_vs_pretrained.yaml), through :func:`bench.leaderboard.collect_runs`
+conf/experiment/scratch_vs_pretrained.yaml), through :func:`bench.result_records.collect_runs`
 (status.json + metrics.json of each run), and writes ``<folder>/comparison.csv``::
 
     model, <v>_status, <v>_n_seeds, <v>_val_acc, <v>_test_acc, <v>_<class>..., <v>_train_time_s,
@@ -29,7 +29,8 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from bench import runs
-from bench.leaderboard import DECIMALS, collect_runs
+from bench.leaderboard_rows import DECIMALS
+from bench.result_records import collect_runs
 
 COMPARISON_CSV = "comparison.csv"
 PREFERRED_ORDER = ("scratch", "frozen")

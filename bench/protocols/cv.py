@@ -201,7 +201,7 @@ def fold_row(record, scheme: str, fold: int) -> dict[str, Any]:
 
 def collect_fold_rows(exp_dir: Path, plans: Sequence[FoldPlan]) -> pd.DataFrame:
     """Rows of every run in every fold folder that exists (all models and seeds run there)."""
-    from bench.leaderboard import collect_runs
+    from bench.result_records import collect_runs
 
     rows = []
     for plan in plans:

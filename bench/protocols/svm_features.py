@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bench import runs
+from bench import run_files, runs
 from bench.leaderboard import refresh_leaderboard
 from bench.protocol import protocol_deviations, recipe_of
 from bench.protocols.cnn_features import Features, compute_features
@@ -66,7 +66,7 @@ def _write_run(cfg, run_dir: runs.RunDir, chash: str, name: str, feature_model: 
 
     classes = bundle.class_names
     for split in ("val", "test"):
-        runs.write_predictions(run_dir.predictions(split), feats[split].paths, fitted["scored"][split], classes)
+        run_files.write_predictions(run_dir.predictions(split), feats[split].paths, fitted["scored"][split], classes)
     runs.write_csv_atomic(run_dir.root / "cv.csv", fitted["cv_table"])
     import joblib
 
@@ -96,7 +96,7 @@ def _write_run(cfg, run_dir: runs.RunDir, chash: str, name: str, feature_model: 
                          "cached": f.cached, "seconds": round(f.seconds, 3), "n": len(f.y)}
                      for k, f in feats.items()},
     }
-    runs.write_metrics(run_dir.root, metrics)
+    run_files.write_metrics(run_dir.root, metrics)
     return metrics
 
 

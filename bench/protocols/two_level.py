@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bench import runs
+from bench import run_files, runs
 from bench.protocol import protocol_deviations, recipe_of
 from bench.metrics import classification_metrics
 
@@ -133,7 +133,7 @@ def run_two_level(cfg: DictConfig) -> dict:
     result = runs.RunLifecycle(run_dir, chash, OmegaConf.to_yaml(container), model=name, seed=seed,
                                experiment=cfg.experiment_name, after=lambda: refresh_leaderboard(exp_dir)).run(work)
     if result["status"] in (runs.STATUS_COMPLETED, "skipped") and run_dir.metrics.exists():
-        result["n_excluded"] = runs.read_metrics(run_dir.root).get("n_excluded")
+        result["n_excluded"] = run_files.read_metrics(run_dir.root).get("n_excluded")
     return result
 
 
@@ -144,7 +144,7 @@ def _load_level(cfg: DictConfig) -> tuple[torch.nn.Module, list[str], dict]:
     exp_dir = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name)
     rd = runs.RunDir.for_run(exp_dir, cfg.model.name, int(cfg.seed))
     ckpt = torch.load(rd.best_ckpt, map_location="cpu", weights_only=True)
-    metrics = runs.read_metrics(rd.root)
+    metrics = run_files.read_metrics(rd.root)
     metrics["run_dir"] = str(rd.root)
     return rebuild_model(ckpt), list(ckpt["class_names"]), metrics
 
@@ -193,7 +193,7 @@ def compose_and_evaluate(cfg, level1_cfg, level2_cfgs, run_dir: runs.RunDir, cha
     runs.write_csv_atomic(run_dir.excluded, bundle.excluded)
     metrics = _composed_metrics(cfg, chash, bundle, groups, level1, level2, metrics_of, image_size, device,
                                 _excluded_by_class(eval_cfg.data, level1_dir, groups))
-    runs.write_metrics(run_dir.root, metrics)
+    run_files.write_metrics(run_dir.root, metrics)
     log.info("two-level %s seed %d: composed val acc %.4f, test acc %.4f over %s -> %s", cfg.model.name, cfg.seed,
              metrics["val"]["accuracy"], metrics["test"]["accuracy"], bundle.class_names, run_dir.root)
     return metrics
@@ -226,7 +226,7 @@ def _evaluate_split(bundle, split: str, groups, level1, level2, cfg, device, amp
         else:
             joint[:, classes.index(members[0])] = p1[:, gi]
             cascade[chosen] = classes.index(members[0])
-    runs.write_predictions(run_dir.predictions(split), data.paths[:n],
+    run_files.write_predictions(run_dir.predictions(split), data.paths[:n],
                            {"labels": labels, "preds": cascade, "probs": joint}, classes,
                            extra={"group_label": [group_of[classes[i]] for i in labels],
                                   "group_predicted": [level1_names[i] for i in group_pred]})
