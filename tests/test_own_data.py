@@ -183,6 +183,31 @@ def test_new_options_at_their_neutral_value_keep_old_run_identities():
     assert run_identity(compose_cfg("data.augment.hue=0.05"))[1] != chash
 
 
+@pytest.mark.parametrize("override", ["trainer.progress=false", "trainer.num_threads=1", "trainer.checkpoint_every_s=5",
+                                      "data.store=mmap", "data.decode_workers=3", "paths.results_dir=/elsewhere",
+                                      "logger=csv", "svm.n_jobs=2", "cv.folds=5", "two_level.enabled=true"])
+def test_keys_that_never_change_results_stay_out_of_every_identity(override):
+    from bench.protocols import svm_features
+
+    assert run_identity(compose_cfg(override))[1] == run_identity(compose_cfg())[1]
+    # The SVM protocol reads the data keys by the same rule (it hashed data.store before).
+    svm = ("experiment=acevedo2019_svm", "data.root=/d")
+    assert svm_features.identity(compose_cfg(*svm, override), "vgg16", "rbf") == svm_features.identity(
+        compose_cfg(*svm), "vgg16", "rbf")
+
+
+@pytest.mark.parametrize("override", ["trainer.balance_to=100", "model.head_keep_fc=1", "model.trainable_conv_blocks=2",
+                                      "model.weights_tag=IMAGENET1K_V1", "trainer.epochs=3", "data.split_seed=1"])
+def test_keys_that_change_results_change_every_identity(override):
+    from bench.protocols import svm_features
+
+    assert run_identity(compose_cfg(override))[1] != run_identity(compose_cfg())[1]
+    if override.startswith(("model.weights_tag", "data.")):  # what an SVM run reads
+        svm = ("experiment=acevedo2019_svm", "data.root=/d")
+        assert svm_features.identity(compose_cfg(*svm, override), "vgg16", "rbf") != svm_features.identity(
+            compose_cfg(*svm), "vgg16", "rbf")
+
+
 # --------------------------------------------------------------------------- runs on imbalanced data
 def test_select_by_balanced_accuracy_picks_another_epoch(make_cfg, monkeypatch):
     # Validation: 3 images of class 0, 1 of class 1. Epoch 1 predicts class 0 everywhere

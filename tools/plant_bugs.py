@@ -92,6 +92,19 @@ BUGS: dict[str, tuple[str, str, str, str]] = {
                       "chain matches cells at any overlap instead of IoU >= 0.5"),
     "chain_count_signed": ("bench/cascade/scoring.py", "self.count_errors.append(np.abs(pred_counts - true_counts))",
                            "self.count_errors.append(pred_counts - true_counts)", "chain count error signed"),
+    # ---- the published protocols' options (issue 14) and the run identity (issue 13)
+    "conv_blocks_one_more": ("bench/models/blocks.py", "first = conv[len(conv) - n] if n else conv[-1] + 1",
+                             "first = conv[len(conv) - n - 1] if n else conv[-1] + 1",
+                             "trainable_conv_blocks trains one convolutional block too many"),
+    "keep_fc_one_less": ("bench/models/heads.py", "cut = fcs[int(keep_fc)]", "cut = fcs[max(0, int(keep_fc) - 1)]",
+                         "head_keep_fc keeps one fully connected layer too few"),
+    "balance_short": ("bench/data/loader.py", "np.resize(idx[permutation(len(idx))], n - len(idx))",
+                      "np.resize(idx[permutation(len(idx))], n - len(idx) - 1)",
+                      "balance_to tops each class up to one image short"),
+    "head_not_recorded": ("bench/fit.py", "head=head_record(cfg.model)),", "),",
+                          "best.pt does not record the head it trained (a cut head cannot be rebuilt)"),
+    "identity_store": ("bench/config.py", 'store: str = not_a_result("auto")', 'store: str = "auto"',
+                       "data.store (where images are read from) changes a run's identity: finished runs retrain"),
 }
 
 
