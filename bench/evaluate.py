@@ -40,7 +40,8 @@ from bench import run_files
 from bench.ensemble import HARD, combine
 from bench.ensemble_runs import MEMBERS_CSV
 from bench.metrics import classification_metrics
-from bench.predict import PredictError, check_same_classes, ensemble_checkpoints, load_checkpoint, predict_probs
+from bench.predict_checkpoints import PredictError, check_same_classes, ensemble_checkpoints, load_checkpoint
+from bench.predict_images import predict_probs
 
 
 class EvaluateError(PredictError):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import predict, runs
+from bench import predict, predict_checkpoints, runs
 from bench.cascade import scoring
 from bench.cascade.chain import square_crop
 from bench.detection.data import AnnotationReport, Boxes, DetectionSet
@@ -101,7 +101,7 @@ def test_truth_without_our_classes_names_the_mapping_options():
     truth = DetectionSet(Path("."), [Boxes("f.png", 10, 10, np.array([[0, 0, 5, 5]], np.float32), ["WBC"])],
                          ["WBC"], AnnotationReport())
     cells = _cells([("f.png", 0, 0, 5, 5, "wbc", True, "neutrophil")])
-    with pytest.raises(predict.PredictError, match="--truth-map.*--score-level detector"):
+    with pytest.raises(predict_checkpoints.PredictError, match="--truth-map.*--score-level detector"):
         scoring.score_cells(cells, ["f.png"], truth, typed_classes=["neutrophil", "lymphocyte"])
     m = scoring.score_cells(cells, ["f.png"], DetectionSet(Path("."), [Boxes(
         "f.png", 10, 10, np.array([[0, 0, 5, 5]], np.float32), ["wbc"])], ["wbc"], AnnotationReport()),

@@ -206,7 +206,7 @@ def lab_cnn(num_classes, pretrained=False):
 @pytest.mark.parametrize("how", ["entry_point", "env"])
 def test_your_own_architecture_trains_and_predicts_without_editing_bench(tmp_path, cache_dir, monkeypatch, how):
     from bench.models import _registry, list_models, load_plugins
-    from bench.predict import load_checkpoint
+    from bench.predict_checkpoints import load_checkpoint
     from bench.train import cli
 
     from .conftest import SMOKE_OVERRIDES

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from bench import ensemble_runs as ens
-from bench import predict
+from bench import predict, predict_checkpoints
 from bench import runs
 from bench.models import create_model
 from bench.train import train
@@ -208,9 +208,9 @@ def test_transform_input_follows_pretrained(tmp_path):
     torch.save(ckpt, tmp_path / "pretrained.pt")
     del ckpt["pretrained"]  # older checkpoints: treated as trained from scratch
     torch.save(ckpt, tmp_path / "old.pt")
-    loaded = predict.load_checkpoint(tmp_path / "pretrained.pt")
+    loaded = predict_checkpoints.load_checkpoint(tmp_path / "pretrained.pt")
     assert loaded.model.transform_input is True and not loaded.model.training
-    assert predict.load_checkpoint(tmp_path / "old.pt").model.transform_input is False
+    assert predict_checkpoints.load_checkpoint(tmp_path / "old.pt").model.transform_input is False
 
 
 # --------------------------------------------------------------------------- bench-evaluate

@@ -27,7 +27,8 @@ from PIL import Image
 from bench.cascade.models import Classifier, LoadedDetector
 from bench.data.imagefolder import resize_rgb, to_rgb
 from bench.data.transforms import Normalize
-from bench.predict import member_probs, prediction_tables
+from bench.predict_images import member_probs
+from bench.predict_tables import prediction_tables
 
 FIELDS_PER_BATCH = 4  # fields per detector forward pass
 

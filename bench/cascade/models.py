@@ -18,8 +18,10 @@ import torch
 from bench import run_files
 from bench.detection.metrics import class_thresholds
 from bench.ensemble import HARD, SOFT
-from bench.predict import (METHODS, LoadedCheckpoint, PredictError, ValidationRecord, check_same_classes,
-                           ensemble_checkpoints, load_checkpoint, validation_record)
+from bench.predict import METHODS
+from bench.predict_checkpoints import (LoadedCheckpoint, PredictError, check_same_classes, ensemble_checkpoints,
+                                       load_checkpoint)
+from bench.predict_tables import ValidationRecord, validation_record
 
 WHITE_CELL_NAMES = ("wbc", "white", "white cell", "white_cell", "white cells", "leukocyte", "leukocytes",
                     "leucocyte", "leucocytes", "mn", "pmn", "mononuclear", "polymorphonuclear")

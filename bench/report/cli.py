@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench.cascade.report import build_cascade_report, is_cascade_dir
 
     if is_cascade_dir(args.exp_dir):  # a bench-predict --detector output folder
-        from bench.predict import PredictError
+        from bench.predict_checkpoints import PredictError
 
         try:
             path = build_cascade_report(args.exp_dir, args.out)
