@@ -41,7 +41,7 @@ from bench import leaderboard_rows
 from bench import result_records
 from bench import runs
 from bench import run_files
-from bench.commands import ENSEMBLE_OPTIONS as OPTIONS  # the key=value options (the CLI surface)
+from bench.command_parsers import ENSEMBLE_OPTIONS as OPTIONS  # the key=value options (the CLI surface)
 from bench.ensemble import (HARD, SOFT, BestSubset, Combined, GreedySelection, MajorityVote, SoftVote,
                             WeightedVote, _Ensemble, confidence_of)
 from bench.ensemble_candidates import (SPLITS, Candidates, EnsembleError, SplitPredictions, load_candidates,

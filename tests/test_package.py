@@ -92,18 +92,19 @@ def test_python_dash_m_bench_lists_and_runs_the_tools():
 
 
 def test_cli_defaults_are_the_api_defaults():
+    from bench import command_parsers as cli
     from bench import stats
     from bench.benchmark import common
     from bench.ensemble_runs import METHODS as ENSEMBLE_METHODS
     from bench.predict import METHODS as PREDICT_METHODS
     from bench.report.tables import DEFAULT_TOP
 
-    assert (commands.STATS_RESAMPLES, commands.STATS_SEED, commands.STATS_CONFIDENCE, commands.STATS_ALPHA) == (
+    assert (cli.STATS_RESAMPLES, cli.STATS_SEED, cli.STATS_CONFIDENCE, cli.STATS_ALPHA) == (
         stats.DEFAULT_RESAMPLES, stats.DEFAULT_SEED, stats.DEFAULT_CONFIDENCE, stats.DEFAULT_ALPHA)
-    assert commands.REPORT_TOP == DEFAULT_TOP
-    assert commands.BENCHMARK_MODES == tuple(m for m, _, _ in common.MODES)
-    assert set(commands.ENSEMBLE_METHODS) == set(ENSEMBLE_METHODS)
-    assert set(commands.PREDICT_METHODS) == set(PREDICT_METHODS)
+    assert cli.REPORT_TOP == DEFAULT_TOP
+    assert cli.BENCHMARK_MODES == tuple(m for m, _, _ in common.MODES)
+    assert set(cli.ENSEMBLE_METHODS) == set(ENSEMBLE_METHODS)
+    assert set(cli.PREDICT_METHODS) == set(PREDICT_METHODS)
 
 
 # --------------------------------------------------------------------------- Hydra's own flags

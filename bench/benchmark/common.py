@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.commands import BENCHMARK_MODELS as DEFAULT_MODELS  # noqa: E402  (the CLI default, defined once)
+from bench.command_parsers import BENCHMARK_MODELS as DEFAULT_MODELS  # noqa: E402  (the CLI default, defined once)
 # Model-alone precision modes: (column suffix, bf16 autocast, channels_last).
 MODES = (("fp32", False, False), ("fp32_cl", False, True), ("bf16", True, False), ("bf16_cl", True, True))
 
