@@ -1,7 +1,7 @@
 """Procedural smear fields with exact boxes (``data=synthetic_smear``), the detection stand-in.
 
 Each field is drawn with the same primitives as the synthetic single cells
-(:mod:`bench.data.synthetic`): a pale beige background, many pale pink red cells with a
+(:mod:`bench.data.cell_drawing`): a pale beige background, many pale pink red cells with a
 central pallor, one to a few white cells of the PBC types (nucleus, cytoplasm, granules as
 the single-cell generator draws them) and clumps of platelets, then the same optics blur,
 stain jitter and noise. Cells are placed without overlapping, so every box is exactly the
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.data import synthetic as cells
+from bench.data import cell_drawing as cells
 
 GENERATOR_VERSION = 1
 MARKER_NAME = ".complete.json"
