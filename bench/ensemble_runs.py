@@ -42,8 +42,8 @@ from bench import result_records
 from bench import runs
 from bench import run_files
 from bench.command_parsers import ENSEMBLE_OPTIONS as OPTIONS  # the key=value options (the CLI surface)
-from bench.ensemble import (HARD, SOFT, BestSubset, Combined, GreedySelection, MajorityVote, SoftVote,
-                            WeightedVote, _Ensemble, confidence_of)
+from bench.ensemble import BestSubset, GreedySelection, MajorityVote, SoftVote, WeightedVote, _Ensemble
+from bench.ensemble_voting import HARD, SOFT, Combined, confidence_of
 from bench.ensemble_candidates import (SPLITS, Candidates, EnsembleError, SplitPredictions, load_candidates,
                                        member_id)
 from bench.metrics import classification_metrics, confidence_threshold

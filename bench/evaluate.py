@@ -37,7 +37,7 @@ from bench import leaderboard as lb
 from bench import result_records
 from bench import runs
 from bench import run_files
-from bench.ensemble import HARD, combine
+from bench.ensemble_voting import HARD, combine
 from bench.ensemble_runs import MEMBERS_CSV
 from bench.metrics import classification_metrics
 from bench.predict_checkpoints import PredictError, check_same_classes, ensemble_checkpoints, load_checkpoint

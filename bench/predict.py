@@ -17,8 +17,8 @@ checkpoints must have exactly the same class names. Checkpoints are loaded with
 The models are read by :mod:`bench.predict_checkpoints`, the images by :mod:`bench.predict_images`
 and the tables written by :mod:`bench.predict_tables`; this module is the command.
 
-Several checkpoints are combined with :func:`bench.ensemble.combine`, i.e. the tie
-rules of :mod:`bench.ensemble`; member rank order is the order given (``--ensemble``:
+Several checkpoints are combined with :func:`bench.ensemble_voting.combine`, i.e. the tie
+rules of :mod:`bench.ensemble_voting`; member rank order is the order given (``--ensemble``:
 the order of its members.csv, i.e. validation rank), weights from members.csv.
 
 ``--method``: ``majority`` (hard vote; confidence = vote share of the predicted class)
@@ -56,7 +56,7 @@ import torch
 
 from bench import runs
 from bench.data.imagefolder import IMAGE_EXTENSIONS
-from bench.ensemble import HARD, SOFT
+from bench.ensemble_voting import HARD, SOFT
 from bench.predict_checkpoints import PredictError, check_same_classes, ensemble_checkpoints, load_checkpoint
 from bench.predict_images import list_images, predict_probs
 from bench.predict_tables import prediction_tables, validation_record

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bench import run_files
-from bench.ensemble import HARD, combine, confidence_of
+from bench.ensemble_voting import HARD, combine, confidence_of
 
 
 @dataclass

@@ -13,6 +13,7 @@ from sklearn.exceptions import NotFittedError
 
 from bench import ensemble as ens
 from bench import ensemble_runs as ens_runs
+from bench import ensemble_voting as vote
 from bench import leaderboard as lb
 from bench import runs
 from bench.metrics import classification_metrics
@@ -44,7 +45,7 @@ def test_majority_known_answer():
         [[0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8]],
         [[0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.3, 0.4, 0.3]],
     ])
-    out = ens.combine(probs, voting="hard")
+    out = vote.combine(probs, voting="hard")
     assert out.pred.tolist() == [0, 1, 2]
     assert out.votes.tolist() == [[2, 1, 0], [1, 2, 0], [0, 1, 2]]
     np.testing.assert_allclose(out.proba, probs.mean(axis=0))
@@ -61,31 +62,31 @@ def test_vote_tie_rules():
         [[0.40, 0.35, 0.25], [0.6, 0.4, 0.0], [0.4, 0.6, 0.0]],
         [[0.30, 0.60, 0.10], [0.4, 0.6, 0.0], [0.6, 0.4, 0.0]],
     ])
-    out = ens.combine(probs, voting="hard")
+    out = vote.combine(probs, voting="hard")
     assert out.votes[:, :2].tolist() == [[2, 2]] * 3
     assert out.pred.tolist() == [1, 0, 1]
     # Reversing the rank order flips only the rank-decided images.
-    assert ens.combine(probs[::-1], voting="hard").pred.tolist() == [1, 1, 0]
+    assert vote.combine(probs[::-1], voting="hard").pred.tolist() == [1, 1, 0]
 
 
 def test_vote_tie_lowest_index_last():
     # Soft tie, equal votes, and no member votes for a tied class: lowest class index.
     probs = np.array([[[0.3, 0.3, 0.4]], [[0.3, 0.3, 0.4]]])
     probs_soft = np.array([[[0.45, 0.45, 0.10]], [[0.45, 0.45, 0.10]]])
-    assert ens.combine(probs, voting="soft").pred.tolist() == [2]
-    assert ens.combine(probs_soft, voting="soft").pred.tolist() == [0]  # argmax ties to class 0 in both members
+    assert vote.combine(probs, voting="soft").pred.tolist() == [2]
+    assert vote.combine(probs_soft, voting="soft").pred.tolist() == [0]  # argmax ties to class 0 in both members
 
 
 def test_soft_tie_goes_to_more_votes():
     probs = np.array([[[0.9, 0.1]], [[0.3, 0.7]], [[0.3, 0.7]]])  # means 0.5/0.5, votes 1/2
-    assert ens.combine(probs, voting="soft").pred.tolist() == [1]
+    assert vote.combine(probs, voting="soft").pred.tolist() == [1]
 
 
 def test_soft_and_hard_disagree():
     # One confident member against two lukewarm ones.
     probs = np.array([[[0.95, 0.05]], [[0.4, 0.6]], [[0.4, 0.6]]])
-    assert ens.combine(probs, voting="hard").pred.tolist() == [1]
-    assert ens.combine(probs, voting="soft").pred.tolist() == [0]
+    assert vote.combine(probs, voting="hard").pred.tolist() == [1]
+    assert vote.combine(probs, voting="soft").pred.tolist() == [0]
     y = np.array([0])
     assert ens.MajorityVote(k=3).fit(probs, y).predict(probs).tolist() == [1]
     assert ens.SoftVote(k=3).fit(probs, y).predict(probs).tolist() == [0]
@@ -93,9 +94,9 @@ def test_soft_and_hard_disagree():
 
 def test_zero_weight_member_does_not_count():
     probs = np.array([[[0.9, 0.1]], [[0.2, 0.8]], [[0.3, 0.7]]])
-    assert ens.combine(probs, [1, 1, 0], voting="hard").pred.tolist() == [0]  # 1-1 tie, sums 1.1 vs 0.9
+    assert vote.combine(probs, [1, 1, 0], voting="hard").pred.tolist() == [0]  # 1-1 tie, sums 1.1 vs 0.9
     with pytest.raises(ValueError, match="weights"):
-        ens.combine(probs, [1, -1, 0])
+        vote.combine(probs, [1, -1, 0])
 
 
 # --------------------------------------------------------------------------- member selection
@@ -151,7 +152,7 @@ def test_six_tied_for_last_places_is_exhaustive():
     est = ens.MajorityVote(ids, k=4).fit(X, y)
     assert est.selection_["subsets_evaluated"] == 20
     assert est.members_[0] == "best"
-    scores = {c: ens._accuracy(ens.combine(X[[0, *c]]).pred, y) for c in itertools.combinations(range(1, 7), 3)}
+    scores = {c: ens._accuracy(vote.combine(X[[0, *c]]).pred, y) for c in itertools.combinations(range(1, 7), 3)}
     best = max(scores.values())
     first_best = next(c for c in itertools.combinations(range(1, 7), 3) if scores[c] == best)
     assert est.val_accuracy_ == best
@@ -212,7 +213,7 @@ def test_best_subset_is_the_best_of_the_top_n():
     est = ens.BestSubset(k=4, top_n=8).fit(X, y)
     assert est.selection_["subsets_evaluated"] == 70
     pool = list(est.ranking_[:8])
-    best = max(ens._accuracy(ens.combine(X[sorted(c, key=pool.index)]).pred, y)
+    best = max(ens._accuracy(vote.combine(X[sorted(c, key=pool.index)]).pred, y)
                for c in itertools.combinations(pool, 4))
     assert est.val_accuracy_ == best
     assert set(est.member_indices_) <= set(pool)
@@ -261,7 +262,7 @@ def test_27_members_6000_images_is_fast():
     start = time.perf_counter()
     est = ens.MajorityVote(k=4).fit(X[:, :4000], y[:4000])
     est.predict(X[:, 4000:])
-    ens.combine(X, voting="hard")  # all 27 at once
+    vote.combine(X, voting="hard")  # all 27 at once
     assert time.perf_counter() - start < 5.0  # ~0.05 s on 2 idle cores: 100x for a shared CPU
 
 

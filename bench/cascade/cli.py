@@ -27,7 +27,7 @@ from bench.cascade import draw, scoring, tables
 from bench.cascade.chain import run_chain
 from bench.cascade.models import load_classifier, load_detector, parse_classifier_args, route_labels
 from bench.data.imagefolder import IMAGE_EXTENSIONS
-from bench.ensemble import HARD
+from bench.ensemble_voting import HARD
 from bench.predict_checkpoints import PredictError
 from bench.predict_images import list_images
 

@@ -17,7 +17,7 @@ import torch
 
 from bench import run_files
 from bench.detection.metrics import class_thresholds
-from bench.ensemble import HARD, SOFT
+from bench.ensemble_voting import HARD, SOFT
 from bench.predict import METHODS
 from bench.predict_checkpoints import (LoadedCheckpoint, PredictError, check_same_classes, ensemble_checkpoints,
                                        load_checkpoint)
