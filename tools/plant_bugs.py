@@ -75,7 +75,7 @@ BUGS: dict[str, tuple[str, str, str, str]] = {
     "rank_by_test": ("bench/ranking.py", '[key, "model", "_seed_key"], ascending=[False, True, True]',
                      '["test_acc", "model", "_seed_key"], ascending=[False, True, True]',
                      "leaderboard ranked by test accuracy"),
-    "vote_tie_prob": ("bench/ensemble.py", "keys = (votes, prob_sum) if voting == HARD else (proba, votes)",
+    "vote_tie_prob": ("bench/ensemble_voting.py", "keys = (votes, prob_sum) if voting == HARD else (proba, votes)",
                       "keys = (votes,) if voting == HARD else (proba, votes)",
                       "hard-vote ties skip the summed-probability rule"),
     "mcnemar_onesided": ("bench/stats.py", 'binomtest(only_a, n, 0.5, alternative="two-sided")',
