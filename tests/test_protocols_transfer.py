@@ -183,6 +183,10 @@ def test_head_keep_fc_cuts_vggs_fully_connected_layers(keep_fc, linears):
     apply_head(resnet, "resnet50", NUM_CLASSES, [64], 0.0, keep_fc=keep_fc)
     assert [(m.in_features, m.out_features) for m in resnet.fc if isinstance(m, nn.Linear)] == [
         (2048, 64), (64, NUM_CLASSES)]
+    squeezenet = _meta_model("squeezenet1_1")  # a convolutional head and no FC layer: left as it is
+    before = [n for n, _ in squeezenet.named_parameters()]
+    apply_head(squeezenet, "squeezenet1_1", NUM_CLASSES, [], 0.0, keep_fc=keep_fc)
+    assert [n for n, _ in squeezenet.named_parameters()] == before
 
 
 def test_trainable_conv_blocks_counts_only_blocks_with_a_convolution():

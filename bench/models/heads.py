@@ -108,13 +108,12 @@ def apply_head(model: nn.Module, name: str, num_classes: int, hidden: Sequence[i
         raise ValueError(f"model.head_keep_fc must be >= 0 or null, got {keep_fc}")
     path = head_path(model, name)
     old = model.get_submodule(path)
-    in_features = _head_in_features(old, name) if hidden or keep_fc is not None else None
     new_path, cut_width = _cut_before(model, path, keep_fc)
     if not hidden and cut_width is None:
         if dropout:
             log.warning("%s: model.head_dropout=%s is ignored without model.head_hidden", name, dropout)
         return model
-    head = _mlp(cut_width or in_features, hidden, num_classes, float(dropout))
+    head = _mlp(cut_width or _head_in_features(old, name), hidden, num_classes, float(dropout))
     ref = next(old.parameters(), None)
     if ref is not None:  # the old head's device and dtype (meta, GPU, half)
         head.to(device=ref.device, dtype=ref.dtype)
