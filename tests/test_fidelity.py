@@ -370,7 +370,11 @@ def test_acevedo_svm_is_scikit_learns_defaults_and_its_options_are_compared():
 
     assert list(svm.svm.c_grid) == [SVC().C] and svm.svm.coef0 == SVC().coef0 and svm.svm.standardize is False
     declared = protocol_deviations(svm)
-    assert any(d.startswith("VGG16 features from fc7") for d in declared)  # the layer read is said
+    assert any(d.startswith("model.head_keep_fc=none (paper: the network with the fully connected layers removed")
+               for d in declared)  # the layer read is said
+    # The paper's features (VGG16 without its fully connected layers) lift that departure.
+    paper_layer = protocol_deviations(compose_cfg("experiment=acevedo2019_svm", "data.root=/d", "model.head_keep_fc=0"))
+    assert paper_layer == [d for d in declared if not d.startswith("model.head_keep_fc")]
     changed = protocol_deviations(compose_cfg("experiment=acevedo2019_svm", "data.root=/d", "svm.balance_to=null",
                                               "svm.coef0=1", "svm.kernels=[rbf]", "svm.c_grid=[1,10]",
                                               "svm.standardize=true"))

@@ -240,9 +240,28 @@ def test_feature_extractors_give_the_published_feature_sizes():
         assert vgg(torch.empty(2, 3, 224, 224)).shape == (2, 4096)  # fc7 (penultimate FC), after ReLU
         assert inception(torch.empty(2, 3, 299, 299)).shape == (2, 2048)  # pooled
     assert isinstance(vgg.classifier[4], nn.ReLU) and isinstance(vgg.classifier[6], nn.Identity)
+    with torch.device("meta"):  # the paper's: the network without its fully connected layers
+        no_fc = cnn_features.feature_extractor("vgg16", pretrained=False, keep_fc=0)
+        assert no_fc(torch.empty(2, 3, 224, 224)).shape == (2, 7 * 7 * 512)
+        assert not any(isinstance(m, nn.Linear) for m in no_fc.modules())
 
 
 # --------------------------------------------------------------------------- the SVM protocol
+def test_svm_features_without_the_fully_connected_layers_are_cached_apart(make_cfg, tmp_path):
+    base = ["experiment=acevedo2019_svm", "data=synthetic", "svm.feature_models=[alexnet]", "data.image_size=64",
+            "svm.kernels=[linear]", "svm.balance_to=null"]
+    for extra in ([], ["model.head_keep_fc=0"]):
+        out = svm_features.run_svm_protocol(make_cfg(*base, *extra))
+        assert [r["status"] for r in out] == ["completed"], out
+    features = tmp_path / "results" / "acevedo2019_svm" / "features"
+    dims = {}
+    for name in ("alexnet-random-seed0-train-64.npz", "alexnet-random-seed0-keepfc0-train-64.npz"):
+        with np.load(features / name) as z:
+            dims[name] = z["X"].shape[1]
+    # fc7 of AlexNet vs its flattened 6 x 6 x 256 conv map (the second run did not reuse the first's cache)
+    assert list(dims.values()) == [4096, 6 * 6 * 256]
+
+
 def test_svm_protocol_end_to_end_with_cached_features(make_cfg, tmp_path, monkeypatch):
     calls = []
     real_extract = cnn_features.extract_features

@@ -2,11 +2,14 @@
 computed once and cached.
 
 Features
-    The network's classification head is replaced by ``nn.Identity`` (the head table of
-    :mod:`bench.models.heads`), so a feature is what the head read: VGG16's 4096-d output
+    The network's classification head is replaced by ``nn.Identity`` (the head found by
+    :mod:`bench.models.blocks`), so a feature is what the head read: VGG16's 4096-d output
     of its penultimate fully connected layer (fc7, after ReLU; dropout is off in eval
-    mode; Acevedo et al. removed the fully connected layers, a departure the experiment
-    declares), Inception v3's 2048-d globally pooled features, ResNet50's 2048-d pool. Images
+    mode), Inception v3's 2048-d globally pooled features, ResNet50's 2048-d pool.
+    ``model.head_keep_fc=N`` keeps only the first N of VGG's fully connected layers first, as
+    for training (:mod:`bench.models.heads`): ``0`` gives the network with its fully connected
+    layers removed, Acevedo et al.'s features (VGG16: the flattened 7x7x512 map, 25,088-d);
+    the weights tag then ends in ``-keepfc<N>``. Images
     are resized to the model's input size (``data.image_size`` null) and normalised with
     ``data.mean``/``data.std``, no augmentation. Features are computed once per model,
     weights and split and cached as ``<exp_dir>/features/<model>-<weights tag>-<split>-<size>.npz``
@@ -51,14 +54,17 @@ SPLITS = ("train", "val", "test")
 
 
 def feature_extractor(name: str, *, pretrained: bool, weights: Optional[str] = None, seed: int = 0,
-                      tag: Optional[str] = None) -> nn.Module:
-    """``name`` with its classification head replaced by ``nn.Identity``, in eval mode."""
+                      tag: Optional[str] = None, keep_fc: Optional[int] = None) -> nn.Module:
+    """``name`` with its classification head (and the fully connected layers after the first
+    ``keep_fc``) replaced by ``nn.Identity``, in eval mode."""
     from bench.models import create_model
     from bench.models._layers import drop_aux_head
     from bench.models.blocks import head_path
+    from bench.models.heads import apply_head
 
     torch.manual_seed(seed)  # the whole network when not pretrained
     model = create_model(name, num_classes=1, pretrained=pretrained, weights=weights, weights_tag=tag)
+    apply_head(model, name, 1, [], keep_fc=keep_fc)  # a placeholder head after the kept layers, if any cut
     model.set_submodule(head_path(model, name), nn.Identity())
     drop_aux_head(model)
     return model.eval()
@@ -162,8 +168,9 @@ def compute_features(cfg: DictConfig, exp_dir: Path, name: str, size: int, bundl
     from bench.data.transforms import BatchAugment, Normalize
 
     seed = int(cfg.seed)
+    keep_fc = cfg.model.get("head_keep_fc")
     tag = weights_tag(name, pretrained=bool(cfg.model.pretrained), weights=cfg.model.weights, seed=seed,
-                      tag=cfg.model.get("weights_tag"))
+                      tag=cfg.model.get("weights_tag")) + ("" if keep_fc is None else f"-keepfc{int(keep_fc)}")
     base_meta = {"format": FEATURE_FORMAT, "model": name, "weights": tag, "size": int(size),
                  "mean": [float(v) for v in cfg.data.mean], "std": [float(v) for v in cfg.data.std]}
     norm = Normalize(cfg.data.mean, cfg.data.std, device=device)
@@ -175,7 +182,7 @@ def compute_features(cfg: DictConfig, exp_dir: Path, name: str, size: int, bundl
             log.info("building feature extractor %s (%s)", name, tag)
             extractor.append(feature_extractor(name, pretrained=bool(cfg.model.pretrained),
                                                weights=cfg.model.weights, seed=seed,
-                                               tag=cfg.model.get("weights_tag")))
+                                               tag=cfg.model.get("weights_tag"), keep_fc=keep_fc))
         return extractor[0]
 
     def one(split_name: str, meta: dict, images, labels: np.ndarray, paths: list[str],

@@ -54,7 +54,8 @@ def identity(cfg: DictConfig, feature_model: str, kernel: str) -> dict:
     return {
         "protocol": PROTOCOL, "feature_model": feature_model, "kernel": kernel, "seed": int(cfg.seed),
         "data": result_keys(c["data"], ("data",)),
-        "model": result_keys({k: c["model"].get(k) for k in ("pretrained", "weights", "weights_tag")}, ("model",)),
+        "model": result_keys({k: c["model"].get(k) for k in ("pretrained", "weights", "weights_tag", "head_keep_fc")},
+                             ("model",)),
         "svm": {k: v for k, v in c["svm"].items() if k not in ("feature_models", "kernels", "n_jobs")},
     }
 
