@@ -14,6 +14,7 @@ single list of models and ``model=resnet34`` can never drift from it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -362,12 +363,18 @@ def _identity_rules(schema=None, prefix: tuple = ()) -> tuple[set, dict]:
     return ignored, neutral
 
 
+@functools.cache
+def _schema_identity_rules() -> tuple[frozenset, dict]:
+    ignored, neutral = _identity_rules()
+    return frozenset(ignored), neutral
+
+
 def result_keys(container: dict, prefix: tuple = ()) -> dict:
     """``container`` (a resolved config, or its group at ``prefix``) without the keys that do not
     change results: those never do, and options at the default they were added with."""
     import copy
 
-    ignored, neutral = _identity_rules()
+    ignored, neutral = _schema_identity_rules()
     out = {}
     for key, value in container.items():
         path = (*prefix, key)
