@@ -145,6 +145,7 @@ def read_coco(root, annotations=None, label_map=None) -> DetectionSet:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"data.annotations={ann_path}: not a readable COCO file ({type(exc).__name__}: {exc}); it "
                         "needs 'images', 'annotations' and 'categories' lists.") from exc
+    _check_unique_ids(entries, ann_path)
     report = AnnotationReport()
     by_image: dict[int, list] = {}
     for a in coco.get("annotations", []):
@@ -169,6 +170,20 @@ def read_coco(root, annotations=None, label_map=None) -> DetectionSet:
     for image_id in set(by_image) - known:
         report.add("annotation(s) naming a missing image entry dropped", str(image_id))
     return finish(root, images, report, label_map, declared=list(cats.values()))
+
+
+def _check_unique_ids(entries: list, ann_path: Path) -> None:
+    """Two image entries with one id would share one set of boxes (the second image's own lost):
+    an error naming both files, never a guess."""
+    first: dict = {}
+    for entry in entries:
+        image_id, name = entry.get("id"), entry.get("file_name")
+        if image_id in first:
+            raise DataError(f"data.annotations={ann_path}: image id {image_id} is given to two images, "
+                            f"{first[image_id]} and {name}; each annotation names its image by id, so their boxes "
+                            "cannot be told apart. Give every entry of 'images' its own id (and fix the "
+                            "annotations' image_id to match).")
+        first[image_id] = name
 
 
 # --------------------------------------------------------------------------- Pascal VOC
