@@ -39,3 +39,54 @@ def test_a_duplicate_coco_image_id_is_an_error_naming_both_files(tmp_path):
                [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [1, 1, 10, 10], "iscrowd": 0}])
     with pytest.raises(DataError, match=r"image id 7.*a\.png.*b\.png"):
         read_coco(root)
+
+
+# --------------------------------------------------------------------------- boxes CSV coordinates
+COLUMNS = ["image", "xmin", "ymin", "xmax", "ymax", "label"]
+
+
+def _fraction_rows(n_rows: int, names) -> list[list]:
+    rng = np.random.default_rng(1)
+    rows = []
+    for k in range(n_rows):
+        x0, y0 = rng.uniform(0.05, 0.6, 2).round(4)
+        rows.append([names[k % len(names)], x0, y0, round(x0 + 0.2, 4), round(y0 + 0.25, 4), "rbc"])
+    return rows
+
+
+def test_fractions_with_one_rounding_slip_above_1_stay_fractions_and_the_slip_is_named(tmp_path):
+    names = [f"f{i}.png" for i in range(6)]
+    root = _fields(tmp_path, names, size=(100, 50))
+    rows = _fraction_rows(179, names)
+    rows[17][3] = 1.02  # one rounding slip: xmax a little past the right edge
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(root / "annotations.csv", index=False)
+    dset = read_boxes_csv(root)
+    assert "fractions of the image size" in dset.report.notes[0]
+    boxes = {name: [] for name in names}
+    for name, x0, y0, x1, y1, _ in rows:  # by hand: fraction x (100, 50), clipped to the image
+        boxes[name].append([x0 * 100, y0 * 50, min(x1, 1.0) * 100, y1 * 50])
+    for im in dset.images:
+        np.testing.assert_allclose(im.boxes, boxes[im.path], atol=1e-3)
+    stray = " ".join(dset.report.lines())
+    assert "1 row(s) with a coordinate above 1" in stray and "line 19" in stray  # the header is line 1
+
+
+def test_a_csv_mixing_pixels_and_fractions_is_refused_with_the_counts(tmp_path):
+    names = ["a.png", "b.png"]
+    root = _fields(tmp_path, names, size=(100, 50))
+    rows = _fraction_rows(8, names) + [["a.png", 10, 5, 40, 30, "wbc"], ["b.png", 50, 10, 90, 45, "wbc"],
+                                       ["b.png", 0, 0, 0, 0, "wbc"]]  # a zero-area row takes no side
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(root / "annotations.csv", index=False)
+    with pytest.raises(DataError, match=r"8 row\(s\).*fractions.*2 row\(s\).*pixels.*data\.coordinates"):
+        read_boxes_csv(root)
+    pixels = read_boxes_csv(root, coordinates="pixel")  # said outright, the file is read as told
+    assert [im.boxes.tolist()[-1] for im in pixels.images if im.path == "a.png"] == [[10.0, 5.0, 40.0, 30.0]]
+
+
+def test_pixel_boxes_with_a_zero_area_row_stay_pixels(tmp_path):
+    root = _fields(tmp_path, ["a.png"], size=(100, 50))
+    pd.DataFrame([["a.png", 10, 5, 40, 30, "wbc"], ["a.png", 0, 0, 0, 0, "wbc"]], columns=COLUMNS).to_csv(
+        root / "annotations.csv", index=False)
+    dset = read_boxes_csv(root)
+    assert "pixel coordinates (detected)" in dset.report.notes[0]
+    assert dset.images[0].boxes.tolist() == [[10.0, 5.0, 40.0, 30.0]]

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from bench.data.imagefolder import DataError
@@ -232,8 +233,6 @@ def read_voc(root, label_map=None) -> DetectionSet:
 
 # --------------------------------------------------------------------------- boxes CSV
 def read_boxes_csv(root, annotations=None, label_map=None, coordinates: str = "auto") -> DetectionSet:
-    import pandas as pd
-
     root = Path(root).expanduser()
     path = Path(annotations).expanduser() if annotations else root / "annotations.csv"
     try:
@@ -245,11 +244,7 @@ def read_boxes_csv(root, annotations=None, label_map=None, coordinates: str = "a
     if missing:
         raise DataError(f"{path} lacks the column(s) {missing}; expected {', '.join(need)}.")
     report = AnnotationReport()
-    coords = table[["xmin", "ymin", "xmax", "ymax"]].to_numpy(float)
-    fractional = coordinates == "fraction" or (coordinates == "auto" and np.nanmax(np.abs(coords)) <= 1.0)
-    report.notes.append(f"{path.name}: {'fractions of the image size' if fractional else 'pixel'} coordinates"
-                        + (" (detected)" if coordinates == "auto" else ""))
-    log.info("annotations: %s", report.notes[-1])
+    fractional = coordinate_kind(table[["xmin", "ymin", "xmax", "ymax"]], coordinates, path, report)
     images = []
     for name, rows in table.groupby("image", sort=True):
         img_path = root / str(name) if (root / str(name)).is_file() else root / "images" / str(name)
@@ -263,6 +258,46 @@ def read_boxes_csv(root, annotations=None, label_map=None, coordinates: str = "a
         images.append(Boxes(img_path.relative_to(root).as_posix(), size[0], size[1], boxes,
                             [str(v) for v in rows["label"]]))
     return finish(root, images, report, label_map)
+
+
+# A row of fractions never reaches twice the image size, and a row of pixels whose every coordinate
+# is at most 2 is a box of two pixels in the field's corner: above this the row is pixels.
+FRACTION_LIMIT = 2.0
+
+
+def coordinate_kind(coords: pd.DataFrame, coordinates: str, path: Path, report: AnnotationReport) -> bool:
+    """Whether the file's boxes are fractions of the image size (else pixels), decided for the
+    whole file. ``auto``: each usable row votes (zero-area and unreadable rows are dropped anyway):
+    every coordinate <= 2 is a row of fractions, any above is a row of pixels. One kind: that kind,
+    fraction rows with a value just above 1 (a rounding slip, a box past the edge) named and
+    clipped; both kinds: an error with the counts, never a mix."""
+    values = coords.to_numpy(float)
+    usable = np.isfinite(values).all(axis=1) & (values[:, 2] > values[:, 0]) & (values[:, 3] > values[:, 1])
+    largest = np.where(usable, np.abs(np.where(np.isfinite(values), values, 0.0)).max(axis=1), np.nan)
+    pixel_rows = np.flatnonzero(largest > FRACTION_LIMIT)
+    fraction_rows = np.flatnonzero(largest <= FRACTION_LIMIT)
+    if coordinates == "auto" and len(pixel_rows) and len(fraction_rows):
+        raise DataError(
+            f"data.annotations={path} mixes two kinds of coordinates: {len(fraction_rows)} row(s) have every "
+            f"coordinate <= {FRACTION_LIMIT:g} (fractions of the image size; e.g. line(s) "
+            f"{_lines(fraction_rows)}) and {len(pixel_rows)} row(s) have larger ones (pixels; e.g. line(s) "
+            f"{_lines(pixel_rows)}). Reading either kind as the other would turn its boxes into wrong ones. "
+            "Write every row in one kind, or say which the file holds with data.coordinates=fraction or "
+            "data.coordinates=pixel (the other rows are then clipped or dropped, and counted).")
+    fractional = coordinates == "fraction" or (coordinates == "auto" and not len(pixel_rows))
+    if fractional:
+        for row in np.flatnonzero(largest > 1.0):
+            report.add("row(s) with a coordinate above 1 read as fractions (clipped to the image)",
+                       f"line {row + 2}: {', '.join(f'{k}={v:g}' for k, v in coords.iloc[row].items() if v > 1)}")
+    report.notes.append(f"{path.name}: {'fractions of the image size' if fractional else 'pixel'} coordinates"
+                        + (" (detected)" if coordinates == "auto" else ""))
+    log.info("annotations: %s", report.notes[-1])
+    return fractional
+
+
+def _lines(rows: np.ndarray) -> str:
+    """File line numbers of table rows (the header is line 1), the first three."""
+    return ", ".join(str(r + 2) for r in rows[:3]) + (", ..." if len(rows) > 3 else "")
 
 
 def read_detection_set(data_cfg, cache_dir=None) -> DetectionSet:
