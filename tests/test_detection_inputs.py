@@ -90,3 +90,49 @@ def test_pixel_boxes_with_a_zero_area_row_stay_pixels(tmp_path):
     dset = read_boxes_csv(root)
     assert "pixel coordinates (detected)" in dset.report.notes[0]
     assert dset.images[0].boxes.tolist() == [[10.0, 5.0, 40.0, 30.0]]
+
+
+# --------------------------------------------------------------------------- one decoder
+def _sixteen_bit_coco(root: Path, n: int = 9) -> Path:
+    """``n`` 16-bit grey fields of 64 x 64: left half 1000, right half 3000 (a range far above 255),
+    one wbc box each."""
+    (root / "images").mkdir(parents=True)
+    grey = np.full((64, 64), 1000, dtype=np.uint16)
+    grey[:, 32:] = 3000
+    images, anns = [], []
+    for i in range(n):
+        marked = grey.copy()
+        marked[63, i] = 1001  # distinct files (identical bytes share a split), still black after rescaling
+        Image.fromarray(marked).save(root / "images" / f"f{i}.png")
+        images.append({"id": i + 1, "file_name": f"f{i}.png", "width": 64, "height": 64})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [8, 8, 16, 16], "iscrowd": 0})
+    _coco_file(root, images, anns)
+    return root
+
+
+def test_a_detector_trains_on_16_bit_fields_rescaled_not_white(tmp_path, cache_dir, monkeypatch):
+    """By hand: a 16-bit field's range (1000..3000) becomes 0..255, so the left half is black and the
+    right half white in every channel; convert('RGB') made the whole field white."""
+    from bench.detection import fit as det_fit
+    from bench.training import run_training
+
+    from .conftest import SMALL_DETECTOR, compose_cfg
+
+    root = _sixteen_bit_coco(tmp_path / "coco")
+    assert Image.open(root / "images" / "f0.png").mode.startswith("I")
+    seen = []
+    real = det_fit._train_epoch
+
+    def record(model, samples, *args, **kwargs):
+        seen.extend(tensor for tensor, _ in samples)
+        return real(model, samples, *args, **kwargs)
+
+    monkeypatch.setattr(det_fit, "_train_epoch", record)
+    out = run_training(compose_cfg(*SMALL_DETECTOR, "data=coco", f"data.root={root}", "data.image_size=64",
+                                   "trainer.epochs=1", "trainer.max_batches=1", "experiment_name=sixteen",
+                                   f"paths.results_dir={tmp_path / 'results'}", f"paths.cache_dir={cache_dir}"))
+    assert out["status"] == "completed", out.get("error")
+    assert seen
+    for tensor in seen:
+        assert tensor.shape == (3, 64, 64)
+        assert int(tensor[:, :, :30].max()) == 0 and int(tensor[:, :, 34:].min()) == 255, tensor[0, 0, ::8]

@@ -168,11 +168,11 @@ def measure_chain(args, model: str, run_dir: Path, work: Path, device) -> tuple[
     import argparse
 
     import torch
-    from PIL import Image
 
     from bench.cascade import cli as cascade
     from bench.cascade.models import load_detector
     from bench.data.synthetic import CLASS_NAMES
+    from bench.detection.data import open_field
     from bench.detection.fit import field_tensor
 
     root = next((work / "cache" / "datasets").glob("synthetic-smear-*"))
@@ -189,7 +189,7 @@ def measure_chain(args, model: str, run_dir: Path, work: Path, device) -> tuple[
         crop_size=None, score_threshold=None, truth=None, truth_map=None, score_level="cell", quiet=True)
     chain = cascade.run(chain_args)["summary"]
     det = load_detector(run_dir, device)
-    tensors = [field_tensor(Image.open(f).convert("RGB"), det.input_size)[0].float().div(255).to(device)
+    tensors = [field_tensor(open_field(f), det.input_size)[0].float().div(255).to(device)
                for f in fields]
 
     def detect_all():

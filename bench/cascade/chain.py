@@ -1,7 +1,7 @@
 """Fields in, one row per detected cell out: the detector, the crops, the classifiers.
 
-Each field is decoded once (EXIF orientation applied, any mode to RGB: the classifiers' own
-:func:`bench.data.imagefolder.to_rgb`), resized for the detector the way its run resized
+Each field is decoded once by the decoder training used (:func:`bench.detection.data.open_field`: EXIF
+orientation applied, any mode to RGB, 16-bit rescaled), resized for the detector the way its run resized
 training fields (:func:`bench.detection.fit.field_tensor`), and its boxes, kept at the
 detector's score threshold, are mapped back to the field's own pixels. A box of a typed label
 becomes a square crop of the field: the box's longer side plus ``margin`` of it on every side
@@ -25,8 +25,9 @@ import torch
 from PIL import Image
 
 from bench.cascade.models import Classifier, LoadedDetector
-from bench.data.imagefolder import resize_rgb, to_rgb
+from bench.data.imagefolder import resize_rgb
 from bench.data.transforms import Normalize
+from bench.detection.data import open_field
 from bench.predict_images import member_probs
 from bench.predict_tables import prediction_tables
 
@@ -65,9 +66,7 @@ def square_crop(box: Sequence[float], width: int, height: int, margin: float,
 
 def read_field(path: Path) -> tuple[Image.Image | None, str | None]:
     try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb(img), None
+        return open_field(path), None
     except Exception as exc:  # any decoder error: the field is listed as unreadable
         return None, f"{type(exc).__name__}: {exc}".strip()
 

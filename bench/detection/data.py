@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from bench.data.imagefolder import DataError
+from bench.data.imagefolder import DataError, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +105,28 @@ def check_boxes(image: Boxes, report: AnnotationReport) -> Boxes:
     return image
 
 
+EXIF_ORIENTATION = 0x0112
+TURNED = (5, 6, 7, 8)  # EXIF orientations that turn the picture a quarter: width and height swap
+
+
+def open_field(path) -> Image.Image:
+    """A field as RGB, the one decoder of every detection path (training, evaluation, the chain, the
+    report): the classifiers' :func:`bench.data.imagefolder.to_rgb`, so EXIF orientation is applied,
+    16-bit fields are rescaled by their range (``convert("RGB")`` makes them white) and transparency
+    lies on white. Boxes are read in the picture as displayed (:func:`_image_size` agrees)."""
+    with Image.open(path) as img:
+        img.load()
+        return to_rgb(img)
+
+
 def _image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) as displayed (EXIF orientation applied), from the header; None if it does not open."""
     try:
         with Image.open(path) as img:
             img.verify()
         with Image.open(path) as img:
-            return img.size
+            turned = img.getexif().get(EXIF_ORIENTATION) in TURNED
+            return img.size[::-1] if turned else img.size
     except Exception:
         return None
 

@@ -33,7 +33,7 @@ from bench import runs
 from bench import run_files
 from bench.checkpoints import read_last, save_checkpoint, save_last
 from bench.device import env_info, peak_memory_mb, resolve_device
-from bench.detection.data import Boxes, DetectionSet, read_detection_set
+from bench.detection.data import Boxes, DetectionSet, open_field, read_detection_set
 from bench.detection.metrics import (choose_thresholds, coco_ground_truth, coco_metrics, coco_results,
                                      count_error)
 from bench.models import count_params, create_model, get_model_spec
@@ -81,12 +81,9 @@ def _sha1(path: Path) -> str:
 def decode(dset: DetectionSet, images: list[Boxes], size: int | None) -> list[tuple[torch.Tensor, Boxes]]:
     """Each image as a uint8 (3, H, W) tensor with the longer side ``size`` (native when None), and
     its boxes scaled the same way."""
-    from PIL import Image
-
     out = []
     for im in images:
-        with Image.open(dset.root / im.path) as pil:
-            tensor, scale = field_tensor(pil.convert("RGB"), size)
+        tensor, scale = field_tensor(open_field(dset.root / im.path), size)
         scaled = Boxes(im.path, tensor.shape[2], tensor.shape[1], im.boxes * scale, list(im.labels), im.split)
         out.append((tensor, scaled))
     return out

@@ -69,8 +69,7 @@ def plot_pr_curves(entry):
 def plot_fields(entry, n: int = 3):
     """The first ``n`` test fields with true boxes (green) and predictions above the validation-chosen
     score threshold (red), for a person to look at."""
-    from PIL import Image
-
+    from bench.detection.data import open_field
     from bench.report.plots import _figure
 
     root = Path(entry.metrics.get("data_root") or ".")
@@ -84,9 +83,8 @@ def plot_fields(entry, n: int = 3):
     for i, image in enumerate(images):
         ax = fig.add_subplot(1, max(len(images), 1), i + 1)
         try:
-            with Image.open(root / image["file_name"]) as pil:
-                pil = pil.convert("RGB").resize((image["width"], image["height"]))
-                ax.imshow(np.asarray(pil))
+            pil = open_field(root / image["file_name"]).resize((image["width"], image["height"]))
+            ax.imshow(np.asarray(pil))
         except OSError:
             ax.text(0.5, 0.5, "image not found", ha="center", va="center", transform=ax.transAxes)
         for ann in (a for a in gt["annotations"] if a["image_id"] == image["id"]):
