@@ -13,32 +13,16 @@ single list of models and ``model=resnet34`` can never drift from it.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from dataclasses import MISSING, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-# --------------------------------------------------------------------------- identity metadata
-# Which keys change a run's results is said where each key is defined: a run's identity hash
-# (run_identity) covers every key but those marked here, so e.g. turning progress bars off never
-# retrains a finished model.
-_IDENTITY = "bench_identity"
-
-
-def not_a_result(default=MISSING, *, default_factory=MISSING):
-    """A key (or group) that never changes a run's results: left out of the identity hash."""
-    return field(default=default, default_factory=default_factory, metadata={_IDENTITY: "ignored"})
-
-
-def added_later(default=MISSING, *, default_factory=MISSING):
-    """An option added after runs were already on disk, whose default does what the code did
-    before it: at that value it stays out of the identity hash, so adding an option never
-    retrains (or sets aside) a finished run whose config did not ask for it."""
-    return field(default=default, default_factory=default_factory, metadata={_IDENTITY: "neutral"})
-
+# What each key is (a result or not, a departure from a recipe or not) is marked where it is defined.
+from bench.config_keys import added_later, another_command, not_a_departure, not_a_result
+from bench import config_keys
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -61,12 +45,20 @@ class AugmentConfig:
     hue: float = added_later(0.0)
 
 
+# The options that say which generated or downloaded data a run reads: like data.root, the data, not
+# the method (a recipe on other data declares it; data.kind itself is compared).
+_WHICH_DATA = "which data (as data.root is for a folder); data.kind is compared"
+
+
 @dataclass
 class DataConfig:
     kind: str = "synthetic"  # synthetic | imagefolder | bloodmnist; detection: coco | voc | boxes_csv | synthetic_smear
-    root: Optional[str] = None  # imagefolder / bloodmnist folder
+    root: Optional[str] = not_a_departure(  # imagefolder / bloodmnist folder
+        None, why="which files: a path does not say which dataset it holds (an experiment whose paper used "
+                  "other data declares that in recipe.departures)")
     image_size: Optional[int] = None  # null: the model's own input size (224; 299 for inception_v3)
-    split_seed: int = 42  # fixed across model seeds so every run sees the same split
+    split_seed: int = not_a_departure(  # fixed across model seeds so every run sees the same split
+        42, why="any seed draws a split of the recipe's kind; the papers do not publish theirs")
     # Per-class split counts: round (shares rounded) | ceil (scikit-learn's train_test_split per
     # class: test = ceil(0.12 n), then validation out of the rest; the paper's 147 basophils, ...)
     split_rounding: str = added_later("round")
@@ -81,12 +73,12 @@ class DataConfig:
     std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # synthetic dataset: images per class, native size in pixels, generator seed
-    synthetic_n_per_class: int = 200
-    synthetic_size: int = 96
-    synthetic_seed: int = 0
+    synthetic_n_per_class: int = not_a_departure(200, why=_WHICH_DATA)
+    synthetic_size: int = not_a_departure(96, why=_WHICH_DATA)
+    synthetic_seed: int = not_a_departure(0, why=_WHICH_DATA)
     # bloodmnist: which official resolution file (28, 64, 128, 224); download when missing
-    bloodmnist_size: int = 64
-    download: bool = False
+    bloodmnist_size: int = not_a_departure(64, why=_WHICH_DATA)
+    download: bool = not_a_departure(False, why="whether a missing file is fetched, not what is computed")
     decode_workers: int = not_a_result(0)  # processes decoding images into the store; 0 = one per CPU core
     # Where training reads the decoded images: memory | mmap (from the store file, batch by batch,
     # for datasets that do not fit in memory) | auto (mmap only when memory would not suffice).
@@ -97,16 +89,19 @@ class DataConfig:
     # split_fractions. montecarlo: split_fractions drawn afresh for repetition ``fold``.
     split_mode: str = "holdout"  # holdout | kfold | montecarlo
     n_folds: Optional[int] = None  # kfold: number of folds
-    fold: Optional[int] = None  # kfold: the test fold; montecarlo: the repetition (0-based)
+    fold: Optional[int] = not_a_departure(  # kfold: the test fold; montecarlo: the repetition (0-based)
+        None, why="which fold or repetition of the recipe's cross-validation: each one is the recipe")
     # --- Class selection, applied after the split (two-level classifier, transfer to subsets).
     classes: Optional[List[str]] = None  # keep only these classes; the others are excluded (counted)
     class_map: Optional[Dict[str, str]] = None  # rename classes, e.g. to group labels (merges classes)
     # --- Detection (bench/detection/): boxes on smear fields.
-    annotations: Optional[str] = added_later(None)  # coco: the JSON; boxes_csv: the CSV (default under data.root)
+    annotations: Optional[str] = added_later(  # coco: the JSON; boxes_csv: the CSV (default under data.root)
+        None, not_a_departure="which annotation file: a path, as data.root")
     label_map: Optional[Dict[str, str]] = added_later(None)  # rename / merge box labels, e.g. {neutrophil: wbc}
-    coordinates: str = added_later("auto")  # boxes_csv: pixel | fraction | auto (decided from the values, logged)
-    smear_n_fields: int = added_later(120)  # synthetic_smear: fields, side in pixels
-    smear_size: int = added_later(256)
+    coordinates: str = added_later(  # boxes_csv: pixel | fraction | auto (decided from the values, logged)
+        "auto", not_a_departure="how the file writes its boxes: a fact about the file, not a choice of method")
+    smear_n_fields: int = added_later(120, not_a_departure=_WHICH_DATA)  # synthetic_smear: fields, side in pixels
+    smear_size: int = added_later(256, not_a_departure=_WHICH_DATA)
     scale_jitter: Optional[List[float]] = added_later(None)  # detection training: zoom by a factor in [lo, hi], boxes with it
 
 
@@ -143,11 +138,17 @@ class ModelConfig:
 class TrainerConfig:
     epochs: int = 25
     batch_size: int = 32
-    eval_batch_size: int = 128  # evaluation has no gradients; a larger batch is just faster
-    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:1 | mps
-    amp: Optional[bool] = None  # bf16 autocast; null = on for CUDA, timed trial on a bf16 CPU (bench.precision)
-    channels_last: Optional[bool] = None  # null = on for CUDA and CPU, off elsewhere (bench.precision)
-    compile: bool = False  # torch.compile the model
+    eval_batch_size: int = not_a_departure(  # evaluation has no gradients; a larger batch is just faster
+        128, why="evaluation runs without gradients and BatchNorm on its running statistics: the batch "
+                 "size changes no prediction")
+    device: str = not_a_departure(  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:1 | mps
+        "auto", why="where it runs; the precision it trained in is compared as precision=...")
+    amp: Optional[bool] = not_a_departure(  # bf16 autocast; null = on for CUDA, timed trial on a bf16 CPU (bench.precision)
+        None, why="compared as the precision the run trained in (amp=null leaves it to the device): "
+                  "precision=bf16 (paper: fp32)")
+    channels_last: Optional[bool] = not_a_departure(  # null = on for CUDA and CPU, off elsewhere (bench.precision)
+        None, why="a memory layout: the same computation")
+    compile: bool = not_a_departure(False, why="the same computation, compiled")  # torch.compile the model
     num_threads: Optional[int] = not_a_result(None)  # CPU threads for torch; null = torch's default
     grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size)
     label_smoothing: float = 0.0
@@ -188,6 +189,9 @@ class RecipeConfig:
     experiment: Optional[str] = added_later(None)
     paper: Optional[str] = added_later(None)
     departures: List[str] = added_later(default_factory=list)
+    # The models the paper ran, for "model=X (paper: A, B)" (null: the experiment's sweep list,
+    # hydra.sweeper.params model or model.name, else the model the experiment composes).
+    models: Optional[List[str]] = added_later(None)
 
 
 @dataclass
@@ -218,7 +222,8 @@ class CvConfig:
     folds: Optional[int] = None  # stratified k-fold with this many folds
     repeats: Optional[int] = None  # Monte Carlo: this many stratified train/test splits
     test_fraction: float = 0.3  # Monte Carlo test share; the rest is train + val as in split_fractions
-    fold: Optional[int] = None  # run only this fold / repetition (e.g. one per job); null = all
+    fold: Optional[int] = not_a_departure(  # run only this fold / repetition (e.g. one per job); null = all
+        None, why="which of the recipe's folds this command runs")
 
 
 @dataclass
@@ -234,7 +239,9 @@ class TwoLevelConfig:
 class SvmConfig:
     """SVMs on frozen-CNN features (``bench-svm``, bench/protocols/svm_features.py)."""
 
-    feature_models: List[str] = field(default_factory=lambda: ["vgg16", "inception_v3"])
+    feature_models: List[str] = not_a_departure(
+        default_factory=lambda: ["vgg16", "inception_v3"],
+        why="which runs there are: each run's extractor is compared as its model (recipe.models)")
     kernels: List[str] = field(default_factory=lambda: ["rbf", "cubic"])  # rbf | linear | cubic | poly<d>
     cv_folds: int = 5  # stratified k-fold on the training split selects C (and gamma)
     c_grid: List[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0])
@@ -243,7 +250,7 @@ class SvmConfig:
     standardize: bool = True  # z-score features (fitted inside each CV fold)
     probability: bool = False  # Platt-scaled probabilities; false: softmax of the decision function
     balance_to: Optional[int] = None  # augment minority classes up to N training images (Acevedo 2019: 4,608 per class for the SVM)
-    n_jobs: int = 1  # parallel CV fits
+    n_jobs: int = not_a_result(1)  # parallel CV fits
 
 
 @dataclass
@@ -255,14 +262,14 @@ class BenchConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     paths: PathsConfig = not_a_result(default_factory=PathsConfig)
     logger: LoggerConfig = not_a_result(default_factory=LoggerConfig)
-    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    recipe: RecipeConfig = not_a_departure(default_factory=RecipeConfig, why="names the recipe itself")
     # cv / two_level / svm drive other commands (bench-cv, bench-svm); a training run's own data
     # selection is in data.* (fold, classes, class_map), which stays in the hash.
-    svm: SvmConfig = not_a_result(default_factory=SvmConfig)
-    experiment_name: str = "default"
-    seed: int = 0
-    cv: CvConfig = not_a_result(default_factory=CvConfig)
-    two_level: TwoLevelConfig = not_a_result(default_factory=TwoLevelConfig)
+    svm: SvmConfig = another_command(default_factory=SvmConfig, command="bench-svm")
+    experiment_name: str = not_a_departure("default", why="a folder name")
+    seed: int = not_a_departure(0, why="any seed is one draw of the recipe; the papers do not publish theirs")
+    cv: CvConfig = another_command(default_factory=CvConfig, command="bench-cv")
+    two_level: TwoLevelConfig = another_command(default_factory=TwoLevelConfig, command="bench-cv")
 
 
 def default_experiment_name(kind: str, root: str = "", bloodmnist_size=None) -> str:
@@ -343,49 +350,21 @@ MAX_IMAGE_SIZE = 4096  # a side beyond this is a typo (PBC's images are 360 px)
 
 
 # --------------------------------------------------------------------------- run identity
-def _identity_rules(schema=None, prefix: tuple = ()) -> tuple[set, dict]:
-    """The dotted paths (tuples) marked :func:`not_a_result`, and those marked :func:`added_later`
-    with their defaults, read from the schema."""
-    ignored, neutral = set(), {}
-    for f in dataclasses.fields(schema or BenchConfig):
-        path = (*prefix, f.name)
-        default = f.default_factory() if f.default_factory is not MISSING else f.default
-        kind = f.metadata.get(_IDENTITY)
-        if kind == "ignored":
-            ignored.add(path)
-            continue
-        if kind == "neutral":
-            neutral[path] = default
-        if dataclasses.is_dataclass(default):
-            sub_ignored, sub_neutral = _identity_rules(type(default), path)
-            ignored |= sub_ignored
-            neutral.update(sub_neutral)
-    return ignored, neutral
-
-
 @functools.cache
 def _schema_identity_rules() -> tuple[frozenset, dict]:
-    ignored, neutral = _identity_rules()
+    ignored, neutral = config_keys.identity_rules(BenchConfig)
     return frozenset(ignored), neutral
 
 
 def result_keys(container: dict, prefix: tuple = ()) -> dict:
     """``container`` (a resolved config, or its group at ``prefix``) without the keys that do not
     change results: those never do, and options at the default they were added with."""
-    import copy
+    return config_keys.result_keys(container, _schema_identity_rules(), prefix)
 
-    ignored, neutral = _schema_identity_rules()
-    out = {}
-    for key, value in container.items():
-        path = (*prefix, key)
-        if path in ignored or (path in neutral and value == neutral[path]):
-            continue
-        if isinstance(value, dict) and value:
-            value = result_keys(value, path)
-            if not value:  # a group left empty (recipe at its defaults)
-                continue
-        out[key] = copy.deepcopy(value)  # nested values are shared with the container written to config.yaml
-    return out
+
+def protocol_keys() -> tuple[str, ...]:
+    """The dotted keys a run is compared with its recipe on (:func:`bench.config_keys.protocol_keys`)."""
+    return config_keys.protocol_keys(BenchConfig)
 
 
 def run_identity(cfg) -> tuple[dict, str]:

@@ -86,6 +86,28 @@ def check_models(plan: Plan, report: Report, configs=None) -> None:
         )
     if cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
         report.problems.append(f"model.weights={cfg.model.weights!r} is not a file.")
+    frozen = frozen_random_backbone(cfg.model)
+    if frozen:
+        report.problems.append(frozen)
+
+
+def frozen_random_backbone(model_cfg) -> str | None:
+    """A problem when layers are frozen at their random initialisation: no ImageNet weights and no
+    model.weights, with model.freeze_backbone (or only the last blocks trainable). The head would
+    learn from random features, a number that means nothing."""
+    if model_cfg.pretrained or model_cfg.get("weights"):
+        return None
+    frozen = [f"model.{k}={str(v).lower() if isinstance(v, bool) else v}"
+              for k in ("freeze_backbone", "trainable_blocks", "trainable_conv_blocks")
+              if (v := model_cfg.get(k)) not in (None, False)]
+    if not frozen:
+        return None
+    return (f"{' and '.join(frozen)} with model.pretrained=false and no model.weights: the frozen layers would keep "
+            "their random initialisation and the rest would learn from random features. Fix: model.pretrained=true "
+            "(ImageNet weights), model.weights=PATH (a checkpoint to start from; for experiment=cheuque2022_two_level "
+            "converted Keras ImageNet weights of MobileNet v1 x0.5, which PyTorch does not have), or "
+            "model.freeze_backbone=false model.trainable_blocks=null model.trainable_conv_blocks=null to train every "
+            "layer from scratch (a recorded departure where the paper froze them).")
 
 
 def _cache_file(name: str, tag: str | None = None) -> Path | None:

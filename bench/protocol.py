@@ -5,8 +5,10 @@ beside each run of that model. The difference means something only when the run 
 their recipe (ImageNet weights, 224/299 px, SGD lr 1e-3 momentum 0.9, StepLR(7, 0.1), 25
 epochs, batch 32, flips + 60 degree rotations, 64/24/12 split). The recipe is
 ``experiment=gavas2021`` itself, so a run's resolved config is compared with that experiment
-composed for the same model, on the keys that change results, and every difference is
-named: ``trainer.epochs=8 (paper: 25)``.
+composed for the same model, on every key the schema says can change a result
+(:mod:`bench.config_keys`: a new option is compared the day it is added), and every difference
+is named: ``trainer.epochs=8 (paper: 25)``; a model the paper did not run is named too:
+``model=resnet50 (paper: vgg16, inception_v3)``.
 
 A run's reference is its recipe derived the way the run was: a variant's recipe
 (``scratch_vs_pretrained/frozen``) is the experiment composed with that variant, a
@@ -26,54 +28,60 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_EXPERIMENT = "gavas2021"  # the recipe when a config names none (its Table 2 is the leaderboard's)
+PROTOCOL_EXPERIMENT = "gavas2021"  # the recipe when a classifier's config names none (its Table 2 is the leaderboard's)
 
 
-def recipe_of(cfg: DictConfig) -> str:
-    """The experiment whose recipe a run is compared with (``recipe.experiment``, else gavas2021)."""
-    return OmegaConf.select(cfg, "recipe.experiment", default=None) or PROTOCOL_EXPERIMENT
+def recipe_of(cfg: DictConfig) -> str | None:
+    """The experiment whose recipe a run is compared with: ``recipe.experiment``, else gavas2021 for
+    a classifier; None for a detector whose experiment names no recipe (no published one to compare with)."""
+    from bench.config import DETECTION_KINDS
+
+    named = OmegaConf.select(cfg, "recipe.experiment", default=None)
+    if named:
+        return named
+    return None if OmegaConf.select(cfg, "data.kind", default=None) in DETECTION_KINDS else PROTOCOL_EXPERIMENT
 
 
-# The config keys (dotted) that make up the recipe; whole groups are compared key by key.
-PROTOCOL_KEYS = (
-    "data.kind", "data.split_mode", "data.n_folds", "data.split_fractions", "data.split_rounding",
-    "data.geometry", "data.crop_fraction", "data.classes", "data.class_map",
-    "data.mean", "data.std", "data.augment",
-    "model.pretrained", "model.weights", "model.head_hidden", "model.head_dropout",
-    "model.head_keep_fc", "model.freeze_backbone", "model.trainable_blocks", "model.trainable_conv_blocks",
-    "optim", "sched",
-    "trainer.epochs", "trainer.max_batches", "trainer.batch_size", "trainer.label_smoothing",
-    "trainer.class_weights", "trainer.sampler", "trainer.balance_to",
-    "cv.folds", "cv.repeats", "cv.test_fraction", "two_level.enabled", "two_level.groups",
-    # bench-svm (Acevedo et al.): what changes an SVM's results; svm.n_jobs and the list of
-    # feature models (which runs there are) do not.
-    "svm.kernels", "svm.cv_folds", "svm.c_grid", "svm.gamma_grid", "svm.coef0", "svm.standardize",
-    "svm.probability", "svm.balance_to",
-)
+# The keys compared are the schema's (bench.config.protocol_keys: every key that can change a result);
+# these three are compared apart, by what they mean rather than by their text: the model by the
+# paper's list of models, a null image size as the model's own, the weights by the tag they resolve to.
+_APART = frozenset({"model.name", "data.image_size", "model.weights_tag"})
 # A declared departure written as found ones are, "KEY=VALUE (paper: ...)", holds only while the
 # run's KEY has that VALUE: "model.weights=none (paper: ImageNet weights)" is lifted by model.weights=PATH;
 # "KEY=A|B (paper: ...)" while it has one of them (a departure of some of an experiment's models).
 _CONDITIONAL = re.compile(r"(?P<key>[A-Za-z_]\w*(?:\.\w+)+)=(?P<value>\S+) \(paper: ")
 
 
-def protocol_deviations(cfg: DictConfig, *, precision: str | None = None) -> list[str] | None:
+@functools.lru_cache(maxsize=1)
+def compared_keys() -> tuple[str, ...]:
+    from bench.config import protocol_keys
+
+    return tuple(k for k in protocol_keys() if k not in _APART)
+
+
+def protocol_deviations(cfg: DictConfig, *, precision: str | None = None, model: str | None = None) -> list[str] | None:
     """The differences between a run's config and the published protocol for its model
     (``[]``: it follows it), or None when the protocol cannot be composed for it.
 
     ``precision`` (``fp32`` / ``bf16``): what the run actually trained in, which ``trainer.amp=null``
-    leaves to the device (bf16 on a GPU); the paper trained in fp32."""
+    leaves to the device (bf16 on a GPU); the paper trained in fp32. Without it, an explicit
+    ``trainer.amp`` is the precision. ``model``: the run's model when it is not ``model.name`` (an
+    SVM run's feature extractor)."""
     from bench.models import get_model_spec
 
-    recipe = recipe_of(cfg)
+    recipe, model = recipe_of(cfg), model or cfg.model.name
+    if recipe is None:
+        return None
     try:
-        ref = _as_level(cfg, _as_fold(cfg, _reference(recipe, cfg.model.name)))
-        input_size = get_model_spec(cfg.model.name).input_size
+        ref = _as_level(cfg, _as_fold(cfg, _reference(recipe, model)))
+        input_size = get_model_spec(model).input_size
     except Exception as exc:  # e.g. a model with no config node: no verdict rather than a wrong one
-        log.debug("no protocol comparison for %s: %s", cfg.model.name, exc)
+        log.debug("no protocol comparison for %s: %s", model, exc)
         return None
     # What the harness always does differently from this paper (declared in the experiment file).
     found, declared_keys = _declared(cfg)
-    for key in PROTOCOL_KEYS:
+    found += _model_deviation(model, recipe)
+    for key in compared_keys():
         ours, theirs = _flat(OmegaConf.select(cfg, key), key), _flat(OmegaConf.select(ref, key), key)
         for sub in sorted(set(ours) | set(theirs)):
             if ours.get(sub) != theirs.get(sub) and not _governed(sub, declared_keys):
@@ -82,12 +90,44 @@ def protocol_deviations(cfg: DictConfig, *, precision: str | None = None) -> lis
     paper_size = ref.data.image_size or input_size
     if size != paper_size:
         found.append(f"data.image_size={size} (paper: {paper_size})")
-    found += _weights_deviation(cfg, ref)
+    found += _weights_deviation(cfg, ref, model)
+    if precision is None and OmegaConf.select(cfg, "trainer.amp", default=None) is not None:
+        precision = "bf16" if cfg.trainer.amp else "fp32"
     if precision is not None:
         paper = "bf16" if ref.trainer.amp else "fp32"
         if precision != paper:
             found.append(f"precision={precision} (paper: {paper})")
     return found
+
+
+def _model_deviation(model: str, recipe: str) -> list[str]:
+    """``model=X (paper: A, B)`` when the paper did not run this model (a long list is counted)."""
+    try:
+        models = paper_models(recipe)
+    except Exception as exc:  # a recipe that cannot be composed has no verdict on its models either
+        log.debug("no model list for recipe %s: %s", recipe, exc)
+        return []
+    if model in models:
+        return []
+    listed = ", ".join(models) if len(models) <= 4 else f"one of the {len(models)} models of experiment={recipe}"
+    return [f"model={model} (paper: {listed})"]
+
+
+@functools.lru_cache(maxsize=16)
+def paper_models(recipe: str) -> tuple[str, ...]:
+    """The models a recipe's paper ran: ``recipe.models``, else the experiment's sweep list
+    (``hydra.sweeper.params`` model or model.name), else the one model the experiment composes."""
+    from bench.config import compose_config
+
+    cfg = compose_config([*_recipe_overrides(recipe), "data.root=unused"], return_hydra_config=True)
+    listed = OmegaConf.select(cfg, "recipe.models", default=None)
+    if listed:
+        return tuple(str(m) for m in listed)
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
+    for key in ("model", "model.name"):
+        if params.get(key):
+            return tuple(m.strip() for m in str(params[key]).split(",") if m.strip())
+    return (str(cfg.model.name),)
 
 
 def _recipe_overrides(recipe: str) -> list[str]:
@@ -147,7 +187,9 @@ def _as_level(cfg: DictConfig, ref: DictConfig) -> DictConfig:
 
 def _declared(cfg: DictConfig) -> tuple[list[str], set[str]]:
     """The experiment's declared departures that hold for this run, and the keys the conditional
-    ones speak for (their own words on the paper replace the comparison of that key)."""
+    ones speak for (their own words on the paper replace the comparison of that key). A
+    declaration on model.name speaks for a model's head, never for whether the paper ran the
+    model: that is always compared (:func:`_model_deviation`)."""
     holding, keys = [], set()
     for text in OmegaConf.select(cfg, "recipe.departures", default=None) or []:
         match = _CONDITIONAL.match(str(text))
@@ -164,7 +206,7 @@ def _governed(key: str, declared_keys: set[str]) -> bool:
     return any(key == k or key.startswith(f"{k}.") for k in declared_keys)
 
 
-def _weights_deviation(cfg: DictConfig, ref: DictConfig) -> list[str]:
+def _weights_deviation(cfg: DictConfig, ref: DictConfig, model: str) -> list[str]:
     """The ImageNet weights compared by what they resolve to (``null`` is the latest, which for
     resnet50 is IMAGENET1K_V2 but for alexnet the only one, V1)."""
     if not (cfg.model.pretrained and ref.model.pretrained) or cfg.model.weights:
@@ -172,8 +214,8 @@ def _weights_deviation(cfg: DictConfig, ref: DictConfig) -> list[str]:
     from bench.models.weights import resolved_weights_tag
 
     try:
-        ours = resolved_weights_tag(cfg.model.name, cfg.model.get("weights_tag"))
-        theirs = resolved_weights_tag(cfg.model.name, ref.model.get("weights_tag"))
+        ours = resolved_weights_tag(model, cfg.model.get("weights_tag"))
+        theirs = resolved_weights_tag(model, ref.model.get("weights_tag"))
     except Exception as exc:  # an unknown tag is reported by the preflight
         return [f"model.weights_tag={cfg.model.get('weights_tag')} ({exc})"]
     return [] if ours == theirs else [f"model.weights_tag={ours} (paper: {theirs})"]

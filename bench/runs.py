@@ -174,6 +174,21 @@ def headline(split_metrics: dict) -> float | None:
     return split_metrics.get("accuracy", split_metrics.get("map"))
 
 
+# Where each trainer.select_by value (and a detector's val_map) sits in a metrics.json's "val" record.
+_SELECTED = {"val_acc": ("accuracy",), "val_balanced_acc": ("balanced_accuracy",), "val_macro_f1": ("macro", "f1"),
+             "val_map": ("map",)}
+
+
+def selection_score(metrics: dict) -> float | None:
+    """The validation number that picked the run's best epoch (its ``select_by``; accuracy for runs
+    written before there was a choice): what a hyper-parameter sweeper must optimise, so that it
+    optimises what the leaderboard ranks by."""
+    value = metrics.get("val") or {}
+    for key in _SELECTED.get(metrics.get("select_by") or "val_acc", ("accuracy",)):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
 class RunLifecycle:
     """One run's life in its folder, defined once for every protocol (training, the two-level
     classifier, the SVMs): lock the folder, skip it when it completed under this config, else
@@ -211,7 +226,7 @@ class RunLifecycle:
                      self.run_dir.root)
             self.close(refresh=False)  # nothing changed
             return {**self.summary, "status": "skipped", "val_acc": headline(done["val"]),
-                    "test_acc": headline(done["test"])}
+                    "test_acc": headline(done["test"]), "val_score": selection_score(done)}
         try:
             self.run_dir.root.mkdir(parents=True, exist_ok=True)
             for folder in (self.run_dir.root, self.run_dir.root.parents[2]):  # leftovers of killed writers
@@ -230,7 +245,7 @@ class RunLifecycle:
         except OSError as exc:
             return self.fail(exc, "")
         out = {**self.summary, "status": STATUS_COMPLETED, "val_acc": headline(metrics["val"]),
-               "test_acc": headline(metrics["test"]), **result}
+               "test_acc": headline(metrics["test"]), "val_score": selection_score(metrics), **result}
         self.close()
         return out
 

@@ -40,7 +40,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     result = train(cfg)
     _RESULTS.append(result)
     _log_sweep_progress(_RESULTS, _SWEEP)
-    return result.get("val_acc")  # what a hyper-parameter sweeper would optimise
+    # What a hyper-parameter sweeper optimises: the validation number of trainer.select_by, the one
+    # that picked the best epoch and ranks the leaderboard (None for a failed run).
+    return result.get("val_score")
 
 
 def _log_sweep_progress(results: list[dict], sweep: dict) -> None:

@@ -198,9 +198,10 @@ def test_cheuque_level2_is_their_mobilenet_with_their_parameter_counts():
 def test_almotairi_uses_the_five_white_cell_classes():
     cfg = compose_cfg("experiment=almotairi2019", "data.root=/d")
     assert list(cfg.data.classes) == ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
-    assert protocol_deviations(cfg) == []
+    declared = list(cfg.recipe.departures)  # the data: their own datasets, not PBC (issue 24)
+    assert protocol_deviations(cfg) == declared
     assert protocol_deviations(compose_cfg("experiment=almotairi2019", "data.root=/d", "trainer.epochs=3")) == [
-        "trainer.epochs=3 (paper: 40)"]
+        *declared, "trainer.epochs=3 (paper: 40)"]
 
 
 def _conv_params(channels: list) -> list[int]:
@@ -369,15 +370,11 @@ def test_acevedo_svm_is_scikit_learns_defaults_and_its_options_are_compared():
     from sklearn.svm import SVC
 
     assert list(svm.svm.c_grid) == [SVC().C] and svm.svm.coef0 == SVC().coef0 and svm.svm.standardize is False
-    declared = protocol_deviations(svm)
-    assert any(d.startswith("model.head_keep_fc=none (paper: the network with the fully connected layers removed")
-               for d in declared)  # the layer read is said
-    # The paper's features (VGG16 without its fully connected layers) lift that departure.
-    paper_layer = protocol_deviations(compose_cfg("experiment=acevedo2019_svm", "data.root=/d", "model.head_keep_fc=0"))
-    assert paper_layer == [d for d in declared if not d.startswith("model.head_keep_fc")]
+    declared = protocol_deviations(svm, model="vgg16")
+    assert svm.model.head_keep_fc == 1  # fc6: the reading of the paper's "4,096 features" (issue 24)
     changed = protocol_deviations(compose_cfg("experiment=acevedo2019_svm", "data.root=/d", "svm.balance_to=null",
                                               "svm.coef0=1", "svm.kernels=[rbf]", "svm.c_grid=[1,10]",
-                                              "svm.standardize=true"))
+                                              "svm.standardize=true"), model="vgg16")
     assert set(changed) - set(declared) == {
         "svm.balance_to=none (paper: 4608)", "svm.coef0=1.0 (paper: 0.0)", "svm.kernels=[rbf] (paper: [rbf, cubic])",
         "svm.c_grid=[1.0, 10.0] (paper: [1.0])", "svm.standardize=true (paper: false)"}

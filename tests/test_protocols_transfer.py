@@ -250,16 +250,17 @@ def test_feature_extractors_give_the_published_feature_sizes():
 def test_svm_features_without_the_fully_connected_layers_are_cached_apart(make_cfg, tmp_path):
     base = ["experiment=acevedo2019_svm", "data=synthetic", "svm.feature_models=[alexnet]", "data.image_size=64",
             "svm.kernels=[linear]", "svm.balance_to=null"]
-    for extra in ([], ["model.head_keep_fc=0"]):
+    for extra in ([], ["model.head_keep_fc=null"], ["model.head_keep_fc=0"]):
         out = svm_features.run_svm_protocol(make_cfg(*base, *extra))
         assert [r["status"] for r in out] == ["completed"], out
     features = tmp_path / "results" / "acevedo2019_svm" / "features"
     dims = {}
-    for name in ("alexnet-random-seed0-train-64.npz", "alexnet-random-seed0-keepfc0-train-64.npz"):
+    for name in ("alexnet-random-seed0-keepfc1-train-64.npz", "alexnet-random-seed0-train-64.npz",
+                 "alexnet-random-seed0-keepfc0-train-64.npz"):
         with np.load(features / name) as z:
             dims[name] = z["X"].shape[1]
-    # fc7 of AlexNet vs its flattened 6 x 6 x 256 conv map (the second run did not reuse the first's cache)
-    assert list(dims.values()) == [4096, 6 * 6 * 256]
+    # fc6 (the recipe), fc7 and the flattened 6 x 6 x 256 conv map of AlexNet (no run reused another's cache)
+    assert list(dims.values()) == [4096, 4096, 6 * 6 * 256]
 
 
 def test_svm_protocol_end_to_end_with_cached_features(make_cfg, tmp_path, monkeypatch):
@@ -282,8 +283,8 @@ def test_svm_protocol_end_to_end_with_cached_features(make_cfg, tmp_path, monkey
     assert len(calls) == 4  # train, val, test and the augmented minority images, once each
     feature_files = sorted((exp_dir / "features").glob("*.npz"))
     assert [f.name for f in feature_files] == [
-        "resnet18-random-seed0-test-32.npz", "resnet18-random-seed0-train-32.npz",
-        "resnet18-random-seed0-train-balanced24-seed0-32.npz", "resnet18-random-seed0-val-32.npz"]
+        "resnet18-random-seed0-keepfc1-test-32.npz", "resnet18-random-seed0-keepfc1-train-32.npz",
+        "resnet18-random-seed0-keepfc1-train-balanced24-seed0-32.npz", "resnet18-random-seed0-keepfc1-val-32.npz"]
     mtimes = {f: f.stat().st_mtime_ns for f in feature_files}
 
     for kernel in ("rbf", "cubic"):

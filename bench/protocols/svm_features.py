@@ -91,7 +91,7 @@ def _write_run(cfg, run_dir: runs.RunDir, chash: str, name: str, feature_model: 
         "device": str(device), "env": env_info(device), "config_hash": chash,
         "protocol": PROTOCOL,
         # vs. the recipe of its experiment (Acevedo et al.), with the departures declared there
-        "protocol_deviations": protocol_deviations(cfg), "recipe": recipe_of(cfg),
+        "protocol_deviations": protocol_deviations(cfg, model=feature_model), "recipe": recipe_of(cfg),
         "svm": {"feature_model": feature_model, "weights": tag, **summary},
         "features": {("train_balanced" if k == "extra" else k): {"file": str(Path(f.file).relative_to(exp_dir)) if f.file else None,
                          "cached": f.cached, "seconds": round(f.seconds, 3), "n": len(f.y)}
