@@ -44,19 +44,48 @@ def test_split_reproduces_the_papers_per_class_test_counts():
 
     rows = [(f"{c}/{i}.jpg", f"{c}-{i}", c) for c, n in PBC_SIZES.items() for i in range(n)]
     table = pd.DataFrame(rows, columns=["path", "sha1", "label"])
-    table.loc[table.path == "basophil/1.jpg", "sha1"] = "basophil-0"  # a duplicate pair: one unit
+    # Duplicate pairs (identical bytes, one unit of the split), as the real PBC has a few: three
+    # basophil pairs, two ig pairs, one neutrophil triple.
+    for c, i, j in [("basophil", 1, 0), ("basophil", 3, 2), ("basophil", 5, 4), ("ig", 1, 0), ("ig", 3, 2),
+                    ("neutrophil", 1, 0), ("neutrophil", 2, 0)]:
+        table.loc[table.path == f"{c}/{i}.jpg", "sha1"] = f"{c}-{j}"
+    # One eosinophil identical to a neutrophil (the real PBC has such a pair): both stay in train,
+    # and still count in their class's shares (375 = ceil(0.12 x 3,117), not of 3,116).
+    table.loc[table.path == "eosinophil/7.jpg", "sha1"] = "neutrophil-9"
     manifest = make_manifest(table, seed=42, fractions=[0.64, 0.24, 0.12], rounding="ceil")
     test = manifest[manifest.split == "test"].groupby("label").size().to_dict()
-    # basophil has 1,217 distinct images: ceil(0.12 x 1217) = 147 groups, one of them a pair.
-    assert {c: n for c, n in test.items() if c != "basophil"} == {c: n for c, n in PAPER_TEST_N.items()
-                                                                  if c != "basophil"}
-    assert test["basophil"] in (147, 148)
+    # Counted in files, identical files kept together: exactly the paper's counts (issue 24; counting
+    # groups gave basophil 146 and ig 349 on the real PBC).
+    assert test == PAPER_TEST_N and sum(test.values()) == 2056
+    assert manifest.attrs["shortfalls"] == []
     m = manifest.set_index("path")
-    assert m.loc["basophil/0.jpg", "split"] == m.loc["basophil/1.jpg", "split"]
+    for c, i, j in [("basophil", 1, 0), ("basophil", 3, 2), ("ig", 3, 2), ("neutrophil", 2, 0)]:
+        assert m.loc[f"{c}/{i}.jpg", "split"] == m.loc[f"{c}/{j}.jpg", "split"]
     # Each count is ceil(0.12 x class size), not the rounded value the default rule gives.
     assert all(PAPER_TEST_N[c] == math.ceil(0.12 * n) for c, n in PBC_SIZES.items())
     rounded = make_manifest(table, seed=42, fractions=[0.64, 0.24, 0.12])
     assert rounded[rounded.split == "test"].groupby("label").size()["eosinophil"] == 374
+
+
+def test_the_file_count_fill_places_a_duplicate_pair_and_says_when_it_cannot():
+    from bench.data.split import make_manifest
+
+    # 11 files: five identical pairs and one single file. ceil rule: test ceil(0.12 x 11) = 2,
+    # validation ceil(9 x 0.24 / 0.88) = ceil(2.45) = 3 (a pair and the single file), train 6.
+    rows = [(f"a/{i}.jpg", f"a-{i // 2}", "a") for i in range(11)]
+    # 12 files in three groups of 4: test's 2 and validation's 3 (ceil(10 x 0.2727) = 3) cannot be
+    # made of them; the smallest group (4) goes to each and the shortfall is said.
+    rows += [(f"b/{i}.jpg", f"b-{i // 4}", "b") for i in range(12)]
+    table = pd.DataFrame(rows, columns=["path", "sha1", "label"])
+    for seed in range(5):  # whatever order the shuffle gives
+        manifest = make_manifest(table, seed=seed, fractions=[0.64, 0.24, 0.12], rounding="ceil")
+        counts = manifest.groupby(["label", "split"]).size().to_dict()
+        assert (counts[("a", "test")], counts[("a", "val")], counts[("a", "train")]) == (2, 3, 6)
+        assert manifest.groupby("sha1")["split"].nunique().max() == 1  # identical files share a split
+        assert (counts[("b", "test")], counts[("b", "val")], counts[("b", "train")]) == (4, 4, 4)
+        assert manifest.attrs["shortfalls"] == [
+            "class 'b': 4 test images where 2 were due (identical files are kept together in one split)",
+            "class 'b': 4 val images where 3 were due (identical files are kept together in one split)"]
 
 
 @pytest.mark.parametrize("size, shape", [(224, (360, 363)), (64, (300, 200)), (299, (363, 360))])
@@ -161,6 +190,18 @@ def test_the_papers_own_ensemble_is_a_fixed_hard_vote(tmp_path):
         _write_run(exp, model, 0, y_val, pv / pv.sum(1, keepdims=True), y_test, pt / pt.sum(1, keepdims=True))
     result = ens_runs.run_ensemble(exp, method="paper")
     assert result.name == "paper-members"
+    # Its members were chosen on the paper's test set: labelled so wherever its numbers appear (issue 24),
+    # and a report whose only ensemble it is compares with it under that label, never "test never selects".
+    assert result.leaderboard_row["selected_on"] == "test"
+    from bench.report import load_results
+    from bench.report.markdown import _statistics_md
+    from bench.report.tables import statistics_table
+
+    only = load_results(exp)
+    assert only.ensemble.label == "ensemble paper-members (selected on test)"
+    text = "\n".join(_statistics_md(only, statistics_table(only), 0.05, 0.95, 100, 0))
+    assert "p vs ensemble (selected on test)" in text and "ensemble paper-members (selected on test) |" in text
+    assert "test never selects, except in ensemble paper-members (selected on test)" in text
     assert sorted(m["model"] for m in result.metrics["members"]) == sorted(ens_runs.PAPER_MEMBERS)
     assert result.metrics["voting"] == "hard" and result.metrics["selection"]["fixed_members"]
     # The four models, as printed in the published Table 3 (our reference copy).
@@ -168,9 +209,8 @@ def test_the_papers_own_ensemble_is_a_fixed_hard_vote(tmp_path):
     row = table3[table3["method"].str.startswith("ensemble")]["method"].item()
     assert row == "ensemble: majority vote of " + ", ".join(ens_runs.PAPER_MEMBERS)
     # The report's headline ensemble stays one chosen on validation.
-    from bench.report import load_results
-
-    ens_runs.run_ensemble(exp, method="majority", k=3)
+    majority = ens_runs.run_ensemble(exp, method="majority", k=3)
+    assert majority.leaderboard_row["selected_on"] == "validation"
     res = load_results(exp)
     assert res.ensemble.model == "majority-k3"
     with pytest.raises(ens_runs.EnsembleError, match="resnet34/seed1"):

@@ -71,8 +71,13 @@ def stratified_split(
 ) -> pd.Series:
     """Assign each row of ``table`` (columns path, sha1, label) to train/val/test.
 
-    Rows are grouped by content hash; each class's groups are shuffled with a
-    generator seeded by ``seed`` and the class name, then cut by ``fractions``.
+    Rows are grouped by content hash; each class's groups are shuffled with a generator seeded by
+    ``seed`` and the class name. The shares are counted in files, not groups: the class's file
+    count gives the test and validation counts (:func:`split_counts`), and groups are dealt to test,
+    then validation, from the end of the shuffled order, a group that would overshoot passing its
+    turn to a smaller one (so two identical files never make a class's test share one file short or
+    long where other groups can fill it; without duplicates this is the plain cut of the shuffled
+    list). A share the groups cannot fill exactly is listed in the result's ``attrs["shortfalls"]``.
     Returns a Series of split names aligned with ``table``. ``stream`` (Monte Carlo
     cross-validation: the repetition) is appended to the generator seed; empty for the
     holdout split, whose generator is unchanged.
@@ -82,25 +87,32 @@ def stratified_split(
             f"data.split_fractions={list(fractions)} must be three positive fractions "
             "(train, val, test), e.g. [0.64, 0.24, 0.12]."
         )
-    labels_per_hash = table.groupby("sha1")["label"].nunique()
-    conflicting = set(labels_per_hash.index[labels_per_hash > 1])
+    clean = table[~table["sha1"].isin(conflicting_hashes(table))]
     split = pd.Series("train", index=table.index, dtype=object)
-
-    clean = table[~table["sha1"].isin(conflicting)]
-    groups = clean.drop_duplicates("sha1")[["sha1", "label"]]
-    too_small = []
-    for label, class_groups in groups.groupby("label", sort=True):
+    sizes = clean.groupby("sha1").size()
+    files_per_class = table.groupby("label").size()
+    too_small, shortfalls = [], []
+    for label, class_groups in clean.drop_duplicates("sha1")[["sha1", "label"]].groupby("label", sort=True):
         n = len(class_groups)
-        n_train, n_val, n_test = split_counts(n, fractions, rounding)
-        if n_train < 1:
+        if n < 3:  # one group per split at the least
             too_small.append(f"{label!r} ({n} distinct images)")
             continue
         # Seed with the class name too, so adding a class does not reshuffle the others.
         rng = np.random.default_rng([seed, _label_key(label), *stream])
         # Sorted by hash first: the split must not depend on the order files were listed in.
-        hashes = np.sort(class_groups["sha1"].to_numpy())[rng.permutation(n)]
-        assign = dict.fromkeys(hashes[n_train : n_train + n_val], "val")
-        assign.update(dict.fromkeys(hashes[n_train + n_val :], "test"))
+        hashes = list(np.sort(class_groups["sha1"].to_numpy())[rng.permutation(n)])
+        # Shares of all the class's files, those kept in train for a label conflict included (they
+        # are the class's images too: the paper's 375 eosinophils are 12 % of all 3,117).
+        _, want_val, want_test = split_counts(int(files_per_class[label]), fractions, rounding)
+        assign: dict[str, str] = {}
+        for name, want in (("test", want_test), ("val", want_val)):
+            taken = _fill(hashes, sizes, want, keep=1 + (name == "test"))
+            assign.update(dict.fromkeys(taken, name))
+            hashes = [h for h in hashes if h not in assign]
+            got = int(sizes[taken].sum())
+            if got != want:
+                shortfalls.append(f"class {label!r}: {got} {name} images where {want} were due (identical files "
+                                  "are kept together in one split)")
         mask = clean["sha1"].isin(assign)
         split[clean.index[mask]] = clean.loc[mask, "sha1"].map(assign)
     if too_small:
@@ -109,7 +121,44 @@ def stratified_split(
             + ", ".join(too_small)
             + ". Each class needs at least 3 distinct images; add images or remove the folder."
         )
+    split.attrs["shortfalls"] = shortfalls
     return split
+
+
+def _fill(hashes: list, sizes: pd.Series, want: int, *, keep: int) -> list:
+    """Groups from the end of ``hashes`` whose files add up to ``want`` exactly where some choice of
+    them does (else to the largest sum below it), leaving at least ``keep`` groups behind; never
+    empty (with no group small enough, the smallest one). Walking from the end, a group is taken
+    when the groups after it can still complete the sum: without duplicates, the last ``want``."""
+    taken = _subset_from_end(hashes, sizes, want)
+    if len(hashes) - len(taken) < keep:  # it took (nearly) everything: choose among all but the first
+        taken = _subset_from_end(hashes[keep:], sizes, want)
+    return taken
+
+
+def _subset_from_end(hashes: list, sizes: pd.Series, want: int) -> list:
+    candidates = list(reversed(hashes))
+    counts = [int(sizes[h]) for h in candidates]
+    mask = (1 << (want + 1)) - 1
+    reach = [1] * (len(candidates) + 1)  # reach[i]: bit t set when groups i.. can sum to t files
+    for i in range(len(candidates) - 1, -1, -1):
+        reach[i] = (reach[i + 1] | (reach[i + 1] << counts[i])) & mask
+    target = reach[0].bit_length() - 1  # the largest reachable sum <= want
+    if target <= 0:
+        return [min(candidates, key=lambda h: int(sizes[h]))] if candidates else []
+    taken, left = [], target
+    for i, h in enumerate(candidates):
+        if counts[i] <= left and (reach[i + 1] >> (left - counts[i])) & 1:
+            taken.append(h)
+            left -= counts[i]
+    return taken
+
+
+def conflicting_hashes(table: pd.DataFrame) -> set:
+    """Content hashes that carry more than one label: such files cannot be scored honestly and stay
+    in train (every split rule of this module uses this one)."""
+    labels_per_hash = table.groupby("sha1")["label"].nunique()
+    return set(labels_per_hash.index[labels_per_hash > 1])
 
 
 def _label_key(label: str) -> int:
@@ -133,12 +182,10 @@ def kfold_assignment(table: pd.DataFrame, *, seed: int, n_folds: int) -> pd.Seri
     """
     if n_folds is None or int(n_folds) != n_folds or n_folds < 2:
         raise DataError(f"data.n_folds={n_folds!r}: k-fold cross-validation needs an integer of at least 2.")
-    labels_per_hash = table.groupby("sha1")["label"].nunique()
-    conflicting = set(labels_per_hash.index[labels_per_hash > 1])
     n_folds = int(n_folds)
     fold_of_hash: dict[str, int] = {}
     start, too_small = 0, []
-    clean = table[~table["sha1"].isin(conflicting)]
+    clean = table[~table["sha1"].isin(conflicting_hashes(table))]
     for label, class_groups in clean.drop_duplicates("sha1").groupby("label", sort=True):
         n = len(class_groups)
         if n < max(n_folds, 3):
@@ -193,18 +240,23 @@ def make_manifest(
     table: pd.DataFrame, *, seed: int, fractions: Sequence[float], split_mode: str = "holdout",
     n_folds: int | None = None, fold: int | None = None, rounding: str = "round",
 ) -> pd.DataFrame:
+    """The split of ``table`` as a manifest (sorted by path); ``attrs["shortfalls"]``: the classes
+    whose shares the groups of identical files could not fill exactly (logged when it is written)."""
     manifest = table[["path", "sha1", "label"]].copy()
     if split_mode == "kfold":
-        manifest["split"] = kfold_split(manifest, seed=seed, n_folds=n_folds, fold=fold, fractions=fractions)
+        split = kfold_split(manifest, seed=seed, n_folds=n_folds, fold=fold, fractions=fractions)
     elif split_mode == "montecarlo":
         if fold is None or fold < 0:
             raise DataError(f"data.fold={fold!r}: Monte Carlo splits need the repetition index (0, 1, ...).")
-        manifest["split"] = stratified_split(manifest, seed=seed, fractions=fractions, stream=(fold,))
+        split = stratified_split(manifest, seed=seed, fractions=fractions, stream=(fold,))
     elif split_mode == "holdout":
-        manifest["split"] = stratified_split(manifest, seed=seed, fractions=fractions, rounding=rounding)
+        split = stratified_split(manifest, seed=seed, fractions=fractions, rounding=rounding)
     else:
         raise DataError(f"data.split_mode={split_mode!r} is not one of {', '.join(SPLIT_MODES)}.")
-    return manifest.sort_values("path").reset_index(drop=True)[MANIFEST_COLUMNS]
+    manifest["split"] = split
+    manifest = manifest.sort_values("path").reset_index(drop=True)[MANIFEST_COLUMNS]
+    manifest.attrs["shortfalls"] = list(split.attrs.get("shortfalls", []))
+    return manifest
 
 
 def conflicting_duplicates(table: pd.DataFrame) -> pd.DataFrame:
@@ -283,6 +335,8 @@ def load_or_create_manifest(
     write_csv_atomic(path, manifest)
     counts = manifest.groupby("split").size().reindex(SPLITS, fill_value=0)
     log.info("wrote split manifest %s (%s)", path, ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for line in manifest.attrs.get("shortfalls", []):
+        log.warning("split %s: %s", path, line)
     return manifest
 
 
