@@ -199,6 +199,7 @@ def _ensemble_metrics(exp_dir: Path, name: str, method: str, cands: Candidates, 
         "selection": ({"rule": "fixed: the four models of Gavas & Olpadkar 2021's ensemble (they chose them on "
                                 "their test set); not selected here", "fixed_members": True}
                       if method == "paper" else est.selection_),
+        "selected_on": result_records.SELECTED_ON_TEST if method == "paper" else result_records.SELECTED_ON_VALIDATION,
         "params": {k_: v for k_, v in est.get_params().items() if k_ != "members"},
         "n_candidates": len(cands), "candidates": [
             {"member": cid, "val_acc": float(a)} for cid, a in zip(cands.ids, est.candidate_val_acc_)],

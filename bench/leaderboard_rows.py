@@ -19,7 +19,8 @@ from bench.paper_reference import (PROTOCOL_RECIPE, is_pbc_classes, load_referen
                                    protocol_text)
 from bench.ranking import _rank_rows, by_validation
 from bench.result_records import (EXTERNAL_DIR, KIND_DETECTOR, KIND_ENSEMBLE, KIND_MODEL, RunRecord,
-                                  _union_classes, main_class_set, metrics_or_none, off_main_classes, read_ensembles)
+                                  _union_classes, main_class_set, metrics_or_none, off_main_classes, read_ensembles,
+                                  selected_on)
 
 # A detector's columns (only in leaderboards that have detectors); its class columns hold test AP.
 DETECTION_COLUMNS = ("val_map", "test_map", "test_ap50", "test_ap75", "test_ar100", "test_count_error",
@@ -35,6 +36,7 @@ TAIL_COLUMNS = (
     "val_balanced_acc",
     "val_macro_f1",
     "select_by",  # the validation number that picked the best epoch (trainer.select_by)
+    "selected_on",  # an ensemble's members chosen on validation, or on test (method=paper: the paper's four)
     "weights",  # what the network started from: IMAGENET1K_V1 / _V2 / a timm tag / scratch / local:<path>
     "precision",  # fp32 | bf16, as trained
     "params_m",
@@ -212,6 +214,7 @@ def ensemble_row(metrics: dict, columns: Sequence[str]) -> dict:
         row[key] = _num(metrics.get(key))
     row.update(external_scores(metrics["_dir"]))
     row["members"] = ";".join(str(m.get("member")) for m in metrics.get("members") or [])
+    row["selected_on"] = selected_on(metrics)
     return {k: _round(v) for k, v in row.items()}
 
 

@@ -109,6 +109,21 @@ def collect_runs(exp_dir) -> list[RunRecord]:
     return records
 
 
+# Where an ensemble's members were chosen: on validation (every method of bench-ensemble) or, for
+# method=paper, on the test set (the paper chose its four on its test set; rebuilt like for like).
+# A number whose selection saw the test set is labelled wherever it appears.
+SELECTED_ON_VALIDATION, SELECTED_ON_TEST = "validation", "test"
+
+
+def selected_on(metrics: dict) -> str:
+    """``test`` for an ensemble whose members were fixed by their test accuracy (method=paper; folders
+    written before this was recorded: their ``fixed_members``), else ``validation``."""
+    if metrics.get("selected_on"):
+        return str(metrics["selected_on"])
+    fixed = bool((metrics.get("selection") or {}).get("fixed_members"))
+    return SELECTED_ON_TEST if fixed else SELECTED_ON_VALIDATION
+
+
 def read_ensembles(exp_dir) -> list[dict]:
     """The metrics.json of every finished ensemble of an experiment, by name."""
     found = []

@@ -198,8 +198,9 @@ def _data_info(run_dir: runs.RunDir, metrics: dict) -> tuple[str | None, str | N
 
 
 def is_fixed(entry: Entry) -> bool:
-    """An ensemble whose members were fixed in advance (``bench-ensemble method=paper``)."""
-    return bool((entry.metrics.get("selection") or {}).get("fixed_members"))
+    """An ensemble whose members were fixed in advance by their test accuracy (``bench-ensemble
+    method=paper``): selected on test, and labelled so wherever it appears."""
+    return result_records.selected_on(entry.metrics) == result_records.SELECTED_ON_TEST
 
 
 def _load_ensembles(exp_dir: Path) -> list[Entry]:
@@ -214,8 +215,11 @@ def _load_ensembles(exp_dir: Path) -> list[Entry]:
             log.warning("skipping ensemble %s: %s", metrics_path.parent, exc)
             continue
         name = str(metrics.get("name") or metrics_path.parent.name)
-        out.append(Entry(f"ensemble:{name}", result_records.KIND_ENSEMBLE, name, None, f"ensemble {name}",
-                         metrics_path.parent, metrics))
+        entry = Entry(f"ensemble:{name}", result_records.KIND_ENSEMBLE, name, None, f"ensemble {name}",
+                      metrics_path.parent, metrics)
+        if is_fixed(entry):  # every table, figure and "p vs" column that shows it says so
+            entry.label += " (selected on test)"
+        out.append(entry)
     out.sort(key=lambda e: (-e.val_acc if e.val_acc == e.val_acc else math.inf, e.model))
     return out
 
