@@ -68,7 +68,7 @@ def rebuild_model(ckpt: dict) -> torch.nn.Module:
 
     name = str(ckpt["model_name"])
     if ckpt.get("task") == "detection":
-        from bench.models.detection_zoo import match_detector_state_dict
+        from bench.models.detection_zoo import match_detector_state_dict, set_max_detections
 
         # The size it resized fields to and its constructor options (proposal counts...) are
         # part of the network; best.pt records both.
@@ -76,6 +76,8 @@ def rebuild_model(ckpt: dict) -> torch.nn.Module:
                              image_size=int(ckpt["input_size"]), detector_kwargs=dict(ckpt.get("detector_kwargs") or {}))
         match_detector_state_dict(model, ckpt["model"])
         model.load_state_dict(ckpt["model"])
+        if ckpt.get("max_detections"):  # runs before model.max_detections kept torchvision's cap
+            set_max_detections(model, ckpt["max_detections"])
         return model.eval()
     model = create_model(name, num_classes=len(ckpt["class_names"]), pretrained=False)
     if ckpt.get("pretrained", False) and get_model_spec(name).pretrained_transform_input:

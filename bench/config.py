@@ -121,6 +121,14 @@ class ModelConfig:
     # Detectors only: keyword arguments of the torchvision constructor (e.g. box_batch_size_per_image,
     # rpn_post_nms_top_n_train: fewer sampled boxes make a CPU step several times cheaper).
     detector_kwargs: Dict[str, Any] = added_later(default_factory=dict)
+    # Detectors: the most boxes a field gets (torchvision's cap, 100, is fewer than the cells of a crowded
+    # smear field), also COCO's maxDets in the scoring. Left out of the identity at 300, deliberately: the
+    # cap acts only when a detector predicts, never on training, so a detector trained before this option
+    # holds the weights it would hold now and is not retrained. Its metrics.json was scored at 100 boxes
+    # per field, though (it has no max_detections entry, and the chain says so): exact where fields kept
+    # fewer boxes, cut short on crowded ones; delete that metrics.json and rerun the command to score it
+    # at the cap (it resumes from last.pt and trains no epoch).
+    max_detections: int = added_later(300)
     head_hidden: List[int] = field(default_factory=list)
     head_dropout: float = 0.0
     # Where the new head reads from: keep only the first N of the family's fully connected layers

@@ -86,6 +86,7 @@ def _check_data_values(c: _Checks, data) -> None:
 def _check_model_values(c: _Checks, model) -> None:
     c.number("model.head_keep_fc", model.get("head_keep_fc"), low=0, integer=True, null=True)
     c.number("model.trainable_blocks", model.get("trainable_blocks"), low=0, integer=True, null=True)
+    c.number("model.max_detections", model.get("max_detections"), low=1, integer=True)
     conv_blocks = model.get("trainable_conv_blocks")
     c.number("model.trainable_conv_blocks", conv_blocks, low=0, integer=True, null=True)
     c.check(conv_blocks is None or (model.get("trainable_blocks") is None and not model.get("freeze_backbone")),

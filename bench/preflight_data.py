@@ -39,13 +39,7 @@ def check_data(cfg, report: Report) -> int | None:
                 raise DataError(f"{path} does not exist; set data.root=... to its folder or data.download=true")
             report.notes.append(f"data: {path}")
         elif kind in DETECTION_KINDS and kind != "synthetic_smear":
-            from bench.detection.data import read_detection_set
-
-            dset = read_detection_set(cfg.data)
-            counts = dset.class_counts()
-            report.notes.append(f"data: {len(dset.images)} images, boxes: " +
-                                ", ".join(f"{c} {counts[c]}" for c in dset.classes))
-            report.warnings.extend(f"annotations: {line}" for line in dset.report.lines() if "coordinates" not in line)
+            _check_detection_data(cfg, report)
         else:
             report.notes.append(f"data: {kind}")
     except (DataError, ValueError, OSError) as exc:
@@ -53,6 +47,30 @@ def check_data(cfg, report: Report) -> int | None:
     _check_augment(cfg, report)
     return n_images
 
+
+
+def _check_detection_data(cfg, report: Report) -> None:
+    """Boxes per label; what was read (coordinates, an official split) as notes, what was wrong as
+    warnings; a label on too few fields named with its files (a typo makes a class: a problem when
+    the fields then cannot be split), and an official split with an empty part."""
+    from bench.detection.data import read_detection_set
+    from bench.detection.fields import (check_splits, official_lists, rare_labels, rare_labels_message,
+                                        rare_split_problem)
+
+    dset = read_detection_set(cfg.data)
+    counts = dset.class_counts()
+    report.notes.append(f"data: {len(dset.images)} images, boxes: " +
+                        ", ".join(f"{c} {counts[c]}" for c in dset.classes))
+    report.notes.extend(f"annotations: {line}" for line in dset.report.notes)
+    report.warnings.extend(f"annotations: {line}" for line in dset.report.count_lines())
+    problem, rare = rare_split_problem(dset), rare_labels(dset)
+    if problem:
+        report.problems.append(problem)
+    elif rare:
+        report.warnings.append(rare_labels_message(dset, rare, stops=False))
+    if all(im.split for im in dset.images):
+        check_splits({s: [im for im in dset.images if im.split == s] for s in ("train", "val", "test")},
+                     official_lists(dset.root))
 
 
 # A class with fewer images than this gives validation / test shares of one or two images:

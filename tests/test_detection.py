@@ -153,12 +153,16 @@ def test_synthetic_smears_are_deterministic_with_exact_boxes(tmp_path):
 
 
 def test_the_reported_map_is_pycocotools_on_the_written_files(detector_run):
+    """At the run's cap (model.max_detections, 300) as COCO's maxDets; pycocotools' summary reads AP50,
+    AP75 and the ARs at it, but mAP@[.5:.95] always at 100 detections, so mAP is the mean of its
+    precision array at the cap (summarize's own formula)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     _, rd = detector_run
     metrics = runs.read_json(rd.metrics)
     assert metrics["task"] == "detection" and metrics["classes"] == ["platelet", "rbc", "wbc"]
+    cap = metrics["max_detections"]
     for split in ("val", "test"):
         gt = COCO(str(rd.root / f"ground_truth_{split}.json"))
         results = json.loads((rd.root / f"predictions_{split}.json").read_text())
@@ -166,12 +170,16 @@ def test_the_reported_map_is_pycocotools_on_the_written_files(detector_run):
             assert metrics[split]["map"] == 0.0
             continue
         ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        ev.params.maxDets = [1, 100, cap]
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-        assert metrics[split]["map"] == pytest.approx(max(ev.stats[0], 0.0))
+        precision = ev.eval["precision"][:, :, :, 0, 2]
+        assert metrics[split]["map"] == pytest.approx(precision[precision > -1].mean())
         assert metrics[split]["ap50"] == pytest.approx(max(ev.stats[1], 0.0))
-        assert metrics[split]["ar100"] == pytest.approx(max(ev.stats[8], 0.0))
+        assert metrics[split]["ap75"] == pytest.approx(max(ev.stats[2], 0.0))
+        assert metrics[split]["ar100"] == pytest.approx(max(ev.stats[7], 0.0))
+        assert metrics[split]["ar_max"] == pytest.approx(max(ev.stats[8], 0.0))
 
 
 def test_count_error_by_hand_at_the_threshold_chosen_on_validation(detector_run):
@@ -276,7 +284,7 @@ def test_scale_jitter_moves_boxes_with_the_pixels():
     import torch
     from torchvision import tv_tensors
 
-    from bench.detection.fit import box_augment
+    from bench.detection.fields import box_augment
 
     img = torch.zeros(3, 100, 100, dtype=torch.uint8)
     img[:, 20:40, 50:70] = 255
@@ -352,8 +360,8 @@ def test_the_detectors_best_epoch_is_the_first_best_validation_map(tmp_path, cac
     real, scripted, saved = det_fit.coco_metrics, iter([0.2, 0.5, 0.5]), {}
     real_epoch = det_fit.detector_epoch
 
-    def scripted_metrics(gt, res):
-        out = real(gt, res)
+    def scripted_metrics(gt, res, max_detections):
+        out = real(gt, res, max_detections)
         value = next(scripted, None)  # the three epochs' validation, then the real final evaluation
         return out if value is None else {**out, "map": value}
 
@@ -395,6 +403,6 @@ def test_score_thresholds_are_chosen_on_validation_never_on_test(tmp_path, monke
 
     monkeypatch.setattr(det_fit, "predict", scripted)
     out = det_fit.evaluate_splits(None, samples, ["wbc"], runs.RunDir(tmp_path), "cpu",
-                                  OmegaConf.create({"eval_batch_size": 2, "max_batches": None}))
+                                  OmegaConf.create({"eval_batch_size": 2, "max_batches": None}), 300)
     assert out["score_threshold"] == {"wbc": 0.35}
     assert out["val"]["count_error"] == 0.0 and out["test"]["count_error"] == 1.0

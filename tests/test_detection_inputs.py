@@ -136,3 +136,102 @@ def test_a_detector_trains_on_16_bit_fields_rescaled_not_white(tmp_path, cache_d
     for tensor in seen:
         assert tensor.shape == (3, 64, 64)
         assert int(tensor[:, :, :30].max()) == 0 and int(tensor[:, :, 34:].min()) == 255, tensor[0, 0, ::8]
+
+
+# --------------------------------------------------------------------------- empty splits
+def _voc(root: Path, n: int, lists: dict[str, list[int]] | None = None, labels=None) -> Path:
+    """A VOC folder of ``n`` 64 x 48 fields with one box each (label ``labels[i]``, default rbc) and
+    the ImageSets/Main lists given (split -> field numbers)."""
+    _fields(root / "JPEGImages", [f"f{i}.png" for i in range(n)])
+    (root / "Annotations").mkdir()
+    for i in range(n):
+        label = labels[i] if labels else "rbc"
+        (root / "Annotations" / f"f{i}.xml").write_text(
+            f"<annotation><filename>f{i}.png</filename><object><name>{label}</name><bndbox><xmin>{4 + i % 5}</xmin>"
+            "<ymin>5</ymin><xmax>30</xmax><ymax>30</ymax></bndbox></object></annotation>")
+    if lists:
+        (root / "ImageSets" / "Main").mkdir(parents=True)
+        for split, numbers in lists.items():
+            (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"f{i}\n" for i in numbers))
+    return root
+
+
+def _detector_cfg(tmp_path, cache_dir, *overrides):
+    from .conftest import SMALL_DETECTOR, compose_cfg
+
+    return compose_cfg(*SMALL_DETECTOR, "data.image_size=64", "trainer.epochs=1", "trainer.max_batches=1",
+                       f"paths.results_dir={tmp_path / 'results'}", f"paths.cache_dir={cache_dir}", *overrides)
+
+
+def test_a_voc_folder_without_a_val_list_is_an_error_naming_it(tmp_path, cache_dir):
+    from bench.training import run_training
+
+    voc = _voc(tmp_path / "voc", 6, {"train": [0, 1, 2, 3], "test": [4, 5]})
+    out = run_training(_detector_cfg(tmp_path, cache_dir, "data=voc", f"data.root={voc}"))
+    assert out["status"] == "failed"
+    assert "validation split has no field" in out["error"] and "ImageSets/Main/val.txt (missing)" in out["error"]
+
+
+def test_a_manifest_that_leaves_a_split_empty_is_an_error_not_a_perfect_count(tmp_path, cache_dir):
+    """A boxes CSV split by the experiment's manifest, edited so no field is in test."""
+    from bench.training import run_training
+
+    names = [f"f{i}.png" for i in range(9)]
+    root = _fields(tmp_path / "csv", names)
+    pd.DataFrame([[n, 4 + i, 5, 30, 30, "rbc"] for i, n in enumerate(names)], columns=COLUMNS).to_csv(
+        root / "annotations.csv", index=False)
+    cfg = _detector_cfg(tmp_path, cache_dir, "data=boxes_csv", f"data.root={root}", "experiment_name=csv")
+    assert run_training(cfg)["status"] == "completed"
+    manifest_path = tmp_path / "results" / "csv" / "manifest.csv"
+    manifest = pd.read_csv(manifest_path)
+    manifest["split"] = manifest["split"].replace("test", "train")
+    manifest.to_csv(manifest_path, index=False)
+    out = run_training(_detector_cfg(tmp_path, cache_dir, "data=boxes_csv", f"data.root={root}", "experiment_name=csv",
+                                     "seed=1"))
+    assert out["status"] == "failed"
+    assert "test split has no field" in out["error"] and str(manifest_path) in out["error"]
+
+
+# --------------------------------------------------------------------------- fails late, wrong words
+def test_a_truncated_field_is_left_out_and_listed_not_a_crash_without_its_name(tmp_path, cache_dir):
+    from bench.training import run_training
+
+    voc = _voc(tmp_path / "voc", 10)
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(voc / "JPEGImages" / "f9.jpg", quality=95)
+    data = (voc / "JPEGImages" / "f9.jpg").read_bytes()
+    (voc / "JPEGImages" / "f9.jpg").write_bytes(data[: len(data) // 2])  # a copy cut short
+    (voc / "JPEGImages" / "f9.png").unlink()
+    xml = voc / "Annotations" / "f9.xml"
+    xml.write_text(xml.read_text().replace("f9.png", "f9.jpg"))
+    out = run_training(_detector_cfg(tmp_path, cache_dir, "data=voc", f"data.root={voc}"))
+    assert out["status"] == "completed", out.get("error")
+    excluded = pd.read_csv(Path(out["run_dir"]) / "excluded.csv")
+    assert excluded["path"].tolist() == ["JPEGImages/f9.jpg"] and "truncated" in excluded["reason"][0]
+    report = json.loads((Path(out["run_dir"]) / "annotation_report.json").read_text())
+    assert report["counts"]["image(s) that do not decode, left out"] == 1
+
+
+def test_a_one_off_label_typo_is_named_with_its_files_and_the_label_map_fix(tmp_path, cache_dir):
+    from bench.preflight import plan_runs, preflight
+    from bench.training import run_training
+
+    labels = ["WBC"] * 11 + ["wbc"]
+    voc = _voc(tmp_path / "voc", 12, labels=labels)
+    args = [f"data.root={voc}", "data=voc", f"paths.results_dir={tmp_path / 'results'}"]
+    report = preflight(plan_runs(["experiment=detect_quickstart", *args]))
+    problem = " ".join(report.problems)
+    assert "'wbc': 1 box(es) on 1 field(s) (JPEGImages/f11.png), like 'WBC'" in problem, report.format()
+    assert "data.label_map='{wbc: WBC}'" in problem
+    out = run_training(_detector_cfg(tmp_path, cache_dir, *args[:2]))
+    assert out["status"] == "failed" and "data.label_map" in out["error"] and "remove the folder" not in out["error"]
+
+
+def test_the_preflight_says_the_official_voc_split_as_a_note_not_a_warning(tmp_path):
+    from bench.preflight import plan_runs, preflight
+
+    voc = _voc(tmp_path / "voc", 9, {"train": [0, 1, 2, 3, 4], "val": [5, 6], "test": [7, 8]})
+    report = preflight(plan_runs(["experiment=detect_quickstart", "data=voc", f"data.root={voc}",
+                                  f"paths.results_dir={tmp_path / 'results'}"]))
+    assert any("official split of ImageSets/Main (9 images)" in n for n in report.notes), report.format()
+    assert not any("official split" in w for w in report.warnings)

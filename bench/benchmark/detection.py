@@ -173,7 +173,7 @@ def measure_chain(args, model: str, run_dir: Path, work: Path, device) -> tuple[
     from bench.cascade.models import load_detector
     from bench.data.synthetic import CLASS_NAMES
     from bench.detection.data import open_field
-    from bench.detection.fit import field_tensor
+    from bench.detection.fields import field_tensor
 
     root = next((work / "cache" / "datasets").glob("synthetic-smear-*"))
     fields = sorted((root / "images").glob("*.png"))[:args.fields]

@@ -74,7 +74,7 @@ def read_field(path: Path) -> tuple[Image.Image | None, str | None]:
 @torch.inference_mode()
 def detect(detector: LoadedDetector, fields: Sequence[Image.Image], device) -> list[dict]:
     """Per field: boxes (field pixels, xyxy), label names and scores at the detector's per-label thresholds."""
-    from bench.detection.fit import field_tensor
+    from bench.detection.fields import field_tensor
 
     tensors, scales = zip(*(field_tensor(f, detector.input_size) for f in fields))
     outputs = detector.model([t.float().div(255.0).to(device) for t in tensors])

@@ -9,7 +9,9 @@ counting what was wrong and what was done about it. Bad annotations are never a 
 - a zero-area or inverted box (xmax <= xmin or ymax <= ymin): the box is dropped (counted);
 - a box partly outside the image: clipped to it (counted); wholly outside: dropped (counted);
 - a label no box uses (a COCO category without annotations): reported;
-- an image with no boxes is a valid negative and is kept.
+- an image with no boxes is a valid negative and is kept;
+- a COCO crowd box (``iscrowd``: many cells under one box) is kept apart as an ignore region
+  (``Boxes.ignore``): not trained on or counted, and ignored by the evaluation, as COCO does.
 
 ``data.label_map`` renames labels and merges them (``{"neutrophil": "wbc", ...}``); labels are
 taken as they are written otherwise. Formats:
@@ -51,6 +53,10 @@ class Boxes:
     boxes: np.ndarray
     labels: list[str]
     split: str | None = None  # an official split (VOC ImageSets), else None
+    # COCO crowd regions (iscrowd 1): many cells under one box, not each one drawn. Never trained
+    # on or counted; the evaluation ignores predictions inside them (pycocotools' rule).
+    ignore: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    ignore_labels: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -67,8 +73,12 @@ class AnnotationReport:
         if len(self.examples[kind]) < 3:
             self.examples[kind].append(example)
 
+    def count_lines(self) -> list[str]:
+        """What was wrong, by kind: ``N kind (e.g. ...)``."""
+        return [f"{n} {kind} (e.g. {', '.join(self.examples[kind])})" for kind, n in self.counts.items()]
+
     def lines(self) -> list[str]:
-        return [*self.notes, *(f"{n} {kind} (e.g. {', '.join(self.examples[kind])})" for kind, n in self.counts.items())]
+        return [*self.notes, *self.count_lines()]
 
 
 @dataclass
@@ -84,25 +94,29 @@ class DetectionSet:
 
 # --------------------------------------------------------------------------- checking
 def check_boxes(image: Boxes, report: AnnotationReport) -> Boxes:
-    """Drop impossible boxes, clip the ones that leave the image; count both."""
+    """Drop impossible boxes, clip the ones that leave the image; count both (crowd regions too)."""
+    image.boxes, image.labels = _checked(image, image.boxes, image.labels, report, "box(es)")
+    image.ignore, image.ignore_labels = _checked(image, image.ignore, image.ignore_labels, report, "crowd region(s)")
+    return image
+
+
+def _checked(image: Boxes, boxes, labels, report: AnnotationReport, what: str) -> tuple[np.ndarray, list]:
     keep_boxes, keep_labels = [], []
-    for (x0, y0, x1, y1), label in zip(image.boxes.tolist(), image.labels):
+    for (x0, y0, x1, y1), label in zip(np.asarray(boxes, float).reshape(-1, 4).tolist(), labels):
         where = f"{image.path} [{x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f}] {label}"
         if not all(np.isfinite([x0, y0, x1, y1])) or x1 <= x0 or y1 <= y0:
-            report.add("zero-area or inverted box(es) dropped", where)
+            report.add(f"zero-area or inverted {what} dropped", where)
             continue
         cx0, cy0 = min(max(x0, 0.0), image.width), min(max(y0, 0.0), image.height)
         cx1, cy1 = min(max(x1, 0.0), image.width), min(max(y1, 0.0), image.height)
         if cx1 <= cx0 or cy1 <= cy0:
-            report.add("box(es) outside the image dropped", where)
+            report.add(f"{what} outside the image dropped", where)
             continue
         if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
-            report.add("box(es) clipped to the image", where)
+            report.add(f"{what} clipped to the image", where)
         keep_boxes.append([cx0, cy0, cx1, cy1])
         keep_labels.append(label)
-    image.boxes = np.asarray(keep_boxes, dtype=np.float32).reshape(-1, 4)
-    image.labels = keep_labels
-    return image
+    return np.asarray(keep_boxes, dtype=np.float32).reshape(-1, 4), keep_labels
 
 
 EXIF_ORIENTATION = 0x0112
@@ -138,6 +152,7 @@ def finish(root: Path, images: list[Boxes], report: AnnotationReport, label_map:
     out = []
     for im in images:
         im.labels = [str(label_map.get(label, label)) for label in im.labels]
+        im.ignore_labels = [str(label_map.get(label, label)) for label in im.ignore_labels]
         out.append(check_boxes(im, report))
     used = sorted({label for im in out for label in im.labels})
     for name in declared or []:
@@ -179,14 +194,21 @@ def read_coco(root, annotations=None, label_map=None) -> DetectionSet:
             report.add("image(s) missing or unreadable, left out", rel)
             continue
         rel = path.relative_to(root).as_posix()
-        anns = [a for a in by_image.get(entry["id"], []) if not a.get("iscrowd", 0)]
-        boxes = np.asarray([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                            for a in anns], dtype=np.float32).reshape(-1, 4)
-        images.append(Boxes(rel, size[0], size[1], boxes, [cats[a["category_id"]] for a in anns]))
+        anns = by_image.get(entry["id"], [])
+        cells = [a for a in anns if not a.get("iscrowd", 0)]
+        crowds = [a for a in anns if a.get("iscrowd", 0)]
+        images.append(Boxes(rel, size[0], size[1], _xyxy(cells), [cats[a["category_id"]] for a in cells],
+                            ignore=_xyxy(crowds), ignore_labels=[cats[a["category_id"]] for a in crowds]))
     known = {e["id"] for e in entries}
     for image_id in set(by_image) - known:
         report.add("annotation(s) naming a missing image entry dropped", str(image_id))
     return finish(root, images, report, label_map, declared=list(cats.values()))
+
+
+def _xyxy(annotations: list) -> np.ndarray:
+    """COCO's boxes (x, y, width, height) as (xmin, ymin, xmax, ymax)."""
+    return np.asarray([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                       for a in annotations], dtype=np.float32).reshape(-1, 4)
 
 
 def _check_unique_ids(entries: list, ann_path: Path) -> None:

@@ -4,21 +4,25 @@
 :func:`bench.training.run_training` (the same lifecycle: skip, lock, failure rows, resume from
 last.pt, atomic writes). Stages:
 
-1. the dataset (:mod:`bench.detection.data`), split at image level, stratified on the rarest
-   class in each image, identical bytes kept together, written once as the experiment's
-   manifest (an official VOC split is used as it is);
+1. the dataset (:mod:`bench.detection.data`), split at image level (:mod:`bench.detection.fields`:
+   stratified on the rarest class in each image, identical bytes kept together, written once as
+   the experiment's manifest; an official VOC split is used as it is);
 2. every image decoded once and resized so its longer side is ``data.image_size`` (boxes scaled
-   with it); the detector resizes nothing more;
+   with it, said in the log); the detector resizes nothing more; fields that do not decode are
+   left out and listed in ``excluded.csv``;
 3. epochs of SGD on batches of images with box-aware flips (``torchvision.transforms.v2`` and
    ``tv_tensors.BoundingBoxes``), validation mAP (pycocotools) after each; the best epoch by
    validation mAP is kept in best.pt;
 4. best.pt on validation and test: COCO ground truth and results files, mAP / AP50 / AP75 /
    AR@100 / per-class AP, and the count error at the score threshold chosen on validation.
+
+``model.max_detections`` caps the boxes the detector returns per field (torchvision's own cap is
+100, fewer than the cells of a crowded smear) and is COCO's maxDets in the scoring; a field whose
+predictions reach it is named (``metrics.json: warnings``): its count and recall may be cut short.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,113 +37,25 @@ from bench import runs
 from bench import run_files
 from bench.checkpoints import read_last, save_checkpoint, save_last
 from bench.device import env_info, peak_memory_mb, resolve_device
-from bench.detection.data import Boxes, DetectionSet, open_field, read_detection_set
+from bench.detection.data import DetectionSet, read_detection_set
+from bench.detection.fields import batches, check_splits, decode, split_detection_set
 from bench.detection.metrics import (choose_thresholds, coco_ground_truth, coco_metrics, coco_results,
                                      count_error)
 from bench.models import count_params, create_model, get_model_spec
+from bench.models.detection_zoo import set_max_detections
 from bench.progress import EpochProgress
 from bench.protocol import recipe_of
 
 log = logging.getLogger("bench.train")
 
 
-# --------------------------------------------------------------------------- data
-def split_detection_set(dset: DetectionSet, cfg, exp_dir: Path) -> dict[str, list[Boxes]]:
-    """train / val / test images; the experiment's manifest when there is one (same rules as
-    classification: written once, reused by every detector, identical bytes share a split)."""
-    from bench.data.split import SPLITS, load_or_create_manifest
-
-    if all(im.split for im in dset.images):  # an official split (VOC ImageSets)
-        return {s: [im for im in dset.images if im.split == s] for s in SPLITS}
-    counts = dset.class_counts()
-    rows = []
-    for im in dset.images:
-        # Stratify on the rarest class in the image (images without boxes form their own stratum).
-        stratum = min(im.labels, key=lambda c: (counts[c], c)) if im.labels else "(no boxes)"
-        rows.append((im.path, _sha1(dset.root / im.path), stratum))
-    table = pd.DataFrame(rows, columns=["path", "sha1", "label"])
-    small = table["label"].map(table["label"].value_counts()) < 3  # too few to split: one shared stratum
-    table.loc[small, "label"] = "(rare)"
-    manifest = load_or_create_manifest(Path(exp_dir) / "manifest.csv", table, seed=cfg.data.split_seed,
-                                       fractions=cfg.data.split_fractions, rounding=cfg.data.split_rounding)
-    where = dict(zip(manifest["path"], manifest["split"]))
-    return {s: [im for im in dset.images if where.get(im.path) == s] for s in SPLITS}
-
-
+# --------------------------------------------------------------------------- options
 def detector_kwargs(cfg) -> dict:
     """``model.detector_kwargs`` as plain containers (a best.pt is loaded with weights_only)."""
     from omegaconf import OmegaConf
 
     options = cfg.model.get("detector_kwargs") or {}
     return OmegaConf.to_container(options, resolve=True) if OmegaConf.is_config(options) else dict(options)
-
-
-def _sha1(path: Path) -> str:
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
-
-
-def decode(dset: DetectionSet, images: list[Boxes], size: int | None) -> list[tuple[torch.Tensor, Boxes]]:
-    """Each image as a uint8 (3, H, W) tensor with the longer side ``size`` (native when None), and
-    its boxes scaled the same way."""
-    out = []
-    for im in images:
-        tensor, scale = field_tensor(open_field(dset.root / im.path), size)
-        scaled = Boxes(im.path, tensor.shape[2], tensor.shape[1], im.boxes * scale, list(im.labels), im.split)
-        out.append((tensor, scaled))
-    return out
-
-
-def field_tensor(pil, size: int | None) -> tuple[torch.Tensor, float]:
-    """An RGB field as a uint8 (3, H, W) tensor with its longer side ``size`` (bilinear; native when
-    None) and the scale applied: the one rule for training, evaluation and the cascade."""
-    from PIL import Image
-
-    scale = 1.0 if not size else size / max(pil.size)
-    if scale != 1.0:
-        pil = pil.resize((max(1, round(pil.size[0] * scale)), max(1, round(pil.size[1] * scale))), Image.BILINEAR)
-    return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1), scale
-
-
-def box_augment(scale_jitter=None):
-    """Training augmentation of a field and its boxes with ``torchvision.transforms.v2``: flips, and
-    with ``scale_jitter=[lo, hi]`` a zoom by a factor in that range about the centre on the same
-    canvas (the detector resizes every field to one size, so resizing alone would be undone):
-    boxes move with the pixels, are clipped to the field, and dropped when little is left."""
-    from torchvision.transforms import v2
-
-    steps = [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
-    if scale_jitter:
-        lo, hi = (float(v) for v in scale_jitter)
-        steps += [v2.RandomAffine(degrees=0.0, scale=(lo, hi)), v2.ClampBoundingBoxes(),
-                  v2.SanitizeBoundingBoxes(min_size=2.0, labels_getter=lambda inputs: inputs[2])]
-    return v2.Compose(steps)
-
-
-def batches(samples, classes: list[str], batch_size: int, *, shuffle: bool, augment: bool, seed: int, epoch: int,
-            max_batches: int | None = None, scale_jitter=None):
-    """Lists of float images in [0, 1] and targets; training batches augmented box-aware
-    (:func:`box_augment`), per (seed, epoch)."""
-    from torchvision import tv_tensors
-
-    index = {c: i + 1 for i, c in enumerate(classes)}
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(len(samples), generator=gen).tolist() if shuffle else list(range(len(samples)))
-    transform = box_augment(scale_jitter)
-    n_batches = -(-len(order) // batch_size)
-    for b in range(min(n_batches, max_batches or n_batches)):
-        images, targets = [], []
-        for i in order[b * batch_size:(b + 1) * batch_size]:
-            tensor, im = samples[i]
-            boxes = tv_tensors.BoundingBoxes(torch.as_tensor(im.boxes, dtype=torch.float32), format="XYXY",
-                                             canvas_size=tuple(tensor.shape[1:]))
-            image = tv_tensors.Image(tensor)
-            labels = torch.as_tensor([index[c] for c in im.labels], dtype=torch.int64)
-            if augment:
-                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-                image, boxes, labels = transform(image, boxes, labels)
-            images.append(image.float() / 255.0)
-            targets.append({"boxes": boxes.as_subclass(torch.Tensor), "labels": labels})
-        yield images, targets
 
 
 # --------------------------------------------------------------------------- the run
@@ -181,7 +97,8 @@ def fit_detector(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, threads, 
         raise RuntimeError("no epoch was trained (trainer.epochs=0?); nothing to evaluate")
     runs.fsync_file(run_dir.best_ckpt)
     s.model.load_state_dict(torch.load(run_dir.best_ckpt, map_location="cpu", weights_only=True)["model"])
-    results = evaluate_splits(s.model, s.samples, s.dset.classes, run_dir, s.device, cfg.trainer)
+    results = evaluate_splits(s.model, s.samples, s.dset.classes, run_dir, s.device, cfg.trainer,
+                              s.meta["max_detections"])
     metrics = detector_metrics(s, results, chash, oom_retry)
     run_files.write_metrics(run_dir.root, metrics)
     tracker.final({k: metrics[k] for k in ("val", "test")})
@@ -200,18 +117,38 @@ def prepare_detector(cfg, run_dir: runs.RunDir, exp_dir: Path) -> DetectorSessio
              ", ".join(f"{c} {n}" for c, n in sorted(dset.class_counts().items())))
     splits = split_detection_set(dset, cfg, exp_dir)
     size = spec.image_size(cfg.data.image_size)
-    samples = {s: decode(dset, ims, size) for s, ims in splits.items()}
+    samples, excluded = decode_splits(dset, splits, size, exp_dir)
+    runs.write_csv_atomic(run_dir.excluded, pd.DataFrame(excluded, columns=["path", "reason"]))
     runs.write_json_atomic(run_dir.root / "annotation_report.json",
                            {"counts": dict(dset.report.counts), "examples": dset.report.examples,
                             "notes": dset.report.notes})
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model.name, num_classes=len(dset.classes), pretrained=cfg.model.pretrained,
                          image_size=size, detector_kwargs=detector_kwargs(cfg)).to(device)
+    set_max_detections(model, cfg.model.max_detections)
     optimizer = instantiate(cfg.optim)(params=[p for p in model.parameters() if p.requires_grad])
     scheduler = instantiate(cfg.sched)(optimizer=optimizer)
     meta = dict(model_name=cfg.model.name, class_names=dset.classes, input_size=size, data_cfg=cfg.data,
-                pretrained=bool(cfg.model.pretrained), task="detection", detector_kwargs=detector_kwargs(cfg))
+                pretrained=bool(cfg.model.pretrained), task="detection", detector_kwargs=detector_kwargs(cfg),
+                max_detections=int(cfg.model.max_detections))
     return DetectorSession(cfg, dset, samples, size, device, model, optimizer, scheduler, meta)
+
+
+def decode_splits(dset: DetectionSet, splits: dict, size: int, exp_dir: Path) -> tuple[dict, list]:
+    """Every split decoded at the run's size (fields that do not decode left out, returned as
+    (path, reason)), checked again for empty splits, and the resizing said in the log."""
+    excluded: list = []
+    samples = {s: decode(dset, ims, size, excluded) for s, ims in splits.items()}
+    check_splits({s: [im for _, im in v] for s, v in samples.items()},
+                 {s: f"every field of it failed to decode (excluded.csv), split as in {exp_dir / 'manifest.csv'}"
+                  for s in samples})
+    largest = max((im for ims in splits.values() for im in ims), key=lambda im: max(im.width, im.height))
+    if max(largest.width, largest.height) != size:
+        scale = size / max(largest.width, largest.height)
+        log.info("fields are resized so their longer side is data.image_size=%d px (%s: %d x %d -> %d x %d); "
+                 "boxes with them", size, largest.path, largest.width, largest.height,
+                 round(largest.width * scale), round(largest.height * scale))
+    return samples, excluded
 
 
 def resume_detector(s: DetectorSession, run_dir: runs.RunDir, chash: str) -> None:
@@ -237,7 +174,7 @@ def detector_epoch(s: DetectorSession, epoch: int, run_dir: runs.RunDir, tracker
     s.scheduler.step()
     val_pred = predict(s.model, s.samples["val"], s.device, tcfg.eval_batch_size, tcfg.max_batches)
     val = coco_metrics(coco_ground_truth([im for _, im in s.samples["val"]][:len(val_pred)], s.dset.classes),
-                       coco_results(val_pred))
+                       coco_results(val_pred), s.meta["max_detections"])
     s.history.append({"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "val_map": val["map"],
                       "val_ap50": val["ap50"], "seconds": tr["seconds"], "train_img_s": tr["img_s"]})
     tracker.epoch(epoch + 1, {k: float(v) for k, v in s.history[-1].items() if k not in ("epoch", "seconds")})
@@ -268,6 +205,7 @@ def detector_metrics(s: DetectorSession, results: dict, chash: str, oom_retry: b
         "precision": "fp32", "weights": weights, "data_root": str(s.dset.root), "device": str(s.device),
         "env": env_info(s.device), "config_hash": chash, "recipe": recipe_of(cfg),
         "protocol_deviations": None,  # no published detection recipe to compare with
+        "n_excluded": int(s.dset.report.counts.get("image(s) that do not decode, left out", 0)),
     }
 
 
@@ -332,20 +270,29 @@ def predict(model, samples, device, batch_size: int, max_batches: int | None = N
     return out
 
 
-def evaluate_splits(model, samples, classes, run_dir: runs.RunDir, device, tcfg) -> dict:
-    """best.pt on validation and test: COCO files, metrics, and the count error at the threshold
-    chosen on validation."""
+def evaluate_splits(model, samples, classes, run_dir: runs.RunDir, device, tcfg, max_detections: int) -> dict:
+    """best.pt on validation and test: COCO files, metrics (at most ``max_detections`` boxes per
+    field, the detector's cap), the count error at the threshold chosen on validation, and the
+    fields whose predictions reached the cap, named."""
     import json
 
     preds = {s: predict(model, samples[s], device, tcfg.eval_batch_size, tcfg.max_batches) for s in ("val", "test")}
     images = {s: [im for _, im in samples[s]][:len(preds[s])] for s in preds}
     threshold = choose_thresholds(images["val"], preds["val"], classes)  # per class, on validation only
-    out = {"score_threshold": threshold}
+    out = {"score_threshold": threshold, "max_detections": int(max_detections), "warnings": []}
     for split in ("val", "test"):
         gt, res = coco_ground_truth(images[split], classes), coco_results(preds[split])
         runs.write_text_atomic(run_dir.root / f"ground_truth_{split}.json", json.dumps(gt))
         runs.write_text_atomic(run_dir.root / f"predictions_{split}.json", json.dumps(res))
         counts = count_error(images[split], preds[split], classes, threshold)
-        out[split] = {**coco_metrics(gt, res), "n": len(images[split]), "count_error": counts["mean"],
-                      "count_error_per_class": counts["per_class"]}
+        at_cap = [im.path for im, p in zip(images[split], preds[split]) if len(p["scores"]) >= max_detections]
+        out[split] = {**coco_metrics(gt, res, max_detections), "n": len(images[split]), "count_error": counts["mean"],
+                      "count_error_per_class": counts["per_class"], "fields_at_cap": at_cap}
+        if at_cap:
+            out["warnings"].append(
+                f"{len(at_cap)} {split} field(s) reached the detector's cap of {max_detections} boxes "
+                f"({', '.join(at_cap[:3])}{', ...' if len(at_cap) > 3 else ''}): their counts and recall may be cut "
+                "short. Raise model.max_detections (a crowded field holds more cells than that).")
+    for warning in out["warnings"]:
+        log.warning("%s", warning)
     return out

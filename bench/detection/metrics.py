@@ -2,7 +2,12 @@
 
 The run writes the split's ground truth as a COCO file and its predictions as COCO results, so
 anyone can recompute every number with pycocotools; :func:`coco_metrics` computes them from
-those same two objects: mAP@[.5:.95], AP50, AP75, AR@100 and the AP of each class.
+those same two objects: mAP@[.5:.95], AP50, AP75, AR@100 and the AP of each class. COCO counts at
+most 100 detections per image (``maxDets``); a smear field holds more cells than that, so the
+run's cap (``model.max_detections``, the detector's own limit too) is COCO's as well. A class
+with no true box in the split has no AP (None, pycocotools' -1: undefined), not 0.0; the mean
+leaves it out, as pycocotools does. Crowd regions (COCO ``iscrowd``) are written as such and
+ignored by the evaluation, and are not counted.
 
 Count error: at a score threshold, per image and class, ``|predicted boxes - true boxes|``; the
 mean over images and classes (and per class). Each class's threshold is chosen on validation data
@@ -24,9 +29,14 @@ def coco_ground_truth(images: Sequence, classes: Sequence[str]) -> dict:
     out_images, annotations = [], []
     for image_id, im in enumerate(images, start=1):
         out_images.append({"id": image_id, "file_name": im.path, "width": int(im.width), "height": int(im.height)})
-        for (x0, y0, x1, y1), label in zip(np.asarray(im.boxes, float).tolist(), im.labels):
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": index[label],
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+        crowds = zip(np.asarray(getattr(im, "ignore", np.zeros((0, 4))), float).reshape(-1, 4).tolist(),
+                     getattr(im, "ignore_labels", []))
+        for crowd, pairs in ((0, zip(np.asarray(im.boxes, float).tolist(), im.labels)), (1, crowds)):
+            for (x0, y0, x1, y1), label in pairs:
+                if label in index:  # a crowd of a label no box has is no class of the run
+                    annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": index[label],
+                                        "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                                        "iscrowd": crowd})
     return {"images": out_images, "annotations": annotations,
             "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}
 
@@ -43,31 +53,58 @@ def coco_results(predictions: Sequence[dict]) -> list[dict]:
     return out
 
 
-def coco_metrics(ground_truth: dict, results: list[dict]) -> dict:
-    """mAP@[.5:.95], AP50, AP75, AR@100 and per-class AP (by category name), from pycocotools."""
+def coco_max_dets(max_detections: int) -> list[int]:
+    """COCOeval's three maxDets: its own [1, 10, 100] up to a cap of 100 (a detector that returns at
+    most that many boxes is scored the same), else [1, 100, cap]: AP at the cap, AR@100 kept."""
+    return [1, 10, 100] if max_detections <= 100 else [1, 100, int(max_detections)]
+
+
+def coco_evaluation(ground_truth: dict, results: list[dict], max_detections: int):
+    """pycocotools' COCOeval of ``results`` against ``ground_truth``, evaluated and accumulated with
+    the run's cap as maxDets (None when there is nothing to evaluate)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    names = {c["id"]: c["name"] for c in ground_truth["categories"]}
-    empty = {"map": 0.0, "ap50": 0.0, "ap75": 0.0, "ar100": 0.0, "per_class_ap": {n: 0.0 for n in names.values()}}
     if not results or not ground_truth["annotations"]:
-        return empty
+        return None
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and summary
         gt = COCO()
         gt.dataset = ground_truth
         gt.createIndex()
-        dt = gt.loadRes(results)
-        ev = COCOeval(gt, dt, "bbox")
+        ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        ev.params.maxDets = coco_max_dets(max_detections)
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
-    precision = ev.eval["precision"]  # (iou thresholds, recall points, classes, areas, max dets)
-    per_class = {}
-    for k, cat_id in enumerate(ev.params.catIds):
-        p = precision[:, :, k, 0, -1]
-        per_class[names[cat_id]] = float(p[p > -1].mean()) if (p > -1).any() else 0.0
-    stats = [max(float(v), 0.0) for v in ev.stats]  # -1 = undefined (no such objects)
-    return {"map": stats[0], "ap50": stats[1], "ap75": stats[2], "ar100": stats[8], "per_class_ap": per_class}
+    return ev
+
+
+def coco_metrics(ground_truth: dict, results: list[dict], max_detections: int) -> dict:
+    """mAP@[.5:.95], AP50, AP75 (at ``max_detections`` boxes per image), AR@100, AR at the cap and
+    per-class AP (by category name; None for a class without true boxes), from pycocotools.
+
+    Read from COCOeval's accumulated arrays as its ``summarize`` reads them (mean over the entries
+    that are not -1), at the cap: ``summarize`` scores mAP@[.5:.95] at 100 detections whatever
+    ``maxDets`` says (150 perfect boxes in a field: 0.663)."""
+    names = {c["id"]: c["name"] for c in ground_truth["categories"]}
+    with_truth = {a["category_id"] for a in ground_truth["annotations"] if not a.get("iscrowd")}
+    ev = coco_evaluation(ground_truth, results, max_detections)
+    if ev is None:  # no prediction: 0 where there was something to find, undefined elsewhere
+        found = 0.0 if with_truth else None
+        return {"map": found, "ap50": found, "ap75": found, "ar100": found, "ar_max": found,
+                "per_class_ap": {n: (0.0 if i in with_truth else None) for i, n in names.items()}}
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # (IoU thresholds, recall points, classes), all areas, cap
+    recall = ev.eval["recall"][:, :, 0, :]  # (IoU thresholds, classes, maxDets), all areas
+    iou = list(np.round(ev.params.iouThrs, 2))
+    return {"map": _mean(precision), "ap50": _mean(precision[iou.index(0.5)]),
+            "ap75": _mean(precision[iou.index(0.75)]), "ar100": _mean(recall[:, :, ev.params.maxDets.index(100)]),
+            "ar_max": _mean(recall[:, :, -1]),
+            "per_class_ap": {names[cat_id]: _mean(precision[:, :, k]) for k, cat_id in enumerate(ev.params.catIds)}}
+
+
+def _mean(values: np.ndarray) -> float | None:
+    """pycocotools' average: over the entries that are defined (-1: no true box of the class)."""
+    defined = values[values > -1]
+    return float(defined.mean()) if defined.size else None
 
 
 def class_thresholds(threshold, classes: Sequence[str]) -> np.ndarray:

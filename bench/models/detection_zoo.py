@@ -122,6 +122,18 @@ def build_detector(name: str, num_classes: int, pretrained: bool | str, image_si
     return model
 
 
+def set_max_detections(model: nn.Module, max_detections: int) -> None:
+    """At most ``max_detections`` boxes per image after non-maximum suppression: torchvision's
+    ``box_detections_per_img`` (Faster R-CNN) / ``detections_per_img`` (RetinaNet, FCOS, SSD), 100
+    (SSD300: 200) when built. It acts only when the detector predicts, so it can be set on any
+    built or rebuilt detector (``model.max_detections``)."""
+    if int(max_detections) < 1:
+        raise ValueError(f"model.max_detections={max_detections}: the most boxes a field may get, at least 1 "
+                         "(300 fits a crowded smear field).")
+    heads = model.roi_heads if hasattr(model, "roi_heads") else model  # Faster R-CNN keeps it in its box heads
+    heads.detections_per_img = int(max_detections)
+
+
 def match_detector_state_dict(model: nn.Module, state_dict: dict) -> None:
     """Make a from-scratch build hold the layers a trained detector's weights were saved from.
 

@@ -4,8 +4,6 @@ files (``ground_truth_test.json``, ``predictions_test.json``) and metrics.json."
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bench import leaderboard_rows
-from bench.detection.metrics import class_thresholds
+from bench.detection.metrics import class_thresholds, coco_evaluation
 
 FIGURES = {"pr": "detection_pr_curves.png", "fields": "detection_fields.png"}
 
@@ -30,36 +28,29 @@ def detection_table(entries) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _coco_eval(run_root: Path):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    results = json.loads((run_root / "predictions_test.json").read_text())
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(run_root / "ground_truth_test.json"))
-        if not results:
-            return gt, None
-        ev = COCOeval(gt, gt.loadRes(results), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-    return gt, ev
+def _coco_eval(entry):
+    """The run's test files evaluated at its cap (runs before model.max_detections: COCO's 100)."""
+    gt = json.loads((entry.root / "ground_truth_test.json").read_text())
+    results = json.loads((entry.root / "predictions_test.json").read_text())
+    return gt, coco_evaluation(gt, results, int(entry.metrics.get("max_detections") or 100))
 
 
 def plot_pr_curves(entry):
     """Precision against recall at IoU 0.5 for each class of the best detector (pycocotools' curves)."""
     from bench.report.plots import _figure
 
-    gt, ev = _coco_eval(entry.root)
+    gt, ev = _coco_eval(entry)
     fig = _figure(5.5, 4.0)
     ax = fig.add_subplot()
     if ev is None:
         ax.text(0.5, 0.5, "no predictions", ha="center", va="center", transform=ax.transAxes)
         return fig
     recall = ev.params.recThrs
+    names = {c["id"]: c["name"] for c in gt["categories"]}
     for k, cat_id in enumerate(ev.params.catIds):
-        precision = ev.eval["precision"][0, :, k, 0, -1]  # IoU 0.5, all areas, 100 detections
+        precision = ev.eval["precision"][0, :, k, 0, -1]  # IoU 0.5, all areas, at the run's cap
         valid = precision > -1
-        ax.plot(recall[valid], precision[valid], label=gt.cats[cat_id]["name"])
+        ax.plot(recall[valid], precision[valid], label=names[cat_id])
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
            title=f"{entry.label}: precision-recall at IoU 0.5 (test)")
     ax.legend(fontsize=8)
