@@ -192,6 +192,21 @@ def test_a_manifest_that_leaves_a_split_empty_is_an_error_not_a_perfect_count(tm
     assert "test split has no field" in out["error"] and str(manifest_path) in out["error"]
 
 
+def test_an_empty_classification_split_is_an_error_naming_it(tmp_path, cache_dir):
+    from bench.data.build import build_data
+
+    from .conftest import SMOKE_OVERRIDES, compose_cfg
+
+    cfg = compose_cfg(*SMOKE_OVERRIDES, f"paths.cache_dir={cache_dir}")
+    exp = tmp_path / "exp"
+    build_data(cfg.data, image_size=32, exp_dir=exp, cache_dir=str(cache_dir))
+    manifest = pd.read_csv(exp / "manifest.csv")
+    manifest["split"] = manifest["split"].replace("val", "train")
+    manifest.to_csv(exp / "manifest.csv", index=False)
+    with pytest.raises(DataError, match=r"validation split.*no image.*manifest\.csv"):
+        build_data(cfg.data, image_size=32, exp_dir=exp, cache_dir=str(cache_dir))
+
+
 # --------------------------------------------------------------------------- fails late, wrong words
 def test_a_truncated_field_is_left_out_and_listed_not_a_crash_without_its_name(tmp_path, cache_dir):
     from bench.training import run_training

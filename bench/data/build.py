@@ -57,7 +57,31 @@ def build_data(data_cfg, *, image_size: int, exp_dir: Path, cache_dir: str | Non
     # Class selection (data.classes / data.class_map) happens after the split, so every
     # subset of the classes sees the same images in the same splits (two-level classifier).
     bundle = _build(data_cfg, image_size=image_size, exp_dir=exp_dir, cache_dir=cache_dir)
-    return select_classes(bundle, data_cfg.classes, data_cfg.class_map)
+    bundle = select_classes(bundle, data_cfg.classes, data_cfg.class_map)
+    check_splits_not_empty(bundle, data_cfg, exp_dir)
+    return bundle
+
+
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
+
+
+def check_splits_not_empty(bundle: DataBundle, data_cfg, exp_dir: Path) -> None:
+    """A split without an image would be scored as a number (an accuracy of nothing): an error
+    naming the split and where it came from (the experiment's manifest, an official file)."""
+    for split in SPLITS:
+        if len(bundle.splits[split]):
+            continue
+        if data_cfg.kind == "bloodmnist":
+            source = f"the official split of the BloodMNIST file under {data_cfg.root}"
+        else:
+            options = dict(split_mode=data_cfg.split_mode, n_folds=data_cfg.n_folds, fold=data_cfg.fold,
+                           rounding=data_cfg.split_rounding, fractions=list(data_cfg.split_fractions))
+            source = f"the experiment's split {Path(exp_dir) / manifest_filename(**options)}"
+        raise DataError(
+            f"the {SPLIT_NAMES[split]} split has no image ({source}"
+            + (", after data.classes / data.class_map" if data_cfg.classes or data_cfg.class_map else "")
+            + "). Scored, it would read as a number measured on nothing. Use a new experiment_name=... to split "
+            "the images afresh (an edited or foreign manifest is kept as it is), or check data.classes.")
 
 
 def geometry_of(data_cfg) -> tuple:

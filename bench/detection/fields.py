@@ -28,12 +28,12 @@ import pandas as pd
 import torch
 
 from bench import runs
+from bench.data.build import SPLIT_NAMES
 from bench.data.imagefolder import DataError
 from bench.detection.data import Boxes, DetectionSet, open_field
 
 log = logging.getLogger("bench.train")
 
-SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 RARE, NO_BOXES = "(rare)", "(no boxes)"
 
 
