@@ -107,6 +107,9 @@ def predict_parser(description: str) -> argparse.ArgumentParser:
     chain.add_argument("--score-level", choices=("cell", "detector"), default="cell",
                        help="score the final cell types (default) or the detector's labels only (truth without "
                             "white-cell types)")
+    chain.add_argument("--allow-seen-fields", action="store_true",
+                       help="run on fields the detector trained or validated on (refused otherwise: its numbers "
+                            "there are optimistic), every number labelled as such")
     chain.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -55,6 +55,10 @@ def load_checkpoint(path, device: torch.device | str = "cpu") -> LoadedCheckpoin
     except Exception as exc:  # pickle errors, truncated files, non-checkpoint files
         raise PredictError(f"could not load checkpoint {path} ({type(exc).__name__}: {exc}). It must be a "
                            "best.pt written by bench-train, loadable with weights_only=True.") from exc
+    if isinstance(ckpt, dict) and ckpt.get("task") == "detection":
+        raise PredictError(f"{path} is a detector's best.pt ({ckpt.get('model_name')}), not a cell classifier's. "
+                           "Pass it as --detector DET (with whole smear fields), and a classifier's best.pt, run "
+                           "folder or ensemble folder as --classifier (or -c / --ensemble for single-cell images).")
     missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise PredictError(f"{path} lacks {missing}; it is not a bench-train best.pt (last.pt holds no class "

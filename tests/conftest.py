@@ -66,3 +66,17 @@ def detector_run(tmp_path_factory, cache_dir):
     out = run_training(cfg)
     assert out["status"] == "completed", out.get("error")
     return cfg, runs.RunDir(Path(out["run_dir"]))
+
+
+@pytest.fixture(scope="session")
+def classifier(tmp_path_factory, cache_dir):
+    """A tiny classifier run on the synthetic single cells (the eight PBC classes), for the chain tests."""
+    from bench import runs
+    from bench.train import train
+
+    results = tmp_path_factory.mktemp("cls")
+    cfg = compose_cfg(*SMOKE_OVERRIDES, "trainer.epochs=1", "trainer.max_batches=2", "experiment_name=cells",
+                      f"paths.results_dir={results}", f"paths.cache_dir={cache_dir}")
+    out = train(cfg)
+    assert out["status"] == "completed", out
+    return runs.RunDir(Path(out["run_dir"]))

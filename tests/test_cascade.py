@@ -135,22 +135,14 @@ def test_a_detector_checkpoint_with_frozen_batchnorm_rebuilds(tmp_path):
 
 
 # --------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory, cache_dir):
-    """A tiny classifier run on the synthetic single cells (the eight PBC classes)."""
-    results = tmp_path_factory.mktemp("cls")
-    cfg = compose_cfg(*SMOKE_OVERRIDES, "trainer.epochs=1", "trainer.max_batches=2", "experiment_name=cells",
-                      f"paths.results_dir={results}", f"paths.cache_dir={cache_dir}")
-    out = train(cfg)
-    assert out["status"] == "completed", out
-    return runs.RunDir(Path(out["run_dir"]))
-
-
 @pytest.fixture
-def fields(tmp_path, detector_run):
-    """The detector's synthetic fields, a blank field (no cells) and a broken file; the truth json."""
-    cfg, _ = detector_run
-    root = next(Path(cfg.paths.cache_dir, "datasets").glob("synthetic-smear-n16-s96-*"))
+def fields(tmp_path):
+    """Fresh synthetic fields (a seed the detector never trained or validated on: the chain refuses
+    those), a blank field (no cells) and a broken file; the truth json."""
+    from bench.detection.synthetic import main as draw_fields
+
+    root = tmp_path / "fresh"
+    assert draw_fields([str(root), "--n", "16", "--size", "96", "--seed", "7"]) == 0
     folder = tmp_path / "fields"
     shutil.copytree(root / "images", folder)
     Image.new("RGB", (96, 96), (230, 220, 200)).save(folder / "empty.png")
@@ -343,7 +335,8 @@ def test_cheuque_two_levels_on_smear_fields(tmp_path, cache_dir):
     root = next(Path(cache_dir, "datasets").glob("synthetic-smear-n16-s96-*"))
     out = tmp_path / "chain"
     argv = [str(root / "images"), "--detector", det["run_dir"], "--out", str(out), "--device", "cpu", "--quiet",
-            "--score-threshold", "0.05", "--truth", str(root / "instances.json")]
+            "--score-threshold", "0.05", "--truth", str(root / "instances.json"),
+            "--allow-seen-fields"]  # the detector's own fields: this checks the routing, not the numbers
     for g, run_dir in groups.items():
         argv += ["--classifier", f"{g}={run_dir}"]
     assert predict.main(argv) == 0

@@ -186,7 +186,8 @@ def measure_chain(args, model: str, run_dir: Path, work: Path, device) -> tuple[
     chain_args = argparse.Namespace(
         images_dir=chain_dir, detector=run_dir, classifier=[str(clf)], checkpoint=[], ensemble=None,
         out=work / "chain", method=None, batch_size=64, device=str(device), classify_labels="wbc", margin=0.25,
-        crop_size=None, score_threshold=None, truth=None, truth_map=None, score_level="cell", quiet=True)
+        crop_size=None, score_threshold=None, truth=None, truth_map=None, score_level="cell", quiet=True,
+        allow_seen_fields=True)  # the detector's own fields: a measure of speed, not of counts
     chain = cascade.run(chain_args)["summary"]
     det = load_detector(run_dir, device)
     tensors = [field_tensor(open_field(f), det.input_size)[0].float().div(255).to(device)

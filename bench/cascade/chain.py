@@ -42,6 +42,7 @@ class ChainResult:
     unreadable: list[tuple[str, str]]  # (field, reason)
     upsampling: list[float] = field(default_factory=list)  # classifier input side / crop side, per typed cell
     seconds: float = 0.0
+    fields_at_cap: list[str] = field(default_factory=list)  # the detector returned its most boxes: maybe cut short
 
 
 CELL_COLUMNS = ["field", "cell", "xmin", "ymin", "xmax", "ymax", "detector_label", "detector_score", "classified",
@@ -84,7 +85,8 @@ def detect(detector: LoadedDetector, fields: Sequence[Image.Image], device) -> l
         keep = (p["scores"].cpu() >= thresholds[p["labels"].cpu() - 1]).to(p["scores"].device)
         out.append({"boxes": p["boxes"][keep].cpu().double().numpy() / scale,
                     "labels": [detector.labels[int(i) - 1] for i in p["labels"][keep].cpu().tolist()],
-                    "scores": p["scores"][keep].cpu().numpy()})
+                    "scores": p["scores"][keep].cpu().numpy(),
+                    "at_cap": len(p["scores"]) >= detector.max_detections})  # before the threshold: the cap's cut
     return out
 
 
@@ -111,7 +113,7 @@ def run_chain(files: Sequence[Path], root: Path, detector: LoadedDetector, route
     rows: list[dict] = []
     crops: dict[int, list[Image.Image]] = {}  # classifier (by id) -> its crops, in row order
     owners: dict[int, list[int]] = {}  # classifier -> the rows its crops belong to
-    fields, sizes, unreadable, upsampling = [], {}, [], []
+    fields, sizes, unreadable, upsampling, at_cap = [], {}, [], [], []
     with tqdm(total=len(files), desc="fields", unit="field", disable=not progress, leave=False) as bar:
         for group_start in range(0, len(files), FIELDS_PER_BATCH):
             group = []
@@ -126,6 +128,8 @@ def run_chain(files: Sequence[Path], root: Path, detector: LoadedDetector, route
                 for (rel, image), found in zip(group, detect(detector, [im for _, im in group], device)):
                     fields.append(rel)
                     sizes[rel] = image.size
+                    if found["at_cap"]:
+                        at_cap.append(rel)
                     for k, (box, label, score) in enumerate(zip(found["boxes"], found["labels"], found["scores"])):
                         rows.append({"field": rel, "cell": k + 1, **dict(zip(("xmin", "ymin", "xmax", "ymax"),
                                                                              np.round(box, 2).tolist())),
@@ -137,7 +141,14 @@ def run_chain(files: Sequence[Path], root: Path, detector: LoadedDetector, route
                             owners.setdefault(id(clf), []).append(len(rows) - 1)
                             upsampling.append(clf.input_size / max(1, window[2] - window[0]))
             bar.update(len(files[group_start:group_start + FIELDS_PER_BATCH]))
-    cells = pd.DataFrame(rows, columns=CELL_COLUMNS[:8]).astype({"detector_label": object})
+    cells = type_cells(pd.DataFrame(rows, columns=CELL_COLUMNS[:8]), routes, crops, owners, device, batch_size)
+    return ChainResult(cells, fields, sizes, unreadable, upsampling, time.perf_counter() - start, at_cap)
+
+
+def type_cells(cells: pd.DataFrame, routes: dict[str, Classifier], crops: dict, owners: dict, device,
+               batch_size: int) -> pd.DataFrame:
+    """The per-cell table completed: each classifier's crops typed, the other boxes keep their label."""
+    cells = cells.astype({"detector_label": object})
     cells["classified"] = False
     cells["cell_type"] = cells["detector_label"]
     cells["confidence"] = np.nan
@@ -159,4 +170,4 @@ def run_chain(files: Sequence[Path], root: Path, detector: LoadedDetector, route
         cells.loc[index, "classifier"] = str(clf.source)
         for c in clf.class_names:
             cells.loc[index, f"prob_{c}"] = table[f"prob_{c}"].to_numpy()
-    return ChainResult(cells, fields, sizes, unreadable, upsampling, time.perf_counter() - start)
+    return cells

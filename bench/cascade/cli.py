@@ -7,9 +7,15 @@
                               classified, cell_type, confidence, low_confidence, classifier, prob_<class>
         counts.csv            per field and in total: every detector label, the typed cells by class, percentages
         unreadable.csv        fields that could not be decoded, and other files skipped
-        fields/<field>.png    each field with its boxes and classes drawn
-        summary.json          models, thresholds, typed labels, counts, time; summary.md for a person
+        fields/<field>.png    each field with its boxes and classes drawn, and a legend
+        summary.json          models, thresholds, the detector's cap and the fields that reached it, typed labels,
+                              counts, fields the detector saw (--allow-seen-fields), time; summary.md for a person
         cascade_metrics.json  with --truth: the chain scored against the annotations (bench.cascade.scoring)
+
+Before the first field: the models are of the kind their option says, the truth's labels fit the
+score level (or the options that would fit are named), OUT is new, empty or an earlier chain
+output of these fields (replaced whole), and no field was seen by the detector in training
+(:mod:`bench.cascade.guards`).
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import statistics
 from pathlib import Path
 
 import pandas as pd
 
 from bench import runs
-from bench.cascade import draw, scoring, tables
+from bench.cascade import draw, guards, scoring, tables
 from bench.cascade.chain import run_chain
 from bench.cascade.models import load_classifier, load_detector, parse_classifier_args, route_labels
 from bench.data.imagefolder import IMAGE_EXTENSIONS
@@ -60,7 +67,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """The whole chain for the command line; returns the summary, counts and metrics."""
+    """The whole chain for the command line; returns the summary, counts and metrics. Every input is
+    checked before the first field (the folders, the models, the truth's labels, fields the detector
+    saw); the output is written aside and swapped in whole at the end."""
     from bench.predict import _device
 
     check_args(args)
@@ -68,33 +77,65 @@ def run(args: argparse.Namespace) -> dict:
     if not files:
         raise PredictError(f"{args.images_dir} holds no image files ({', '.join(IMAGE_EXTENSIONS)}); a count of "
                            "nothing would read as zero cells. Pass the folder of the smear fields.")
+    replaces = guards.replaces_previous(args.out, args.images_dir)
     device = _device(args.device)
-    detector = load_detector(args.detector, device, args.score_threshold)
-    sources = parse_classifier_args(args.classifier)
-    loaded = {key: load_classifier(path, device, args.method) for key, path in sources.items()}
-    requested = [s.strip() for s in (args.classify_labels or "").split(",") if s.strip()] or None
-    routes, rule = route_labels(detector, loaded, requested)
-    truth = None
-    if args.truth is not None:  # read (and checked) before the long part
-        truth = scoring.read_truth(args.truth, args.images_dir, scoring.parse_map(args.truth_map))
+    detector, routes, rule, classes = load_models(args, device)
+    truth = read_checked_truth(args, classes, detector)
+    seen = guards.seen_fields(files, args.images_dir, detector.path)
+    notes = [*guards.seen_warnings(seen, len(files), detector.path, args.allow_seen_fields), *detector.notes]
 
     result = run_chain(files, args.images_dir, detector, routes, margin=args.margin, batch_size=args.batch_size,
                        device=device, crop_size=args.crop_size, progress=not args.quiet)
     if not result.fields:
         raise PredictError(unreadable_message(args.images_dir, result.unreadable))
-    classes = list(dict.fromkeys(c for clf in routes.values() for c in clf.class_names))
-    counts = tables.count_table(result.cells, result.fields, detector.labels, classes)
-    warnings = scale_warnings(result.upsampling)
+    counts = tables.count_table(result.cells, result.fields, detector.labels, classes, seen)
+    warnings = [*notes, *scale_warnings(result.upsampling), *cap_warnings(result.fields_at_cap, detector)]
     metrics = None
     if truth is not None:
         metrics = scoring.score_cells(result.cells, result.fields, truth, level=args.score_level,
                                       typed_classes=classes, truth_name=str(args.truth))
         warnings += metrics["warnings"]
+        scoring.label_metrics(metrics, seen, notes)
     for w in warnings:
         log.warning("%s", w)
-    summary = summarise(args, result, detector, routes, rule, classes, counts, warnings, device, len(files))
-    write_outputs(args, result, skipped, detector, classes, truth, counts, summary, metrics)
-    return {"summary": summary, "counts": counts, "metrics": metrics, "cells": result.cells}
+    summary = {**summarise(args, result, detector, routes, rule, classes, counts, warnings, device, len(files), seen),
+               "notes": notes}
+    staged = guards.staging_folder(args.out)
+    try:
+        write_outputs(args, staged, result, skipped, detector, classes, truth, counts, summary, metrics)
+        guards.publish(staged, args.out, replaces)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return {"summary": summary, "counts": counts, "metrics": metrics, "cells": result.cells, "replaced": replaces}
+
+
+def load_models(args: argparse.Namespace, device) -> tuple:
+    """The detector, which classifier types each of its labels (and why), and the classes typed."""
+    detector = load_detector(args.detector, device, args.score_threshold)
+    sources = parse_classifier_args(args.classifier)
+    loaded = {key: load_classifier(path, device, args.method) for key, path in sources.items()}
+    requested = [s.strip() for s in (args.classify_labels or "").split(",") if s.strip()] or None
+    routes, rule = route_labels(detector, loaded, requested)
+    classes = list(dict.fromkeys(c for clf in routes.values() for c in clf.class_names))
+    return detector, routes, rule, classes
+
+
+def read_checked_truth(args: argparse.Namespace, classes: list[str], detector):
+    """``--truth`` read, and its labels checked against what will be scored, before the long part."""
+    if args.truth is None:
+        return None
+    truth = scoring.read_truth(args.truth, args.images_dir, scoring.parse_map(args.truth_map))
+    scope = classes if args.score_level == "cell" and classes else detector.labels
+    scoring.check_labels(scope, truth.classes, args.score_level, detector.labels)
+    return truth
+
+
+def cap_warnings(at_cap: list[str], detector) -> list[str]:
+    if not at_cap:
+        return []
+    return [f"{len(at_cap)} field(s) reached the detector's cap of {detector.max_detections} boxes "
+            f"({', '.join(at_cap[:3])}{', ...' if len(at_cap) > 3 else ''}): their counts may be cut short. Train "
+            "the detector with a higher model.max_detections (a crowded field holds more cells)."]
 
 
 def unreadable_message(folder: Path, unreadable: list) -> str:
@@ -104,7 +145,8 @@ def unreadable_message(folder: Path, unreadable: list) -> str:
             "Check the files (are they images, fully copied?) and run again.")
 
 
-def summarise(args, result, detector, routes, rule, classes, counts, warnings, device, n_files: int) -> dict:
+def summarise(args, result, detector, routes, rule, classes, counts, warnings, device, n_files: int,
+              seen: dict | None) -> dict:
     """summary.json: what ran on what, with which thresholds, and the total count per typed class."""
     total = counts[(counts["field"] == tables.ALL_FIELDS) & (counts["group"] == "typed")]
     return {
@@ -114,7 +156,8 @@ def summarise(args, result, detector, routes, rule, classes, counts, warnings, d
         "n_low_confidence": int((result.cells["low_confidence"] == True).sum()),  # noqa: E712 (None = not flagged)
         "detector": {"model": detector.model_name, "path": str(detector.path), "labels": detector.labels,
                      "input_size": detector.input_size, "score_thresholds": detector.score_thresholds,
-                     "threshold_source": detector.threshold_source},
+                     "threshold_source": detector.threshold_source, "max_detections": detector.max_detections},
+        "fields_at_cap": result.fields_at_cap, "seen_fields": sorted(seen) if seen is not None else None,
         "classify_labels": list(routes), "classify_labels_rule": rule, "margin": args.margin,
         "crop_size": args.crop_size,
         "classifiers": {label: {"source": str(c.source), "models": [k.model_name for k in c.checkpoints],
@@ -131,9 +174,8 @@ def summarise(args, result, detector, routes, rule, classes, counts, warnings, d
     }
 
 
-def write_outputs(args, result, skipped, detector, classes, truth, counts, summary, metrics) -> None:
+def write_outputs(args, out: Path, result, skipped, detector, classes, truth, counts, summary, metrics) -> None:
     """OUT: cells.csv, counts.csv, unreadable.csv, fields/*.png, summary.json/.md, cascade_metrics.json."""
-    out = args.out
     (out / "fields").mkdir(parents=True, exist_ok=True)
     runs.write_csv_atomic(out / CELLS_CSV, result.cells)
     runs.write_csv_atomic(out / COUNTS_CSV, counts)
@@ -161,14 +203,14 @@ def write_pictures(fields_dir: Path, out: Path, result, detector_labels, classes
     """fields/<field>.png for every readable field (the truth's missed cells in white when given)."""
     from bench.cascade.chain import read_field
 
-    colours = {**draw.palette(list(classes)),
-               **{lab: c for lab, c in draw.palette(list(detector_labels)).items() if lab not in classes}}
+    colours = draw.picture_colours(classes, detector_labels)
+    legend = draw.legend_entries(colours, truth is not None, typed=classes)
     missed_by_field = missed_boxes(result, truth) if truth is not None else {}
     by_field = dict(tuple(result.cells.groupby("field", sort=False))) if len(result.cells) else {}
     for field in result.fields:
         image, _ = read_field(fields_dir / field)
         picture = draw.draw_field(image, by_field.get(field, result.cells.iloc[0:0]), colours,
-                                  missed_by_field.get(field))
+                                  missed_by_field.get(field), legend)
         with runs.atomic_path(out / draw.picture_name(field)) as tmp:
             picture.save(tmp, format="PNG")
 
@@ -201,4 +243,5 @@ def print_summary(result: dict, out: Path) -> None:
     for w in s["warnings"]:
         print(f"\nwarning: {w}")
     print(f"\nwrote cells.csv, counts.csv, unreadable.csv, fields/*.png, summary.json and summary.md"
-          f"{' and cascade_metrics.json' if m else ''} in {out}")
+          f"{' and cascade_metrics.json' if m else ''} in {out}"
+          + (" (replaced the previous chain output of these fields there, whole)" if result.get("replaced") else ""))

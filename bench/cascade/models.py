@@ -17,6 +17,7 @@ import torch
 
 from bench import run_files
 from bench.detection.metrics import class_thresholds
+from bench.models.detection_zoo import set_max_detections
 from bench.ensemble_voting import HARD, SOFT
 from bench.predict import METHODS
 from bench.predict_checkpoints import (LoadedCheckpoint, PredictError, check_same_classes, ensemble_checkpoints,
@@ -37,6 +38,8 @@ class LoadedDetector:
     model: torch.nn.Module
     score_thresholds: dict[str, float]  # per label
     threshold_source: str  # where the thresholds came from, for the summary
+    max_detections: int = 300  # boxes per field at most (model.max_detections of its run)
+    notes: list[str] = field(default_factory=list)  # what a reader of its numbers must know
 
 
 @dataclass
@@ -91,7 +94,24 @@ def load_detector(source, device, score_threshold: float | None = None) -> Loade
             found = DEFAULT_SCORE_THRESHOLD
             why = f"default {DEFAULT_SCORE_THRESHOLD} (no metrics.json with a score_threshold beside {path.name})"
     thresholds = dict(zip(labels, class_thresholds(found, labels).tolist()))
-    return LoadedDetector(path, str(ckpt["model_name"]), labels, int(ckpt["input_size"]), model, thresholds, why)
+    cap, notes = detector_cap(ckpt, path)
+    set_max_detections(model, cap)
+    return LoadedDetector(path, str(ckpt["model_name"]), labels, int(ckpt["input_size"]), model, thresholds, why,
+                          cap, notes)
+
+
+def detector_cap(ckpt: dict, path: Path) -> tuple[int, list[str]]:
+    """The boxes per field its run allowed (``model.max_detections``); a run from before that option
+    gets the option's default here, and its own metrics are said to be capped at torchvision's 100."""
+    from bench.config import ModelConfig
+
+    if ckpt.get("max_detections"):
+        return int(ckpt["max_detections"]), []
+    return ModelConfig.max_detections, [
+        f"the detector {path} was trained before model.max_detections: here it keeps up to "
+        f"{ModelConfig.max_detections} boxes per field, but its run's metrics.json (and the score thresholds "
+        "chosen with it) came from at most 100 per field; rerun its bench-train command after deleting that "
+        "metrics.json to score it at the cap (no epoch is trained again)."]
 
 
 # --------------------------------------------------------------------------- classifiers

@@ -42,6 +42,7 @@ def build_cascade_report(folder, out_dir=None) -> Path:
         truth = scoring.read_truth(summary["truth"], summary["fields_dir"], scoring.parse_map(summary.get("truth_map")))
         metrics = scoring.score_cells(cells, fields, truth, level=summary.get("score_level", "cell"),
                                       typed_classes=summary["classes"], truth_name=summary["truth"])
+        scoring.label_metrics(metrics, summary.get("seen_fields"), summary.get("notes", []))
         runs.write_text_atomic(out / "cascade_metrics.json", json.dumps(metrics, indent=2))
         runs.write_bytes_atomic(out / "per_class.png", _per_class_png(metrics))
     text = tables.summary_markdown(summary, counts, metrics)

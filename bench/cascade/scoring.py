@@ -40,22 +40,31 @@ LEVELS = ("cell", "detector")
 
 
 def read_truth(path, fields_dir, label_map: dict | None = None) -> DetectionSet:
-    """The annotations of the fields, by format: .json COCO, .csv boxes CSV, a folder VOC."""
+    """The annotations of the fields, by format: .json COCO, .csv boxes CSV, a folder VOC; then
+    ``--truth-map`` applied, each of its keys a label of the truth (a typo there would leave the
+    label it meant unmapped and its cells unscored)."""
     from bench.data.imagefolder import DataError
-    from bench.detection.data import read_boxes_csv, read_coco, read_voc
+    from bench.detection.data import read_boxes_csv, read_coco, read_voc, relabel
 
     path = Path(path)
     try:
         if path.is_dir():
-            return read_voc(path, label_map)
-        if path.suffix.lower() == ".json":
-            return read_coco(fields_dir, path, label_map)
-        if path.suffix.lower() == ".csv":
-            return read_boxes_csv(fields_dir, path, label_map)
+            truth = read_voc(path)
+        elif path.suffix.lower() == ".json":
+            truth = read_coco(fields_dir, path)
+        elif path.suffix.lower() == ".csv":
+            truth = read_boxes_csv(fields_dir, path)
+        else:
+            raise PredictError(f"--truth {path}: not a COCO .json, a boxes .csv (image,xmin,ymin,xmax,ymax,label) "
+                               "or a Pascal VOC folder (Annotations/, JPEGImages/).")
     except DataError as exc:
         raise PredictError(f"--truth {path}: {exc}") from exc
-    raise PredictError(f"--truth {path}: not a COCO .json, a boxes .csv (image,xmin,ymin,xmax,ymax,label) or a "
-                       "Pascal VOC folder (Annotations/, JPEGImages/).")
+    unknown = [key for key in (label_map or {}) if key not in truth.classes]
+    if unknown:
+        raise PredictError(f"--truth-map names {', '.join(map(repr, unknown))}: not a label of the truth {path} "
+                           f"(its labels: {truth.classes}). Map the truth's own labels, e.g. "
+                           f"--truth-map {truth.classes[0]}=<our class>.")
+    return relabel(truth, label_map) if label_map else truth
 
 
 def parse_map(text: str | None) -> dict[str, str]:
@@ -69,9 +78,11 @@ def parse_map(text: str | None) -> dict[str, str]:
     return out
 
 
-def check_labels(predicted: Sequence[str], truth_labels: Sequence[str], level: str) -> list[str]:
+def check_labels(predicted: Sequence[str], truth_labels: Sequence[str], level: str,
+                 detector_labels: Sequence[str] = ()) -> list[str]:
     """An error when none of the labels we score is a truth label (at cell level: the classifier's
-    classes); warnings for the ones the truth never uses (they can only be spurious)."""
+    classes), with the ``--score-level`` / ``--truth-map`` that fits; warnings for the labels the
+    truth never uses (they can only be spurious)."""
     predicted, truth_labels = sorted(set(predicted)), sorted(set(truth_labels))
     absent = [c for c in predicted if c not in truth_labels]
     if predicted and len(absent) == len(predicted):
@@ -79,9 +90,23 @@ def check_labels(predicted: Sequence[str], truth_labels: Sequence[str], level: s
         raise PredictError(f"{what} {predicted} are none of the truth's labels {truth_labels}, so nothing can be "
                            "scored. Rename the truth's labels with --truth-map TRUTH_LABEL=CLASS[,...]"
                            + (", or score the detector's labels only with --score-level detector (for truth "
-                              "without white-cell types)" if level == "cell" else "") + ".")
+                              "without white-cell types)" if level == "cell" else "") + "."
+                           + _fitting_options(predicted, truth_labels, level, detector_labels))
     return [f"label(s) {absent} never occur in the truth ({truth_labels}): every cell given them counts as spurious"] \
         if absent else []
+
+
+def _fitting_options(predicted: Sequence[str], truth_labels: Sequence[str], level: str,
+                     detector_labels: Sequence[str]) -> str:
+    """What fits this truth: its labels matched to ours regardless of case."""
+    ours = {c.lower(): c for c in predicted}
+    detector = {c.lower(): c for c in detector_labels}
+    if level == "cell" and any(t.lower() in detector for t in truth_labels):
+        pairs = [f"{t}={detector[t.lower()]}" for t in truth_labels if t.lower() in detector and t != detector[t.lower()]]
+        return (" Here the truth's labels are the detector's, not white-cell types: --score-level detector"
+                + (f" --truth-map {','.join(pairs)}" if pairs else "") + ".")
+    pairs = [f"{t}={ours[t.lower()]}" for t in truth_labels if t.lower() in ours]
+    return f" Here: --truth-map {','.join(pairs)}." if pairs else ""
 
 
 def match_boxes(pred: np.ndarray, true: np.ndarray, iou_threshold: float = IOU_THRESHOLD) -> list[tuple[int, int]]:
@@ -216,6 +241,13 @@ def score_cells(cells: pd.DataFrame, fields: Sequence[str], truth: DetectionSet,
             "truth_images_without_field": sorted({im.path for im in truth.images} - {truth.images[keys[f]].path
                                                                                        for f in scored}),
             "warnings": warnings}
+
+
+def label_metrics(metrics: dict, seen_fields, notes: list[str]) -> dict:
+    """cascade_metrics.json labelled with what its reader must know: the fields the detector saw in
+    training (``--allow-seen-fields``) and the run's notes, first among its warnings."""
+    metrics.update(seen_fields=sorted(seen_fields or []), warnings=[*notes, *metrics["warnings"]])
+    return metrics
 
 
 def _ratio(a, b) -> float | None:

@@ -22,8 +22,10 @@ GROUPS = ("detected", "typed")
 
 
 def count_table(cells: pd.DataFrame, fields: Sequence[str], detector_labels: Sequence[str],
-                classes: Sequence[str]) -> pd.DataFrame:
-    """Counts and percentages per field and in total, for every detector label and class."""
+                classes: Sequence[str], seen: dict | None = None) -> pd.DataFrame:
+    """Counts and percentages per field and in total, for every detector label and class;
+    ``seen_by_detector``: the field was in the detector's training or validation split (the total:
+    any was; empty when that could not be checked)."""
     rows = []
     typed = cells[cells["classified"].astype(bool)]
     for name in [*fields, ALL_FIELDS]:
@@ -37,7 +39,12 @@ def count_table(cells: pd.DataFrame, fields: Sequence[str], detector_labels: Seq
                 n = int(counts.get(label, 0))
                 rows.append({"field": name, "group": group, "label": label, "count": n,
                              "percent": round(100.0 * n / total, 2) if total else np.nan})
-    return pd.DataFrame(rows, columns=["field", "group", "label", "count", "percent"])
+    table = pd.DataFrame(rows, columns=["field", "group", "label", "count", "percent"])
+    if seen is None:
+        table["seen_by_detector"] = pd.Series([None] * len(table), dtype=object)
+    else:
+        table["seen_by_detector"] = [bool(seen) if f == ALL_FIELDS else f in seen for f in table["field"]]
+    return table
 
 
 def _table(frame: pd.DataFrame) -> list[str]:
@@ -50,12 +57,16 @@ def _table(frame: pd.DataFrame) -> list[str]:
 def summary_markdown(summary: dict, counts: pd.DataFrame, metrics: dict | None) -> str:
     """A page a person reads first: what ran, the total differential count, the scoring if any."""
     s = summary
-    lines = ["# Differential count of smear fields", "",
+    seen = s.get("seen_fields") or []
+    title = "# Differential count of smear fields" + (
+        f" ({len(seen)} of them seen by the detector in training or validation: optimistic)" if seen else "")
+    lines = [title, "",
              f"- fields: {s['n_fields']} read, {s['n_unreadable']} unreadable (unreadable.csv), "
              f"from `{s['fields_dir']}`",
              f"- detector: {s['detector']['model']} (`{s['detector']['path']}`), score thresholds "
              + ", ".join(f"{k} {v:.2f}" for k, v in s["detector"]["score_thresholds"].items())
-             + f": {s['detector']['threshold_source']}",
+             + f": {s['detector']['threshold_source']}; at most {s['detector'].get('max_detections', 100)} boxes per "
+             f"field ({len(s.get('fields_at_cap') or [])} field(s) reached that)",
              f"- typed labels: {', '.join(s['classify_labels']) or 'none'} ({s['classify_labels_rule']}); "
              + (f"crops of {s['crop_size']} field pixels square" if s.get("crop_size") else
                 f"crops with a margin of {s['margin']:.2f} of the box on each side")]
@@ -64,7 +75,7 @@ def summary_markdown(summary: dict, counts: pd.DataFrame, metrics: dict | None) 
     lines.append(f"- {s['n_cells']} cells found, {s['n_typed']} typed, {s['n_low_confidence']} of them low-confidence; "
                  f"{s['seconds']:.1f} s ({s['fields_per_s']:.2f} fields/s on {s['device']})")
     lines += [f"- warning: {w}" for w in s.get("warnings", [])]
-    total = counts[counts["field"] == ALL_FIELDS].drop(columns="field")
+    total = counts[counts["field"] == ALL_FIELDS].drop(columns=["field", "seen_by_detector"], errors="ignore")
     lines += ["", "## All fields", "", *_table(total[total["group"] == "typed"].drop(columns="group")), "",
               "Every box the detector kept:", "", *_table(total[total["group"] == "detected"].drop(columns="group")),
               "", "Per field: counts.csv; every cell: cells.csv; pictures: fields/."]

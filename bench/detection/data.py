@@ -145,15 +145,25 @@ def _image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
+def rename_labels(images: list[Boxes], label_map: dict) -> list[Boxes]:
+    """``data.label_map`` (or ``--truth-map``) applied to every box and crowd region, in place."""
+    for im in images:
+        im.labels = [str(label_map.get(label, label)) for label in im.labels]
+        im.ignore_labels = [str(label_map.get(label, label)) for label in im.ignore_labels]
+    return images
+
+
+def relabel(dset: DetectionSet, label_map: dict) -> DetectionSet:
+    """A read set with its labels renamed (its classes listed again)."""
+    images = rename_labels(dset.images, dict(label_map))
+    return DetectionSet(dset.root, images, sorted({lab for im in images for lab in im.labels}), dset.report)
+
+
 def finish(root: Path, images: list[Boxes], report: AnnotationReport, label_map: dict | None,
            declared: list[str] | None = None) -> DetectionSet:
     """Rename / merge labels, check boxes, list the classes; images that do not decode are left out."""
     label_map = dict(label_map or {})
-    out = []
-    for im in images:
-        im.labels = [str(label_map.get(label, label)) for label in im.labels]
-        im.ignore_labels = [str(label_map.get(label, label)) for label in im.ignore_labels]
-        out.append(check_boxes(im, report))
+    out = [check_boxes(im, report) for im in rename_labels(images, label_map)]
     used = sorted({label for im in out for label in im.labels})
     for name in declared or []:
         name = str(label_map.get(name, name))
