@@ -103,3 +103,23 @@ def unknown_key_hint(args: list[str]) -> str | None:
                         f"Valid keys there: {', '.join(valid)}.")
             node, path = node[part], [*path, part]
     return None
+
+
+def override_syntax_hint(args: list[str], exc: BaseException) -> str | None:
+    """For an override Hydra's grammar cannot read (``data.root=~/cells``: ``~`` is not a character of
+    its unquoted values), name it and the two ways to write it."""
+    text = str(exc)
+    if "LexerNoViableAlt" not in text and "mismatched input" not in text and "token recognition" not in text:
+        return None
+    bad = next((a for a in args if a and a in text), None) or text.splitlines()[-1].strip()
+    key, _, value = bad.partition("=")
+    home = (f" or {key}=$HOME{value[1:]} (your shell expands $HOME before Hydra reads it)"
+            if value.startswith("~") else "")
+    return (f"{bad!r} is not an override Hydra can read: its value holds a character that Hydra's override "
+            f"grammar only takes in quotes. Quote the value inside the shell's quotes: \"{key}='{value}'\"{home}. "
+            "Paths are expanded (~ is your home folder) once the value is read.")
+
+
+def compose_hint(args: list[str], exc: BaseException) -> str:
+    """The one-paragraph reason a command line does not compose, for every console script."""
+    return group_option_hint(args) or override_syntax_hint(args, exc) or unknown_key_hint(args) or str(exc)

@@ -21,7 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 # What each key is (a result or not, a departure from a recipe or not) is marked where it is defined.
-from bench.config_keys import added_later, another_command, not_a_departure, not_a_result
+from bench.config_keys import added_later, another_command, expand_user_paths, not_a_departure, not_a_result
 from bench import config_keys
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -327,7 +327,8 @@ from bench import CONF_DIR  # noqa: E402  (defined in the light package __init__
 
 
 def compose_config(overrides=(), *, return_hydra_config: bool = False):
-    """``conf/config.yaml`` composed with ``overrides``, as ``bench-train`` would see it.
+    """``conf/config.yaml`` composed with ``overrides``, as ``bench-train`` would see it (paths
+    starting with ``~`` expanded, :func:`expand_user_paths`).
 
     Outside a Hydra app this opens the config directory for the call; inside one (a run
     of ``bench-train``) Hydra is already set up on the same directory and is reused.
@@ -337,9 +338,11 @@ def compose_config(overrides=(), *, return_hydra_config: bool = False):
 
     register_configs()
     if GlobalHydra.instance().is_initialized():
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+    else:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+    return expand_user_paths(cfg)
 
 
 # --------------------------------------------------------------------------- the choices

@@ -9,13 +9,17 @@ Two questions are answered per key, once:
 - Is it a departure from a paper's recipe when it differs? Every key that can change a result is
   compared (``bench.protocol``), so a new option can never leave the protocol column at "paper"
   while it changes the numbers; the exceptions (:func:`not_a_departure`) carry their reason.
+- Is it a path? Those of :data:`PATH_KEYS` starting with ``~`` are the user's home folder.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from dataclasses import MISSING, field
+
+from omegaconf import OmegaConf
 
 _IDENTITY = "bench_identity"
 _PROTOCOL = "bench_protocol"
@@ -124,3 +128,22 @@ def not_a_departure_reasons(schema, prefix: tuple = ()) -> dict[str, str]:
         if dataclasses.is_dataclass(default):
             out.update(not_a_departure_reasons(type(default), path))
     return out
+
+
+# The options that name a file or folder: a value starting with ~ is the user's home folder, as in
+# a shell (quoted on the command line, since Hydra's grammar takes ~ only in quotes).
+PATH_KEYS = ("data.root", "data.annotations", "model.weights", "paths.results_dir", "paths.cache_dir", "logger.dir")
+
+
+def expand_user_paths(cfg):
+    """``cfg`` with every path option of :data:`PATH_KEYS` that starts with ``~`` expanded (in place)."""
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, str) and value.startswith("~"):
+            OmegaConf.update(cfg, key, os.path.expanduser(value), merge=False)
+    return cfg
+
+
+# conf/config.yaml: hydra.run.dir: ${bench_expand:${paths.results_dir}}/... (Hydra's own log folder).
+OmegaConf.register_new_resolver("bench_expand", lambda path: os.path.expanduser(str(path)),
+                                replace=True)

@@ -160,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"balanced accuracy {m['balanced_accuracy']:.4f}, macro F1 {m['macro']['f1']:.4f} ({m['seconds']:.1f} s)")
     for folder, cls in m["mapping"].items():
         scores = m["per_class"][cls]
-        print(f"  {folder} -> {cls}: {scores['support']} image(s), recall {scores['sensitivity']:.4f}")
+        recall = "undefined" if scores["sensitivity"] is None else f"{scores['sensitivity']:.4f}"
+        print(f"  {folder} -> {cls}: {scores['support']} image(s), recall {recall}")
     if m["left_out_folders"]:
         print(f"left out (not a class of the model; --map to include): {', '.join(m['left_out_folders'])} "
               f"({m['n_left_out']} image(s))")

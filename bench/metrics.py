@@ -43,7 +43,12 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], class_n
     """The full metric set for one split, JSON-serialisable.
 
     Classes are indexed 0..C-1 in the order of ``class_names``; a class absent from
-    ``y_true`` still gets a row (support 0) so tables always have every column.
+    ``y_true`` still gets a row (support 0) so tables always have every column, with its
+    accuracy, sensitivity and F1 undefined (None: no image of it was there to find, which is not
+    a score of 0) and its precision defined only where it was predicted (then 0.0: every such
+    prediction is wrong). A class present but never predicted has precision 0.0 (scikit-learn's
+    ``zero_division=0``: a class the model never names gets no credit). Macro averages are over
+    the classes present in ``y_true``.
     """
     y_true = np.asarray(y_true, dtype=int)
     y_pred = np.asarray(y_pred, dtype=int)
@@ -52,17 +57,18 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], class_n
         y_true, y_pred, labels=labels, zero_division=0
     )
     specificity = specificity_per_class(y_true, y_pred, labels)
-    per_class = {
-        name: {
-            "accuracy": float(recall[i]),  # class-wise accuracy as in the paper = recall
-            "precision": float(precision[i]),
-            "sensitivity": float(recall[i]),
+    predicted = np.bincount(y_pred, minlength=len(labels))[: len(labels)] if len(y_pred) else np.zeros(len(labels))
+    per_class = {}
+    for i, name in enumerate(class_names):
+        absent = support[i] == 0
+        per_class[name] = {
+            "accuracy": None if absent else float(recall[i]),  # class-wise accuracy as in the paper = recall
+            "precision": None if absent and predicted[i] == 0 else float(precision[i]),
+            "sensitivity": None if absent else float(recall[i]),
             "specificity": float(specificity[i]),
-            "f1": float(f1[i]),
+            "f1": None if absent else float(f1[i]),
             "support": int(support[i]),
         }
-        for i, name in enumerate(class_names)
-    }
     # Macro averages over classes present in y_true, as sklearn's average="macro"
     # would do with labels restricted to those classes.
     present = support > 0

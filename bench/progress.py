@@ -49,3 +49,10 @@ class EpochProgress:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{tr['loss']:.3f}", acc=f"{tr['acc']:.3f}", val_acc=f"{va['acc']:.3f}",
                                  img_s=f"{tr['img_s']:.0f}")
+
+
+def duration_text(seconds: float) -> str:
+    """``1 h 05 min``, ``3 min 07 s`` or ``42 s``: a time as a person reads it in a log line."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else (f"{minutes} min {secs:02d} s" if minutes else f"{secs} s")

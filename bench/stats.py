@@ -1,7 +1,8 @@
 """Uncertainty for accuracies measured on one test set: pure functions on arrays.
 
-The published tables separate models by one or two test images (on PBC's 2,051 test
-images one image is 0.05 percentage points), so a ranking needs error bars.
+The published tables separate models by one or two test images (on PBC's 2,056 test
+images of the paper's split, ``data.split_rounding=ceil``, one image is 0.049 percentage points;
+2,050 with the default rounding), so a ranking needs error bars.
 
 Bootstrap confidence interval (:func:`bootstrap_accuracy_ci`)
     Percentile bootstrap with a **seeded numpy resample**: ``n_resamples`` samples of

@@ -19,6 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from bench import runs
+from bench.progress import duration_text
 from bench.config import CONF_DIR, run_identity  # noqa: F401  (run_identity: part of this module's API)
 from bench.training import run_training as train
 
@@ -37,7 +38,9 @@ _SWEEP: dict = {}  # planned run count and start time of a bench-train command (
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
-    result = train(cfg)
+    from bench.config_keys import expand_user_paths
+
+    result = train(expand_user_paths(cfg))
     _RESULTS.append(result)
     _log_sweep_progress(_RESULTS, _SWEEP)
     # What a hyper-parameter sweeper optimises: the validation number of trainer.select_by, the one
@@ -53,13 +56,7 @@ def _log_sweep_progress(results: list[dict], sweep: dict) -> None:
     count = {s: sum(r["status"] == s for r in results) for s in (runs.STATUS_FAILED, "skipped")}
     elapsed = time.perf_counter() - sweep["start"]
     log.info("sweep: %d of %d run(s) done (%d failed, %d already complete) after %s", len(results), total,
-             count[runs.STATUS_FAILED], count["skipped"], _duration(elapsed))
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+             count[runs.STATUS_FAILED], count["skipped"], duration_text(elapsed))
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -68,8 +65,7 @@ def cli(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from bench.cli_checks import (check_model_overrides, group_option_hint, register_requested_timm_models,
-                                  unknown_key_hint)
+    from bench.cli_checks import check_model_overrides, compose_hint, register_requested_timm_models
     from bench.config import register_configs
     from bench.preflight import plan_runs, preflight
 
@@ -84,8 +80,7 @@ def cli(argv: list[str] | None = None) -> int:
         try:
             plan = plan_runs(args)
         except (HydraException, OmegaConfBaseException) as exc:
-            hint = group_option_hint(args) or unknown_key_hint(args)
-            print(f"bench-train: the configuration does not compose: {hint or exc}", file=sys.stderr)
+            print(f"bench-train: the configuration does not compose: {compose_hint(args, exc)}", file=sys.stderr)
             return 2
         if plan.cfg.cv.folds or plan.cfg.cv.repeats or plan.cfg.two_level.enabled:
             print(f"bench-train: experiment_name={plan.cfg.experiment_name} is a cross-validation protocol "

@@ -84,6 +84,69 @@ def test_a_class_absent_from_the_truth_has_a_row_and_no_say_in_the_macro():
     assert wrong["per_class"]["d"]["specificity"] == pytest.approx(1 / 2)  # TN 1, FP 1
 
 
+# Every number metrics.json reports, for a case with an absent class, a never-predicted class and a
+# tie, written out by hand (issue 24). Four classes, seven images; the last one's two top logits tie.
+#
+#            pred a  pred b  pred c  pred d  | support
+#   true a     2       1       0       0     |   3
+#   true b     0       1       0       1     |   2
+#   true c     1       1       0       0     |   2     (c is never predicted)
+#   true d     0       0       0       0     |   0     (d is absent, predicted once)
+#
+#   a: TP 2, FN 1, FP 1, TN 3   b: TP 1, FN 1, FP 2, TN 3   c: TP 0, FN 2, FP 0, TN 5   d: TP 0, FN 0, FP 1, TN 6
+FULL_LOGITS = [[3, 0, 0, 0], [3, 0, 0, 0], [0, 3, 0, 0], [0, 3, 0, 0], [0, 0, 0, 3], [3, 0, 0, 0],
+               [0, 2, 2, 0]]  # the tie: b and c equal, argmax takes the first, b
+FULL_TRUE = [0, 0, 0, 1, 1, 2, 2]
+# (the third image, true a, is predicted b; the sixth, true c, is predicted a)
+FULL_EXPECTED = {
+    "n": 7,
+    "accuracy": 3 / 7,
+    "balanced_accuracy": (2 / 3 + 1 / 2 + 0) / 3,  # mean recall over the classes present: 7/18
+    "macro": {"precision": (2 / 3 + 1 / 3 + 0) / 3, "sensitivity": (2 / 3 + 1 / 2 + 0) / 3,
+              "specificity": (3 / 4 + 3 / 5 + 5 / 5) / 3, "f1": (2 / 3 + 2 / 5 + 0) / 3},
+    "per_class": {
+        "a": {"accuracy": 2 / 3, "precision": 2 / 3, "sensitivity": 2 / 3, "specificity": 3 / 4, "f1": 2 / 3,
+              "support": 3},
+        # F1 of b: 2 P R / (P + R) = 2 (1/3)(1/2) / (5/6) = 2/5
+        "b": {"accuracy": 1 / 2, "precision": 1 / 3, "sensitivity": 1 / 2, "specificity": 3 / 5, "f1": 2 / 5,
+              "support": 2},
+        # Never predicted: precision 0/0 counted as 0 (no credit for a class never named), recall 0.
+        "c": {"accuracy": 0.0, "precision": 0.0, "sensitivity": 0.0, "specificity": 1.0, "f1": 0.0, "support": 2},
+        # Absent: nothing to find, so accuracy, sensitivity and F1 are undefined; its one prediction is wrong.
+        "d": {"accuracy": None, "precision": 0.0, "sensitivity": None, "specificity": 6 / 7, "f1": None,
+              "support": 0},
+    },
+    "confusion_matrix": [[2, 1, 0, 0], [0, 1, 0, 1], [1, 1, 0, 0], [0, 0, 0, 0]],
+}
+
+
+def test_every_number_of_the_metric_set_by_hand_with_an_absent_class_a_never_predicted_one_and_a_tie():
+    class Fixed(nn.Module):  # returns the hand-written logits, whatever the images
+        def forward(self, x):
+            return torch.tensor(FULL_LOGITS, dtype=torch.float32)[x[:, 0, 0, 0].long()]
+
+    x = torch.arange(7, dtype=torch.float32).view(7, 1, 1, 1).expand(7, 3, 1, 1)
+    out = evaluate(Fixed(), [(x, torch.tensor(FULL_TRUE))], nn.CrossEntropyLoss(), device=torch.device("cpu"))
+    assert out["preds"].tolist() == [0, 0, 1, 1, 3, 0, 1]  # the tie went to b, the first of the two
+    got = classification_metrics(out["labels"], out["preds"], ["a", "b", "c", "d"])
+    assert set(got) == set(FULL_EXPECTED)
+    assert got["confusion_matrix"] == FULL_EXPECTED["confusion_matrix"]
+    for key in ("n", "accuracy", "balanced_accuracy"):
+        assert got[key] == pytest.approx(FULL_EXPECTED[key]), key
+    assert got["macro"] == pytest.approx(FULL_EXPECTED["macro"])
+    for cls, expected in FULL_EXPECTED["per_class"].items():
+        assert set(got["per_class"][cls]) == set(expected)
+        for key, value in expected.items():
+            assert (got["per_class"][cls][key] is None) if value is None else (
+                got["per_class"][cls][key] == pytest.approx(value)), (cls, key, got["per_class"][cls][key])
+
+
+def test_an_absent_class_that_is_never_predicted_has_no_precision_either():
+    m = classification_metrics([0, 1], [0, 1], ["a", "b", "c"])
+    assert m["per_class"]["c"] == {"accuracy": None, "precision": None, "sensitivity": None, "specificity": 1.0,
+                                   "f1": None, "support": 0}
+
+
 def test_perfect_and_all_wrong_predictions():
     perfect = classification_metrics([0, 1, 2, 2], [0, 1, 2, 2], CLASSES)
     assert perfect["accuracy"] == 1.0

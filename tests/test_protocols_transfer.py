@@ -377,3 +377,48 @@ def test_frozen_backbone_training_and_the_side_by_side_table(make_cfg, tmp_path)
     assert row["test_acc_frozen_minus_scratch"] == pytest.approx(row["frozen_test_acc"] - row["scratch_test_acc"],
                                                                  abs=1e-5)
     assert list(table.columns[:3]) == ["model", "scratch_status", "scratch_n_seeds"]
+
+
+# --------------------------------------------------------------------------- bench-svm says what it will do
+def test_the_svm_fits_are_announced_with_sizes_and_a_timed_estimate_and_counted_by_a_bar(monkeypatch, caplog):
+    import logging
+
+    from bench.protocols import svm_fit
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(240, 6)).astype(np.float32)
+    y = np.repeat(np.arange(3), 80)
+    scfg = compose_cfg("experiment=acevedo2019_svm", "data.root=/d", "svm.c_grid=[1,10]").svm
+    kernel = svm_fit.parse_kernel("rbf")
+    # The estimate extrapolates from two timed fits: positive, and larger for more rows.
+    small = svm_fit.estimate_fit_seconds(kernel, scfg, 0, X, y, 100, rows=20)
+    large = svm_fit.estimate_fit_seconds(kernel, scfg, 0, X, y, 10_000, rows=20)
+    assert small is not None and 0 < small < large
+    assert svm_fit.estimate_fit_seconds(kernel, scfg, 0, X, y, 100, rows=100) is None  # under 4 x rows: no bother
+    monkeypatch.setattr(svm_fit, "ESTIMATE_ROWS", 20)
+    with caplog.at_level(logging.INFO, logger="bench.svm"):
+        svm_fit.announce_fits("rbf", kernel, scfg, 0, X, y, 5)
+    line = caplog.messages[-1]
+    # 240 rows x 6 features, 3 classes; 5 folds x 2 values of C (gamma: scale) = 10 fits + the refit.
+    assert "240 rows x 6 features, 3 classes; 5 fold(s) x 2 grid point(s) = 10 fits + 1 refit: about" in line
+    assert "svm.balance_to=null" in line and "svm.cv_folds=3" in line
+
+    updates = []
+
+    class Bar:  # records what the bar is told
+        def __init__(self, desc, total, unit="img"):
+            updates.append(("total", total))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            updates.append(n)
+
+    monkeypatch.setattr(cnn_features, "image_bar", Bar)
+    search, _ = svm_fit._grid_search(kernel, scfg, 0, X, y, None, 5, False, desc="svm-rbf fits")
+    assert updates == [("total", 10), *[1] * 10]  # one step per fold of each grid point
+    assert search.cv_results_["mean_test_score"].shape == (2,)

@@ -246,3 +246,20 @@ def test_every_compared_key_is_a_schema_key():
 
     walk(config_mod.BenchConfig)
     assert set(compared_keys()) <= leaves
+
+
+# --------------------------------------------------------------------------- small things
+def test_a_tilde_in_a_path_option_is_the_home_folder_and_unquoted_it_gets_a_clear_error(capsys):
+    import os
+
+    from bench.train import cli
+
+    cfg = compose_cfg("data=imagefolder", "data.root='~/cells'", "paths.results_dir='~/res'",
+                      "model.weights='~/w.pt'")
+    home = os.path.expanduser("~")
+    assert (cfg.data.root, cfg.paths.results_dir, cfg.model.weights) == (
+        f"{home}/cells", f"{home}/res", f"{home}/w.pt")
+    assert cli(["data=imagefolder", "data.root=~/cells"]) == 2
+    err = capsys.readouterr().err
+    assert "LexerNoViableAlt" not in err
+    assert "\"data.root='~/cells'\"" in err and "data.root=$HOME/cells" in err

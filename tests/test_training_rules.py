@@ -67,7 +67,10 @@ def test_best_epoch_is_the_first_best_on_validation_and_test_uses_its_weights(ma
     files = [Path(metrics["data_root"]) / p for p in frame["path"]]
     probs, readable, _ = predict_probs([load_checkpoint(rd.best_ckpt)], files, batch_size=7)
     assert readable.all()
-    np.testing.assert_allclose(probs[0], frame[[f"prob_{c}" for c in classes]].to_numpy(), atol=2e-6)
+    # Within float32 noise: the run evaluated in batches of 128, this in batches of 7, and with one
+    # CPU thread torch's convolutions sum in another order per batch size (2.8e-6 seen); another
+    # checkpoint's probabilities differ by orders of magnitude more.
+    np.testing.assert_allclose(probs[0], frame[[f"prob_{c}" for c in classes]].to_numpy(), atol=1e-5)
     assert [classes[i] for i in probs[0].argmax(1)] == frame["predicted"].tolist()
     # ... and metrics.json's test numbers are those predictions scored against the labels.
     assert metrics["test"]["accuracy"] == pytest.approx(float((frame["label"] == frame["predicted"]).mean()))
@@ -89,7 +92,10 @@ def test_validation_metrics_are_those_of_the_best_epoch(make_cfg, monkeypatch):
     probs, _, _ = predict_probs([load_checkpoint(rd.best_ckpt)],
                                 [Path(metrics["data_root"]) / p for p in frame["path"]])
     classes = metrics["classes"]
-    np.testing.assert_allclose(probs[0], frame[[f"prob_{c}" for c in classes]].to_numpy(), atol=2e-6)
+    # Within float32 noise: the run evaluated in batches of 128, this in batches of 7, and with one
+    # CPU thread torch's convolutions sum in another order per batch size (2.8e-6 seen); another
+    # checkpoint's probabilities differ by orders of magnitude more.
+    np.testing.assert_allclose(probs[0], frame[[f"prob_{c}" for c in classes]].to_numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("step_size, expected", [

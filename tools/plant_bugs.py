@@ -105,6 +105,29 @@ BUGS: dict[str, tuple[str, str, str, str]] = {
                           "best.pt does not record the head it trained (a cut head cannot be rebuilt)"),
     "identity_store": ("bench/config.py", 'store: str = not_a_result("auto")', 'store: str = "auto"',
                        "data.store (where images are read from) changes a run's identity: finished runs retrain"),
+    # ---- issue 24: every departure shown, every number pinned
+    "protocol_skips_added": ("bench/config_keys.py", "            keys.append(\".\".join(path))",
+                             "            if f.metadata.get(_IDENTITY) != \"neutral\":\n"
+                             "                keys.append(\".\".join(path))",
+                             "options added later (sched_interval, select_by, warmup_steps, ...) are not compared: "
+                             "the protocol column says paper"),
+    "model_not_named": ("bench/protocol.py", "    if model in models:\n        return []",
+                        "    if True:\n        return []", "a model the paper did not run is not named"),
+    "split_counts_groups": ("bench/data/split.py", "split_counts(int(files_per_class[label]), fractions, rounding)",
+                            "split_counts(n, fractions, rounding)",
+                            "split shares counted in groups of identical files, not files (146 basophils)"),
+    "paper_selected_on_val": ("bench/ensemble_runs.py",
+                              '"selected_on": result_records.SELECTED_ON_TEST if method == "paper" else',
+                              '"selected_on": result_records.SELECTED_ON_VALIDATION if method == "paper" else',
+                              "the paper-members ensemble (chosen on test) is labelled as chosen on validation"),
+    "absent_class_zero": ("bench/metrics.py", '"accuracy": None if absent else float(recall[i])',
+                          '"accuracy": 0.0 if absent else float(recall[i])',
+                          "a class absent from the truth scores accuracy 0 instead of undefined"),
+    "sweeper_val_acc": ("bench/train.py", '    return result.get("val_score")', '    return result.get("val_acc")',
+                        "a Hydra sweeper optimises validation accuracy whatever trainer.select_by says"),
+    "frozen_random_ok": ("bench/preflight_models.py", "    if model_cfg.pretrained or model_cfg.get(\"weights\"):\n"
+                         "        return None", "    if True:\n        return None",
+                         "a frozen backbone at its random initialisation passes the preflight"),
 }
 
 

@@ -94,24 +94,37 @@ def weights_tag(name: str, *, pretrained: bool, weights: Optional[str], seed: in
 @torch.no_grad()
 def extract_features(model: nn.Module, images: torch.Tensor, *, normalize, device: torch.device,
                      batch_size: int, index: Optional[torch.Tensor] = None,
-                     augment: Optional[dict] = None) -> np.ndarray:
+                     augment: Optional[dict] = None, desc: Optional[str] = None) -> np.ndarray:
     """Features (N, D) float32 of uint8 images (N, 3, S, S), or of ``images[index]``;
     ``augment``: per-image flips and angles (``BatchAugment.sample``) applied before
-    normalisation."""
+    normalisation. ``desc``: a progress bar (images, with the time left) under that name."""
     from bench.data.transforms import apply_augment
     from bench.engine import split_outputs
 
     model.to(device).eval()
     n = len(images) if index is None else len(index)
     out = []
-    for start in range(0, n, batch_size):
-        rows = slice(start, start + batch_size)
-        x = (images[rows] if index is None else images[index[rows]]).to(device).float()
-        if augment is not None:
-            x = apply_augment(x, **{k: v[rows].to(device) for k, v in augment.items()})
-        feats, _ = split_outputs(model(normalize(x)))
-        out.append(feats.flatten(1).float().cpu().numpy())
+    with image_bar(desc, n) as bar:
+        for start in range(0, n, batch_size):
+            rows = slice(start, start + batch_size)
+            x = (images[rows] if index is None else images[index[rows]]).to(device).float()
+            if augment is not None:
+                x = apply_augment(x, **{k: v[rows].to(device) for k, v in augment.items()})
+            feats, _ = split_outputs(model(normalize(x)))
+            out.append(feats.flatten(1).float().cpu().numpy())
+            bar.update(len(out[-1]))
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def image_bar(desc: Optional[str], total: int, unit: str = "img"):
+    """A tqdm bar (redrawn every 30 s when stderr is a log file, not a terminal), or a silent
+    stand-in when ``desc`` is None (trainer.progress=false)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=desc is None,
+                mininterval=0.1 if sys.stderr.isatty() else 30.0)
 
 
 @dataclass
@@ -161,6 +174,19 @@ def _save(path: Path, meta: dict, feats: Features) -> None:
             np.savez(fh, **arrays)
 
 
+def _announce_extras(name: str, n_extra: int, balance_to: int, done: dict) -> None:
+    """Before the balanced extras go through the CNN: how many, and how long at the rate the
+    splits' features were just computed (the longest silent stretch of bench-svm otherwise)."""
+    computed = [f for f in done.values() if not f.cached and f.seconds > 0 and len(f.y)]
+    rate = sum(len(f.y) for f in computed) / sum(f.seconds for f in computed) if computed else None
+    from bench.progress import duration_text
+
+    eta = f"about {duration_text(n_extra / rate)} at {rate:.0f} images/s" if rate else "time unknown (splits were cached)"
+    log.info("svm.balance_to=%d: %d augmented training images go through %s once each (%s); "
+             "svm.balance_to=null fits on the training split as it is (a recorded departure)",
+             balance_to, n_extra, name, eta)
+
+
 def compute_features(cfg: DictConfig, exp_dir: Path, name: str, size: int, bundle, device: torch.device
                      ) -> tuple[dict[str, Features], str]:
     """Features of train/val/test (and the balanced extras) of ``name``, from the cache
@@ -196,7 +222,8 @@ def compute_features(cfg: DictConfig, exp_dir: Path, name: str, size: int, bundl
         start = time.perf_counter()
         index = None if source is None else torch.as_tensor(source, dtype=torch.long)
         X = extract_features(get_extractor(), images, normalize=norm, device=device, batch_size=batch,
-                             index=index, augment=augment)
+                             index=index, augment=augment,
+                             desc=f"{name} {split_name} features" if cfg.trainer.progress else None)
         feats = Features(X, labels, paths, source, str(path), False, time.perf_counter() - start)
         _save(path, meta, feats)
         log.info("%s %s: %d features of %d dims in %.1fs -> %s", name, split_name, len(paths),
@@ -213,6 +240,7 @@ def compute_features(cfg: DictConfig, exp_dir: Path, name: str, size: int, bundl
         train = bundle.splits["train"]
         labels = train.labels.cpu().numpy()
         src = balance_plan(labels, bundle.num_classes, int(n), np.random.default_rng(seed).permutation)
+        _announce_extras(name, len(src), int(n), out)
         aug = cfg.data.augment
         augmenter = BatchAugment(bool(aug.hflip), bool(aug.vflip), float(aug.rotation), str(aug.interpolation))
         params = augmenter.sample(len(src), torch.Generator().manual_seed(seed))

@@ -300,10 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose_config(args.overrides)
         report = preflight(plan_runs(args.overrides))
     except (HydraException, OmegaConfBaseException) as exc:
-        from bench.cli_checks import group_option_hint, unknown_key_hint
+        from bench.cli_checks import compose_hint
 
-        hint = group_option_hint(args.overrides) or unknown_key_hint(args.overrides)
-        print(f"bench-cv: the configuration does not compose: {hint or exc}", file=sys.stderr)
+        print(f"bench-cv: the configuration does not compose: {compose_hint(args.overrides, exc)}", file=sys.stderr)
         return 2
     print(f"preflight:\n{report.format()}", file=sys.stderr)
     if not report.ok:

@@ -215,7 +215,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             get_model_spec(name)
         for kernel in cfg.svm.kernels:
             parse_kernel(kernel)
-    except (HydraException, OmegaConfBaseException, UnknownModelError, ValueError) as exc:
+    except (HydraException, OmegaConfBaseException) as exc:
+        from bench.cli_checks import compose_hint
+
+        print(f"bench-svm: the configuration does not compose: {compose_hint(args, exc)}", file=sys.stderr)
+        return 2
+    except (UnknownModelError, ValueError) as exc:
         print(f"bench-svm: {exc}", file=sys.stderr)
         return 2
     if not logging.getLogger().handlers:

@@ -114,7 +114,9 @@ def fit_svm(cfg: DictConfig, kernel_name: str, feats: dict[str, Features], class
     folds = int(scfg.cv_folds)
     _check_folds(folds, y[: len(feats["train"].y)], class_names)
     balanced = "extra" in feats
-    search, cv_time = _grid_search(kernel, scfg, seed, X, y, groups if balanced else None, folds, balanced)
+    announce_fits(kernel_name, kernel, scfg, seed, X, y, folds)
+    search, cv_time = _grid_search(kernel, scfg, seed, X, y, groups if balanced else None, folds, balanced,
+                                   desc=f"svm-{kernel_name} fits" if cfg.trainer.progress else None)
     res, best = search.cv_results_, int(search.best_index_)
     chosen = {k.removeprefix("svc__"): v for k, v in res["params"][best].items()}
     fold_acc = [float(res[f"split{k}_test_score"][best]) for k in range(folds)]
@@ -164,19 +166,76 @@ def _check_folds(folds: int, y_train: np.ndarray, class_names: list[str]) -> Non
                          f"class; class {worst!r} has {present.min()}. Lower svm.cv_folds.")
 
 
-def _grid_search(kernel: dict, scfg, seed: int, X, y, groups, folds: int, balanced: bool):
-    """GridSearchCV over C (and gamma), accuracy, stratified folds (grouped by source when balanced)."""
-    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
-
-    cv = (StratifiedGroupKFold if balanced else StratifiedKFold)(n_splits=folds, shuffle=True, random_state=seed)
+def _grid(kernel: dict, scfg) -> dict[str, list]:
     grid: dict[str, list] = {"svc__C": [float(c) for c in scfg.c_grid]}
     if kernel["kernel"] != "linear":
         grid["svc__gamma"] = [_gamma(g) for g in scfg.gamma_grid]
-    search = GridSearchCV(_pipeline(kernel, scfg, seed), grid, scoring="accuracy", cv=cv,
-                          n_jobs=int(scfg.n_jobs), refit=False, error_score="raise")
-    start = time.perf_counter()
-    search.fit(X, y, groups=groups)
+    return grid
+
+
+def _grid_search(kernel: dict, scfg, seed: int, X, y, groups, folds: int, balanced: bool,
+                 desc: Optional[str] = None):
+    """GridSearchCV over C (and gamma), accuracy, stratified folds (grouped by source when balanced).
+    ``desc``: a progress bar over the fits (each fold of each grid point), advanced by the scorer,
+    which runs in this process when svm.n_jobs=1."""
+    from sklearn.metrics import accuracy_score
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
+
+    from bench.protocols.cnn_features import image_bar
+
+    cv = (StratifiedGroupKFold if balanced else StratifiedKFold)(n_splits=folds, shuffle=True, random_state=seed)
+    grid = _grid(kernel, scfg)
+    n_fits = folds * int(np.prod([len(v) for v in grid.values()]))
+    with image_bar(desc if int(scfg.n_jobs) == 1 else None, n_fits, unit="fit") as bar:
+        def scorer(estimator, X_fold, y_fold) -> float:  # accuracy, as scoring="accuracy"
+            bar.update(1)
+            return float(accuracy_score(y_fold, estimator.predict(X_fold)))
+
+        search = GridSearchCV(_pipeline(kernel, scfg, seed), grid, scoring=scorer, cv=cv,
+                              n_jobs=int(scfg.n_jobs), refit=False, error_score="raise")
+        start = time.perf_counter()
+        search.fit(X, y, groups=groups)
     return search, time.perf_counter() - start
+
+
+# A fit on this many rows, then on twice as many, gives the growth the estimate extrapolates with.
+ESTIMATE_ROWS = 500
+
+
+def estimate_fit_seconds(kernel: dict, scfg, seed: int, X: np.ndarray, y: np.ndarray, n_rows: int,
+                         rows: Optional[int] = None) -> Optional[float]:
+    """Seconds one SVM fit on ``n_rows`` rows of ``X`` would take here, extrapolated from timed fits
+    on ``rows`` and ``2 rows`` random rows (a kernel SVM's cost grows between n^1 and n^3 with the
+    rows; the two fits measure the exponent); None when ``X`` is too small to bother (< 4 rows)."""
+    rows = rows or ESTIMATE_ROWS
+    if len(y) < 4 * rows:
+        return None
+    pick = np.random.default_rng(seed).permutation(len(y))
+    times = []
+    for m in (rows, 2 * rows):
+        sub = pick[:m]
+        start = time.perf_counter()
+        _pipeline(kernel, scfg, seed).fit(X[sub], y[sub])
+        times.append(max(time.perf_counter() - start, 1e-6))
+    exponent = float(np.clip(np.log2(times[1] / times[0]), 1.0, 3.0))
+    return times[1] * (n_rows / (2 * rows)) ** exponent
+
+
+def announce_fits(kernel_name: str, kernel: dict, scfg, seed: int, X: np.ndarray, y: np.ndarray, folds: int) -> None:
+    """Before the fits: their sizes, how many, and the time they should take (timed small fits), with
+    the options that shorten it."""
+    from bench.progress import duration_text
+
+    n_points = int(np.prod([len(v) for v in _grid(kernel, scfg).values()]))
+    n_fits = folds * n_points
+    per_fold = estimate_fit_seconds(kernel, scfg, seed, X, y, len(y) * (folds - 1) // folds)
+    whole = estimate_fit_seconds(kernel, scfg, seed, X, y, len(y)) if per_fold is not None else None
+    eta = (f"about {duration_text(n_fits * per_fold + whole)} on this machine (timed fits of {ESTIMATE_ROWS} and "
+           f"{2 * ESTIMATE_ROWS} rows)" if per_fold is not None else "seconds (a small set)")
+    shorter = "svm.balance_to=null (the training split as it is), " if scfg.balance_to else ""
+    log.info("svm-%s: %d rows x %d features, %d classes; %d fold(s) x %d grid point(s) = %d fits + 1 refit: %s. "
+             "Shorter: %ssvm.cv_folds=3, a smaller svm.c_grid, or svm.n_jobs=N for the folds in parallel.",
+             kernel_name, len(y), X.shape[1], len(np.unique(y)), folds, n_points, n_fits, eta, shorter)
 
 
 def _score(pipe, f: Features, num_classes: int, probability: bool) -> dict:
