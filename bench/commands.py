@@ -15,6 +15,7 @@ A broken pipe (``bench-models | head``) ends the tool quietly.
 from __future__ import annotations
 
 import argparse
+import re
 import importlib
 import os
 import sys
@@ -222,11 +223,17 @@ compare = _entry("bench-compare")
 benchmark = _entry("bench-benchmark")
 
 
+def first_sentence(text: str) -> str:
+    """Up to the first full stop that ends a sentence: one followed by a capital letter, so "et al. 2019"
+    and "e.g. results/" stay whole."""
+    return re.split(r"\.\s+(?=[A-Z])", text, maxsplit=1)[0].rstrip(".") + "."
+
+
 def list_commands() -> str:
     width = max(map(len, COMMANDS))
     lines = [version(), "", "commands (each has --help; also `python -m bench <command> ...`):"]
     for cmd in COMMANDS.values():
-        lines.append(f"  {cmd.name:<{width}}  {cmd.summary.split('. ')[0].rstrip('.')}.")
+        lines.append(f"  {cmd.name:<{width}}  {first_sentence(cmd.summary)}")
     return "\n".join(lines)
 
 

@@ -112,6 +112,11 @@ def fold_trial(step_s: dict, earlier: dict) -> dict:
             "trials": int(earlier.get("trials", 0)) + 1}
 
 
+def _ms(seconds: float) -> str:
+    """A step time for the log; a precision whose trial had too few batches to time was not tried."""
+    return "not tried" if seconds != seconds else f"{1e3 * seconds:.0f} ms"
+
+
 def choose_cpu_precision(model, batches, optimizer, criterion, *, device, aux_weight, grad_accum, on_batch,
                          record_path: Path | None, key: str, model_name: str) -> tuple[bool, list[dict]]:
     """Run the trial on the first batches of ``batches``, update the machine's record and
@@ -120,9 +125,9 @@ def choose_cpu_precision(model, batches, optimizer, criterion, *, device, aux_we
                                     grad_accum=grad_accum, on_batch=on_batch)
     records = read_precision_records(record_path)
     record = fold_trial(step_s, records.get(key, {}))
-    log.info("%s: step %.0f ms fp32, %.0f ms bf16 (fastest of %d trial(s) on this machine: %.0f / %.0f) -> amp=%s",
-             model_name, 1e3 * step_s[False], 1e3 * step_s[True], record["trials"], 1e3 * record["step_s_fp32"],
-             1e3 * record["step_s_bf16"], record["amp"])
+    log.info("%s: step fp32 %s, bf16 %s (fastest of %d trial(s) on this machine: %s / %s) -> amp=%s", model_name,
+             _ms(step_s[False]), _ms(step_s[True]), record["trials"], _ms(record["step_s_fp32"]),
+             _ms(record["step_s_bf16"]), record["amp"])
     if record_path is not None:
         records[key] = record
         runs.write_json_atomic(record_path, records)
