@@ -187,3 +187,26 @@ def test_a_detector_run_is_built_and_scored_with_the_cap(detector_run):
     assert metrics["max_detections"] == 300
     model = rebuild_model(torch.load(rd.best_ckpt, weights_only=True))
     assert model.roi_heads.detections_per_img == 300  # torchvision's default is 100
+
+
+def test_an_undefined_class_ap_is_empty_in_the_leaderboard_and_a_dash_in_the_report(detector_run, tmp_path):
+    """metrics.json's None (a class absent from the test fields) must not turn back into 0.0 downstream."""
+    import shutil
+
+    from bench import leaderboard as lb
+    from bench import report
+    from bench.leaderboard_rows import class_column
+
+    _, rd = detector_run
+    exp = tmp_path / "exp"
+    run = exp / "runs" / rd.root.parent.name / rd.root.name
+    shutil.copytree(rd.root, run, ignore=shutil.ignore_patterns("*.pt"))
+    metrics = runs.read_json(run / "metrics.json")
+    metrics["test"]["per_class_ap"]["platelet"] = None
+    runs.write_json_atomic(run / "metrics.json", metrics)
+    row = lb.build_leaderboard(exp).iloc[0]
+    assert row["kind"] == "detector" and np.isnan(row[class_column("platelet")])
+    text = report.build_report(exp, tmp_path / "report").read_text()
+    header, _, first = [line for line in text.split("## Detection")[1].splitlines() if line.startswith("|")][:3]
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in first.split("|")]))
+    assert cells["AP platelet"] == "-" and cells["AP rbc"] != "-"
