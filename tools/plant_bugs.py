@@ -128,6 +128,30 @@ BUGS: dict[str, tuple[str, str, str, str]] = {
     "frozen_random_ok": ("bench/preflight_models.py", "    if model_cfg.pretrained or model_cfg.get(\"weights\"):\n"
                          "        return None", "    if True:\n        return None",
                          "a frozen backbone at its random initialisation passes the preflight"),
+    # ---- issue 25: detection boxes and classes written or read in the wrong format, the cap, crowds
+    "det_results_xyxy": ("bench/detection/metrics.py",
+                         '"category_id": int(label), "bbox": [x0, y0, x1 - x0, y1 - y0],',
+                         '"category_id": int(label), "bbox": [x0, y0, x1, y1],',
+                         "predictions written to COCO as xyxy where COCO reads x, y, width, height"),
+    "det_truth_xyxy": ("bench/detection/metrics.py", '"bbox": [x0, y0, x1 - x0, y1 - y0], "area"',
+                       '"bbox": [x0, y0, x1, y1], "area"',
+                       "ground truth written to COCO as xyxy where COCO reads x, y, width, height"),
+    "det_results_id_shift": ("bench/detection/metrics.py", '"category_id": int(label), "bbox"',
+                             '"category_id": int(label) + 1, "bbox"',
+                             "predicted boxes written with the category id of the next class"),
+    "det_truth_id_shift": ("bench/detection/metrics.py", "index = {c: i + 1 for i, c in enumerate(classes)}",
+                           "index = {c: i + 2 for i, c in enumerate(classes)}",
+                           "true boxes written with the category id of the next class"),
+    "det_coco_read_xyxy": ("bench/detection/data.py",
+                           'a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]',
+                           'a["bbox"][2], a["bbox"][3]]',
+                           "COCO's x, y, width, height read as xmin, ymin, xmax, ymax"),
+    "det_cap_100": ("bench/detection/metrics.py", "return [1, 10, 100] if max_detections <= 100 else",
+                    "return [1, 10, 100] if True else", "COCO counts 100 detections per field whatever the cap"),
+    "det_crowd_dropped": ("bench/detection/metrics.py",
+                          "for crowd, pairs in ((0, zip(np.asarray(im.boxes, float).tolist(), im.labels)), (1, crowds)):",
+                          "for crowd, pairs in ((0, zip(np.asarray(im.boxes, float).tolist(), im.labels)),):",
+                          "COCO crowd regions dropped: predictions on them count as false positives"),
 }
 
 
