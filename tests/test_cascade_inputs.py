@@ -210,3 +210,23 @@ def test_field_pictures_carry_a_legend(fresh, detector_run, classifier, tmp_path
     for text, colour in entries:
         if colour is not None:
             assert (strip.reshape(-1, 3) == colour).all(axis=1).any(), text  # every swatch is drawn
+
+
+# --------------------------------------------------------------------------- crowd regions in the truth
+def test_cells_found_in_a_crowd_region_of_the_truth_are_ignored_not_spurious():
+    """COCO's rule for iscrowd boxes, in the chain's scoring too: a predicted cell matched to no true cell
+    but lying (by at least half its area) in a crowd region is left out, not counted spurious."""
+    from bench.cascade import scoring
+    from bench.detection.data import AnnotationReport, Boxes, DetectionSet
+
+    truth = DetectionSet(Path("."), [Boxes("f.png", 100, 100, np.array([[0, 0, 10, 10]], np.float32), ["rbc"],
+                                           ignore=np.array([[50, 50, 90, 90]], np.float32), ignore_labels=["rbc"])],
+                         ["rbc"], AnnotationReport())
+    cells = pd.DataFrame([("f.png", 0, 0, 10, 10, "rbc", False, "rbc"),  # the true cell
+                          ("f.png", 60, 60, 70, 70, "rbc", False, "rbc"),  # inside the crowd: ignored
+                          ("f.png", 85, 20, 95, 30, "rbc", False, "rbc")],  # elsewhere: spurious
+                         columns=["field", "xmin", "ymin", "xmax", "ymax", "detector_label", "classified", "cell_type"])
+    m = scoring.score_cells(cells, ["f.png"], truth, level="detector")
+    assert m["overall"]["spurious"] == 1 and m["overall"]["n_pred"] == 2
+    assert m["overall"]["ignored_in_crowd_regions"] == 1
+    assert m["per_class"]["rbc"]["precision"] == 0.5

@@ -16,6 +16,8 @@ torchvision's ``box_iou``), keeping pairs with IoU >= 0.5. Then:
 - ``level``: ``cell`` compares the chain's final types (the classifier's class for typed boxes,
   the detector label for the others); ``detector`` the detector's labels only (for truth without
   white-cell types);
+- a predicted cell matched to no true cell but inside a crowd region of the truth (COCO
+  ``iscrowd``) is left out (``ignored_in_crowd_regions``), as COCO's own scoring does;
 - ``stages`` (cell level): of the true cells of the typed classes, how many the detector found
   as a typed box (``found``), how many of those the classifier typed right (``correct``): the
   cells lost at detection and at classification.
@@ -123,6 +125,25 @@ def match_boxes(pred: np.ndarray, true: np.ndarray, iou_threshold: float = IOU_T
     return [(int(i), int(j)) for i, j in zip(rows, cols) if iou[i, j] >= iou_threshold]
 
 
+def in_crowd_regions(pred: np.ndarray, true_im, pairs, iou_threshold: float = IOU_THRESHOLD) -> np.ndarray:
+    """Per predicted box: matched to no true cell and inside a crowd region of the truth (COCO
+    ``iscrowd``) by at least ``iou_threshold`` of its own area: pycocotools' crowd overlap."""
+    import torch
+    from pycocotools import mask as mask_utils
+    from torchvision.ops import box_convert
+
+    out = np.zeros(len(pred), bool)
+    crowds = np.asarray(getattr(true_im, "ignore", np.zeros((0, 4))), float).reshape(-1, 4)
+    if not len(pred) or not len(crowds):
+        return out
+    pred_xywh, crowd_xywh = (box_convert(torch.tensor(b, dtype=torch.float64), "xyxy", "xywh").numpy()
+                             for b in (pred, crowds))
+    overlap = np.asarray(mask_utils.iou(pred_xywh, crowd_xywh, [1] * len(crowds))).reshape(len(pred), -1)
+    out[:] = overlap.max(axis=1) >= iou_threshold
+    out[[i for i, _ in pairs]] = False
+    return out
+
+
 def field_keys(truth: DetectionSet, fields: Sequence[str]) -> dict[str, int]:
     """Chain field -> truth image index: by path relative to the fields folder, else by file name."""
     by_path = {im.path: i for i, im in enumerate(truth.images)}
@@ -226,16 +247,23 @@ def score_cells(cells: pd.DataFrame, fields: Sequence[str], truth: DetectionSet,
     tally = _Tally({c: k for k, c in enumerate(classes)}, set(typed_classes))
     by_field = dict(tuple(cells.groupby("field", sort=False))) if len(cells) else {}
     per_field = {}
+    ignored = 0
     for f in scored:
         true_im = truth.images[keys[f]]
         here = by_field.get(f, cells.iloc[0:0])
-        pred_labels, true_labels = here[column].tolist(), list(true_im.labels)
         pairs = match_boxes(here[["xmin", "ymin", "xmax", "ymax"]].to_numpy(float), true_im.boxes, iou_threshold)
+        in_crowd = in_crowd_regions(here[["xmin", "ymin", "xmax", "ymax"]].to_numpy(float), true_im, pairs, iou_threshold)
+        if in_crowd.any():  # COCO's rule: found in a crowd region and matched to no true cell, left out
+            ignored += int(in_crowd.sum())
+            here = here[~in_crowd]
+            pairs = match_boxes(here[["xmin", "ymin", "xmax", "ymax"]].to_numpy(float), true_im.boxes, iou_threshold)
+        pred_labels, true_labels = here[column].tolist(), list(true_im.labels)
         errors = tally.add_field(pred_labels, true_labels, pairs)
         per_field[f] = {c: int(errors[k]) for k, c in enumerate(classes)}
         if staged:
             tally.add_stages(pred_labels, true_labels, pairs, here["classified"].astype(bool).tolist())
-    return {"truth": truth_name, "level": level, "iou_threshold": iou_threshold, "overall": tally.overall(),
+    return {"truth": truth_name, "level": level, "iou_threshold": iou_threshold,
+            "overall": {**tally.overall(), "ignored_in_crowd_regions": ignored},
             "per_class": tally.per_class(), "stages": tally.stage_summary() if staged else None,
             "count_error_per_field": per_field, "fields_without_truth": [f for f in fields if f not in keys],
             "truth_images_without_field": sorted({im.path for im in truth.images} - {truth.images[keys[f]].path
