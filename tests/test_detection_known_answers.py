@@ -210,3 +210,14 @@ def test_an_undefined_class_ap_is_empty_in_the_leaderboard_and_a_dash_in_the_rep
     header, _, first = [line for line in text.split("## Detection")[1].splitlines() if line.startswith("|")][:3]
     cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in first.split("|")]))
     assert cells["AP platelet"] == "-" and cells["AP rbc"] != "-"
+
+
+def test_the_cap_is_set_in_one_place_not_through_detector_kwargs():
+    """torchvision's own option would be overridden by model.max_detections (and COCO's maxDets would not
+    follow it): naming it is a preflight problem that points to the option."""
+    from bench.models.detection_zoo import detector_options_problem
+
+    problem = detector_options_problem("fasterrcnn_mobilenet_v3_large_320_fpn", {"box_detections_per_img": 500})
+    assert problem and "model.max_detections=500" in problem
+    problem = detector_options_problem("retinanet_resnet50_fpn", {"retinanet": {"detections_per_img": 50}})
+    assert problem and "model.max_detections=50" in problem

@@ -88,8 +88,18 @@ def unknown_detector_options(name: str, options) -> list[str]:
     return sorted(set(detector_options(name, options)) - accepted)
 
 
+CAP_OPTIONS = ("box_detections_per_img", "detections_per_img")  # torchvision's names of model.max_detections
+
+
 def detector_options_problem(name: str, options) -> str | None:
-    """The one message for options a detector does not take (the preflight's and the builder's)."""
+    """The one message for options a detector does not take (the preflight's and the builder's), and
+    for its cap given as a constructor option: model.max_detections sets it, and COCO's scoring too."""
+    given = detector_options(name, options)
+    cap = next((k for k in CAP_OPTIONS if k in given), None)
+    if cap:
+        return (f"{name}: model.detector_kwargs {cap} is the cap on boxes per field, which model.max_detections "
+                f"sets (for the detector and for COCO's scoring alike); use model.max_detections={given[cap]} "
+                "instead.")
     unknown = unknown_detector_options(name, options)
     if not unknown:
         return None
