@@ -191,7 +191,7 @@ def compute_features(cfg: DictConfig, exp_dir: Path, name: str, size: int, bundl
                      ) -> tuple[dict[str, Features], str]:
     """Features of train/val/test (and the balanced extras) of ``name``, from the cache
     where possible; the extractor is built only if something must be computed."""
-    from bench.data.transforms import BatchAugment, Normalize
+    from bench.data.transforms import Normalize
 
     seed = int(cfg.seed)
     keep_fc = cfg.model.get("head_keep_fc")
@@ -235,18 +235,25 @@ def compute_features(cfg: DictConfig, exp_dir: Path, name: str, size: int, bundl
         data = bundle.splits[split]
         out[split] = one(split, {**base_meta, "split": split}, data.images, data.labels.cpu().numpy(),
                          list(data.paths))
-    n = cfg.svm.balance_to
-    if n:
-        train = bundle.splits["train"]
-        labels = train.labels.cpu().numpy()
-        src = balance_plan(labels, bundle.num_classes, int(n), np.random.default_rng(seed).permutation)
-        _announce_extras(name, len(src), int(n), out)
-        aug = cfg.data.augment
-        augmenter = BatchAugment(bool(aug.hflip), bool(aug.vflip), float(aug.rotation), str(aug.interpolation))
-        params = augmenter.sample(len(src), torch.Generator().manual_seed(seed))
-        split_name = f"train-balanced{int(n)}-seed{seed}"
-        meta = {**base_meta, "split": split_name, "train": _fingerprint(train.paths),
-                "augment": {"hflip": augmenter.hflip, "vflip": augmenter.vflip, "rotation": augmenter.rotation}}
-        out["extra"] = one(split_name, meta, train.images, labels[src], [train.paths[i] for i in src],
-                           source=src, augment=params)
+    if cfg.svm.balance_to:
+        out["extra"] = _balanced_extras(cfg, name, bundle, base_meta, one, out)
     return out, tag
+
+
+def _balanced_extras(cfg: DictConfig, name: str, bundle, base_meta: dict, one, done: dict) -> Features:
+    """The features of svm.balance_to's augmented copies of training images (``one``: compute_features'
+    cached computation of one set), announced first with their number and time."""
+    from bench.data.transforms import BatchAugment
+
+    n, seed = int(cfg.svm.balance_to), int(cfg.seed)
+    train = bundle.splits["train"]
+    labels = train.labels.cpu().numpy()
+    src = balance_plan(labels, bundle.num_classes, n, np.random.default_rng(seed).permutation)
+    _announce_extras(name, len(src), n, done)
+    aug = cfg.data.augment
+    augmenter = BatchAugment(bool(aug.hflip), bool(aug.vflip), float(aug.rotation), str(aug.interpolation))
+    params = augmenter.sample(len(src), torch.Generator().manual_seed(seed))
+    split_name = f"train-balanced{n}-seed{seed}"
+    meta = {**base_meta, "split": split_name, "train": _fingerprint(train.paths),
+            "augment": {"hflip": augmenter.hflip, "vflip": augmenter.vflip, "rotation": augmenter.rotation}}
+    return one(split_name, meta, train.images, labels[src], [train.paths[i] for i in src], source=src, augment=params)
