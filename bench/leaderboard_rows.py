@@ -110,6 +110,17 @@ def _as_int_where_integral(frame: pd.DataFrame, columns: Sequence[str]) -> pd.Da
 # lab's folder, a subset, grouped classes) is not comparable with them, whatever its model.
 
 
+def _kind_without_metrics(model: str) -> str:
+    """A failed or unfinished run has no metrics.json to say what it was: a detector is one by its
+    registry entry's task (so a failed detector is never listed among the classifiers)."""
+    from bench.models import get_model_spec
+
+    try:
+        return KIND_DETECTOR if get_model_spec(model).task == "detection" else KIND_MODEL
+    except Exception:  # a model this process cannot resolve (e.g. an unregistered timm name): a classifier
+        return KIND_MODEL
+
+
 def _model_row(record: RunRecord, classes: Sequence[str], reference: dict[str, float]) -> dict:
     row: dict[str, Any] = {
         "rank": None, "kind": KIND_MODEL, "model": record.model, "seed": record.seed,
@@ -132,6 +143,7 @@ def _model_row(record: RunRecord, classes: Sequence[str], reference: dict[str, f
     row["paper_test_acc"] = paper_accuracy(record.model, reference)
     row["paper_diff"] = math.nan
     if not record.completed:
+        row["kind"] = _kind_without_metrics(record.model)
         return row
 
     metrics = record.metrics

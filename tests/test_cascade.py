@@ -328,6 +328,11 @@ def test_cheuque_two_levels_on_smear_fields(tmp_path, cache_dir):
     assert det["status"] == "completed", det.get("error")
     assert torch.load(Path(det["run_dir"]) / "best.pt", weights_only=True)["class_names"] == [
         "mononuclear", "other_wbc", "platelet", "polymorphonuclear", "rbc"]
+    # A detector run records how it departs from its recipe (issue 24): the declared departure and
+    # the small test's overrides, named against the experiment's values.
+    recorded = runs.read_json(Path(det["run_dir"]) / "metrics.json")["protocol_deviations"]
+    assert recorded[0].startswith("MobileNetV3-Large 320 Faster R-CNN from scratch")
+    assert "trainer.epochs=2 (paper: 12)" in recorded and "data.image_size=96 (paper: 256)" in recorded
     cfg = compose_cfg(*SMOKE_OVERRIDES, "experiment=cheuque2022_two_level", "data=synthetic", "trainer.epochs=1",
                       "trainer.max_batches=1", "data.image_size=32", *common)
     _, level2 = level_configs(cfg)

@@ -263,3 +263,17 @@ def test_a_tilde_in_a_path_option_is_the_home_folder_and_unquoted_it_gets_a_clea
     err = capsys.readouterr().err
     assert "LexerNoViableAlt" not in err
     assert "\"data.root='~/cells'\"" in err and "data.root=$HOME/cells" in err
+
+
+def test_a_failed_detector_row_says_detector(tmp_path):
+    from bench import runs
+    from bench.leaderboard import build_leaderboard
+
+    exp = tmp_path / "exp"
+    for model in ("fasterrcnn_mobilenet_v3_large_320_fpn", "resnet18"):
+        rd = runs.RunDir.for_run(exp, model, 0)
+        rd.root.mkdir(parents=True)
+        rd.record_failure(RuntimeError("boom"), "", config_hash="x", model=model, seed=0, error="boom")
+    board = build_leaderboard(exp)
+    kinds = dict(zip(board["model"], board["kind"]))
+    assert kinds == {"fasterrcnn_mobilenet_v3_large_320_fpn": "detector", "resnet18": "model"}

@@ -44,7 +44,7 @@ from bench.detection.metrics import (choose_thresholds, coco_ground_truth, coco_
 from bench.models import count_params, create_model, get_model_spec
 from bench.models.detection_zoo import set_max_detections
 from bench.progress import EpochProgress
-from bench.protocol import recipe_of
+from bench.protocol import protocol_deviations, recipe_of
 
 log = logging.getLogger("bench.train")
 
@@ -204,7 +204,8 @@ def detector_metrics(s: DetectorSession, results: dict, chash: str, oom_retry: b
         "peak_mem_mb": peak_memory_mb(s.device), "batch_size": int(tcfg.batch_size), "oom_retry": oom_retry,
         "precision": "fp32", "weights": weights, "data_root": str(s.dset.root), "device": str(s.device),
         "env": env_info(s.device), "config_hash": chash, "recipe": recipe_of(cfg),
-        "protocol_deviations": None,  # no published detection recipe to compare with
+        # vs. its experiment's recipe (cheuque2022_detector's); None without one (no published recipe)
+        "protocol_deviations": protocol_deviations(cfg, precision="fp32"),
         "n_excluded": int(s.dset.report.counts.get("image(s) that do not decode, left out", 0)),
     }
 
