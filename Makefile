@@ -31,7 +31,7 @@ SMEAR_DET := results/detect_quickstart/runs/fasterrcnn_mobilenet_v3_large_320_fp
 smear-demo: setup
 	$(BIN)/bench-train experiment=detect_quickstart
 	test -f results/quickstart/ensembles/majority-k3/members.csv || $(MAKE) demo
-	rm -rf results/smear-fields && $(BIN)/python -m bench.detection.synthetic results/smear-fields --n 24 --seed 1
+	rm -rf results/smear-fields && $(BIN)/python -m bench.cli.smear_fields results/smear-fields --n 24 --seed 1
 	$(BIN)/bench-predict results/smear-fields/images --detector $(SMEAR_DET) \
 		--classifier results/quickstart/ensembles/majority-k3 --crop-size 64 \
 		--truth results/smear-fields/instances.json --out results/smear-chain

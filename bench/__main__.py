@@ -2,7 +2,7 @@
 
 import sys
 
-from bench.commands import main
+from bench.cli.commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

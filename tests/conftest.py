@@ -72,7 +72,7 @@ def detector_run(tmp_path_factory, cache_dir):
 def classifier(tmp_path_factory, cache_dir):
     """A tiny classifier run on the synthetic single cells (the eight PBC classes), for the chain tests."""
     from bench import runs
-    from bench.train import train
+    from bench.training import run_training as train
 
     results = tmp_path_factory.mktemp("cls")
     cfg = compose_cfg(*SMOKE_OVERRIDES, "trainer.epochs=1", "trainer.max_batches=2", "experiment_name=cells",

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from bench import benchmark
+from bench.cli import benchmark as benchmark_cli
 from tests.conftest import compose_cfg
 
 CLASSES = ("basophil", "eosinophil", "lymphocyte")
@@ -35,7 +36,7 @@ def tiny_folder(tmp_path_factory):
 
 def test_benchmark_writes_the_table(tiny_folder, tmp_path, capsys):
     out = tmp_path / "bench"
-    rc = benchmark.main([
+    rc = benchmark_cli.main([
         "--data", str(tiny_folder), "--models", "simple_cnn", "--image-size", "32", "--epochs", "1",
         "--batch-size", "8", "--eval-batch-size", "16", "--name", "tiny", "--out", str(out), "--no-sweep",
         "--device", "cpu", "--ref-workers", "0", "--ceiling-modes", "fp32,bf16_cl", "--ceiling-window", "0.05",
@@ -104,10 +105,10 @@ def test_model_list_and_sizes():
     assert benchmark.model_list(" resnet18, simple_cnn ") == ["resnet18", "simple_cnn"]
     with pytest.raises(ValueError):
         benchmark.model_list("resnet18,not_a_model")
-    assert benchmark.parse_args(["--image-size", "model"]).image_size is None
-    assert benchmark.parse_args([]).image_size == 64
+    assert benchmark_cli.parse_args(["--image-size", "model"]).image_size is None
+    assert benchmark_cli.parse_args([]).image_size == 64
     with pytest.raises(SystemExit):
-        benchmark.parse_args(["--ceiling-modes", "fp16"])
+        benchmark_cli.parse_args(["--ceiling-modes", "fp16"])
 
 
 def test_foreign_load_is_the_busy_time_of_other_processes(monkeypatch):
@@ -134,7 +135,7 @@ def test_foreign_load_is_the_busy_time_of_other_processes(monkeypatch):
 def test_detection_benchmark_rows_are_the_quotients_of_their_columns(tmp_path, capsys):
     """--task detection: a detector alone vs in the harness, and the chain's fields/s."""
     out = tmp_path / "bench"
-    rc = benchmark.main(["--task", "detection", "--field-size", "96", "--epochs", "2", "--batch-size", "2",
+    rc = benchmark_cli.main(["--task", "detection", "--field-size", "96", "--epochs", "2", "--batch-size", "2",
                          "--fields", "4", "--ceiling-window", "0.05", "--name", "det", "--out", str(out)])
     assert rc == 0
     frame = pd.read_csv(out / "det.csv")

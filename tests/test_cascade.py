@@ -15,11 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import predict, predict_checkpoints, runs
+from bench import predict, runs
+
+from bench.predict import checkpoints as predict_checkpoints
 from bench.cascade import scoring
 from bench.cascade.chain import square_crop
 from bench.detection.data import AnnotationReport, Boxes, DetectionSet
-from bench.train import train
+from bench.training import run_training as train
+from bench.cli import predict as predict_cli
 
 from .conftest import SMOKE_OVERRIDES, compose_cfg
 
@@ -113,7 +116,7 @@ def test_a_detector_checkpoint_with_frozen_batchnorm_rebuilds(tmp_path):
     """Detectors started from COCO / ImageNet weights hold FrozenBatchNorm2d; best.pt rebuilds offline."""
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    from bench.checkpoints import rebuild_model
+    from bench.training.checkpoints import rebuild_model
     from bench.models import create_model
 
     torch.manual_seed(0)
@@ -139,7 +142,7 @@ def test_a_detector_checkpoint_with_frozen_batchnorm_rebuilds(tmp_path):
 def fields(tmp_path):
     """Fresh synthetic fields (a seed the detector never trained or validated on: the chain refuses
     those), a blank field (no cells) and a broken file; the truth json."""
-    from bench.detection.synthetic import main as draw_fields
+    from bench.cli.smear_fields import main as draw_fields
 
     root = tmp_path / "fresh"
     assert draw_fields([str(root), "--n", "16", "--size", "96", "--seed", "7"]) == 0
@@ -191,7 +194,7 @@ def _args(folder, detector, classifiers, out, *extra):
 
 def test_the_chain_with_a_perfect_detector_loses_cells_only_at_the_classifier(fields, detector_run, classifier,
                                                                               tmp_path, monkeypatch, capsys):
-    from bench.cascade import cli
+    from bench.cascade import run as cli
 
     folder, instances = fields
     _, det_dir = detector_run
@@ -206,7 +209,7 @@ def test_the_chain_with_a_perfect_detector_loses_cells_only_at_the_classifier(fi
 
     monkeypatch.setattr(cli, "load_detector", oracle)
     out = tmp_path / "out"
-    assert predict.main(_args(folder, det_dir.root, [classifier.root], out, "--truth", str(instances))) == 0
+    assert predict_cli.main(_args(folder, det_dir.root, [classifier.root], out, "--truth", str(instances))) == 0
     assert "cells found" in capsys.readouterr().out
     cells = pd.read_csv(out / "cells.csv")
     # boxes come back in field pixels, in the truth's order
@@ -236,7 +239,7 @@ def test_counts_add_up_to_the_cells_and_every_field_gets_its_picture(fields, det
     folder, instances = fields
     _, det_dir = detector_run
     out = tmp_path / "out"
-    assert predict.main(_args(folder, det_dir.root, [classifier.root], out, "--score-threshold", "0.05",
+    assert predict_cli.main(_args(folder, det_dir.root, [classifier.root], out, "--score-threshold", "0.05",
                               "--truth", str(instances))) == 0
     cells, counts = pd.read_csv(out / "cells.csv"), pd.read_csv(out / "counts.csv")
     readable = sorted(p.name for p in folder.glob("*.png") if p.name != "broken.png")
@@ -265,7 +268,7 @@ def test_counts_add_up_to_the_cells_and_every_field_gets_its_picture(fields, det
     assert m["overall"]["n_true"] == n_true
     assert m["overall"]["n_pred"] == len(cells) - (cells["field"] == "empty.png").sum()
     # bench-report on the folder scores it again from cells.csv and the recorded truth
-    from bench.report.cli import main as report_main
+    from bench.cli.report import main as report_main
 
     assert report_main([str(out)]) == 0
     assert json.loads((out / "report" / "cascade_metrics.json").read_text()) == m
@@ -277,7 +280,7 @@ def test_one_classifier_per_detector_label(fields, detector_run, classifier, tmp
     folder, _ = fields
     _, det_dir = detector_run
     out = tmp_path / "out"
-    assert predict.main(_args(folder, det_dir.root, [f"wbc={classifier.root}"], out, "--score-threshold",
+    assert predict_cli.main(_args(folder, det_dir.root, [f"wbc={classifier.root}"], out, "--score-threshold",
                               "0.05")) == 0
     cells = pd.read_csv(out / "cells.csv")
     assert set(cells.loc[cells["classified"], "detector_label"]) <= {"wbc"}
@@ -291,7 +294,7 @@ def test_one_classifier_per_detector_label(fields, detector_run, classifier, tmp
 def test_bad_chain_input_is_one_clear_message(fields, detector_run, classifier, tmp_path, capsys, extra, message):
     folder, _ = fields
     _, det_dir = detector_run
-    assert predict.main(_args(folder, det_dir.root, [classifier.root], tmp_path / "o", *extra)) == 2
+    assert predict_cli.main(_args(folder, det_dir.root, [classifier.root], tmp_path / "o", *extra)) == 2
     assert message in capsys.readouterr().err
 
 
@@ -301,7 +304,7 @@ def test_fields_that_all_fail_to_decode_are_an_error_not_a_zero_count(detector_r
     for name in ("a.png", "b.jpg"):
         (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     _, det_dir = detector_run
-    assert predict.main(_args(folder, det_dir.root, [classifier.root], tmp_path / "o")) == 2
+    assert predict_cli.main(_args(folder, det_dir.root, [classifier.root], tmp_path / "o")) == 2
     err = capsys.readouterr().err
     assert "none of the 2 image file(s)" in err and "a.png" in err
     assert not (tmp_path / "o" / "counts.csv").exists()
@@ -309,16 +312,16 @@ def test_fields_that_all_fail_to_decode_are_an_error_not_a_zero_count(detector_r
 
 def test_a_classifier_as_detector_or_without_one_is_named(fields, classifier, tmp_path, capsys):
     folder, _ = fields
-    assert predict.main(_args(folder, classifier.root, [classifier.root], tmp_path / "o")) == 2
+    assert predict_cli.main(_args(folder, classifier.root, [classifier.root], tmp_path / "o")) == 2
     assert "not a detector's best.pt" in capsys.readouterr().err
-    assert predict.main([str(folder), "--classifier", str(classifier.root), "--out", str(tmp_path / "o")]) == 2
+    assert predict_cli.main([str(folder), "--classifier", str(classifier.root), "--out", str(tmp_path / "o")]) == 2
     assert "add --detector" in capsys.readouterr().err
 
 
 def test_cheuque_two_levels_on_smear_fields(tmp_path, cache_dir):
     """Level 1: a detector with mononuclear / polymorphonuclear labels (experiment=cheuque2022_detector);
     level 2: the two-level experiment's classifier of each group, one per detector label."""
-    from bench.protocols.two_level import level_configs
+    from bench.config.plans import level_configs
     from bench.training import run_training
 
     from .conftest import SMALL_DETECTOR
@@ -344,7 +347,7 @@ def test_cheuque_two_levels_on_smear_fields(tmp_path, cache_dir):
             "--allow-seen-fields"]  # the detector's own fields: this checks the routing, not the numbers
     for g, run_dir in groups.items():
         argv += ["--classifier", f"{g}={run_dir}"]
-    assert predict.main(argv) == 0
+    assert predict_cli.main(argv) == 0
     cells = pd.read_csv(out / "cells.csv")
     typed = cells[cells["classified"]]
     assert set(typed["detector_label"]) <= {"mononuclear", "polymorphonuclear"}
@@ -359,7 +362,7 @@ def test_cheuque_two_levels_on_smear_fields(tmp_path, cache_dir):
 
 
 def test_crops_enlarged_far_beyond_the_classifier_scale_are_warned():
-    from bench.cascade.cli import scale_warnings
+    from bench.cascade.run import scale_warnings
 
     assert scale_warnings([1.0, 0.5, 1.8]) == [] and scale_warnings([]) == []
     (warning,) = scale_warnings([2.5, 3.0, 3.5])

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from bench import predict, runs
+from bench.cli import predict as predict_cli
 
 
 def _argv(folder, detector, classifier, out, *extra) -> list[str]:
@@ -27,7 +28,7 @@ def _argv(folder, detector, classifier, out, *extra) -> list[str]:
 def fresh(tmp_path):
     """Six fields the detector never saw (seed 11) and their COCO truth (labels rbc, platelet and the
     seven white-cell types)."""
-    from bench.detection.synthetic import main as draw_fields
+    from bench.cli.smear_fields import main as draw_fields
 
     root = tmp_path / "fresh"
     assert draw_fields([str(root), "--n", "6", "--size", "96", "--seed", "11"]) == 0
@@ -37,7 +38,7 @@ def fresh(tmp_path):
 @pytest.fixture
 def no_chain(monkeypatch):
     """Fails the test if any field is processed: the checks must come first."""
-    from bench.cascade import cli
+    from bench.cascade import run as cli
 
     def refuse(*args, **kwargs):
         raise AssertionError("the chain ran although its input was wrong")
@@ -49,10 +50,10 @@ def no_chain(monkeypatch):
 def test_a_detector_given_as_classifier_is_named_at_start(fresh, detector_run, tmp_path, capsys, no_chain):
     folder, _ = fresh
     _, det = detector_run
-    assert predict.main(_argv(folder, det.root, det.root, tmp_path / "out")) == 2
+    assert predict_cli.main(_argv(folder, det.root, det.root, tmp_path / "out")) == 2
     err = capsys.readouterr().err
     assert "is a detector's best.pt" in err and "--detector" in err
-    assert predict.main([str(folder), "-c", str(det.best_ckpt), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    assert predict_cli.main([str(folder), "-c", str(det.best_ckpt), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
     assert "is a detector's best.pt" in capsys.readouterr().err
 
 
@@ -72,7 +73,7 @@ def test_truth_without_white_cell_types_stops_before_the_first_field_with_the_fi
     # Another lab's truth: RBC / WBC / PLT, no white-cell types
     truth = _renamed_truth(instances, tmp_path / "lab.json",
                            lambda n: {"rbc": "RBC", "platelet": "PLT"}.get(n, "WBC"))
-    assert predict.main(_argv(folder, det.root, classifier.root, tmp_path / "out", "--truth", str(truth))) == 2
+    assert predict_cli.main(_argv(folder, det.root, classifier.root, tmp_path / "out", "--truth", str(truth))) == 2
     err = capsys.readouterr().err
     assert "--score-level detector" in err and "--truth-map" in err and "RBC=rbc" in err and "WBC=wbc" in err
     assert not (tmp_path / "out").exists()
@@ -81,7 +82,7 @@ def test_truth_without_white_cell_types_stops_before_the_first_field_with_the_fi
 def test_a_truth_map_key_not_in_the_truth_is_named(fresh, detector_run, classifier, tmp_path, capsys, no_chain):
     folder, instances = fresh
     _, det = detector_run
-    assert predict.main(_argv(folder, det.root, classifier.root, tmp_path / "out", "--truth", str(instances),
+    assert predict_cli.main(_argv(folder, det.root, classifier.root, tmp_path / "out", "--truth", str(instances),
                               "--truth-map", "Neutrophil=neutrophil,rbc=rbc")) == 2
     err = capsys.readouterr().err
     assert "--truth-map" in err and "'Neutrophil'" in err and "not a label of the truth" in err
@@ -95,24 +96,24 @@ def test_a_non_empty_out_that_is_no_chain_output_is_refused(fresh, detector_run,
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("my notes")
-    assert predict.main(_argv(folder, det.root, classifier.root, out)) == 2
+    assert predict_cli.main(_argv(folder, det.root, classifier.root, out)) == 2
     assert "not the output of a chain run" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
 def test_a_rerun_with_fewer_fields_replaces_the_previous_output_whole(fresh, detector_run, classifier, tmp_path,
                                                                      capsys):
-    from bench.report.cli import main as report_main
+    from bench.cli.report import main as report_main
 
     folder, _ = fresh
     _, det = detector_run
     out = tmp_path / "out"
-    assert predict.main(_argv(folder, det.root, classifier.root, out, "--score-threshold", "0.05")) == 0
+    assert predict_cli.main(_argv(folder, det.root, classifier.root, out, "--score-threshold", "0.05")) == 0
     assert report_main([str(out)]) == 0 and (out / "report" / "report.md").is_file()
     for name in sorted(p.name for p in folder.iterdir())[3:]:
         (folder / name).unlink()
     capsys.readouterr()
-    assert predict.main(_argv(folder, det.root, classifier.root, out, "--score-threshold", "0.05")) == 0
+    assert predict_cli.main(_argv(folder, det.root, classifier.root, out, "--score-threshold", "0.05")) == 0
     assert "replaced the previous chain output" in capsys.readouterr().out
     assert sorted(p.name for p in (out / "fields").iterdir()) == sorted(p.name for p in folder.iterdir())
     assert not (out / "report").exists()  # the old report described fields that are gone
@@ -129,11 +130,11 @@ def test_fields_the_detector_trained_on_are_refused_or_labelled(detector_run, cl
     (folder / "field-0000.png").rename(folder / "renamed.png")
     manifest = pd.read_csv(det.root.parents[2] / "manifest.csv")
     seen = set(manifest.loc[manifest["split"] != "test", "path"].str.replace("images/", "", regex=False))
-    assert predict.main(_argv(folder, det.root, classifier.root, tmp_path / "out")) == 2
+    assert predict_cli.main(_argv(folder, det.root, classifier.root, tmp_path / "out")) == 2
     err = capsys.readouterr().err
     assert f"{len(seen)} of the 16 fields" in err and "--allow-seen-fields" in err
     out = tmp_path / "labelled"
-    assert predict.main(_argv(folder, det.root, classifier.root, out, "--allow-seen-fields",
+    assert predict_cli.main(_argv(folder, det.root, classifier.root, out, "--allow-seen-fields",
                               "--truth", str(root / "instances.json"), "--score-threshold", "0.05")) == 0
     summary = runs.read_json(out / "summary.json")
     named = {("field-0000.png" if f == "renamed.png" else f) for f in summary["seen_fields"]}
@@ -163,7 +164,7 @@ class CrowdedDetector(torch.nn.Module):
 
 def test_a_field_at_the_detectors_cap_is_named_and_the_cap_is_shown(fresh, detector_run, classifier, tmp_path,
                                                                     monkeypatch):
-    from bench.cascade import cli
+    from bench.cascade import run as cli
 
     folder, _ = fresh
     _, det = detector_run
@@ -177,7 +178,7 @@ def test_a_field_at_the_detectors_cap_is_named_and_the_cap_is_shown(fresh, detec
 
     monkeypatch.setattr(cli, "load_detector", crowded)
     out = tmp_path / "out"
-    assert predict.main(_argv(folder, det.root, classifier.root, out, "--score-threshold", "0.5")) == 0
+    assert predict_cli.main(_argv(folder, det.root, classifier.root, out, "--score-threshold", "0.5")) == 0
     summary = runs.read_json(out / "summary.json")
     assert summary["detector"]["max_detections"] == 40
     assert sorted(summary["fields_at_cap"]) == sorted(p.name for p in folder.iterdir())
@@ -191,7 +192,7 @@ def test_field_pictures_carry_a_legend(fresh, detector_run, classifier, tmp_path
     folder, instances = fresh
     _, det = detector_run
     out = tmp_path / "out"
-    assert predict.main(_argv(folder, det.root, classifier.root, out, "--score-threshold", "0.05",
+    assert predict_cli.main(_argv(folder, det.root, classifier.root, out, "--score-threshold", "0.05",
                               "--score-level", "detector", "--truth", str(instances),
                               "--truth-map", ",".join(f"{c}=wbc" for c in ("basophil", "eosinophil", "erythroblast",
                                                                             "ig", "lymphocyte", "monocyte",

@@ -19,7 +19,7 @@ from bench.data.loader import BatchLoader
 from bench.data.split import make_manifest
 from bench.data.store import load_or_decode
 from bench.data.transforms import BatchAugment, Normalize, apply_augment
-from bench.train import train
+from bench.training import run_training as train
 
 from .conftest import compose_cfg
 

@@ -215,8 +215,8 @@ def test_each_class_gets_the_threshold_with_its_smallest_validation_count_error(
 
 
 def test_a_detector_run_is_a_leaderboard_row_ranked_by_val_map(detector_run):
-    from bench import leaderboard as lb
-    from bench import ranking
+    from bench.results import leaderboard as lb
+    from bench.results import ranking
 
     _, rd = detector_run
     board = lb.build_leaderboard(rd.root.parents[2])
@@ -231,7 +231,7 @@ def test_a_detector_run_is_a_leaderboard_row_ranked_by_val_map(detector_run):
 def test_a_detector_resumes_to_the_same_weights(tmp_path, cache_dir, monkeypatch):
     import torch
 
-    from bench.detection import fit as det_fit
+    from bench.training import detector as det_fit
     from bench.training import run_training
 
     whole = run_training(compose_cfg(*SMALL, f"paths.results_dir={tmp_path / 'a'}", f"paths.cache_dir={cache_dir}"))
@@ -331,7 +331,7 @@ def test_a_sweep_over_detector_families_on_a_voc_folder(tmp_path, cache_dir, cap
     constructor options (the quickstart's Faster R-CNN proposal counts are its own), and an option a
     detector does not take is a preflight problem before anything trains."""
     from bench.detection.synthetic import synthetic_smear_root
-    from bench.train import cli
+    from bench.cli.train import cli
 
     voc = _voc_from_coco(synthetic_smear_root(cache_dir, n_fields=12, size=96, seed=5), tmp_path / "voc")
     args = [*SMALL, "data=voc", f"data.root={voc}", "trainer.epochs=1", "trainer.max_batches=1",
@@ -354,23 +354,24 @@ def test_the_detectors_best_epoch_is_the_first_best_validation_map(tmp_path, cac
     holds epoch 2's weights, not the last epoch's."""
     import torch
 
-    from bench.detection import fit as det_fit
+    from bench.training import detector as det_fit
     from bench.training import run_training
 
     real, scripted, saved = det_fit.coco_metrics, iter([0.2, 0.5, 0.5]), {}
-    real_epoch = det_fit.detector_epoch
+    real_epoch = det_fit.DetectorSession.epoch
 
     def scripted_metrics(gt, res, max_detections):
         out = real(gt, res, max_detections)
         value = next(scripted, None)  # the three epochs' validation, then the real final evaluation
         return out if value is None else {**out, "map": value}
 
-    def remember(s, epoch, run_dir, tracker):
-        real_epoch(s, epoch, run_dir, tracker)
+    def remember(s, epoch, progress):
+        out = real_epoch(s, epoch, progress)
         saved[epoch + 1] = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
+        return out
 
     monkeypatch.setattr(det_fit, "coco_metrics", scripted_metrics)
-    monkeypatch.setattr(det_fit, "detector_epoch", remember)
+    monkeypatch.setattr(det_fit.DetectorSession, "epoch", remember)
     out = run_training(compose_cfg(*SMALL, "trainer.epochs=3", f"paths.results_dir={tmp_path}",
                                    f"paths.cache_dir={cache_dir}"))
     assert out["status"] == "completed", out.get("error")
@@ -389,7 +390,7 @@ def test_score_thresholds_are_chosen_on_validation_never_on_test(tmp_path, monke
     import torch
     from omegaconf import OmegaConf
 
-    from bench.detection import fit as det_fit
+    from bench.training import detector as det_fit
     from bench.detection.data import Boxes
 
     box = np.array([[1.0, 1.0, 8.0, 8.0]])

@@ -113,7 +113,7 @@ def _sixteen_bit_coco(root: Path, n: int = 9) -> Path:
 def test_a_detector_trains_on_16_bit_fields_rescaled_not_white(tmp_path, cache_dir, monkeypatch):
     """By hand: a 16-bit field's range (1000..3000) becomes 0..255, so the left half is black and the
     right half white in every channel; convert('RGB') made the whole field white."""
-    from bench.detection import fit as det_fit
+    from bench.training import detector as det_fit
     from bench.training import run_training
 
     from .conftest import SMALL_DETECTOR, compose_cfg

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from bench import runs
-from bench.detection import fit as det_fit
+from bench.training import detector as det_fit
 from bench.detection.data import Boxes, read_coco
 from bench.detection.metrics import coco_ground_truth, coco_metrics, coco_results
 
@@ -180,7 +180,7 @@ def test_a_field_that_reaches_the_cap_is_named(tmp_path, monkeypatch):
 
 
 def test_a_detector_run_is_built_and_scored_with_the_cap(detector_run):
-    from bench.checkpoints import rebuild_model
+    from bench.training.checkpoints import rebuild_model
 
     _, rd = detector_run
     metrics = runs.read_json(rd.metrics)
@@ -193,9 +193,9 @@ def test_an_undefined_class_ap_is_empty_in_the_leaderboard_and_a_dash_in_the_rep
     """metrics.json's None (a class absent from the test fields) must not turn back into 0.0 downstream."""
     import shutil
 
-    from bench import leaderboard as lb
+    from bench.results import leaderboard as lb
     from bench import report
-    from bench.leaderboard_rows import class_column
+    from bench.results.rows import class_column
 
     _, rd = detector_run
     exp = tmp_path / "exp"

@@ -11,12 +11,13 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from bench import ensemble as ens
-from bench import ensemble_runs as ens_runs
-from bench import ensemble_voting as vote
-from bench import leaderboard as lb
+from bench.ensemble import estimators as ens
+from bench.ensemble import folders as ens_runs
+from bench.ensemble import voting as vote
+from bench.results import leaderboard as lb
 from bench import runs
 from bench.metrics import classification_metrics
+from bench.cli import ensemble as ensemble_cli
 
 CLASSES = ["basophil", "eosinophil", "ig"]
 
@@ -317,7 +318,7 @@ def test_load_candidates_aligns_by_path_in_leaderboard_order(exp):
 
 
 def test_cli_writes_folder_and_leaderboard_row(exp, capsys):
-    assert ens_runs.main([str(exp), "k=3", "method=majority"]) == 0
+    assert ensemble_cli.main([str(exp), "k=3", "method=majority"]) == 0
     out = capsys.readouterr().out
     assert "majority-k3" in out and "test" in out
     folder = exp / "ensembles" / "majority-k3"
@@ -359,8 +360,8 @@ def test_cli_writes_folder_and_leaderboard_row(exp, capsys):
     assert kept.iloc[0]["test_acc"] == pytest.approx(row["test_acc"])
 
     # Same name again: replaced, not duplicated; another name: added.
-    assert ens_runs.main([str(exp), "k=3", "method=majority"]) == 0
-    assert ens_runs.main([str(exp), "k=2", "method=soft", "name=my-soft"]) == 0
+    assert ensemble_cli.main([str(exp), "k=3", "method=majority"]) == 0
+    assert ensemble_cli.main([str(exp), "k=2", "method=soft", "name=my-soft"]) == 0
     board = pd.read_csv(exp / "leaderboard.csv")
     assert sorted(board.loc[board["kind"] == "ensemble", "model"]) == ["majority-k3", "my-soft"]
     soft = pd.read_csv(exp / "ensembles" / "my-soft" / "predictions_val.csv")
@@ -369,7 +370,7 @@ def test_cli_writes_folder_and_leaderboard_row(exp, capsys):
 
 @pytest.mark.parametrize("method", ["weighted", "greedy", "best_subset"])
 def test_cli_other_methods(exp, method):
-    assert ens_runs.main([str(exp), "k=2", f"method={method}", "top_n=4", "steps=5"]) == 0
+    assert ensemble_cli.main([str(exp), "k=2", f"method={method}", "top_n=4", "steps=5"]) == 0
     name = "greedy" if method == "greedy" else f"{method}-k2"
     metrics = runs.read_json(exp / "ensembles" / name / "metrics.json")
     assert metrics["method"] == method
@@ -381,20 +382,20 @@ def test_cli_other_methods(exp, method):
 def test_cli_weights_option(exp):
     cands = ens_runs.load_candidates(exp)
     a, b = cands.ids[0], cands.ids[3]
-    assert ens_runs.main([str(exp), "method=weighted", f"weights={a}=2;{b}=1", "name=w"]) == 0
+    assert ensemble_cli.main([str(exp), "method=weighted", f"weights={a}=2;{b}=1", "name=w"]) == 0
     members = pd.read_csv(exp / "ensembles" / "w" / "members.csv")
     assert members["member"].tolist() == [a, b]
     assert members["weight"].tolist() == pytest.approx([2 / 3, 1 / 3], abs=1e-6)
 
 
 def test_cli_errors(exp, tmp_path, capsys):
-    assert ens_runs.main([str(exp), "k=6"]) == 2  # 5 completed runs
+    assert ensemble_cli.main([str(exp), "k=6"]) == 2  # 5 completed runs
     assert "fewer than k=6" in capsys.readouterr().err
-    assert ens_runs.main([str(exp), "kk=3"]) == 2
+    assert ensemble_cli.main([str(exp), "kk=3"]) == 2
     assert "not an option" in capsys.readouterr().err
-    assert ens_runs.main([str(exp), "method=stacking"]) == 2
+    assert ensemble_cli.main([str(exp), "method=stacking"]) == 2
     assert "stacking" in capsys.readouterr().err
-    assert ens_runs.main([str(tmp_path / "nowhere")]) == 2
+    assert ensemble_cli.main([str(tmp_path / "nowhere")]) == 2
     assert "no runs/ folder" in capsys.readouterr().err
 
 

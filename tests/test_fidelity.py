@@ -15,7 +15,7 @@ from PIL import Image
 
 from bench.models import create_model
 from bench.models import weights as weights_mod
-from bench.protocol import protocol_deviations
+from bench.config.recipe import protocol_deviations
 
 from .conftest import compose_cfg
 
@@ -161,7 +161,7 @@ def test_an_unknown_weights_tag_is_a_preflight_problem(tmp_path):
 
 
 def test_holm_adjusted_p_values_by_hand():
-    from bench.stats import holm
+    from bench.metrics.statistics import holm
 
     # Sorted 0.01, 0.03, 0.04 times 3, 2, 1 = 0.03, 0.06, 0.04; running maximum 0.03, 0.06, 0.06.
     got = holm([0.04, 0.01, np.nan, 0.03])
@@ -173,7 +173,7 @@ def test_holm_adjusted_p_values_by_hand():
 
 
 def test_the_papers_own_ensemble_is_a_fixed_hard_vote(tmp_path):
-    from bench import ensemble_runs as ens_runs
+    from bench.ensemble import folders as ens_runs
     from bench import runs
 
     from .test_ensemble import CLASSES, _random_stack, _write_run
@@ -324,9 +324,9 @@ def test_acevedo_finetune_departs_only_in_the_split(model):
 
 
 def test_another_papers_recipe_is_never_compared_with_gavas_table2(tmp_path):
-    from bench.leaderboard_rows import _model_row
+    from bench.results.rows import _model_row
     from bench.metrics import classification_metrics
-    from bench.result_records import RunRecord
+    from bench.results.records import RunRecord
 
     from .test_leaderboard import CLASSES
 
@@ -340,7 +340,7 @@ def test_another_papers_recipe_is_never_compared_with_gavas_table2(tmp_path):
 
 def test_keras_decay_steps_the_learning_rate_every_iteration(make_cfg):
     from bench import runs
-    from bench.train import train
+    from bench.training import run_training as train
 
     # lr 0.01, decay 0.5, 2 optimizer steps per epoch: epochs start at t = 0, 2, 4 steps,
     # so lr = 0.01 / (1 + 0.5 t) = 0.01, 0.005, 0.00333...
@@ -373,8 +373,8 @@ def test_a_variant_run_is_compared_with_its_variant_of_the_recipe(variant):
 
 
 def test_cheuque_levels_and_folds_follow_the_paper():
-    from bench.protocols.cv import plan_folds
-    from bench.protocols.two_level import level_configs
+    from bench.config.plans import plan_folds
+    from bench.config.plans import level_configs
 
     cfg = compose_cfg("experiment=cheuque2022_two_level", "data.root=/d")
     declared = list(cfg.recipe.departures)
@@ -392,7 +392,7 @@ def test_cheuque_levels_and_folds_follow_the_paper():
 
 
 def test_converted_weights_lift_cheuques_declared_no_imagenet_departure():
-    from bench.protocols.two_level import level_configs
+    from bench.config.plans import level_configs
 
     without = protocol_deviations(compose_cfg("experiment=cheuque2022_two_level", "data.root=/d"))
     assert any(d.startswith("model.weights=none (paper: ImageNet") for d in without)

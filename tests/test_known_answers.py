@@ -16,8 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as tnf
 
 from bench import runs
-from bench import write_errors
-from bench.engine import compute_loss, evaluate, split_outputs, train_one_epoch
+from bench.runs import atomic, disk_errors as write_errors
+from bench.training.engine import compute_loss, evaluate, split_outputs, train_one_epoch
 from bench.metrics import classification_metrics
 
 # --------------------------------------------------------------------------- the metric set
@@ -285,7 +285,7 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path, mo
     write(1)
     before = target.read_bytes()
     # The failure comes after the new bytes were written (fsync), or while torch writes them.
-    monkeypatch.setattr(runs.os, "fsync", _boom)
+    monkeypatch.setattr(atomic.os, "fsync", _boom)
     if writer == "torch":
         monkeypatch.setattr(torch, "save", lambda obj, fh, *a, **k: (fh.write(b"partial"), _boom()))
     with pytest.raises(OSError, match="simulated"):

@@ -35,7 +35,7 @@ def _bench_train() -> list[str]:
     script = Path(sys.executable).with_name("bench-train")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from bench.train import cli; sys.exit(cli())"]
+    return [sys.executable, "-c", "import sys; from bench.cli.train import cli; sys.exit(cli())"]
 
 
 def _sweep(results: Path, cache: Path, sweep_dir: Path, cwd: Path) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""bench.leaderboard on hand-built run folders with real metric sets."""
+"""bench.results.leaderboard on hand-built run folders with real metric sets."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import leaderboard as lb
-from bench import leaderboard_rows
-from bench import paper_reference
-from bench import result_records
+from bench.results import leaderboard as lb
+from bench.results import rows as leaderboard_rows
+from bench.results import published as paper_reference
+from bench.results import records as result_records
 from bench import runs
-from bench import run_files
+from bench.runs import files as run_files
 from bench.metrics import classification_metrics
+from bench.cli import leaderboard as leaderboard_cli
 
 CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
 
@@ -228,13 +229,13 @@ def test_format_leaderboard(exp):
 
 
 def test_cli_writes_and_prints(exp, capsys):
-    assert lb.main([str(exp)]) == 0
+    assert leaderboard_cli.main([str(exp)]) == 0
     out = capsys.readouterr().out
     assert "resnet18" in out and (exp / "leaderboard.csv").exists()
 
 
 def test_cli_exit_2_without_runs_folder(tmp_path, capsys):
-    assert lb.main([str(tmp_path)]) == 2
+    assert leaderboard_cli.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no runs/ folder" in err and str(tmp_path) in err
     assert not (tmp_path / "leaderboard.csv").exists()

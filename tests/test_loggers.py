@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from bench import runs
-from bench.train import train
+from bench.training import run_training as train
 
 EPOCHS = 2
 
@@ -67,7 +67,7 @@ def test_mlflow_logger_with_its_local_store(logged, tmp_path):
 
 
 def test_a_failing_logger_never_fails_the_run(make_cfg, monkeypatch, caplog):
-    from bench import loggers
+    from bench.training import loggers
 
     def broken(self, epoch, numbers):
         raise OSError("disk full (simulated)")
@@ -81,7 +81,7 @@ def test_a_failing_logger_never_fails_the_run(make_cfg, monkeypatch, caplog):
 def test_a_missing_logger_package_is_a_preflight_problem(monkeypatch):
     import importlib.util
 
-    from bench.loggers import missing_package
+    from bench.training.loggers import missing_package
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))

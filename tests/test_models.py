@@ -210,7 +210,7 @@ def test_custom_model_has_no_pretrained_weights():
 
 
 def test_cli_lists_models(capsys):
-    from bench.models.cli import main
+    from bench.cli.models import main
 
     assert main(["resnet*"]) == 0
     out = capsys.readouterr().out
@@ -374,7 +374,7 @@ def test_a_rebuilt_checkpoint_converts_its_input_as_its_imagenet_start_did(name,
     # torchvision builds inception_v3 / googlenet with transform_input=True only with ImageNet
     # weights; every rebuild of a fine-tuned checkpoint (bench-predict, the two-level classifier)
     # must do the same, or its inputs are normalised the wrong way.
-    from bench.checkpoints import rebuild_model
+    from bench.training.checkpoints import rebuild_model
 
     torch.manual_seed(0)
     model = create_model(name, num_classes=3, pretrained=False)

@@ -15,13 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import leaderboard as lb
-from bench import ranking
+from bench.results import leaderboard as lb
+from bench.results import ranking
 from bench import runs
-from bench import fit as train_mod  # the stages of a run
-from bench.config_checks import validate_config
+from bench.training import classifier as train_mod
+from bench.config.checks import validate_config
 from bench.metrics import balanced_accuracy, classification_metrics, collapse_warning, confidence_threshold
-from bench.train import cli, run_identity, train
+from bench.cli.train import cli
+from bench.config import run_identity
+from bench.training import run_training as train
 
 from .conftest import compose_cfg
 
@@ -69,7 +71,7 @@ def test_low_confidence_threshold_is_a_quantile_of_correct_validation_prediction
 def test_balanced_class_weights_are_sklearns():
     from sklearn.utils.class_weight import compute_class_weight
 
-    from bench.engine import loss_class_weights
+    from bench.training.engine import loss_class_weights
 
     labels = torch.tensor([0, 0, 0, 1, 2, 2])
     got = loss_class_weights("balanced", labels, 3)
@@ -454,7 +456,7 @@ def test_each_job_takes_its_share_of_the_cores(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from bench import threads
+    from bench.training import threads
 
     share = threads.CpuShare(tmp_path)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import bench
-from bench import commands
+from bench.cli import commands
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,12 +30,12 @@ def test_every_console_script_goes_through_the_command_table():
     assert set(scripts) == set(commands.COMMANDS)
     for name, target in scripts.items():
         module, func = target.split(":")
-        assert module == "bench.commands" and getattr(commands, func).__name__ == name.replace("-", "_")
+        assert module == "bench.cli.commands" and getattr(commands, func).__name__ == name.replace("-", "_")
 
 
 def test_help_of_every_tool_says_what_it_does_without_importing_torch():
     # One fresh interpreter asks every tool for --help, then reports what it imported.
-    code = ("import sys, contextlib, io, json\nfrom bench import commands\nout = {}\n"
+    code = ("import sys, contextlib, io, json\nfrom bench.cli import commands\nout = {}\n"
             "for name in commands.COMMANDS:\n"
             "    buf = io.StringIO()\n"
             "    with contextlib.redirect_stdout(buf):\n"
@@ -69,7 +69,7 @@ def test_a_closed_pipe_ends_a_listing_quietly(pattern):
     # The reader is gone before the first line (`bench-models | head` once head has exited). A short
     # listing fits the pipe's buffer and meets the closed pipe only when stdout is flushed.
     code = ("import os, sys\nr, w = os.pipe()\nos.close(r)\nos.dup2(w, 1)\n"
-            f"from bench import commands\nrc = commands.run('bench-models', {pattern!r})\n"
+            f"from bench.cli import commands\nrc = commands.run('bench-models', {pattern!r})\n"
             "os.write(2, f'rc={rc}'.encode())\nsys.exit(rc)")
     proc = _python(code)
     assert proc.returncode == 0
@@ -86,16 +86,16 @@ def test_python_dash_m_bench_lists_and_runs_the_tools():
         "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
     unknown = subprocess.run([sys.executable, "-m", "bench", "nope"], capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2 and "no command 'nope'" in unknown.stderr
-    train_help = subprocess.run([sys.executable, "-m", "bench.train", "--help"], capture_output=True, text=True,
+    train_help = subprocess.run([sys.executable, "-m", "bench.cli.train", "--help"], capture_output=True, text=True,
                                 timeout=120)
     assert train_help.returncode == 0 and train_help.stdout.startswith("usage: bench-train"), train_help.stdout[:200]
 
 
 def test_cli_defaults_are_the_api_defaults():
-    from bench import command_parsers as cli
-    from bench import stats
+    from bench.cli import parsers as cli
+    from bench.metrics import statistics as stats
     from bench.benchmark import common
-    from bench.ensemble_runs import METHODS as ENSEMBLE_METHODS
+    from bench.ensemble.folders import METHODS as ENSEMBLE_METHODS
     from bench.predict import METHODS as PREDICT_METHODS
     from bench.report.tables import DEFAULT_TOP
 
@@ -114,7 +114,7 @@ def _bench_train(*args: str, cwd=None) -> subprocess.CompletedProcess:
 
 
 def test_hydra_flags_pass_through(tmp_path, monkeypatch, capsys):
-    from bench.train import cli
+    from bench.cli.train import cli
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["bench-train"])
@@ -131,7 +131,7 @@ def test_hydra_flags_pass_through(tmp_path, monkeypatch, capsys):
 
 # --------------------------------------------------------------------------- timm through the CLI
 def test_a_timm_model_trains_from_the_command_line(tmp_path, cache_dir):
-    from bench.train import cli
+    from bench.cli.train import cli
 
     from .conftest import SMOKE_OVERRIDES
 
@@ -146,7 +146,7 @@ def test_a_timm_model_trains_from_the_command_line(tmp_path, cache_dir):
 
 
 def test_a_timm_sweep_list_composes():
-    from bench.cli_checks import register_requested_timm_models
+    from bench.cli.checks import register_requested_timm_models
     from bench.preflight import plan_runs
 
     args = ["-m", "model=resnet18,timm/resnet10t,timm/mobilenetv3_small_050", "data.root=/data"]
@@ -207,8 +207,8 @@ def lab_cnn(num_classes, pretrained=False):
 @pytest.mark.parametrize("how", ["entry_point", "env"])
 def test_your_own_architecture_trains_and_predicts_without_editing_bench(tmp_path, cache_dir, monkeypatch, how):
     from bench.models import _registry, list_models, load_plugins
-    from bench.predict_checkpoints import load_checkpoint
-    from bench.train import cli
+    from bench.predict.checkpoints import load_checkpoint
+    from bench.cli.train import cli
 
     from .conftest import SMOKE_OVERRIDES
 

@@ -11,11 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import ensemble_runs as ens
-from bench import predict, predict_checkpoints
+from bench.ensemble import folders as ens
+from bench import predict
+from bench.predict import checkpoints as predict_checkpoints
 from bench import runs
 from bench.models import create_model
-from bench.train import train
+from bench.training import run_training as train
+from bench.cli import ensemble as ensemble_cli
+from bench.cli import evaluate as evaluate_cli
+from bench.cli import predict as predict_cli
 
 from .conftest import SMOKE_OVERRIDES, compose_cfg
 
@@ -56,7 +60,7 @@ def _classes(run_dir) -> list[str]:
 def test_single_checkpoint(trained, images, tmp_path, capsys):
     run_dir, _ = trained
     out = tmp_path / "out"
-    assert predict.main([str(images), "--checkpoint", str(run_dir.best_ckpt), "--out", str(out)]) == 0
+    assert predict_cli.main([str(images), "--checkpoint", str(run_dir.best_ckpt), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "5 image(s) classified" in printed and "broken.png" in printed
     classes = _classes(run_dir)
@@ -100,7 +104,7 @@ def test_an_empty_folder_is_an_error_not_a_zero_count(trained, tmp_path, capsys)
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)
     (empty / "readme.txt").write_text("no cells here")
-    assert predict.main([str(empty), "-c", str(run_dir.best_ckpt), "--out", str(tmp_path / "o")]) == 2
+    assert predict_cli.main([str(empty), "-c", str(run_dir.best_ckpt), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "holds no image files" in err and "1 other file(s) skipped" in err
     assert not (tmp_path / "o").exists()
@@ -114,7 +118,7 @@ def test_a_folder_whose_images_all_fail_to_decode_is_an_error_not_a_zero_count(t
     (broken / "slide" / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (broken / "c.tif").write_text("text under an image extension")
     (broken / "notes.txt").write_text("not an image")
-    assert predict.main([str(broken), "-c", str(run_dir.best_ckpt), "--out", str(tmp_path / "o")]) == 2
+    assert predict_cli.main([str(broken), "-c", str(run_dir.best_ckpt), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err  # one paragraph
     assert str(broken) in err and "none of its 3 image file(s) could be decoded" in err
@@ -127,7 +131,7 @@ def test_reproduces_the_runs_own_test_predictions(trained, tmp_path):
     run_dir, _ = trained
     data_root = Path(runs.read_json(run_dir.metrics)["data_root"])
     out = tmp_path / "out"
-    assert predict.main([str(data_root), "-c", str(run_dir.best_ckpt), "--out", str(out), "--batch-size", "50",
+    assert predict_cli.main([str(data_root), "-c", str(run_dir.best_ckpt), "--out", str(out), "--batch-size", "50",
                          "--device", "cpu"]) == 0  # CPU like the run: no TF32 differences
     recorded = pd.read_csv(run_dir.predictions("test")).set_index("path")
     ours = pd.read_csv(out / "predictions.csv").set_index("path").loc[recorded.index]
@@ -140,8 +144,8 @@ def test_two_checkpoints_majority_vote(trained, images, tmp_path):
     run_dir, _ = trained
     single, double = tmp_path / "one", tmp_path / "two"
     ckpt = str(run_dir.best_ckpt)
-    assert predict.main([str(images), "-c", ckpt, "--out", str(single)]) == 0
-    assert predict.main([str(images), "-c", ckpt, "-c", ckpt, "--out", str(double)]) == 0
+    assert predict_cli.main([str(images), "-c", ckpt, "--out", str(single)]) == 0
+    assert predict_cli.main([str(images), "-c", ckpt, "-c", ckpt, "--out", str(double)]) == 0
     one, two = pd.read_csv(single / "predictions.csv"), pd.read_csv(double / "predictions.csv")
     classes = _classes(run_dir)
     assert [c for c in two.columns if c.startswith("votes_")] == [f"votes_{c}" for c in classes]
@@ -151,16 +155,16 @@ def test_two_checkpoints_majority_vote(trained, images, tmp_path):
     # Two loose checkpoints were never validated together: no flag, and the summary says why.
     assert two["low_confidence"].isna().all()
     assert "never validated together" in runs.read_json(double / "summary.json")["low_confidence"]["not_flagged_because"]
-    assert predict.main([str(images), "-c", ckpt, "-c", ckpt, "--method", "soft", "--out", str(tmp_path / "s")]) == 0
+    assert predict_cli.main([str(images), "-c", ckpt, "-c", ckpt, "--method", "soft", "--out", str(tmp_path / "s")]) == 0
     soft = pd.read_csv(tmp_path / "s" / "predictions.csv")
     np.testing.assert_allclose(soft["confidence"], one["confidence"], atol=1e-6)
 
 
 def test_ensemble_folder(trained, images, tmp_path):
     run_dir, exp_dir = trained
-    assert ens.main([str(exp_dir), "k=1", "method=majority"]) == 0
+    assert ensemble_cli.main([str(exp_dir), "k=1", "method=majority"]) == 0
     out = tmp_path / "out"
-    assert predict.main([str(images), "--ensemble", str(exp_dir / "ensembles" / "majority-k1"),
+    assert predict_cli.main([str(images), "--ensemble", str(exp_dir / "ensembles" / "majority-k1"),
                          "--out", str(out)]) == 0
     summary = runs.read_json(out / "summary.json")
     assert summary["method"] == "majority"
@@ -179,7 +183,7 @@ def test_class_mismatch_names_both_checkpoints(trained, images, tmp_path, capsys
     ckpt["class_names"] = list(reversed(ckpt["class_names"]))
     other = tmp_path / "reordered.pt"
     torch.save(ckpt, other)
-    code = predict.main([str(images), "-c", str(run_dir.best_ckpt), "-c", str(other), "--out", str(tmp_path / "o")])
+    code = predict_cli.main([str(images), "-c", str(run_dir.best_ckpt), "-c", str(other), "--out", str(tmp_path / "o")])
     assert code == 2
     err = capsys.readouterr().err
     assert str(run_dir.best_ckpt) in err and str(other) in err and "different class names" in err
@@ -188,15 +192,15 @@ def test_class_mismatch_names_both_checkpoints(trained, images, tmp_path, capsys
 def test_bad_input_exits_2(trained, images, tmp_path, capsys):
     run_dir, _ = trained
     ckpt = str(run_dir.best_ckpt)
-    assert predict.main([str(tmp_path / "missing"), "-c", ckpt, "--out", str(tmp_path / "o")]) == 2
+    assert predict_cli.main([str(tmp_path / "missing"), "-c", ckpt, "--out", str(tmp_path / "o")]) == 2
     assert "is not a folder" in capsys.readouterr().err
-    assert predict.main([str(images), "--out", str(tmp_path / "o")]) == 2
+    assert predict_cli.main([str(images), "--out", str(tmp_path / "o")]) == 2
     assert "no model given" in capsys.readouterr().err
-    assert predict.main([str(images), "-c", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")]) == 2
+    assert predict_cli.main([str(images), "-c", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert predict.main([str(images), "-c", str(run_dir.last_ckpt), "--out", str(tmp_path / "o")]) == 2
+    assert predict_cli.main([str(images), "-c", str(run_dir.last_ckpt), "--out", str(tmp_path / "o")]) == 2
     assert "not a bench-train best.pt" in capsys.readouterr().err
-    assert predict.main([str(images), "--ensemble", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert predict_cli.main([str(images), "--ensemble", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "members.csv" in capsys.readouterr().err
 
 
@@ -233,12 +237,12 @@ def _external_set(tmp_path, run_dir) -> tuple[Path, pd.DataFrame]:
 
 
 def test_evaluate_on_another_labs_folder(trained, tmp_path, capsys):
-    from bench import evaluate
-    from bench import leaderboard as lb
+    from bench.predict import external as evaluate
+    from bench.results import leaderboard as lb
 
     run_dir, exp_dir = trained
     lab, chosen = _external_set(tmp_path, run_dir)
-    assert evaluate.main([str(run_dir.root), str(lab), "--map", "Lympho=lymphocyte", "--device", "cpu"]) == 0
+    assert evaluate_cli.main([str(run_dir.root), str(lab), "--map", "Lympho=lymphocyte", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "Smudge" in printed and "left out" in printed
     metrics = runs.read_json(run_dir.root / "external" / "lab2" / "metrics.json")
@@ -258,11 +262,11 @@ def test_evaluate_on_another_labs_folder(trained, tmp_path, capsys):
 
 
 def test_evaluate_names_a_bad_mapping(trained, tmp_path, capsys):
-    from bench import evaluate
+    from bench.predict import external as evaluate
 
     run_dir, _ = trained
     lab, _ = _external_set(tmp_path, run_dir)
-    assert evaluate.main([str(run_dir.root), str(lab), "--map", "Lympho=lymph"]) == 2
+    assert evaluate_cli.main([str(run_dir.root), str(lab), "--map", "Lympho=lymph"]) == 2
     assert "'Lympho': 'lymph'" in capsys.readouterr().err
-    assert evaluate.main([str(run_dir.root), str(lab), "--map", "Nope=lymphocyte"]) == 2
+    assert evaluate_cli.main([str(run_dir.root), str(lab), "--map", "Nope=lymphocyte"]) == 2
     assert "Nope" in capsys.readouterr().err

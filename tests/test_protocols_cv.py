@@ -12,12 +12,14 @@ import torch
 
 from bench import runs
 from bench.data.imagefolder import DataError
+from bench.config import plans
 from bench.data.split import make_manifest, manifest_filename
 from bench.models import PretrainedWeightsUnavailable, create_model
 from bench.models.weights import load_local_weights
 from bench.protocols import cv
-from bench.protocols.cv import CV_FOLDS_CSV, CV_SUMMARY_CSV, main, run_cv
-from bench.train import train
+from bench.cli.cv import main
+from bench.protocols.cv import CV_FOLDS_CSV, CV_SUMMARY_CSV, run_cv
+from bench.training import run_training as train
 
 from .conftest import SMOKE_OVERRIDES, compose_cfg
 
@@ -113,12 +115,12 @@ def test_kfold_folds_are_disjoint_stratified_and_cover_the_data():
 
 def test_montecarlo_repetitions_are_stratified_70_30_and_differ():
     table = _table({"a": 40, "b": 20})
-    reps = [make_manifest(table, seed=0, fractions=cv.montecarlo_fractions([0.8, 0.2, 0.1], 0.3),
+    reps = [make_manifest(table, seed=0, fractions=plans.montecarlo_fractions([0.8, 0.2, 0.1], 0.3),
                           split_mode="montecarlo", fold=r) for r in range(2)]
     for m in reps:
         assert m.groupby("label")["split"].apply(lambda s: (s == "test").sum()).to_dict() == {"a": 12, "b": 6}
     assert set(reps[0].loc[reps[0].split == "test", "path"]) != set(reps[1].loc[reps[1].split == "test", "path"])
-    assert cv.montecarlo_fractions([0.8, 0.2, 0.1], 0.3) == [0.56, 0.14, 0.3]
+    assert plans.montecarlo_fractions([0.8, 0.2, 0.1], 0.3) == [0.56, 0.14, 0.3]
 
 
 # --------------------------------------------------------------------------- k-fold, end to end
@@ -202,7 +204,7 @@ def test_two_level_montecarlo_reports_the_composed_classifier(tmp_path, cache_di
 
 
 def test_groups_are_configuration_and_checked(tmp_path, cache_dir):
-    from bench.protocols.two_level import level_configs, validate_groups
+    from bench.config.plans import level_configs, validate_groups
 
     cfg = compose_cfg(*_smoke(tmp_path, cache_dir, "experiment=cheuque2022_two_level", "cv.repeats=2",
                               "~two_level.groups.polymorphonuclear", "+two_level.groups.granulocyte=[eosinophil,"

@@ -21,7 +21,9 @@ from bench.models import create_model
 from bench.models.blocks import freeze_backbone, head_path, list_blocks, set_trainable_blocks
 from bench.models.heads import apply_head, configure_model, match_state_dict
 from bench.protocols import cnn_features, compare, svm_features
-from bench.train import train
+from bench.training import run_training as train
+from bench.cli import compare as compare_cli
+from bench.cli import svm as svm_cli
 
 from .conftest import compose_cfg
 
@@ -64,7 +66,7 @@ def test_the_three_experiments_compose():
     assert list(scratch.model.head_hidden) == []
     for cfg in (scratch, frozen):  # SGD lr 1e-5 with Keras decay 1e-3 per iteration, 100 epochs, batch 16
         assert cfg.optim.lr == 1e-5 and cfg.optim.momentum == 0.0 and cfg.sched.decay == 1e-3
-        assert cfg.sched._target_ == "bench.schedules.inverse_time" and cfg.trainer.sched_interval == "step"
+        assert cfg.sched._target_ == "bench.training.schedules.inverse_time" and cfg.trainer.sched_interval == "step"
         assert cfg.trainer.epochs == 100 and cfg.trainer.batch_size == 16
         assert list(cfg.data.classes) == ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
     with pytest.raises(ConfigCompositionException):
@@ -209,13 +211,13 @@ def test_trainable_conv_blocks_counts_only_blocks_with_a_convolution():
                       (("model.head_keep_fc=-1",), "model.head_keep_fc=-1"),
                       (("trainer.balance_to=0",), "trainer.balance_to=0"),
                       (("trainer.balance_to=100", "trainer.sampler=balanced"), "both balance the classes")]:
-        from bench.config_checks import validate_config
+        from bench.config.checks import validate_config
 
         assert any(said in p for p in validate_config(compose_cfg(*bad))), bad
 
 
 def test_a_cut_head_trains_balanced_records_itself_and_rebuilds_from_best_pt(make_cfg, caplog):
-    from bench.checkpoints import rebuild_model
+    from bench.training.checkpoints import rebuild_model
 
     cfg = make_cfg("model=alexnet", "data.image_size=64", "model.head_keep_fc=1", "model.head_hidden=[16]",
                    "model.trainable_conv_blocks=2", "trainer.balance_to=40", "trainer.epochs=1",
@@ -330,9 +332,9 @@ def test_svm_protocol_end_to_end_with_cached_features(make_cfg, tmp_path, monkey
 
 
 def test_bench_svm_rejects_bad_input(capsys):
-    assert svm_features.main(["experiment=acevedo2019_svm", "svm.kernels=[cubical]"]) == 2
+    assert svm_cli.main(["experiment=acevedo2019_svm", "svm.kernels=[cubical]"]) == 2
     assert "cubical" in capsys.readouterr().err
-    assert svm_features.main(["-m", "experiment=acevedo2019_svm"]) == 2
+    assert svm_cli.main(["-m", "experiment=acevedo2019_svm"]) == 2
 
 
 # --------------------------------------------------------------------------- frozen training, comparison
@@ -365,7 +367,7 @@ def test_frozen_backbone_training_and_the_side_by_side_table(make_cfg, tmp_path)
 
     out = train(make_cfg(*common, "variant=scratch"))
     assert out["status"] == "completed", out.get("error")
-    assert compare.main([str(exp)]) == 0
+    assert compare_cli.main([str(exp)]) == 0
     table = pd.read_csv(exp / "comparison.csv")
     assert table["model"].tolist() == ["simple_cnn"]
     row = table.iloc[0]

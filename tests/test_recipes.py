@@ -14,7 +14,7 @@ import torchvision
 from sklearn.metrics import f1_score
 
 from bench import config as config_mod
-from bench.protocol import protocol_deviations, recipe_of
+from bench.config.recipe import protocol_deviations, recipe_of
 
 from .conftest import compose_cfg
 
@@ -69,7 +69,7 @@ def _changed(key: str):
 
 
 def test_every_result_changing_key_of_the_schema_is_compared_with_the_recipe():
-    from bench.protocol import compared_keys
+    from bench.config.recipe import compared_keys
 
     base = compose_cfg(*GAVAS)
     assert protocol_deviations(base) == []
@@ -95,7 +95,7 @@ def test_settings_that_stayed_at_paper_are_named_with_the_recipes_value():
 
 
 def test_keys_that_change_no_number_are_marked_once_with_a_reason_and_stay_in_the_identity():
-    from bench.config_keys import not_a_departure_reasons
+    from bench.config.keys import not_a_departure_reasons
 
     reasons = not_a_departure_reasons(config_mod.BenchConfig)
     for key in ("trainer.eval_batch_size", "trainer.compile", "trainer.device", "seed", "data.root"):
@@ -220,7 +220,7 @@ def test_selection_score_reads_the_runs_select_by_from_its_record():
 
 def test_hydra_main_returns_the_validation_number_of_select_by(make_cfg):
     from bench import runs
-    from bench.train import hydra_main
+    from bench.cli.train import hydra_main
 
     cfg = make_cfg("trainer.select_by=val_macro_f1", "trainer.epochs=1")
     returned = hydra_main.__wrapped__(cfg)
@@ -232,7 +232,7 @@ def test_hydra_main_returns_the_validation_number_of_select_by(make_cfg):
 
 
 def test_every_compared_key_is_a_schema_key():
-    from bench.protocol import compared_keys
+    from bench.config.recipe import compared_keys
 
     leaves = set()
 
@@ -252,7 +252,7 @@ def test_every_compared_key_is_a_schema_key():
 def test_a_tilde_in_a_path_option_is_the_home_folder_and_unquoted_it_gets_a_clear_error(capsys):
     import os
 
-    from bench.train import cli
+    from bench.cli.train import cli
 
     cfg = compose_cfg("data=imagefolder", "data.root='~/cells'", "paths.results_dir='~/res'",
                       "model.weights='~/w.pt'")
@@ -267,7 +267,7 @@ def test_a_tilde_in_a_path_option_is_the_home_folder_and_unquoted_it_gets_a_clea
 
 def test_a_failed_detector_row_says_detector(tmp_path):
     from bench import runs
-    from bench.leaderboard import build_leaderboard
+    from bench.results.leaderboard import build_leaderboard
 
     exp = tmp_path / "exp"
     for model in ("fasterrcnn_mobilenet_v3_large_320_fpn", "resnet18"):

@@ -20,11 +20,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import leaderboard as lb
+from bench.results import leaderboard as lb
 from bench import runs
-from bench import write_errors
+from bench.runs import disk_errors as write_errors
+from bench.runs import folder as run_folder
 from bench.preflight import plan_runs, preflight
-from bench.train import train
+from bench.training import run_training as train
 
 from .conftest import SMOKE_OVERRIDES
 
@@ -132,14 +133,14 @@ def test_a_disk_too_full_to_record_the_failure_still_gives_one_message(make_cfg,
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(write_errors, "save_torch_atomic", no_space)
-    monkeypatch.setattr(runs, "write_text_atomic", no_space)  # error.log cannot be written either
+    monkeypatch.setattr(run_folder, "write_text_atomic", no_space)  # error.log cannot be written either
     out = train(make_cfg("trainer.epochs=1"))  # returns: no chain of tracebacks
     assert out["status"] == "failed" and out["error"].startswith("disk full at ")
     assert "the failure could not be recorded" in out["error"]
 
 
 def test_the_preflight_counts_the_checkpoint_rewrite(tmp_path, monkeypatch):
-    import bench.preflight_resources as pf
+    import bench.preflight.resources as pf
 
     monkeypatch.setattr(pf, "_param_count", lambda name, spec: 10**8)
     report = preflight(plan_runs(["-m", "model=resnet18,vgg11", "seed=0,1", "model.pretrained=false",
@@ -236,7 +237,7 @@ def test_a_store_that_would_not_fit_the_disk_stops_the_preflight(tmp_path, monke
 
 # --------------------------------------------------------------------------- 9, 10. every swept value
 def test_every_swept_value_is_checked_before_anything_trains(tmp_path, cache_dir, capsys):
-    from bench.train import cli
+    from bench.cli.train import cli
 
     smoke = [o for o in SMOKE_OVERRIDES if not o.startswith("data.image_size=")]
     code = cli(["-m", *smoke, "trainer.epochs=1", "optim.lr=0.1,abc", "data.image_size=32,100000",
@@ -278,7 +279,7 @@ def test_a_sweep_over_split_seeds_needs_an_experiment_per_split(tmp_path):
 
 # --------------------------------------------------------------------------- 11. a run on a class subset
 def test_a_run_on_a_class_subset_is_kept_apart_not_blocking(make_cfg, tmp_path):
-    from bench import ensemble_runs
+    from bench.ensemble import folders as ensemble_runs
 
     for model in ("simple_cnn", "squeezenet1_1"):
         assert train(make_cfg(f"model={model}", "trainer.epochs=1", "trainer.eval_batch_size=512",

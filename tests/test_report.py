@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from bench import ensemble_runs as ens
-from bench import report, runs, stats
+from bench.ensemble import folders as ens
+from bench import report, runs
+from bench.metrics import statistics as stats
 from bench.metrics import classification_metrics
-from bench.train import train
+from bench.training import run_training as train
+from bench.cli import report as report_cli
 
 from .conftest import SMOKE_OVERRIDES, compose_cfg
 
@@ -111,12 +113,12 @@ def test_statistics_match_a_direct_computation(sweep):
 
 
 def test_cli(sweep, tmp_path, capsys):
-    assert report.main([str(sweep), "--out", str(tmp_path / "cli"), "--resamples", "200", "--top", "2"]) == 0
+    assert report_cli.main([str(sweep), "--out", str(tmp_path / "cli"), "--resamples", "200", "--top", "2"]) == 0
     assert "report.md" in capsys.readouterr().out
     assert (tmp_path / "cli" / "report.md").exists()
-    assert report.main([str(tmp_path / "nowhere")]) == 2
+    assert report_cli.main([str(tmp_path / "nowhere")]) == 2
     assert "no runs/ folder" in capsys.readouterr().err
-    assert report.main([str(sweep), "--out", str(tmp_path / "x"), "--ensemble", "nope"]) == 2
+    assert report_cli.main([str(sweep), "--out", str(tmp_path / "x"), "--ensemble", "nope"]) == 2
 
 
 def test_notebook_runs_top_to_bottom(sweep, monkeypatch):
@@ -142,7 +144,7 @@ def test_notebook_runs_top_to_bottom(sweep, monkeypatch):
 # --------------------------------------------------------------------------- hand-made run folders
 def _fake_run(exp: Path, model: str, seed: int, y: dict, pred: dict, *, gflops=1.0, train_time=10.0,
               classes=CLASSES, epochs=3, **recorded) -> None:
-    """A completed run folder as bench.train writes it, from given labels and predictions per split;
+    """A completed run folder as bench.cli.train writes it, from given labels and predictions per split;
     ``recorded``: more metrics.json keys (recipe, protocol_deviations)."""
     rd = runs.RunDir.for_run(exp, model, seed)
     metrics = {"experiment": exp.name, "model": model, "seed": seed, "status": "completed", "classes": classes,

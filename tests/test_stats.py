@@ -1,4 +1,4 @@
-"""bench.stats against direct computations on hand-made predictions."""
+"""bench.metrics.statistics against direct computations on hand-made predictions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from bench import stats
+from bench.metrics import statistics as stats
 
 
 # --------------------------------------------------------------------------- McNemar

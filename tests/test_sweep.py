@@ -16,7 +16,8 @@ import torch
 from bench import runs
 from bench.models import register_model
 from bench.preflight import plan_runs, preflight
-from bench.train import cli, train
+from bench.cli.train import cli
+from bench.training import run_training as train
 
 from .conftest import SMOKE_OVERRIDES
 
@@ -83,7 +84,7 @@ def test_nan_loss_is_a_failed_run(make_cfg):
 
 
 def test_cuda_oom_retries_with_half_the_micro_batch(make_cfg, monkeypatch, tmp_path):
-    import bench.fit as train_mod
+    import bench.training.classifier as train_mod
 
     import weakref
 
@@ -110,7 +111,7 @@ def test_cuda_oom_retries_with_half_the_micro_batch(make_cfg, monkeypatch, tmp_p
 # --------------------------------------------------------------------------- resume after SIGKILL
 def _train_cmd(results: Path, cache_dir: Path) -> list[str]:
     return [
-        sys.executable, "-c", "from bench.train import cli; raise SystemExit(cli())",
+        sys.executable, "-c", "from bench.cli.train import cli; raise SystemExit(cli())",
         *SMOKE_OVERRIDES, "trainer.epochs=4", "data.synthetic_n_per_class=60", "trainer.checkpoint_every_s=0",
         f"paths.results_dir={results}", f"paths.cache_dir={cache_dir}",
     ]
@@ -154,7 +155,7 @@ def test_preflight_lists_every_problem_at_once(tmp_path, monkeypatch):
                       "data.augment.interpolation=bicubic"])
     assert plan.models == ["resnet18", "inception_v3"]
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache
-    import bench.preflight_models as pf
+    import bench.preflight.models as pf
 
     monkeypatch.setattr(pf, "_REACHABLE", {"download.pytorch.org": False})  # offline, deterministically
     report = preflight(plan)

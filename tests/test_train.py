@@ -14,13 +14,14 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError
 
 from bench import runs
-from bench import write_errors
+from bench.runs import disk_errors as write_errors
 from bench.metrics import classification_metrics
 from omegaconf import OmegaConf
 
-from bench.engine import cpu_bf16_supported
-from bench.precision import fold_trial, resolve_precision
-from bench.train import cli, train
+from bench.training.engine import cpu_bf16_supported
+from bench.training.precision import fold_trial, resolve_precision
+from bench.cli.train import cli
+from bench.training import run_training as train
 
 from .conftest import compose_cfg
 
@@ -124,7 +125,7 @@ def test_run_folder_has_every_output(trained):
 
 
 def test_the_published_sweep_follows_the_published_protocol():
-    from bench.protocol import protocol_deviations
+    from bench.config.recipe import protocol_deviations
 
     sweep = compose_cfg("experiment=gavas2021", "data.root=/data", return_hydra_config=True)
     models = str(sweep.hydra.sweeper.params.model).split(",")
@@ -310,7 +311,7 @@ def test_an_unreadable_last_checkpoint_means_training_again(make_cfg, damage, ca
 
 
 def test_progress_bar_is_sparse_when_logging_to_a_file(capsys):
-    from bench.progress import EpochProgress
+    from bench.training.progress import EpochProgress
 
     with EpochProgress(True, 100, "model epoch 1/1") as bar:
         for _ in range(100):  # 0.5 s: a terminal's bar (0.1 s interval) would be redrawn ~5 times
@@ -323,7 +324,7 @@ def test_progress_bar_is_sparse_when_logging_to_a_file(capsys):
 def test_sweep_progress_line(caplog):
     import logging
 
-    from bench.train import _log_sweep_progress
+    from bench.cli.train import _log_sweep_progress
 
     done = [{"status": "completed"}, {"status": "failed"}, {"status": "skipped"}]
     with caplog.at_level(logging.INFO, logger="bench.train"):

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from bench import runs
-from bench import fit as train_mod  # the stages of a run: what these tests script
-from bench.train import train
+from bench.training import classifier as train_mod
+from bench.training import run_training as train
 
 
 def _scripted_evaluate(monkeypatch, val_accs: list[float]):
@@ -59,8 +59,8 @@ def test_best_epoch_is_the_first_best_on_validation_and_test_uses_its_weights(ma
     assert not _same_weights(best["model"], snapshots[3])  # training moved on after epoch 2
 
     # The test predictions are exactly those of best.pt, reproduced outside the run by bench-predict's code.
-    from bench.predict_checkpoints import load_checkpoint
-    from bench.predict_images import predict_probs
+    from bench.predict.checkpoints import load_checkpoint
+    from bench.predict.images import predict_probs
 
     frame = pd.read_csv(rd.predictions("test"))
     classes = metrics["classes"]
@@ -86,8 +86,8 @@ def test_validation_metrics_are_those_of_the_best_epoch(make_cfg, monkeypatch):
     assert metrics["best_epoch"] == 1
     assert _same_weights(torch.load(rd.best_ckpt, weights_only=True)["model"], snapshots[0])
     frame = pd.read_csv(rd.predictions("val"))
-    from bench.predict_checkpoints import load_checkpoint
-    from bench.predict_images import predict_probs
+    from bench.predict.checkpoints import load_checkpoint
+    from bench.predict.images import predict_probs
 
     probs, _, _ = predict_probs([load_checkpoint(rd.best_ckpt)],
                                 [Path(metrics["data_root"]) / p for p in frame["path"]])

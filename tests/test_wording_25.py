@@ -8,7 +8,7 @@ import math
 
 
 def test_python_m_bench_gives_each_tools_whole_first_sentence():
-    from bench.commands import COMMANDS, list_commands
+    from bench.cli.commands import COMMANDS, list_commands
 
     text = list_commands()
     assert "bench-svm            SVMs on frozen-CNN features (Acevedo et al. 2019)" in text
@@ -19,7 +19,7 @@ def test_python_m_bench_gives_each_tools_whole_first_sentence():
 
 
 def test_a_precision_never_timed_is_logged_as_not_tried(monkeypatch, caplog):
-    from bench import precision
+    from bench.training import precision
 
     monkeypatch.setattr(precision, "precision_trial", lambda *a, **k: ({False: 0.2, True: math.nan}, []))
     with caplog.at_level(logging.INFO, logger=precision.log.name):

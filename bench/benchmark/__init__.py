@@ -1,6 +1,6 @@
 """``bench-benchmark``: the harness against each model's speed limit and the paper's plain loop.
 
-The command and what it measures are described in :mod:`bench.benchmark.cli`. The package
+What it measures is described in :mod:`bench.benchmark.run`. The package
 follows the steps of a run, each module importing only from those listed before it:
 
 - ``common``: CSV columns, ratio and steady-speed rules, environment, foreign-load meter
@@ -11,14 +11,13 @@ follows the steps of a run, each module importing only from those listed before 
   (``python -m bench.benchmark _reference ...``, through ``__main__``)
 - ``sweep``: 5. the ``bench-train -m`` sweep
 - ``output``: the CSV, JSON and printed table
-- ``cli``: ``parse_args`` and ``main`` (the ``bench-benchmark`` console script)
+- ``run``: the whole benchmark of parsed arguments (the console script is :mod:`bench.cli.benchmark`)
 """
 
 from .ceiling import measure_ceiling, time_best
-from .cli import main, model_list, parse_args
+from .run import model_list, run_benchmark
 from .common import (
     COLUMNS,
-    DEFAULT_MODELS,
     MODES,
     POLLUTED,
     SWEEP_COLUMNS,
@@ -36,9 +35,9 @@ from .reference import reference_datasets, reference_main, relative_samples, run
 from .sweep import bench_train_command, run_sweep
 
 __all__ = [
-    "COLUMNS", "DEFAULT_MODELS", "MODES", "POLLUTED", "SWEEP_COLUMNS",
+    "COLUMNS", "MODES", "POLLUTED", "SWEEP_COLUMNS",
     "ForeignLoad", "bench_train_command", "compose_cfg", "cpu_flags", "environment", "format_table",
-    "harness_overrides", "load_average", "main", "measure_ceiling", "measure_decode", "measure_loader",
-    "model_list", "parse_args", "ratio", "reference_datasets", "reference_main", "relative_samples",
-    "run_harness", "run_reference", "run_sweep", "steady", "time_best", "write_outputs",
+    "harness_overrides", "load_average", "measure_ceiling", "measure_decode", "measure_loader",
+    "model_list", "ratio", "reference_datasets", "reference_main", "relative_samples",
+    "run_benchmark", "run_harness", "run_reference", "run_sweep", "steady", "time_best", "write_outputs",
 ]

@@ -3,7 +3,7 @@ reference loop this way (``python -m bench.benchmark _reference ...``)."""
 
 import sys
 
-from .cli import main
+from bench.cli.benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main())

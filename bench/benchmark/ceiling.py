@@ -32,7 +32,7 @@ def measure_ceiling(name: str, *, num_classes: int, image_size: int, batch_size:
     """Train and eval images/s of the model alone on random in-memory tensors."""
     import torch
 
-    from bench.engine import autocast, compute_loss
+    from bench.training.engine import autocast, compute_loss
     from bench.models import create_model, get_model_spec
 
     spec = get_model_spec(name)

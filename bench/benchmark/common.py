@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-from bench.command_parsers import BENCHMARK_MODELS as DEFAULT_MODELS  # noqa: E402  (the CLI default, defined once)
 # Model-alone precision modes: (column suffix, bf16 autocast, channels_last).
 MODES = (("fp32", False, False), ("fp32_cl", False, True), ("bf16", True, False), ("bf16_cl", True, True))
 
@@ -86,7 +85,7 @@ def environment(device) -> dict:
     import torchvision
 
     from bench.data.store import usable_cpus
-    from bench.precision import cpu_model
+    from bench.training.precision import cpu_model
 
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

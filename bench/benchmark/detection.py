@@ -19,7 +19,6 @@ crops the chain classifies) are those of a short run: the chain's speed is for t
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 from .ceiling import time_best
@@ -85,7 +84,7 @@ def _classifier_checkpoint(path: Path, classes: list[str], image_size: int) -> P
     import torch
     from omegaconf import OmegaConf
 
-    from bench.checkpoints import save_checkpoint
+    from bench.training.checkpoints import save_checkpoint
     from bench.models import create_model
 
     torch.manual_seed(0)
@@ -102,9 +101,9 @@ def run_detection_benchmark(args) -> int:
 
     from bench import runs
 
-    from bench import run_files
+    from bench.runs import files as run_files
     from bench.config import compose_config
-    from bench.device import resolve_device
+    from bench.training.device import resolve_device
 
     device = resolve_device(args.device)
     name = args.name or f"detection-{args.field_size}px"
@@ -144,7 +143,7 @@ def measure_training(args, cfg, model: str, device) -> tuple[dict, Path | None]:
     the harness's run folder, None when it failed."""
     import pandas as pd
 
-    from bench.detection.fit import detector_kwargs
+    from bench.training.detector import detector_kwargs
     from bench.training import run_training
 
     _log(f"{model} alone at {args.field_size} px, batch {args.batch_size}")
@@ -169,7 +168,7 @@ def measure_chain(args, model: str, run_dir: Path, work: Path, device) -> tuple[
 
     import torch
 
-    from bench.cascade import cli as cascade
+    from bench.cascade import run as cascade
     from bench.cascade.models import load_detector
     from bench.data.synthetic import CLASS_NAMES
     from bench.detection.data import open_field

@@ -40,7 +40,7 @@ def run_harness(cfg) -> dict:
 
     from bench import runs
 
-    from bench import run_files
+    from bench.runs import files as run_files
     from bench.training import run_training as train
 
     t0 = time.perf_counter()

@@ -99,7 +99,7 @@ def _reference_epoch(model, train_dl, val_dl, optimizer, aux_weight: float, devi
     """One epoch the way a plain script writes it: train, then validation accuracy."""
     import torch
 
-    from bench.engine import split_outputs
+    from bench.training.engine import split_outputs
 
     criterion = torch.nn.CrossEntropyLoss()
     model.train()

@@ -16,14 +16,14 @@ def bench_train_command() -> list[str]:
     script = Path(sys.executable).with_name("bench-train")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from bench.train import cli; sys.exit(cli())"]
+    return [sys.executable, "-c", "import sys; from bench.cli.train import cli; sys.exit(cli())"]
 
 
 def run_sweep(args, models: list[str], work: Path) -> dict:
     """Wall time of one ``bench-train -m`` for all models: fresh results and cache, so start-up,
     decoding and the split are included, exactly as a user's first sweep."""
     from bench import runs
-    from bench import run_files
+    from bench.runs import files as run_files
 
     results, cache = work / "sweep-results", work / "sweep-cache"
     for d in (results, cache):

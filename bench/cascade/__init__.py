@@ -16,5 +16,5 @@ group typed by its own classifier). The stages, each a module:
 - :mod:`bench.cascade.scoring`: with ground truth, predicted cells matched to true ones at
   IoU >= 0.5, and what each stage loses (``cascade_metrics.json``);
 - :mod:`bench.cascade.draw`: one annotated picture per field;
-- :mod:`bench.cascade.cli`: the command and the output folder.
+- :mod:`bench.cascade.run`: the command and the output folder.
 """

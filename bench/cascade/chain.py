@@ -2,7 +2,7 @@
 
 Each field is decoded once by the decoder training used (:func:`bench.detection.data.open_field`: EXIF
 orientation applied, any mode to RGB, 16-bit rescaled), resized for the detector the way its run resized
-training fields (:func:`bench.detection.fit.field_tensor`), and its boxes, kept at the
+training fields (:func:`bench.training.detector.field_tensor`), and its boxes, kept at the
 detector's score threshold, are mapped back to the field's own pixels. A box of a typed label
 becomes a square crop of the field: the box's longer side plus ``margin`` of it on every side
 (or, with ``crop_size``, a fixed side in field pixels: the framing of single-cell images taken at
@@ -28,8 +28,8 @@ from bench.cascade.models import Classifier, LoadedDetector
 from bench.data.imagefolder import resize_rgb
 from bench.data.transforms import Normalize
 from bench.detection.data import open_field
-from bench.predict_images import member_probs
-from bench.predict_tables import prediction_tables
+from bench.predict.images import member_probs
+from bench.predict.tables import prediction_tables
 
 FIELDS_PER_BATCH = 4  # fields per detector forward pass
 

@@ -22,7 +22,7 @@ from typing import Sequence
 import pandas as pd
 
 from bench import runs
-from bench.predict_checkpoints import PredictError
+from bench.predict.checkpoints import PredictError
 
 SEEN_SPLITS = {"train": "training", "val": "validation"}
 

@@ -15,14 +15,14 @@ from typing import Sequence
 
 import torch
 
-from bench import run_files
+from bench.runs import files as run_files
 from bench.detection.metrics import class_thresholds
 from bench.models.detection_zoo import set_max_detections
-from bench.ensemble_voting import HARD, SOFT
+from bench.ensemble.voting import HARD, SOFT
 from bench.predict import METHODS
-from bench.predict_checkpoints import (LoadedCheckpoint, PredictError, check_same_classes, ensemble_checkpoints,
+from bench.predict.checkpoints import (LoadedCheckpoint, PredictError, check_same_classes, ensemble_checkpoints,
                                        load_checkpoint)
-from bench.predict_tables import ValidationRecord, validation_record
+from bench.predict.tables import ValidationRecord, validation_record
 
 WHITE_CELL_NAMES = ("wbc", "white", "white cell", "white_cell", "white cells", "leukocyte", "leukocytes",
                     "leucocyte", "leucocytes", "mn", "pmn", "mononuclear", "polymorphonuclear")
@@ -62,7 +62,7 @@ class Classifier:
 def load_detector(source, device, score_threshold: float | None = None) -> LoadedDetector:
     """A detector run folder (or its best.pt) rebuilt in eval mode; the score thresholds its run
     chose per label on validation data unless one is given for all."""
-    from bench.checkpoints import rebuild_model
+    from bench.training.checkpoints import rebuild_model
 
     source = Path(source)
     path = source / "best.pt" if source.is_dir() else source

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from bench.detection.data import DetectionSet
-from bench.predict_checkpoints import PredictError
+from bench.predict.checkpoints import PredictError
 
 log = logging.getLogger(__name__)
 

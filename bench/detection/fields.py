@@ -1,4 +1,4 @@
-"""A detector run's fields: split, decoded, batched (the data stages of :mod:`bench.detection.fit`).
+"""A detector run's fields: split, decoded, batched (the data stages of :mod:`bench.training.detector`).
 
 - :func:`split_detection_set`: train / val / test at image level, stratified on the rarest class
   in each image, identical bytes kept together, written once as the experiment's manifest (an

@@ -163,23 +163,7 @@ def _write_coco(folder: Path, params: dict) -> None:
                                                        "categories": categories}))
 
 
-def main(argv=None) -> int:
-    """``python -m bench.detection.synthetic OUT [--n 24] [--seed 1] [--size 256]``: fresh fields
-    (a seed the detector never trained on) as a COCO folder, for trying the chain with truth."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m bench.detection.synthetic", description=main.__doc__)
-    p.add_argument("out", type=Path, help="a new folder: images/field-XXXX.png and instances.json")
-    p.add_argument("--n", type=int, default=24, help="number of fields (default 24)")
-    p.add_argument("--seed", type=int, default=1, help="seed (default 1; the training fields use 0)")
-    p.add_argument("--size", type=int, default=256, help="field side in pixels (default 256)")
-    args = p.parse_args(argv)
-    if args.out.exists() and any(args.out.iterdir()):
-        p.error(f"{args.out} exists and is not empty; pass a new folder")
-    _write_coco(args.out, {"n_fields": args.n, "size": args.size, "seed": args.seed, "version": GENERATOR_VERSION})
-    print(f"wrote {args.n} fields to {args.out}/images and their boxes to {args.out}/instances.json")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def write_fields(out: Path, *, n: int = 24, seed: int = 1, size: int = 256) -> None:
+    """``n`` fresh fields as a COCO folder (``out/images/field-XXXX.png``, ``out/instances.json``): a seed
+    the detector never trained on (the training fields use seed 0), for trying the chain with truth."""
+    _write_coco(Path(out), {"n_fields": n, "size": size, "seed": seed, "version": GENERATOR_VERSION})

@@ -54,7 +54,7 @@ when kept) + the head; Inception v3 ``4`` = Mixed_6e, Mixed_7a, Mixed_7b, Mixed_
 
 Frozen means frozen
 -------------------
-Frozen parameters get ``requires_grad=False`` (``bench.fit.prepare`` builds the optimizer
+Frozen parameters get ``requires_grad=False`` (``bench.training.classifier.prepare`` builds the optimizer
 over the trainable ones), and BatchNorm and Dropout layers inside frozen blocks stay in eval
 mode even while the model trains (their ``train()`` is pinned to eval), so a frozen
 backbone's BN running statistics do not drift and its features are deterministic, as

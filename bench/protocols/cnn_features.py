@@ -99,7 +99,7 @@ def extract_features(model: nn.Module, images: torch.Tensor, *, normalize, devic
     ``augment``: per-image flips and angles (``BatchAugment.sample``) applied before
     normalisation. ``desc``: a progress bar (images, with the time left) under that name."""
     from bench.data.transforms import apply_augment
-    from bench.engine import split_outputs
+    from bench.training.engine import split_outputs
 
     model.to(device).eval()
     n = len(images) if index is None else len(index)
@@ -179,7 +179,7 @@ def _announce_extras(name: str, n_extra: int, balance_to: int, done: dict) -> No
     splits' features were just computed (the longest silent stretch of bench-svm otherwise)."""
     computed = [f for f in done.values() if not f.cached and f.seconds > 0 and len(f.y)]
     rate = sum(len(f.y) for f in computed) / sum(f.seconds for f in computed) if computed else None
-    from bench.progress import duration_text
+    from bench.training.progress import duration_text
 
     eta = f"about {duration_text(n_extra / rate)} at {rate:.0f} images/s" if rate else "time unknown (splits were cached)"
     log.info("svm.balance_to=%d: %d augmented training images go through %s once each (%s); "

@@ -3,7 +3,7 @@
 ``python -m bench.protocols.compare results/scratch_vs_pretrained`` reads every
 sub-experiment directly under the folder (a sub-folder with ``runs/``; for
 ``experiment=scratch_vs_pretrained`` these are ``scratch/`` and ``frozen/``, see
-conf/experiment/scratch_vs_pretrained.yaml), through :func:`bench.result_records.collect_runs`
+conf/experiment/scratch_vs_pretrained.yaml), through :func:`bench.results.records.collect_runs`
 (status.json + metrics.json of each run), and writes ``<folder>/comparison.csv``::
 
     model, <v>_status, <v>_n_seeds, <v>_val_acc, <v>_test_acc, <v>_<class>..., <v>_train_time_s,
@@ -22,15 +22,14 @@ published tables report.
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 import pandas as pd
 
 from bench import runs
-from bench.leaderboard_rows import DECIMALS
-from bench.result_records import collect_runs
+from bench.results.rows import DECIMALS
+from bench.results.records import collect_runs
 
 COMPARISON_CSV = "comparison.csv"
 PREFERRED_ORDER = ("scratch", "frozen")
@@ -122,25 +121,3 @@ def format_comparison(frame: pd.DataFrame, variants: Sequence[str]) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
              for r in [header, ["-" * w for w in widths], *body]]
     return "\n".join(lines if body else [*lines, "(no runs)"])
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from bench.commands import parser
-
-    cli = parser("bench-compare")
-    args = cli.parse_args(argv)
-    variants = args.variants or find_variants(args.exp_dir)
-    missing = [v for v in variants if not (args.exp_dir / v / "runs").is_dir()]
-    if not variants or missing:
-        print(f"{cli.prog}: {args.exp_dir} has no variant folder{'s ' + ', '.join(missing) if missing else 's'} "
-              "with runs/ (expected e.g. scratch/runs and frozen/runs, as written by "
-              "bench-train -m experiment=scratch_vs_pretrained).", file=sys.stderr)
-        return 2
-    path = write_comparison(args.exp_dir, variants)
-    print(format_comparison(pd.read_csv(path), variants))
-    print(f"\nwrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -34,19 +34,16 @@ composed end-to-end classifier.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import sys
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bench import runs
-from bench.config import CvConfig
+from bench.config.plans import FoldPlan, plan_folds, validate_groups
 from bench.metrics import MACRO_KEYS, PER_CLASS_KEYS
 
 log = logging.getLogger("bench.cv")
@@ -61,75 +58,6 @@ RUN_INFO_KEYS = ("params_m", "gflops", "epochs", "best_epoch", "train_time_s", "
 COUNT_COLUMNS = ("seed", "n_test", "epochs", "best_epoch", "n_excluded")
 
 
-@dataclass
-class FoldPlan:
-    index: int  # fold (k-fold) or repetition (Monte Carlo), 0-based
-    experiment_name: str  # <experiment>/kfold10/fold03 or <experiment>/mc30/rep03
-    cfg: DictConfig  # the fold's full config
-
-
-# --------------------------------------------------------------------------- planning
-def cv_scheme(cfg: DictConfig) -> tuple[str, int]:
-    """("kfold", K) or ("montecarlo", R) from ``cfg.cv``; ValueError naming the fix otherwise."""
-    folds, repeats = cfg.cv.folds, cfg.cv.repeats
-    if folds and repeats:
-        raise ValueError(f"cv.folds={folds} and cv.repeats={repeats} are both set; choose k-fold (cv.folds=K) "
-                         "or Monte Carlo cross-validation (cv.repeats=R).")
-    if folds:
-        if folds < 2:
-            raise ValueError(f"cv.folds={folds}: k-fold cross-validation needs at least 2 folds.")
-        return "kfold", int(folds)
-    if repeats:
-        if repeats < 1:
-            raise ValueError(f"cv.repeats={repeats} must be at least 1.")
-        if not 0 < cfg.cv.test_fraction < 1:
-            raise ValueError(f"cv.test_fraction={cfg.cv.test_fraction} must lie strictly between 0 and 1.")
-        return "montecarlo", int(repeats)
-    raise ValueError("no cross-validation configured: set cv.folds=K (stratified k-fold) or cv.repeats=R "
-                     "(Monte Carlo, cv.test_fraction in test), or pick an experiment that sets one.")
-
-
-def montecarlo_fractions(split_fractions: Sequence[float], test_fraction: float) -> list[float]:
-    """Train, val, test fractions: ``test_fraction`` in test, the rest in the train:val ratio of
-    ``split_fractions`` (validation carved from the training share for best-epoch selection)."""
-    f_train, f_val = float(split_fractions[0]), float(split_fractions[1])
-    rest = 1.0 - float(test_fraction)
-    return [round(rest * f_train / (f_train + f_val), 10), round(rest * f_val / (f_train + f_val), 10),
-            float(test_fraction)]
-
-
-def scheme_name(cfg: DictConfig) -> str:
-    """Folder name of the scheme: ``kfold10`` or ``mc30`` (test percentage)."""
-    mode, n = cv_scheme(cfg)
-    return f"kfold{n}" if mode == "kfold" else f"mc{100 * cfg.cv.test_fraction:g}"
-
-
-def plan_folds(cfg: DictConfig) -> list[FoldPlan]:
-    """One config per fold / repetition (all of them, also when ``cv.fold`` picks one to run)."""
-    mode, n = cv_scheme(cfg)
-    name = scheme_name(cfg)
-    if cfg.data.kind == "bloodmnist":
-        raise ValueError("data=bloodmnist comes with official splits; cross-validation needs data=imagefolder "
-                         "(e.g. the PBC folders) or data=synthetic.")
-    fractions = (montecarlo_fractions(cfg.data.split_fractions, cfg.cv.test_fraction) if mode == "montecarlo"
-                 else list(cfg.data.split_fractions))
-    plans = []
-    for i in range(n):
-        exp_name = f"{cfg.experiment_name}/{name}/{'fold' if mode == 'kfold' else 'rep'}{i:02d}"
-        fold_cfg = copy.deepcopy(cfg)
-        OmegaConf.update(fold_cfg, "experiment_name", exp_name)
-        OmegaConf.update(fold_cfg, "data.split_mode", mode)
-        OmegaConf.update(fold_cfg, "data.n_folds", n if mode == "kfold" else None)
-        OmegaConf.update(fold_cfg, "data.fold", i)
-        OmegaConf.update(fold_cfg, "data.split_fractions", fractions, merge=False)
-        # The fold is described by the data keys; the cv keys (how many repetitions, which one to
-        # run now) must not change its identity, or e.g. cv.repeats=3 after 2 would redo rep 0 and 1.
-        for key, value in asdict(CvConfig()).items():
-            OmegaConf.update(fold_cfg, f"cv.{key}", value)
-        plans.append(FoldPlan(i, exp_name, fold_cfg))
-    return plans
-
-
 # --------------------------------------------------------------------------- running
 def run_cv(cfg: DictConfig) -> dict[str, Any]:
     """Run every fold (or only ``cv.fold``), then write cv_folds.csv and cv_summary.csv.
@@ -139,8 +67,6 @@ def run_cv(cfg: DictConfig) -> dict[str, Any]:
     """
     plans = plan_folds(cfg)
     if cfg.two_level.enabled:  # a bad grouping is one error now, not a failed run per fold
-        from bench.protocols.two_level import validate_groups
-
         validate_groups(cfg.two_level.groups)
     only = cfg.cv.fold
     if only is not None and not 0 <= only < len(plans):
@@ -201,7 +127,7 @@ def fold_row(record, scheme: str, fold: int) -> dict[str, Any]:
 
 def collect_fold_rows(exp_dir: Path, plans: Sequence[FoldPlan]) -> pd.DataFrame:
     """Rows of every run in every fold folder that exists (all models and seeds run there)."""
-    from bench.result_records import collect_runs
+    from bench.results.records import collect_runs
 
     rows = []
     for plan in plans:
@@ -272,60 +198,3 @@ def format_summary(summary: pd.DataFrame) -> str:
 
 
 # --------------------------------------------------------------------------- entry point
-def main(argv: list[str] | None = None) -> int:
-    """``bench-cv experiment=almotairi2019 data.root=/data/PBC`` (any Hydra overrides)."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from bench.cli_checks import check_model_overrides, register_requested_timm_models
-    from bench.preflight import plan_runs, preflight
-
-    from bench.commands import parser
-
-    args = parser("bench-cv").parse_args(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-m", "--multirun") for a in args.overrides):
-        print("bench-cv: runs folds one after another; -m sweeps are not supported (run one bench-cv per "
-              "model, or cv.fold=i per job).", file=sys.stderr)
-        return 2
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    problem = check_model_overrides(args.overrides)
-    if problem:
-        print(f"bench-cv: {problem}", file=sys.stderr)
-        return 2
-    register_requested_timm_models(args.overrides)
-    try:
-        from bench.config import compose_config
-
-        cfg = compose_config(args.overrides)
-        report = preflight(plan_runs(args.overrides))
-    except (HydraException, OmegaConfBaseException) as exc:
-        from bench.cli_checks import compose_hint
-
-        print(f"bench-cv: the configuration does not compose: {compose_hint(args.overrides, exc)}", file=sys.stderr)
-        return 2
-    print(f"preflight:\n{report.format()}", file=sys.stderr)
-    if not report.ok:
-        print(f"bench-cv: preflight found {len(report.problems)} problem(s); nothing was trained.", file=sys.stderr)
-        return 2
-    try:
-        if cfg.two_level.enabled and not (cfg.cv.folds or cfg.cv.repeats):
-            from bench.protocols.two_level import run_two_level
-
-            result = run_two_level(cfg)  # one two-level classifier on the holdout split
-            print(f"two-level classifier: {result['status']} ({result['run_dir']})")
-            return 0 if result["status"] != runs.STATUS_FAILED else 1
-        out = run_cv(cfg)
-    except ValueError as exc:
-        print(f"bench-cv: {exc}", file=sys.stderr)
-        return 2
-    print(f"\nCross-validation summary ({out['exp_dir'] / CV_SUMMARY_CSV}; folds in {CV_FOLDS_CSV}):")
-    print(format_summary(out["summary"]))
-    failed = [r for r in out["results"] if r.get("status") == runs.STATUS_FAILED]
-    for r in failed:
-        print(f"  FAILED {r['run_dir']}: {r.get('error')}", file=sys.stderr)
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

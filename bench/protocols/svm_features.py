@@ -20,18 +20,19 @@ Run folders
 from __future__ import annotations
 
 import logging
-import sys
 import traceback
 from pathlib import Path
-from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bench import run_files, runs
-from bench.leaderboard import refresh_leaderboard
-from bench.protocol import protocol_deviations, recipe_of
+from bench import runs
+
+from bench.runs import files as run_files
+from bench.results.leaderboard import refresh_leaderboard
+from bench.config.recipe import protocol_deviations, recipe_of
 from bench.protocols.cnn_features import Features, compute_features
+from bench.runs.record import run_record
 from bench.protocols.svm_fit import fit_svm, parse_kernel
 
 log = logging.getLogger("bench.svm")
@@ -63,7 +64,7 @@ def identity(cfg: DictConfig, feature_model: str, kernel: str) -> dict:
 def _write_run(cfg, run_dir: runs.RunDir, chash: str, name: str, feature_model: str, tag: str, size: int,
                bundle, feats: dict[str, Features], fitted: dict, device, exp_dir: Path) -> dict:
     from bench.metrics import classification_metrics
-    from bench.device import env_info, peak_memory_mb
+    from bench.training.device import env_info, peak_memory_mb
 
     classes = bundle.class_names
     for split in ("val", "test"):
@@ -75,28 +76,29 @@ def _write_run(cfg, run_dir: runs.RunDir, chash: str, name: str, feature_model: 
         joblib.dump(fitted["pipeline"], tmp)
     summary = fitted["summary"]
     test = fitted["scored"]["test"]
-    metrics = {
-        "experiment": cfg.experiment_name, "model": name, "seed": int(cfg.seed),
-        "status": runs.STATUS_COMPLETED, "classes": list(classes),
-        "epochs": None, "epochs_run": None, "best_epoch": None,
-        "val": classification_metrics(fitted["scored"]["val"]["labels"], fitted["scored"]["val"]["preds"], classes),
-        "test": classification_metrics(test["labels"], test["preds"], classes),
-        "params_m": None, "gflops": None, "input_size": int(size), "trainable_params_m": None,
-        "train_time_s": summary["cv_time_s"] + summary["fit_time_s"],  # SVM selection + refit; features apart
-        "train_img_s": None,
-        "eval_img_s": len(test["labels"]) / test["seconds"] if test["seconds"] > 0 else None,  # SVM only
-        "peak_mem_mb": peak_memory_mb(device),
-        "batch_size": None, "grad_accum": None, "oom_retry": None, "amp": None, "channels_last": None,
-        "n_excluded": bundle.n_left_out, "data_root": bundle.root,
-        "device": str(device), "env": env_info(device), "config_hash": chash,
-        "protocol": PROTOCOL,
+    metrics = run_record(
+        experiment=cfg.experiment_name, model=name, seed=cfg.seed, task="classification", classes=classes,
+        epochs=None, history=None, best_epoch=None,
+        select_by="val_acc",  # C (and gamma) are chosen by cross-validation on train; runs rank by val_acc
+        warnings=list(bundle.warnings),
+        val=classification_metrics(fitted["scored"]["val"]["labels"], fitted["scored"]["val"]["preds"], classes),
+        test=classification_metrics(test["labels"], test["preds"], classes),
+        params_m=None, gflops=None, input_size=size, trainable_params_m=None,
+        train_time_s=summary["cv_time_s"] + summary["fit_time_s"],  # SVM selection + refit; features apart
+        eval_img_s=len(test["labels"]) / test["seconds"] if test["seconds"] > 0 else None,  # SVM only
+        peak_mem_mb=peak_memory_mb(device),
+        batch_size=None, grad_accum=None, oom_retry=None, amp=None, channels_last=None,
+        precision="fp32",  # the features are computed in fp32
+        weights=tag, n_excluded=bundle.n_left_out, data_root=bundle.root,
+        device=str(device), env=env_info(device), config_hash=chash,
         # vs. the recipe of its experiment (Acevedo et al.), with the departures declared there
-        "protocol_deviations": protocol_deviations(cfg, model=feature_model), "recipe": recipe_of(cfg),
-        "svm": {"feature_model": feature_model, "weights": tag, **summary},
-        "features": {("train_balanced" if k == "extra" else k): {"file": str(Path(f.file).relative_to(exp_dir)) if f.file else None,
-                         "cached": f.cached, "seconds": round(f.seconds, 3), "n": len(f.y)}
-                     for k, f in feats.items()},
-    }
+        recipe=recipe_of(cfg), protocol_deviations=protocol_deviations(cfg, model=feature_model),
+        protocol=PROTOCOL,
+        svm={"feature_model": feature_model, "weights": tag, **summary},
+        features={("train_balanced" if k == "extra" else k): {"file": str(Path(f.file).relative_to(exp_dir)) if f.file else None,
+                      "cached": f.cached, "seconds": round(f.seconds, 3), "n": len(f.y)}
+                  for k, f in feats.items()},
+    )
     run_files.write_metrics(run_dir.root, metrics)
     return metrics
 
@@ -104,7 +106,7 @@ def _write_run(cfg, run_dir: runs.RunDir, chash: str, name: str, feature_model: 
 def run_svm_protocol(cfg: DictConfig) -> list[dict]:
     """Every ``svm.feature_models`` x ``svm.kernels`` run of ``cfg``; never raises for one
     run's failure (its status is ``failed``). Returns one summary dict per run."""
-    from bench.device import resolve_device
+    from bench.training.device import resolve_device
 
     exp_dir = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name)
     kernels = list(cfg.svm.kernels)
@@ -188,54 +190,3 @@ def _run_feature_model(cfg, exp_dir: Path, feature_model: str, todo: list[tuple]
 
 
 # --------------------------------------------------------------------------- console script
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from bench.config import compose_config
-    from bench.leaderboard import build_leaderboard, format_leaderboard
-    from bench.ranking import ranking_text
-    from bench.models import UnknownModelError, get_model_spec
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        from bench.commands import print_help
-
-        print_help("bench-svm")
-        return 0
-    if any(a in ("-m", "--multirun") for a in args):
-        print("bench-svm: no -m: one invocation runs every svm.feature_models x svm.kernels; list them with "
-              "svm.feature_models=[vgg16,inception_v3] svm.kernels=[rbf,cubic].", file=sys.stderr)
-        return 2
-    try:
-        cfg = compose_config(args)
-        for name in cfg.svm.feature_models:
-            get_model_spec(name)
-        for kernel in cfg.svm.kernels:
-            parse_kernel(kernel)
-    except (HydraException, OmegaConfBaseException) as exc:
-        from bench.cli_checks import compose_hint
-
-        print(f"bench-svm: the configuration does not compose: {compose_hint(args, exc)}", file=sys.stderr)
-        return 2
-    except (UnknownModelError, ValueError) as exc:
-        print(f"bench-svm: {exc}", file=sys.stderr)
-        return 2
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    results = run_svm_protocol(cfg)
-    exp_dir = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name)
-    if (exp_dir / "runs").is_dir():
-        board = build_leaderboard(exp_dir)
-        print(f"\nLeaderboard of {exp_dir} ({ranking_text(board)}):")
-        print(format_leaderboard(board))
-    failed = [r for r in results if r["status"] == runs.STATUS_FAILED]
-    for r in failed:
-        print(f"  {r['model']} seed {r['seed']}: {r['error']} ({r['run_dir']})", file=sys.stderr)
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -224,7 +224,7 @@ def estimate_fit_seconds(kernel: dict, scfg, seed: int, X: np.ndarray, y: np.nda
 def announce_fits(kernel_name: str, kernel: dict, scfg, seed: int, X: np.ndarray, y: np.ndarray, folds: int) -> None:
     """Before the fits: their sizes, how many, and the time they should take (timed small fits), with
     the options that shorten it."""
-    from bench.progress import duration_text
+    from bench.training.progress import duration_text
 
     n_points = int(np.prod([len(v) for v in _grid(kernel, scfg).values()]))
     n_fits = folds * n_points

@@ -45,72 +45,24 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bench import run_files, runs
-from bench.protocol import protocol_deviations, recipe_of
+from bench import runs
+
+from bench.runs import files as run_files
+from bench.config.recipe import protocol_deviations, recipe_of
+from bench.config.plans import level_configs, validate_groups
 from bench.metrics import classification_metrics
+from bench.runs.record import run_record
 
 log = logging.getLogger("bench.two_level")
 
 COMPOSED_PREFIX = "two_level/"  # the composed model's name: two_level/<model> (folder two_level--<model>)
 
 
-def validate_groups(groups) -> dict[str, list[str]]:
-    """``two_level.groups`` as a plain dict; ValueError for a grouping that cannot work."""
-    groups = {str(g): [str(c) for c in members] for g, members in dict(groups or {}).items()}
-    if len(groups) < 2:
-        raise ValueError(f"two_level.groups={groups} needs at least two groups for the level-1 classifier.")
-    seen: dict[str, str] = {}
-    for g, members in groups.items():
-        if not members:
-            raise ValueError(f"two_level.groups.{g} is empty; every group needs at least one class.")
-        if "/" in g or g.startswith("."):
-            raise ValueError(f"two_level group name {g!r} is used as a folder name; avoid '/' and a leading '.'.")
-        for c in members:
-            if c in seen:
-                raise ValueError(f"class {c!r} is in two groups ({seen[c]!r} and {g!r}).")
-            seen[c] = g
-    return groups
-
-
-def level_experiment(cfg: DictConfig, level: str) -> str:
-    return f"{cfg.experiment_name}/levels/{level}"
-
-
-def level_selections(groups) -> dict[str, dict[str, Any]]:
-    """``{level: {"classes": ..., "class_map": ...}}``: the data keys each level's run gets from
-    the groups (level1, then level2-<group> per group of two or more classes). The protocol
-    check (bench/protocol.py) derives the paper's levels with it too: these keys are the
-    two-level protocol, not a run's departures."""
-    groups = validate_groups(groups)
-    grouped = [c for members in groups.values() for c in members]
-    out = {"level1": {"classes": grouped, "class_map": {c: g for g, members in groups.items() for c in members}}}
-    out.update({f"level2-{g}": {"classes": members, "class_map": None}
-                for g, members in groups.items() if len(members) > 1})
-    return out
-
-
-def level_configs(cfg: DictConfig) -> tuple[DictConfig, dict[str, DictConfig]]:
-    """The level-1 config and one level-2 config per group of two or more classes."""
-    selections = level_selections(cfg.two_level.groups)
-    if cfg.data.classes or cfg.data.class_map:
-        log.warning("two_level: data.classes / data.class_map are set by the groups; the given values are ignored")
-
-    def derive(level: str) -> DictConfig:
-        out = copy.deepcopy(cfg)
-        OmegaConf.update(out, "experiment_name", level_experiment(cfg, level))
-        for key, value in selections[level].items():
-            OmegaConf.update(out, f"data.{key}", value, merge=False)
-        return out
-
-    level2 = {level.removeprefix("level2-"): derive(level) for level in selections if level != "level1"}
-    return derive("level1"), level2
-
-
 # --------------------------------------------------------------------------- the protocol
 def run_two_level(cfg: DictConfig) -> dict:
     """Train level 1 and the level-2 classifiers, then evaluate the composed classifier and
     write its run folder. Never raises for a failed level: the composed run is then ``failed``."""
-    from bench.leaderboard import refresh_leaderboard
+    from bench.results.leaderboard import refresh_leaderboard
     from bench.config import run_identity
     from bench.training import run_training as train
 
@@ -139,7 +91,7 @@ def run_two_level(cfg: DictConfig) -> dict:
 
 def _load_level(cfg: DictConfig) -> tuple[torch.nn.Module, list[str], dict]:
     """The best checkpoint of a level's run as an eval-mode model, its class names and metrics."""
-    from bench.checkpoints import rebuild_model
+    from bench.training.checkpoints import rebuild_model
 
     exp_dir = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name)
     rd = runs.RunDir.for_run(exp_dir, cfg.model.name, int(cfg.seed))
@@ -154,7 +106,7 @@ def _predict(model, split, cfg: DictConfig, device, amp: bool) -> tuple[np.ndarr
     """Softmax probabilities (N, C) for a split (first ``trainer.max_batches`` batches if set)."""
     from bench.data.loader import BatchLoader
     from bench.data.transforms import Normalize
-    from bench.engine import autocast, split_outputs
+    from bench.training.engine import autocast, split_outputs
 
     loader = BatchLoader(split, cfg.trainer.eval_batch_size, normalize=Normalize(cfg.data.mean, cfg.data.std,
                          device=device), device=device, max_batches=cfg.trainer.max_batches)
@@ -170,9 +122,9 @@ def _predict(model, split, cfg: DictConfig, device, amp: bool) -> tuple[np.ndarr
 def compose_and_evaluate(cfg, level1_cfg, level2_cfgs, run_dir: runs.RunDir, chash: str) -> dict:
     """Evaluate the cascade on val and test of the grouped classes; write metrics and predictions."""
     from bench.data.build import build_data
-    from bench.device import resolve_device
+    from bench.training.device import resolve_device
     from bench.models import get_model_spec
-    from bench.precision import resolve_precision
+    from bench.training.precision import resolve_precision
 
     groups = validate_groups(cfg.two_level.groups)
     device = resolve_device(cfg.trainer.device)
@@ -254,32 +206,36 @@ def _composed_metrics(cfg, chash: str, bundle, groups, level1, level2, metrics_o
                       excluded_by_class: dict) -> dict:
     """The combined row's metrics.json: the composed prediction's val/test, costs summed over the
     levels, and both scorings labelled (see the two_level entry)."""
-    from bench.device import env_info
+    from bench.training.device import env_info
     from bench.models import count_gflops, count_params
 
     level1_model, level1_names, level1_metrics = level1
     models = [level1_model, *(m for m, _, _ in level2.values())]
     level2_gflops = [count_gflops(m, image_size) for m, _, _ in level2.values()]
     level_metrics = [level1_metrics, *(lm for _, _, lm in level2.values())]
-    return {
-        "experiment": cfg.experiment_name, "model": COMPOSED_PREFIX + cfg.model.name, "seed": int(cfg.seed),
-        "status": runs.STATUS_COMPLETED, "classes": bundle.class_names,
-        "epochs": int(cfg.trainer.epochs), "epochs_run": None, "best_epoch": None,
-        "val": {k: v for k, v in metrics_of["val"].items() if k != "eval_img_s"},
-        "test": {k: v for k, v in metrics_of["test"].items() if k != "eval_img_s"},
-        "params_m": sum(count_params(m) for m in models),
+    return run_record(
+        experiment=cfg.experiment_name, model=COMPOSED_PREFIX + cfg.model.name, seed=cfg.seed, task="classification",
+        classes=bundle.class_names, epochs=cfg.trainer.epochs, history=None, best_epoch=None,
+        select_by=cfg.trainer.select_by,  # each level's best epoch; the composed classifier has none of its own
+        warnings=[w for m in level_metrics for w in m.get("warnings") or []],
+        val={k: v for k, v in metrics_of["val"].items() if k != "eval_img_s"},
+        test={k: v for k, v in metrics_of["test"].items() if k != "eval_img_s"},
+        params_m=sum(count_params(m) for m in models),
         # Per image: level 1 and one level-2 network (their mean, as the groups share one architecture).
-        "gflops": count_gflops(level1_model, image_size) + (float(np.mean(level2_gflops)) if level2_gflops else 0.0),
-        "input_size": image_size,
-        "train_time_s": sum(_float(m.get("train_time_s")) for m in level_metrics),
-        "train_img_s": math.nan,
-        "eval_img_s": metrics_of["test"]["eval_img_s"],
-        "peak_mem_mb": _nanmax([_float(m.get("peak_mem_mb")) for m in level_metrics]),
-        "batch_size": int(cfg.trainer.batch_size),
-        "n_excluded": bundle.n_left_out, "excluded_by_class": excluded_by_class,
-        "data_root": bundle.root, "device": str(device), "env": env_info(device), "config_hash": chash,
-        "protocol_deviations": protocol_deviations(cfg), "recipe": recipe_of(cfg),
-        "two_level": {
+        gflops=count_gflops(level1_model, image_size) + (float(np.mean(level2_gflops)) if level2_gflops else 0.0),
+        input_size=image_size, trainable_params_m=sum(_float(m.get("trainable_params_m")) for m in level_metrics),
+        train_time_s=sum(_float(m.get("train_time_s")) for m in level_metrics),
+        eval_img_s=metrics_of["test"]["eval_img_s"],
+        peak_mem_mb=_nanmax([_float(m.get("peak_mem_mb")) for m in level_metrics]),
+        # The levels share the recipe: their batch, precision and weights are level 1's.
+        batch_size=cfg.trainer.batch_size, grad_accum=level1_metrics.get("grad_accum"),
+        oom_retry=any(bool(m.get("oom_retry")) for m in level_metrics), amp=level1_metrics.get("amp"),
+        channels_last=level1_metrics.get("channels_last"), precision=level1_metrics.get("precision"),
+        weights=level1_metrics.get("weights"),
+        n_excluded=bundle.n_left_out, data_root=bundle.root, device=str(device), env=env_info(device),
+        config_hash=chash, recipe=recipe_of(cfg), protocol_deviations=protocol_deviations(cfg),
+        excluded_by_class=excluded_by_class,
+        two_level={
             # Two ways to score the cascade, labelled: the composed four-class prediction (val/test
             # above: accuracy = recall over all classes), and per level the binary classifier's own
             # test accuracy (TP+TN)/N, which is what Cheuque et al.'s Table 3 reports: compare the
@@ -293,7 +249,7 @@ def _composed_metrics(cfg, chash: str, bundle, groups, level1, level2, metrics_o
                        {"classes": members, "run_dir": None, "note": "one class: no level-2 classifier"}
                        for g, members in groups.items()},
         },
-    }
+    )
 
 
 def _level_summary(metrics: dict, names: list[str]) -> dict[str, Any]:

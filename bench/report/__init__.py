@@ -14,10 +14,10 @@ and ensembles of an experiment (nothing is trained or evaluated again) and write
         training_curves.png          loss and accuracy per epoch, train and validation, top models
 
 Selection never looks at test data: "best" is the run ranked first by *validation*
-accuracy (the leaderboard's rank, :mod:`bench.leaderboard`), "the ensemble" is the
+accuracy (the leaderboard's rank, :mod:`bench.results.leaderboard`), "the ensemble" is the
 ensemble with the highest validation accuracy, "top models" are the first by validation
 accuracy, and the Pareto front is computed on validation accuracy. Test numbers are
-only reported, with their uncertainty (:mod:`bench.stats`): a percentile-bootstrap 95%
+only reported, with their uncertainty (:mod:`bench.metrics.statistics`): a percentile-bootstrap 95%
 interval per run and McNemar's exact test of every run against the best run and
 against the ensemble, all on the saved per-image test predictions.
 
@@ -26,15 +26,15 @@ The same pieces are public for the notebook (``notebooks/leaderboard.ipynb``):
 ``plot_*`` functions return DataFrames and matplotlib Figures. Figures are drawn with
 the object-oriented API on the Agg canvas (no pyplot, no display needed).
 
-Modules (imports only go down): :mod:`~bench.report.cli` (:func:`build_report`,
-``main``) -> :mod:`~bench.report.markdown` and :mod:`~bench.report.plots` ->
+Modules (imports only go down): :mod:`~bench.report.run` (:func:`build_report`; the console
+script is :mod:`bench.cli.report`) -> :mod:`~bench.report.markdown` and :mod:`~bench.report.plots` ->
 :mod:`~bench.report.tables` -> :mod:`~bench.report.loading`. Their public names are
 re-exported here.
 """
 
-from bench.report.cli import REPORT_DIR, REPORT_MD, build_report, main
+from bench.report.run import REPORT_DIR, REPORT_MD, build_report
 from bench.report.loading import TABLE2_CSV, TABLE3_CSV, Entry, ExperimentResults, Predictions, load_results
-from bench.paper_reference import PBC_CLASSES
+from bench.results.published import PBC_CLASSES
 from bench.report.markdown import FIGURES, PBC_CITATION, md_table, report_markdown
 from bench.report.plots import (COSTS, DPI, figure_png, plot_accuracy_vs_cost, plot_class_accuracy, plot_confusion,
                                 plot_test_accuracy_ci, plot_training_curves)
@@ -53,6 +53,6 @@ __all__ = [
     "plot_training_curves", "COSTS", "DPI",
     # markdown
     "md_table", "report_markdown", "FIGURES", "PBC_CITATION", "PBC_CLASSES",
-    # cli
-    "build_report", "main", "REPORT_DIR", "REPORT_MD",
+    # the report
+    "build_report", "REPORT_DIR", "REPORT_MD",
 ]

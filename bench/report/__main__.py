@@ -2,6 +2,6 @@
 
 import sys
 
-from bench.report.cli import main
+from bench.cli.report import main
 
 sys.exit(main())

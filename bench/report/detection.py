@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import leaderboard_rows
+from bench.results import rows as leaderboard_rows
 from bench.detection.metrics import class_thresholds, coco_evaluation
 
 FIGURES = {"pr": "detection_pr_curves.png", "fields": "detection_fields.png"}

@@ -11,13 +11,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from bench import leaderboard_rows
-from bench import paper_reference
-from bench import result_records
+from bench.results import rows as leaderboard_rows
+from bench.results import published as paper_reference
+from bench.results import records as result_records
 from bench import runs
-from bench import run_files
-from bench.ensemble_candidates import classes_of, member_id
-from bench.ensemble_runs import ENSEMBLES_DIR
+from bench.runs import files as run_files
+from bench.ensemble.candidates import classes_of, member_id
+from bench.ensemble.folders import ENSEMBLES_DIR
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class ExperimentResults:
     ``runs``: completed runs in leaderboard (validation) order; ``unfinished``: failed and
     running runs with their error; ``ensembles``: by validation accuracy, then name;
     ``ensemble``: the one compared against (highest validation accuracy, or the one
-    named); ``board``: the model rows of the leaderboard (:func:`bench.leaderboard_rows.model_rows_frame`).
+    named); ``board``: the model rows of the leaderboard (:func:`bench.results.rows.model_rows_frame`).
     Prediction and history files are read on first use and cached.
     """
 

@@ -8,9 +8,10 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from bench import leaderboard_rows
-from bench import paper_reference
-from bench import runs, stats
+from bench.results import rows as leaderboard_rows
+from bench.results import published as paper_reference
+from bench import runs
+from bench.metrics import statistics as stats
 from bench.report.loading import ExperimentResults, is_fixed
 from bench.report.tables import (DEFAULT_TOP, MACRO_TABLE3, PAPER, class_accuracy_table, comparison_table,
                                  published_class_accuracy, published_left_out, seed_table, statistics_table)

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench import leaderboard_rows
-from bench import result_records
-from bench import stats
-from bench.ensemble_candidates import classes_of
+from bench.results import rows as leaderboard_rows
+from bench.results import records as result_records
+from bench.metrics import statistics as stats
+from bench.ensemble.candidates import classes_of
 from bench.report.loading import Entry, ExperimentResults
 from bench.report.tables import DEFAULT_TOP, class_accuracy_table, statistics_table
 

@@ -9,11 +9,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from bench import leaderboard as lb
-from bench import leaderboard_rows
-from bench import paper_reference
-from bench import ranking
-from bench import runs, stats
+from bench.results import leaderboard as lb
+from bench.results import rows as leaderboard_rows
+from bench.results import published as paper_reference
+from bench.results import ranking
+from bench import runs
+from bench.metrics import statistics as stats
 from bench.report.loading import TABLE2_CSV, TABLE3_CSV, ExperimentResults
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def class_accuracy_table(res: ExperimentResults) -> pd.DataFrame:
 
 
 def _reference_key(model: str, names: Sequence[str]) -> str | None:
-    """The published row for a model: the same rule as :func:`bench.paper_reference.paper_accuracy`
+    """The published row for a model: the same rule as :func:`bench.results.published.paper_accuracy`
     (exact torchvision name, optionally written ``torchvision/<name>``)."""
     if model in names:
         return model
