@@ -185,6 +185,19 @@ def test_new_options_at_their_neutral_value_keep_old_run_identities():
     assert run_identity(compose_cfg("data.augment.hue=0.05"))[1] != chash
 
 
+def test_a_schedule_whose_code_moved_keeps_the_identity_it_was_first_hashed_with():
+    # The Keras decay schedule moved from bench.schedules to bench.training.schedules (issue 26): a run
+    # hashed with the old _target_ must keep its hash, or every finished scratch_vs_pretrained run retrains.
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg("sched=inverse_time")
+    assert cfg.sched._target_ == "bench.training.schedules.inverse_time"
+    old = OmegaConf.to_container(cfg, resolve=True)
+    old["sched"]["_target_"] = "bench.schedules.inverse_time"
+    assert run_identity(OmegaConf.create(old))[1] == run_identity(cfg)[1]
+    assert run_identity(compose_cfg("sched=inverse_time", "sched.decay=0.5"))[1] != run_identity(cfg)[1]
+
+
 @pytest.mark.parametrize("override", ["trainer.progress=false", "trainer.num_threads=1", "trainer.checkpoint_every_s=5",
                                       "data.store=mmap", "data.decode_workers=3", "paths.results_dir=/elsewhere",
                                       "logger=csv", "svm.n_jobs=2", "cv.folds=5", "two_level.enabled=true"])
