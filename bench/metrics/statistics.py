@@ -29,6 +29,7 @@ Pareto front (:func:`pareto_front`)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,3 +169,15 @@ def pareto_front(cost, score) -> np.ndarray:
     dominated = ((cost[None, :] <= c) & (score[None, :] >= s)
                  & ((cost[None, :] < c) | (score[None, :] > s)) & valid[None, :]).any(axis=1)
     return valid & ~dominated
+
+
+def proportion_interval(k: int, n: int, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a share ``k / n``, statsmodels' ``proportion_confint``
+    (method "beta"): the binomial limits haematologists know from Rumke's table for a differential
+    count. (NaN, NaN) when ``n`` is 0."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    if n <= 0:
+        return math.nan, math.nan
+    low, high = proportion_confint(int(k), int(n), alpha=1 - confidence, method="beta")
+    return float(0.0 if k == 0 else low), float(1.0 if k == n else high)
