@@ -123,7 +123,8 @@ def config_groups() -> dict[str, list[str]]:
     """The Hydra config groups and their options, read from the YAML files (not composed)."""
     conf = Path(bench.CONF_DIR)
     groups = {}
-    for group in sorted(p for p in conf.iterdir() if p.is_dir() and p.name != "hydra"):
+    # conf/external/ holds bench-evaluate's presets of public external test sets, not a config group.
+    for group in sorted(p for p in conf.iterdir() if p.is_dir() and p.name not in ("hydra", "external")):
         groups[group.name] = sorted(f.stem for f in group.glob("*.yaml"))
     launcher = conf / "hydra" / "launcher"
     if launcher.is_dir():

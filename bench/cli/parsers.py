@@ -116,14 +116,18 @@ def predict_parser(description: str) -> argparse.ArgumentParser:
 
 def evaluate_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench-evaluate", description=description)
-    p.add_argument("source", type=Path, help="a run folder (results/<exp>/runs/<model>/seed<seed>), its best.pt, or "
+    p.add_argument("source", type=Path, help="an experiment folder (results/<exp>: every completed run and ensemble), "
+                                             "a run folder (results/<exp>/runs/<model>/seed<seed>), its best.pt, or "
                                              "an ensemble folder (results/<exp>/ensembles/<name>)")
     p.add_argument("data_root", type=Path, help="the external test set: one sub-folder per class")
+    p.add_argument("--set", dest="preset", default=None, metavar="PRESET",
+                   help="a known public set (its folder-to-class map, name, source, licence and citation): "
+                        "segmentation_wbc_dataset1, segmentation_wbc_dataset2, bccd_wbc, raabin_wbc, lisc, munich_aml")
     p.add_argument("--map", default=None, metavar="FOLDER=CLASS,...",
                    help="which model class each folder is, where the names differ beyond case "
                         "(e.g. Neutrophil=neutrophil,Lympho=lymphocyte); other folders are left out and reported")
-    p.add_argument("--name", default=None, help="name of the test set (default: the folder's name); leaderboard "
-                                                "columns ext_<name>_acc and ext_<name>_balanced_acc")
+    p.add_argument("--name", default=None, help="name of the test set (default: the preset's, else the folder's "
+                                                "name); leaderboard columns ext_<name>_acc, _balanced_acc, _macro_f1")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     return p

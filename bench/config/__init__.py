@@ -11,13 +11,14 @@ from bench.config.keys import PATH_KEYS, expand_user_paths
 from bench.config.schema import (CLASS_WEIGHTS, DATA_KINDS, DETECTION_KINDS, IMAGENET_MEAN, IMAGENET_STD,
                                  INTERPOLATIONS, LOGGERS, MAX_IMAGE_SIZE, SAMPLERS, SELECT_BY, SPLIT_MODES,
                                  STORE_MODES, AugmentConfig, BenchConfig, CvConfig, DataConfig, LoggerConfig,
-                                 ModelConfig, PathsConfig, RecipeConfig, SvmConfig, TrainerConfig, TwoLevelConfig)
+                                 ModelConfig, PathsConfig, RecipeConfig, ReferralConfig, SvmConfig, TrainerConfig,
+                                 TwoLevelConfig)
 
 __all__ = [
     "compose_config", "register_configs", "run_identity", "result_keys", "protocol_keys", "default_experiment_name",
     "expand_user_paths", "PATH_KEYS", "CONF_DIR",
     "BenchConfig", "DataConfig", "AugmentConfig", "ModelConfig", "TrainerConfig", "RecipeConfig", "LoggerConfig",
-    "PathsConfig", "CvConfig", "TwoLevelConfig", "SvmConfig", "IMAGENET_MEAN", "IMAGENET_STD",
+    "PathsConfig", "CvConfig", "TwoLevelConfig", "SvmConfig", "ReferralConfig", "IMAGENET_MEAN", "IMAGENET_STD",
     "DATA_KINDS", "DETECTION_KINDS", "SPLIT_MODES", "STORE_MODES", "INTERPOLATIONS", "SELECT_BY", "CLASS_WEIGHTS",
     "SAMPLERS", "LOGGERS", "MAX_IMAGE_SIZE",
 ]

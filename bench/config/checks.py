@@ -19,6 +19,8 @@ def validate_config(cfg) -> list[str]:
     _check_model_values(c, cfg.model)
     if "logger" in cfg:
         c.choice("logger", cfg.logger.kind, LOGGERS)
+    if "referral" in cfg:
+        c.number("referral.target_acc", cfg.referral.target_acc, low=0, high=1, low_open=True)
     _check_optim_sched_values(c, cfg.optim or {}, cfg.sched or {})
     return c.problems
 

@@ -258,6 +258,15 @@ class SvmConfig:
 
 
 @dataclass
+class ReferralConfig:
+    """Referral (bench.metrics.calibration): cells whose confidence is below a threshold go to a person.
+    The threshold is the lowest at which the validation cells kept reach this accuracy; the report
+    gives the share referred and the accuracy on the rest, on test and every external set."""
+
+    target_acc: float = 0.99
+
+
+@dataclass
 class BenchConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -272,6 +281,8 @@ class BenchConfig:
     svm: SvmConfig = another_command(default_factory=SvmConfig, command="bench-svm")
     experiment_name: str = not_a_departure("default", why="a folder name")
     seed: int = not_a_departure(0, why="any seed is one draw of the recipe; the papers do not publish theirs")
+    # Chosen on a finished run's validation predictions: it changes no trained weight or metric.
+    referral: ReferralConfig = not_a_result(default_factory=ReferralConfig)
     cv: CvConfig = another_command(default_factory=CvConfig, command="bench-cv")
     two_level: TwoLevelConfig = another_command(default_factory=TwoLevelConfig, command="bench-cv")
 

@@ -45,6 +45,7 @@ from bench.ensemble.voting import HARD, SOFT, Combined, confidence_of
 from bench.ensemble.candidates import (SPLITS, Candidates, EnsembleError, SplitPredictions, load_candidates,
                                        member_id)
 from bench.metrics import classification_metrics, confidence_threshold
+from bench.metrics.calibration import confidence_record
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,9 @@ def _ensemble_metrics(exp_dir: Path, name: str, method: str, cands: Candidates, 
             {"member": cid, "val_acc": float(a)} for cid, a in zip(cands.ids, est.candidate_val_acc_)],
         "val": metric_sets["val"], "test": metric_sets["test"],
         "confidence_threshold": threshold,
+        # A soft vote's mean probabilities can be calibrated; a hard vote's share of votes is no probability.
+        "calibration": (confidence_record({s: (combined[s].proba, cands.splits[s].labels) for s in SPLITS})
+                        if voting == SOFT else None),
         "params_m": _sum_member(cands, est, "params_m"), "gflops": _sum_member(cands, est, "gflops"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

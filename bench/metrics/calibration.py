@@ -129,3 +129,40 @@ def referral_outcome(confidence, correct, threshold: float | None) -> dict:
     n = len(confidence)
     return {"referred_share": float(1 - kept.mean()) if n else math.nan,
             "acc_kept": float(correct[kept].mean()) if kept.any() else math.nan, "n": int(n)}
+
+
+# --------------------------------------------------------------------------- a run's record
+DEFAULT_TARGET_ACC = 0.99  # referral.target_acc: what a lab asks of the cells it does not look at again
+
+
+def target_acc_of(cfg) -> float:
+    """``referral.target_acc`` of a config (the default for configs written before it existed)."""
+    referral = cfg.get("referral") if hasattr(cfg, "get") else None
+    return float(referral.target_acc) if referral is not None else DEFAULT_TARGET_ACC
+
+
+def confidence_record(splits: dict, target_acc: float = DEFAULT_TARGET_ACC) -> dict:
+    """metrics.json's ``calibration`` entry from ``{split: (probs, labels)}`` with a ``val`` split:
+    the temperature and the referral threshold, both chosen on validation only, and per split the
+    raw and the temperature-scaled calibration numbers and the referral's outcome."""
+    val_probs, val_labels = splits["val"]
+    temperature = fit_temperature(val_probs, val_labels)
+    referral = referral_threshold(*_confidence_and_correct(val_probs, val_labels), target_acc)
+    out = {"temperature": temperature, "n_bins": N_BINS, "fitted_on": "val", "referral": referral}
+    for split, (probs, labels) in splits.items():
+        out[split] = split_confidence(probs, labels, temperature, referral["threshold"])
+    return out
+
+
+def split_confidence(probs, labels, temperature: float, threshold: float | None) -> dict:
+    """One split's (or external set's) calibration, raw and at ``temperature``, and the referral at
+    ``threshold`` (both chosen on the run's validation images)."""
+    probs, labels = _checked(probs, labels)
+    return {**calibration_metrics(probs, labels),
+            "calibrated": calibration_metrics(apply_temperature(probs, temperature), labels),
+            "referral": referral_outcome(*_confidence_and_correct(probs, labels), threshold)}
+
+
+def _confidence_and_correct(probs, labels) -> tuple[np.ndarray, np.ndarray]:
+    probs, labels = _checked(probs, labels)
+    return probs.max(axis=1), probs.argmax(axis=1) == labels

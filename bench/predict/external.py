@@ -97,8 +97,10 @@ def map_folders(folders: Sequence[str], classes: Sequence[str], mapping: dict[st
 
 
 def evaluate_external(source, data_root, *, mapping: dict[str, str] | None = None, name: str | None = None,
-                      batch_size: int = 64, device="cpu") -> dict:
-    """Evaluate a run or ensemble on an external image folder; write its folder; return metrics.json."""
+                      batch_size: int = 64, device="cpu", refresh: bool = True, skip_same: bool = False) -> dict:
+    """Evaluate a run or ensemble on an external image folder; write its folder; return metrics.json.
+    ``skip_same``: a folder already evaluated on the same files with the same checkpoints is not
+    evaluated again (its metrics come back with ``skipped``); ``refresh``: rebuild the leaderboard."""
     from bench.data.imagefolder import DataError, scan_imagefolder
 
     paths, weights, voting, owner, exp_dir = resolve_source(source)
@@ -114,6 +116,11 @@ def evaluate_external(source, data_root, *, mapping: dict[str, str] | None = Non
                             f"classes ({', '.join(classes)}); say which is which with --map FOLDER=CLASS,...")
     kept = [r for r in records if r.label in to_class]
     name = name or re.sub(r"[^\w.-]+", "_", Path(data_root).resolve().name) or "external"
+    out = owner / result_records.EXTERNAL_DIR / name
+    fingerprint = files_fingerprint(data_root, kept, to_class)
+    done = _done_before(out, fingerprint, paths) if skip_same else None
+    if done is not None:
+        return {**done, "skipped": True}
     start = time.perf_counter()
     probs, readable, reasons = predict_probs(checkpoints, [Path(data_root) / r.path for r in kept],
                                              batch_size=batch_size, device=device)
@@ -128,9 +135,13 @@ def evaluate_external(source, data_root, *, mapping: dict[str, str] | None = Non
     metrics.update({
         "name": name, "data_root": str(data_root), "source": str(source), "checkpoints": [str(p) for p in paths],
         "voting": voting, "mapping": to_class, "left_out_folders": unknown,
+        # The model's classes the set has no image of: undefined there (None), never scored as zero.
+        "classes_absent": [c for c in classes if c not in set(to_class.values())],
         "n_left_out": len(records) - len(kept), "n_unreadable": int((~readable).sum()), "seconds": seconds,
+        "files": fingerprint,
+        # Temperature and referral threshold as chosen on the run's own validation images.
+        "calibration": external_confidence(owner, combined.proba, y_true, voting),
     })
-    out = owner / result_records.EXTERNAL_DIR / name
     frame = pd.DataFrame({"path": [r.path for r in ok], "label": [classes[i] for i in y_true],
                           "predicted": [classes[i] for i in combined.pred]})
     for j, c in enumerate(classes):
@@ -139,5 +150,67 @@ def evaluate_external(source, data_root, *, mapping: dict[str, str] | None = Non
     runs.write_csv_atomic(out / "unreadable.csv", pd.DataFrame(
         [(r.path, why) for r, why in zip(kept, reasons) if why is not None], columns=["path", "reason"]))
     run_files.write_metrics(out, metrics, kind="external")  # last: its presence means complete
-    lb.refresh_leaderboard(exp_dir)
+    if refresh:
+        lb.refresh_leaderboard(exp_dir)
     return metrics
+
+
+def _done_before(out: Path, fingerprint: str, checkpoints) -> dict | None:
+    """The metrics of an earlier evaluation of the same files with the same checkpoints, else None."""
+    path = out / run_files.METRICS_JSON
+    if not path.is_file():
+        return None
+    try:
+        metrics = run_files.read_metrics(path, kind="external")
+    except (OSError, run_files.UnreadableMetrics):
+        return None
+    same = metrics.get("files") == fingerprint and metrics.get("checkpoints") == [str(p) for p in checkpoints]
+    return metrics if same else None
+
+
+def files_fingerprint(data_root, records, to_class: dict) -> str:
+    """What an evaluation read: the mapped files (relative path, size, modification time) and the
+    mapping, hashed; the same fingerprint means the same external set, evaluated already."""
+    import hashlib
+
+    h = hashlib.sha1(repr(sorted(to_class.items())).encode())
+    for r in sorted(records, key=lambda r: r.path):
+        st = (Path(data_root) / r.path).stat()
+        h.update(f"{r.path}|{r.label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def external_confidence(owner: Path, probs, labels, voting: str) -> dict | None:
+    """Calibration and referral on the external images with the temperature and the threshold the
+    run (or soft-vote ensemble) chose on its validation images; None for a hard vote (a share of votes
+    is no probability) or a run whose validation predictions cannot be read."""
+    from bench.metrics.calibration import split_confidence
+
+    if voting == HARD:
+        return None
+    chosen = validation_choices(owner)
+    if chosen is None:
+        return None
+    temperature, threshold, target = chosen
+    return {"temperature": temperature, "referral_threshold": threshold, "target_acc": target,
+            **split_confidence(probs, labels, temperature, threshold)}
+
+
+def validation_choices(owner: Path) -> tuple[float, float | None, float] | None:
+    """(temperature, referral threshold, target accuracy) of a run or ensemble: as recorded in its
+    metrics.json, or, for folders written before they were, fitted now on its saved validation
+    predictions (the same rule; never on test)."""
+    from bench.metrics.calibration import DEFAULT_TARGET_ACC, confidence_record
+
+    path = owner / run_files.METRICS_JSON
+    metrics = runs.read_json(path) if path.exists() else {}
+    recorded = metrics.get("calibration")
+    if recorded:
+        return recorded["temperature"], recorded["referral"]["threshold"], recorded["referral"]["target_acc"]
+    classes = metrics.get("classes")
+    val_path = owner / "predictions_val.csv"
+    if not classes or not val_path.exists():
+        return None
+    _, labels, _, probs = run_files.read_predictions(val_path, classes)
+    record = confidence_record({"val": (probs, labels)}, DEFAULT_TARGET_ACC)
+    return record["temperature"], record["referral"]["threshold"], DEFAULT_TARGET_ACC

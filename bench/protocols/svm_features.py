@@ -32,6 +32,7 @@ from bench.runs import files as run_files
 from bench.results.leaderboard import refresh_leaderboard
 from bench.config.recipe import protocol_deviations, recipe_of
 from bench.protocols.cnn_features import Features, compute_features
+from bench.metrics.calibration import confidence_record, target_acc_of
 from bench.runs.record import run_record
 from bench.protocols.svm_fit import fit_svm, parse_kernel
 
@@ -94,6 +95,8 @@ def _write_run(cfg, run_dir: runs.RunDir, chash: str, name: str, feature_model: 
         # vs. the recipe of its experiment (Acevedo et al.), with the departures declared there
         recipe=recipe_of(cfg), protocol_deviations=protocol_deviations(cfg, model=feature_model),
         protocol=PROTOCOL,
+        calibration=confidence_record({k: (fitted["scored"][k]["probs"], fitted["scored"][k]["labels"])
+                                       for k in ("val", "test")}, target_acc_of(cfg)),
         svm={"feature_model": feature_model, "weights": tag, **summary},
         features={("train_balanced" if k == "extra" else k): {"file": str(Path(f.file).relative_to(exp_dir)) if f.file else None,
                       "cached": f.cached, "seconds": round(f.seconds, 3), "n": len(f.y)}

@@ -194,7 +194,7 @@ def _leaderboard_columns(classes: Sequence[str]) -> list[str]:
 
 
 def external_scores(folder: Path) -> dict[str, float]:
-    """``ext_<name>_acc`` and ``ext_<name>_balanced_acc`` of every external test set evaluated
+    """``ext_<name>_acc``, ``ext_<name>_balanced_acc`` and ``ext_<name>_macro_f1`` of every external test set evaluated
     for a run or an ensemble (bench-evaluate), read from ``<folder>/external/<name>/metrics.json``."""
     out: dict[str, float] = {}
     for path in sorted(Path(folder).glob(f"{EXTERNAL_DIR}/*/metrics.json")):
@@ -204,6 +204,7 @@ def external_scores(folder: Path) -> dict[str, float]:
         name = path.parent.name
         out[f"ext_{name}_acc"] = _round(_num(metrics.get("accuracy")))
         out[f"ext_{name}_balanced_acc"] = _round(_num(metrics.get("balanced_accuracy")))
+        out[f"ext_{name}_macro_f1"] = _round(_num((metrics.get("macro") or {}).get("f1")))
     return out
 
 

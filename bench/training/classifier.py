@@ -29,6 +29,7 @@ from bench.data.build import build_data, geometry_of
 from bench.data.loader import BatchLoader, sampler_weights
 from bench.data.transforms import BatchAugment, Normalize
 from bench.metrics import SELECT_BY, classification_metrics, collapse_warning, confidence_threshold
+from bench.metrics.calibration import confidence_record, target_acc_of
 from bench.models import count_gflops, count_params, create_model, get_model_spec
 from bench.models.heads import configure_model, head_record
 from bench.runs import files as run_files
@@ -268,6 +269,9 @@ def run_metrics(session: Session, progress: Progress, results: dict) -> dict:
         # including what was decided at run time (precision)
         protocol_deviations=protocol_deviations(cfg, precision=precision),
         confidence_threshold=confidence_threshold(val["probs"].max(axis=1), val["preds"] == val["labels"]),
+        # How far the probabilities can be trusted; temperature and referral threshold chosen on validation.
+        calibration=confidence_record({s_: (r["probs"], r["labels"]) for s_, r in results.items()},
+                                      target_acc_of(cfg)),
         input_geometry=geometry_text(geometry_of(cfg.data), s.image_size),
         n_train_only_duplicates=bundle.n_train_only,
     )
