@@ -165,7 +165,7 @@ class _Tally:
         self.index, self.typed = index, typed
         n = len(index)
         self.tp, self.n_true, self.n_pred, self.missed, self.spurious = (np.zeros(n, int) for _ in range(5))
-        self.count_errors, self.true_counts = [], []
+        self.count_errors, self.true_counts, self.pred_counts = [], [], []
         self.stages = {"n_true": 0, "found": 0, "correct": 0}
 
     def add_field(self, pred_labels: list, true_labels: list, pairs: list[tuple[int, int]]) -> np.ndarray:
@@ -189,6 +189,7 @@ class _Tally:
         pred_counts = np.bincount([index[c] for c in pred_labels], minlength=n)
         self.count_errors.append(np.abs(pred_counts - true_counts))
         self.true_counts.append(true_counts)
+        self.pred_counts.append(pred_counts)
         return self.count_errors[-1]
 
     def add_stages(self, pred_labels: list, true_labels: list, pairs, classified: list[bool]) -> None:
@@ -222,6 +223,36 @@ class _Tally:
                 "count_error": float(errors.mean()) if errors.size else 0.0,
                 # the same for a chain that finds nothing: the mean true count, the number to beat
                 "count_error_finding_nothing": float(np.mean(self.true_counts)) if errors.size else 0.0}
+
+    def agreement(self, classes: Sequence[str]) -> dict:
+        """Per class, how the per-field counts agree with the truth: Bland-Altman's mean difference
+        (predicted - true) and its 95 % limits (mean +- 1.96 sd over fields), and how many fields' predicted
+        share of ``classes`` (the differential) lies inside the exact 95 % interval of the true share."""
+        from bench.metrics.statistics import proportion_interval
+
+        pred = np.array(self.pred_counts).reshape(-1, len(self.index))
+        true = np.array(self.true_counts).reshape(-1, len(self.index))
+        cols = [self.index[c] for c in classes if c in self.index]
+        out = {}
+        for c in classes:
+            if c not in self.index:
+                continue
+            k = self.index[c]
+            diff = pred[:, k] - true[:, k]
+            sd = float(np.std(diff, ddof=1)) if len(diff) > 1 else float("nan")
+            inside, n_fields = 0, 0
+            for p_row, t_row in zip(pred, true):
+                n_true, n_pred = int(t_row[cols].sum()), int(p_row[cols].sum())
+                if not n_true or not n_pred:
+                    continue
+                low, high = proportion_interval(int(t_row[k]), n_true)
+                n_fields += 1
+                inside += int(low <= p_row[k] / n_pred <= high)
+            out[c] = {"n_fields": int(len(diff)), "mean_difference": float(diff.mean()) if len(diff) else None,
+                      "limits_of_agreement": [float(diff.mean() - 1.96 * sd), float(diff.mean() + 1.96 * sd)]
+                      if len(diff) > 1 else None,
+                      "share_inside_true_interval": _ratio(inside, n_fields), "n_fields_with_shares": n_fields}
+        return out
 
     def stage_summary(self) -> dict:
         st = self.stages
@@ -265,6 +296,7 @@ def score_cells(cells: pd.DataFrame, fields: Sequence[str], truth: DetectionSet,
     return {"truth": truth_name, "level": level, "iou_threshold": iou_threshold,
             "overall": {**tally.overall(), "ignored_in_crowd_regions": ignored},
             "per_class": tally.per_class(), "stages": tally.stage_summary() if staged else None,
+            "agreement": tally.agreement(list(typed_classes) if staged else classes),
             "count_error_per_field": per_field, "fields_without_truth": [f for f in fields if f not in keys],
             "truth_images_without_field": sorted({im.path for im in truth.images} - {truth.images[keys[f]].path
                                                                                        for f in scored}),

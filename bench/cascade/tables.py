@@ -7,6 +7,9 @@
 - group ``typed``: every class of the classifier(s), the cells typed as it and their percentage of
   the field's typed cells: the differential count.
 
+A share of n cells is a sample: ``percent_low`` and ``percent_high`` are its exact (Clopper-Pearson)
+95 % interval (60 neutrophils of 100 typed cells: 50-70 %, the binomial limits of Rumke's table).
+
 Zero counts are written too, so a field where nothing was found shows as zeros, not as a gap.
 """
 
@@ -16,6 +19,8 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+from bench.metrics.statistics import proportion_interval
 
 ALL_FIELDS = "(all fields)"
 GROUPS = ("detected", "typed")
@@ -37,9 +42,12 @@ def count_table(cells: pd.DataFrame, fields: Sequence[str], detector_labels: Seq
             total = len(frame)
             for label in labels:
                 n = int(counts.get(label, 0))
+                low, high = proportion_interval(n, total)  # the share is a sample: exact 95 % limits
                 rows.append({"field": name, "group": group, "label": label, "count": n,
-                             "percent": round(100.0 * n / total, 2) if total else np.nan})
-    table = pd.DataFrame(rows, columns=["field", "group", "label", "count", "percent"])
+                             "percent": round(100.0 * n / total, 2) if total else np.nan,
+                             "percent_low": round(100.0 * low, 2) if total else np.nan,
+                             "percent_high": round(100.0 * high, 2) if total else np.nan})
+    table = pd.DataFrame(rows, columns=["field", "group", "label", "count", "percent", "percent_low", "percent_high"])
     if seen is None:
         table["seen_by_detector"] = pd.Series([None] * len(table), dtype=object)
     else:
@@ -79,6 +87,8 @@ def summary_markdown(summary: dict, counts: pd.DataFrame, metrics: dict | None) 
     lines += ["", "## All fields", "", *_table(total[total["group"] == "typed"].drop(columns="group")), "",
               "Every box the detector kept:", "", *_table(total[total["group"] == "detected"].drop(columns="group")),
               "", "Per field: counts.csv; every cell: cells.csv; pictures: fields/."]
+    lines += ["", "Percentages with their exact 95 % interval (percent_low - percent_high): a differential of n cells "
+              "is a sample of the smear, not its truth."]
     if metrics:
         lines += ["", "## Against the ground truth", "", *metrics_markdown(metrics)]
     return "\n".join(lines) + "\n"
@@ -100,7 +110,24 @@ def metrics_markdown(m: dict) -> list[str]:
                      f"at classification {st['lost_at_classification']}.")
     frame = pd.DataFrame([{"class": c, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}}
                           for c, d in m["per_class"].items()])
-    return [*lines, "", *_table(frame)]
+    return [*lines, "", *_table(frame), *agreement_markdown(m.get("agreement") or {})]
+
+
+def agreement_markdown(agreement: dict) -> list[str]:
+    """Per class: Bland-Altman's mean difference of the per-field counts and its 95 % limits, and the
+    share of fields whose predicted share lies inside the exact interval of the true one."""
+    if not agreement:
+        return []
+    rows = [{"class": c, "fields": a["n_fields"], "mean difference (pred - true)": _num(a["mean_difference"]),
+             "95 % limits": "-" if not a["limits_of_agreement"] else
+             f"{a['limits_of_agreement'][0]:.2f} to {a['limits_of_agreement'][1]:.2f}",
+             "share inside the true interval": _pct(a["share_inside_true_interval"])} for c, a in agreement.items()]
+    return ["", "Per-field counts against the truth (Bland-Altman), and whether each field's predicted share lies "
+            "inside the exact 95 % interval of its true share:", "", *_table(pd.DataFrame(rows))]
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def _pct(x) -> str:
