@@ -181,3 +181,28 @@ def proportion_interval(k: int, n: int, confidence: float = DEFAULT_CONFIDENCE) 
         return math.nan, math.nan
     low, high = proportion_confint(int(k), int(n), alpha=1 - confidence, method="beta")
     return float(0.0 if k == 0 else low), float(1.0 if k == n else high)
+
+
+def bootstrap_balanced_accuracies(labels, predicted, n_resamples: int = DEFAULT_RESAMPLES,
+                                  seed: int = DEFAULT_SEED) -> np.ndarray:
+    """Balanced accuracy (mean recall over the classes present) in each bootstrap resample of the images,
+    shape (n_resamples,); a class absent from a resample has no say in it, as in scikit-learn's."""
+    labels, predicted = np.asarray(labels, dtype=int), np.asarray(predicted, dtype=int)
+    counts = resample_counts(len(labels), n_resamples, seed).astype(np.float64)  # (R, N)
+    onehot = np.eye(int(labels.max()) + 1)[labels]  # (N, C)
+    per_class = counts @ onehot  # images of each class drawn
+    right = counts @ (onehot * (labels == predicted)[:, None])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = right / per_class
+    return np.nanmean(np.where(per_class > 0, recall, np.nan), axis=1)
+
+
+def drop_interval(home: tuple, away: tuple, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                  confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
+    """Percentile bootstrap interval of a drop in balanced accuracy from one test set to another (each
+    ``(labels, predicted)``), the two sets resampled independently (they share no image)."""
+    a = bootstrap_balanced_accuracies(*home, n_resamples, seed)
+    b = bootstrap_balanced_accuracies(*away, n_resamples, seed + 1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(a - b, [tail, 1 - tail])
+    return float(low), float(high)

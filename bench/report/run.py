@@ -44,9 +44,22 @@ def build_report(exp_dir, out_dir=None, *, top: int = DEFAULT_TOP, n_resamples: 
 
         figures["det_pr"] = plot_pr_curves(res.detectors[0])
         figures["det_fields"] = plot_fields(res.detectors[0])
+    travel = _travel(res, figures, top, n_resamples, seed, confidence)
     for key, fig in figures.items():
         runs.write_bytes_atomic(out_dir / FIGURES[key], figure_png(fig))
     text = report_markdown(res, {k: FIGURES[k] for k in figures}, top=top, n_resamples=n_resamples, seed=seed,
-                           confidence=confidence, alpha=alpha)
+                           confidence=confidence, alpha=alpha, travel=travel)
     runs.write_text_atomic(out_dir / REPORT_MD, text)
     return out_dir / REPORT_MD
+
+
+def _travel(res: ExperimentResults, figures: dict, top: int, n_resamples: int, seed: int, confidence: float):
+    """The generalisation table and its figures, when external sets were evaluated (else None)."""
+    from bench.report.generalisation import external_sets, generalisation_table, plot_reliability, plot_risk_coverage
+
+    if not res.runs or not external_sets(res):
+        return None
+    top_entries = res.runs[: min(top, 3)]
+    figures["reliability"] = plot_reliability(res, top_entries)
+    figures["risk_coverage"] = plot_risk_coverage(res, top_entries)
+    return generalisation_table(res, n_resamples=n_resamples, seed=seed, confidence=confidence)

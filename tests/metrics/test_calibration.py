@@ -90,3 +90,17 @@ def test_the_rumke_example_of_a_hundred_cell_differential():
     # 60 neutrophils of 100 typed cells: roughly 50 % to 70 % (Rumke's table gives 50-70).
     low, high = proportion_interval(60, 100)
     assert 0.49 < low < 0.51 and 0.69 < high < 0.71
+
+
+def test_the_bootstrap_balanced_accuracy_is_scikit_learns_on_each_resample():
+    from sklearn.metrics import balanced_accuracy_score
+
+    from bench.metrics.statistics import bootstrap_balanced_accuracies
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 60)
+    predicted = np.where(rng.random(60) < 0.7, labels, rng.integers(0, 4, 60))
+    ours = bootstrap_balanced_accuracies(labels, predicted, n_resamples=50, seed=7)
+    draws = np.random.default_rng(7).integers(0, 60, size=(50, 60))  # the resamples resample_counts counts
+    expected = [balanced_accuracy_score(labels[d], predicted[d]) for d in draws]
+    np.testing.assert_allclose(ours, expected)
