@@ -69,8 +69,11 @@ def detector_run(tmp_path_factory, cache_dir):
 
 
 @pytest.fixture(scope="session")
-def classifier(tmp_path_factory, cache_dir):
-    """A tiny classifier run on the synthetic single cells (the eight PBC classes), for the chain tests."""
+def classifier_run(tmp_path_factory, cache_dir):
+    """One tiny completed classifier run of the smoke config (1 epoch, 2 batches, the eight synthetic PBC
+    classes), trained once for the session: for every test that only reads a completed run (its
+    metrics.json, predictions, best.pt, experiment folder). A test that writes into the folder takes
+    ``classifier_run_copy``; one that trains with its own options trains its own run."""
     from bench import runs
     from bench.training import run_training as train
 
@@ -80,3 +83,18 @@ def classifier(tmp_path_factory, cache_dir):
     out = train(cfg)
     assert out["status"] == "completed", out
     return runs.RunDir(Path(out["run_dir"]))
+
+
+@pytest.fixture
+def classifier_run_copy(classifier_run, tmp_path):
+    """This test's own copy of ``classifier_run``'s experiment folder (manifest, run folder, leaderboard),
+    for a test that writes into it (an ensemble folder, an external evaluation): the session's run stays
+    as it was trained. Its RunDir, in the copy."""
+    import shutil
+
+    from bench import runs
+
+    exp = classifier_run.root.parents[2]
+    copy = tmp_path / "copied" / exp.name
+    shutil.copytree(exp, copy)
+    return runs.RunDir(copy / classifier_run.root.relative_to(exp))

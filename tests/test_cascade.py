@@ -192,7 +192,7 @@ def _args(folder, detector, classifiers, out, *extra):
     return argv
 
 
-def test_the_chain_with_a_perfect_detector_loses_cells_only_at_the_classifier(fields, detector_run, classifier,
+def test_the_chain_with_a_perfect_detector_loses_cells_only_at_the_classifier(fields, detector_run, classifier_run,
                                                                               tmp_path, monkeypatch, capsys):
     from bench.cascade import run as cli
 
@@ -209,7 +209,7 @@ def test_the_chain_with_a_perfect_detector_loses_cells_only_at_the_classifier(fi
 
     monkeypatch.setattr(cli, "load_detector", oracle)
     out = tmp_path / "out"
-    assert predict_cli.main(_args(folder, det_dir.root, [classifier.root], out, "--truth", str(instances))) == 0
+    assert predict_cli.main(_args(folder, det_dir.root, [classifier_run.root], out, "--truth", str(instances))) == 0
     assert "cells found" in capsys.readouterr().out
     cells = pd.read_csv(out / "cells.csv")
     # boxes come back in field pixels, in the truth's order
@@ -235,11 +235,11 @@ def test_the_chain_with_a_perfect_detector_loses_cells_only_at_the_classifier(fi
     assert all(errors["rbc"] == 0 for errors in m["count_error_per_field"].values())
 
 
-def test_counts_add_up_to_the_cells_and_every_field_gets_its_picture(fields, detector_run, classifier, tmp_path):
+def test_counts_add_up_to_the_cells_and_every_field_gets_its_picture(fields, detector_run, classifier_run, tmp_path):
     folder, instances = fields
     _, det_dir = detector_run
     out = tmp_path / "out"
-    assert predict_cli.main(_args(folder, det_dir.root, [classifier.root], out, "--score-threshold", "0.05",
+    assert predict_cli.main(_args(folder, det_dir.root, [classifier_run.root], out, "--score-threshold", "0.05",
                               "--truth", str(instances))) == 0
     cells, counts = pd.read_csv(out / "cells.csv"), pd.read_csv(out / "counts.csv")
     readable = sorted(p.name for p in folder.glob("*.png") if p.name != "broken.png")
@@ -276,11 +276,11 @@ def test_counts_add_up_to_the_cells_and_every_field_gets_its_picture(fields, det
     assert "![field-0000.png](../fields/field-0000.png)" in text and "## Against the ground truth" in text
 
 
-def test_one_classifier_per_detector_label(fields, detector_run, classifier, tmp_path):
+def test_one_classifier_per_detector_label(fields, detector_run, classifier_run, tmp_path):
     folder, _ = fields
     _, det_dir = detector_run
     out = tmp_path / "out"
-    assert predict_cli.main(_args(folder, det_dir.root, [f"wbc={classifier.root}"], out, "--score-threshold",
+    assert predict_cli.main(_args(folder, det_dir.root, [f"wbc={classifier_run.root}"], out, "--score-threshold",
                               "0.05")) == 0
     cells = pd.read_csv(out / "cells.csv")
     assert set(cells.loc[cells["classified"], "detector_label"]) <= {"wbc"}
@@ -291,30 +291,30 @@ def test_one_classifier_per_detector_label(fields, detector_run, classifier, tmp
     (["--classify-labels", "neutrophil"], "not labels of the detector"),
     (["--truth", "missing.csv"], "--truth"),
 ])
-def test_bad_chain_input_is_one_clear_message(fields, detector_run, classifier, tmp_path, capsys, extra, message):
+def test_bad_chain_input_is_one_clear_message(fields, detector_run, classifier_run, tmp_path, capsys, extra, message):
     folder, _ = fields
     _, det_dir = detector_run
-    assert predict_cli.main(_args(folder, det_dir.root, [classifier.root], tmp_path / "o", *extra)) == 2
+    assert predict_cli.main(_args(folder, det_dir.root, [classifier_run.root], tmp_path / "o", *extra)) == 2
     assert message in capsys.readouterr().err
 
 
-def test_fields_that_all_fail_to_decode_are_an_error_not_a_zero_count(detector_run, classifier, tmp_path, capsys):
+def test_fields_that_all_fail_to_decode_are_an_error_not_a_zero_count(detector_run, classifier_run, tmp_path, capsys):
     folder = tmp_path / "broken"
     folder.mkdir()
     for name in ("a.png", "b.jpg"):
         (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     _, det_dir = detector_run
-    assert predict_cli.main(_args(folder, det_dir.root, [classifier.root], tmp_path / "o")) == 2
+    assert predict_cli.main(_args(folder, det_dir.root, [classifier_run.root], tmp_path / "o")) == 2
     err = capsys.readouterr().err
     assert "none of the 2 image file(s)" in err and "a.png" in err
     assert not (tmp_path / "o" / "counts.csv").exists()
 
 
-def test_a_classifier_as_detector_or_without_one_is_named(fields, classifier, tmp_path, capsys):
+def test_a_classifier_as_detector_or_without_one_is_named(fields, classifier_run, tmp_path, capsys):
     folder, _ = fields
-    assert predict_cli.main(_args(folder, classifier.root, [classifier.root], tmp_path / "o")) == 2
+    assert predict_cli.main(_args(folder, classifier_run.root, [classifier_run.root], tmp_path / "o")) == 2
     assert "not a detector's best.pt" in capsys.readouterr().err
-    assert predict_cli.main([str(folder), "--classifier", str(classifier.root), "--out", str(tmp_path / "o")]) == 2
+    assert predict_cli.main([str(folder), "--classifier", str(classifier_run.root), "--out", str(tmp_path / "o")]) == 2
     assert "add --detector" in capsys.readouterr().err
 
 

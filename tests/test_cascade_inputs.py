@@ -19,8 +19,8 @@ from bench import predict, runs
 from bench.cli import predict as predict_cli
 
 
-def _argv(folder, detector, classifier, out, *extra) -> list[str]:
-    return [str(folder), "--detector", str(detector), "--classifier", str(classifier), "--out", str(out),
+def _argv(folder, detector, classifier_run, out, *extra) -> list[str]:
+    return [str(folder), "--detector", str(detector), "--classifier", str(classifier_run), "--out", str(out),
             "--device", "cpu", "--quiet", "--batch-size", "8", *extra]
 
 
@@ -67,53 +67,53 @@ def _renamed_truth(instances: Path, dest: Path, rename) -> Path:
 
 
 def test_truth_without_white_cell_types_stops_before_the_first_field_with_the_fitting_options(
-        fresh, detector_run, classifier, tmp_path, capsys, no_chain):
+        fresh, detector_run, classifier_run, tmp_path, capsys, no_chain):
     folder, instances = fresh
     _, det = detector_run
     # Another lab's truth: RBC / WBC / PLT, no white-cell types
     truth = _renamed_truth(instances, tmp_path / "lab.json",
                            lambda n: {"rbc": "RBC", "platelet": "PLT"}.get(n, "WBC"))
-    assert predict_cli.main(_argv(folder, det.root, classifier.root, tmp_path / "out", "--truth", str(truth))) == 2
+    assert predict_cli.main(_argv(folder, det.root, classifier_run.root, tmp_path / "out", "--truth", str(truth))) == 2
     err = capsys.readouterr().err
     assert "--score-level detector" in err and "--truth-map" in err and "RBC=rbc" in err and "WBC=wbc" in err
     assert not (tmp_path / "out").exists()
 
 
-def test_a_truth_map_key_not_in_the_truth_is_named(fresh, detector_run, classifier, tmp_path, capsys, no_chain):
+def test_a_truth_map_key_not_in_the_truth_is_named(fresh, detector_run, classifier_run, tmp_path, capsys, no_chain):
     folder, instances = fresh
     _, det = detector_run
-    assert predict_cli.main(_argv(folder, det.root, classifier.root, tmp_path / "out", "--truth", str(instances),
+    assert predict_cli.main(_argv(folder, det.root, classifier_run.root, tmp_path / "out", "--truth", str(instances),
                               "--truth-map", "Neutrophil=neutrophil,rbc=rbc")) == 2
     err = capsys.readouterr().err
     assert "--truth-map" in err and "'Neutrophil'" in err and "not a label of the truth" in err
 
 
 # --------------------------------------------------------------------------- the output folder
-def test_a_non_empty_out_that_is_no_chain_output_is_refused(fresh, detector_run, classifier, tmp_path, capsys,
+def test_a_non_empty_out_that_is_no_chain_output_is_refused(fresh, detector_run, classifier_run, tmp_path, capsys,
                                                             no_chain):
     folder, _ = fresh
     _, det = detector_run
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("my notes")
-    assert predict_cli.main(_argv(folder, det.root, classifier.root, out)) == 2
+    assert predict_cli.main(_argv(folder, det.root, classifier_run.root, out)) == 2
     assert "not the output of a chain run" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
-def test_a_rerun_with_fewer_fields_replaces_the_previous_output_whole(fresh, detector_run, classifier, tmp_path,
+def test_a_rerun_with_fewer_fields_replaces_the_previous_output_whole(fresh, detector_run, classifier_run, tmp_path,
                                                                      capsys):
     from bench.cli.report import main as report_main
 
     folder, _ = fresh
     _, det = detector_run
     out = tmp_path / "out"
-    assert predict_cli.main(_argv(folder, det.root, classifier.root, out, "--score-threshold", "0.05")) == 0
+    assert predict_cli.main(_argv(folder, det.root, classifier_run.root, out, "--score-threshold", "0.05")) == 0
     assert report_main([str(out)]) == 0 and (out / "report" / "report.md").is_file()
     for name in sorted(p.name for p in folder.iterdir())[3:]:
         (folder / name).unlink()
     capsys.readouterr()
-    assert predict_cli.main(_argv(folder, det.root, classifier.root, out, "--score-threshold", "0.05")) == 0
+    assert predict_cli.main(_argv(folder, det.root, classifier_run.root, out, "--score-threshold", "0.05")) == 0
     assert "replaced the previous chain output" in capsys.readouterr().out
     assert sorted(p.name for p in (out / "fields").iterdir()) == sorted(p.name for p in folder.iterdir())
     assert not (out / "report").exists()  # the old report described fields that are gone
@@ -122,7 +122,7 @@ def test_a_rerun_with_fewer_fields_replaces_the_previous_output_whole(fresh, det
 
 
 # --------------------------------------------------------------------------- fields the detector saw
-def test_fields_the_detector_trained_on_are_refused_or_labelled(detector_run, classifier, tmp_path, capsys):
+def test_fields_the_detector_trained_on_are_refused_or_labelled(detector_run, classifier_run, tmp_path, capsys):
     cfg, det = detector_run
     root = next(Path(cfg.paths.cache_dir, "datasets").glob("synthetic-smear-n16-s96-*"))
     folder = tmp_path / "seen"
@@ -130,11 +130,11 @@ def test_fields_the_detector_trained_on_are_refused_or_labelled(detector_run, cl
     (folder / "field-0000.png").rename(folder / "renamed.png")
     manifest = pd.read_csv(det.root.parents[2] / "manifest.csv")
     seen = set(manifest.loc[manifest["split"] != "test", "path"].str.replace("images/", "", regex=False))
-    assert predict_cli.main(_argv(folder, det.root, classifier.root, tmp_path / "out")) == 2
+    assert predict_cli.main(_argv(folder, det.root, classifier_run.root, tmp_path / "out")) == 2
     err = capsys.readouterr().err
     assert f"{len(seen)} of the 16 fields" in err and "--allow-seen-fields" in err
     out = tmp_path / "labelled"
-    assert predict_cli.main(_argv(folder, det.root, classifier.root, out, "--allow-seen-fields",
+    assert predict_cli.main(_argv(folder, det.root, classifier_run.root, out, "--allow-seen-fields",
                               "--truth", str(root / "instances.json"), "--score-threshold", "0.05")) == 0
     summary = runs.read_json(out / "summary.json")
     named = {("field-0000.png" if f == "renamed.png" else f) for f in summary["seen_fields"]}
@@ -162,7 +162,7 @@ class CrowdedDetector(torch.nn.Module):
                 for _ in images]
 
 
-def test_a_field_at_the_detectors_cap_is_named_and_the_cap_is_shown(fresh, detector_run, classifier, tmp_path,
+def test_a_field_at_the_detectors_cap_is_named_and_the_cap_is_shown(fresh, detector_run, classifier_run, tmp_path,
                                                                     monkeypatch):
     from bench.cascade import run as cli
 
@@ -178,7 +178,7 @@ def test_a_field_at_the_detectors_cap_is_named_and_the_cap_is_shown(fresh, detec
 
     monkeypatch.setattr(cli, "load_detector", crowded)
     out = tmp_path / "out"
-    assert predict_cli.main(_argv(folder, det.root, classifier.root, out, "--score-threshold", "0.5")) == 0
+    assert predict_cli.main(_argv(folder, det.root, classifier_run.root, out, "--score-threshold", "0.5")) == 0
     summary = runs.read_json(out / "summary.json")
     assert summary["detector"]["max_detections"] == 40
     assert sorted(summary["fields_at_cap"]) == sorted(p.name for p in folder.iterdir())
@@ -186,13 +186,13 @@ def test_a_field_at_the_detectors_cap_is_named_and_the_cap_is_shown(fresh, detec
     assert "at most 40 boxes per field" in (out / "summary.md").read_text()
 
 
-def test_field_pictures_carry_a_legend(fresh, detector_run, classifier, tmp_path):
+def test_field_pictures_carry_a_legend(fresh, detector_run, classifier_run, tmp_path):
     """Below the field: a strip with a swatch per class in its colour, the truth's missed cells in white and
     what '?' means; the field itself is drawn above it, unchanged in size."""
     folder, instances = fresh
     _, det = detector_run
     out = tmp_path / "out"
-    assert predict_cli.main(_argv(folder, det.root, classifier.root, out, "--score-threshold", "0.05",
+    assert predict_cli.main(_argv(folder, det.root, classifier_run.root, out, "--score-threshold", "0.05",
                               "--score-level", "detector", "--truth", str(instances),
                               "--truth-map", ",".join(f"{c}=wbc" for c in ("basophil", "eosinophil", "erythroblast",
                                                                             "ig", "lymphocyte", "monocyte",

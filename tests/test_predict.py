@@ -1,4 +1,5 @@
-"""bench-predict on a folder the test writes, with a checkpoint from a short real training run."""
+"""bench-predict on a folder the test writes, with the checkpoint of the session's tiny training run
+(conftest's classifier_run; a test that writes into its folder takes its own copy)."""
 
 from __future__ import annotations
 
@@ -16,30 +17,15 @@ from bench import predict
 from bench.predict import checkpoints as predict_checkpoints
 from bench import runs
 from bench.models import create_model
-from bench.training import run_training as train
 from bench.cli import ensemble as ensemble_cli
 from bench.cli import evaluate as evaluate_cli
 from bench.cli import predict as predict_cli
 
-from .conftest import SMOKE_OVERRIDES, compose_cfg
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, cache_dir):
-    """One tiny training run (1 epoch, 2 batches): its run folder and experiment folder."""
-    results = tmp_path_factory.mktemp("results")
-    cfg = compose_cfg(*SMOKE_OVERRIDES, "trainer.epochs=1", "trainer.max_batches=2", "experiment_name=pred",
-                      f"paths.results_dir={results}", f"paths.cache_dir={cache_dir}")
-    out = train(cfg)
-    assert out["status"] == "completed", out
-    run_dir = runs.RunDir(Path(out["run_dir"]))
-    return run_dir, run_dir.root.parents[2]
-
 
 @pytest.fixture
-def images(tmp_path, trained):
+def images(tmp_path, classifier_run):
     """A folder with 5 real cell images (one nested), a broken PNG, a text file and a hidden file."""
-    run_dir, _ = trained
+    run_dir = classifier_run
     data_root = Path(runs.read_json(run_dir.metrics)["data_root"])
     sources = sorted(data_root.rglob("*.png"))[::37][:5]
     folder = tmp_path / "new_cells"
@@ -57,8 +43,8 @@ def _classes(run_dir) -> list[str]:
     return torch.load(run_dir.best_ckpt, map_location="cpu", weights_only=True)["class_names"]
 
 
-def test_single_checkpoint(trained, images, tmp_path, capsys):
-    run_dir, _ = trained
+def test_single_checkpoint(classifier_run, images, tmp_path, capsys):
+    run_dir = classifier_run
     out = tmp_path / "out"
     assert predict_cli.main([str(images), "--checkpoint", str(run_dir.best_ckpt), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -99,8 +85,8 @@ def test_single_checkpoint(trained, images, tmp_path, capsys):
     assert "low-confidence" in printed and "val recall" in printed
 
 
-def test_an_empty_folder_is_an_error_not_a_zero_count(trained, tmp_path, capsys):
-    run_dir, _ = trained
+def test_an_empty_folder_is_an_error_not_a_zero_count(classifier_run, tmp_path, capsys):
+    run_dir = classifier_run
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)
     (empty / "readme.txt").write_text("no cells here")
@@ -110,8 +96,8 @@ def test_an_empty_folder_is_an_error_not_a_zero_count(trained, tmp_path, capsys)
     assert not (tmp_path / "o").exists()
 
 
-def test_a_folder_whose_images_all_fail_to_decode_is_an_error_not_a_zero_count(trained, tmp_path, capsys):
-    run_dir, _ = trained
+def test_a_folder_whose_images_all_fail_to_decode_is_an_error_not_a_zero_count(classifier_run, tmp_path, capsys):
+    run_dir = classifier_run
     broken = tmp_path / "broken"
     (broken / "slide").mkdir(parents=True)
     (broken / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
@@ -126,9 +112,9 @@ def test_a_folder_whose_images_all_fail_to_decode_is_an_error_not_a_zero_count(t
     assert not (tmp_path / "o").exists()
 
 
-def test_reproduces_the_runs_own_test_predictions(trained, tmp_path):
+def test_reproduces_the_runs_own_test_predictions(classifier_run, tmp_path):
     """Same eval transform as training: the run's recorded probabilities come back."""
-    run_dir, _ = trained
+    run_dir = classifier_run
     data_root = Path(runs.read_json(run_dir.metrics)["data_root"])
     out = tmp_path / "out"
     assert predict_cli.main([str(data_root), "-c", str(run_dir.best_ckpt), "--out", str(out), "--batch-size", "50",
@@ -140,8 +126,8 @@ def test_reproduces_the_runs_own_test_predictions(trained, tmp_path):
     assert (ours["predicted"] == recorded["predicted"]).all()
 
 
-def test_two_checkpoints_majority_vote(trained, images, tmp_path):
-    run_dir, _ = trained
+def test_two_checkpoints_majority_vote(classifier_run, images, tmp_path):
+    run_dir = classifier_run
     single, double = tmp_path / "one", tmp_path / "two"
     ckpt = str(run_dir.best_ckpt)
     assert predict_cli.main([str(images), "-c", ckpt, "--out", str(single)]) == 0
@@ -160,8 +146,9 @@ def test_two_checkpoints_majority_vote(trained, images, tmp_path):
     np.testing.assert_allclose(soft["confidence"], one["confidence"], atol=1e-6)
 
 
-def test_ensemble_folder(trained, images, tmp_path):
-    run_dir, exp_dir = trained
+def test_ensemble_folder(classifier_run_copy, images, tmp_path):
+    run_dir = classifier_run_copy
+    exp_dir = run_dir.root.parents[2]
     assert ensemble_cli.main([str(exp_dir), "k=1", "method=majority"]) == 0
     out = tmp_path / "out"
     assert predict_cli.main([str(images), "--ensemble", str(exp_dir / "ensembles" / "majority-k1"),
@@ -177,8 +164,8 @@ def test_ensemble_folder(trained, images, tmp_path):
     assert summary["low_confidence"]["n"] == 0  # one member: every vote is unanimous
 
 
-def test_class_mismatch_names_both_checkpoints(trained, images, tmp_path, capsys):
-    run_dir, _ = trained
+def test_class_mismatch_names_both_checkpoints(classifier_run, images, tmp_path, capsys):
+    run_dir = classifier_run
     ckpt = torch.load(run_dir.best_ckpt, map_location="cpu", weights_only=True)
     ckpt["class_names"] = list(reversed(ckpt["class_names"]))
     other = tmp_path / "reordered.pt"
@@ -189,8 +176,8 @@ def test_class_mismatch_names_both_checkpoints(trained, images, tmp_path, capsys
     assert str(run_dir.best_ckpt) in err and str(other) in err and "different class names" in err
 
 
-def test_bad_input_exits_2(trained, images, tmp_path, capsys):
-    run_dir, _ = trained
+def test_bad_input_exits_2(classifier_run, images, tmp_path, capsys):
+    run_dir = classifier_run
     ckpt = str(run_dir.best_ckpt)
     assert predict_cli.main([str(tmp_path / "missing"), "-c", ckpt, "--out", str(tmp_path / "o")]) == 2
     assert "is not a folder" in capsys.readouterr().err
@@ -236,11 +223,12 @@ def _external_set(tmp_path, run_dir) -> tuple[Path, pd.DataFrame]:
     return lab, pd.concat(chosen)
 
 
-def test_evaluate_on_another_labs_folder(trained, tmp_path, capsys):
+def test_evaluate_on_another_labs_folder(classifier_run_copy, tmp_path, capsys):
     from bench.predict import external as evaluate
     from bench.results import leaderboard as lb
 
-    run_dir, exp_dir = trained
+    run_dir = classifier_run_copy
+    exp_dir = run_dir.root.parents[2]
     lab, chosen = _external_set(tmp_path, run_dir)
     assert evaluate_cli.main([str(run_dir.root), str(lab), "--map", "Lympho=lymphocyte", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
@@ -261,10 +249,10 @@ def test_evaluate_on_another_labs_folder(trained, tmp_path, capsys):
     assert row["ext_lab2_balanced_acc"] == pytest.approx(np.mean(recalls))
 
 
-def test_evaluate_names_a_bad_mapping(trained, tmp_path, capsys):
+def test_evaluate_names_a_bad_mapping(classifier_run, tmp_path, capsys):
     from bench.predict import external as evaluate
 
-    run_dir, _ = trained
+    run_dir = classifier_run
     lab, _ = _external_set(tmp_path, run_dir)
     assert evaluate_cli.main([str(run_dir.root), str(lab), "--map", "Lympho=lymph"]) == 2
     assert "'Lympho': 'lymph'" in capsys.readouterr().err

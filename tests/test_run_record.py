@@ -44,14 +44,13 @@ def test_a_kind_that_leaves_a_shared_key_out_or_passes_it_twice_fails_at_once():
         run_record(**_minimal(), epochs_run=3)  # derived from the history, not given
 
 
-def _kinds(make_cfg, tmp_path, cache_dir, detector_run):
-    """One completed run of each kind, smallest settings: {kind: metrics.json}."""
+def _kinds(make_cfg, classifier_run, detector_run):
+    """One completed run of each kind, smallest settings: {kind: metrics.json}. The classifier and the
+    detector are the session's runs (conftest); the two protocols train their own."""
     from bench.protocols.svm_features import run_svm_protocol
     from bench.protocols.two_level import run_two_level
-    from bench.training import run_training
 
-    out = {"classifier": runs.read_json(Path(run_training(make_cfg("trainer.epochs=1"))["run_dir"]) / "metrics.json"),
-           "detector": runs.read_json(detector_run[1].metrics)}
+    out = {"classifier": runs.read_json(classifier_run.metrics), "detector": runs.read_json(detector_run[1].metrics)}
     two = run_two_level(make_cfg("experiment=cheuque2022_two_level", "data=synthetic", "model=simple_cnn",
                                  "model.pretrained=false", "model.freeze_backbone=false", "model.head_hidden=[]",
                                  "trainer.epochs=1", "data.image_size=32"))
@@ -65,8 +64,8 @@ def _kinds(make_cfg, tmp_path, cache_dir, detector_run):
     return out
 
 
-def test_every_kind_of_run_writes_every_shared_key(make_cfg, tmp_path, cache_dir, detector_run):
-    for kind, metrics in _kinds(make_cfg, tmp_path, cache_dir, detector_run).items():
+def test_every_kind_of_run_writes_every_shared_key(make_cfg, classifier_run, detector_run):
+    for kind, metrics in _kinds(make_cfg, classifier_run, detector_run).items():
         missing = [k for k in SHARED_KEYS if k not in metrics]
         assert not missing, (kind, missing)
         assert metrics["select_by"] in ("val_acc", "val_map"), kind
