@@ -41,6 +41,10 @@ def parse_overrides(items: Sequence[str]) -> dict:
                 opts[key] = None if value.lower() in ("null", "none", "") and key == "top_n" else int(value)
             elif key == "weights":
                 opts[key] = None if value.lower() in ("null", "none", "val_acc", "") else _parse_weights(value)
+            elif key == "calibrated":
+                if value.lower() not in ("true", "false"):
+                    raise ValueError("calibrated must be true or false")
+                opts[key] = value.lower() == "true"
             elif key == "voting":
                 if value not in (HARD, SOFT):
                     raise ValueError("voting must be hard or soft")

@@ -32,6 +32,8 @@ ENSEMBLE_OPTIONS = {
     "steps": "greedy: number of forward-selection steps (default 20)",
     "name": "output folder and leaderboard name (default <method>-k<k>, or greedy)",
     "seed": "paper: which seed of each of the paper's four models (default 0)",
+    "calibrated": "true: each member's probabilities scaled by the temperature its run fitted on validation "
+                  "before the vote (default false: raw)",
 }
 
 
@@ -77,6 +79,9 @@ def predict_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--ensemble", type=Path, default=None, metavar="DIR",
                    help="an ensemble folder results/<exp>/ensembles/<name>: its members' best.pt")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--calibrated", action="store_true",
+                   help="scale each model's probabilities by the temperature its run fitted on validation (the "
+                        "summary says which probabilities were used)")
     p.add_argument("--method", choices=sorted(PREDICT_METHODS), default=None,
                    help="combine by majority vote or mean probability (default: the ensemble's own voting; "
                         "soft for one checkpoint, majority for several)")

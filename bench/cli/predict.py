@@ -14,6 +14,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench.cli.commands import parser
 
     args = parser("bench-predict").parse_args(argv)
+    if args.calibrated and (args.detector is not None or args.classifier):
+        print("bench-predict: --calibrated applies to a folder of cells (-c / --ensemble); the smear chain types "
+              "cells with the raw probabilities. Leave --calibrated out with --detector.", file=sys.stderr)
+        return 2
     if args.detector is not None or args.classifier:
         from bench.cascade import run as cascade
 
@@ -30,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     s = result["summary"]
     print(f"{s['n_classified']} image(s) classified with {len(s['checkpoints'])} checkpoint(s) "
-          f"({s['method']}, {s['device']}, {s['seconds']:.1f} s); {s['n_unreadable']} unreadable")
+          f"({s['method']}, {s['device']}, {s['seconds']:.1f} s); {s['n_unreadable']} unreadable; "
+          f"probabilities {s['probabilities']}")
     counts = result["counts"]
     width = max(len("class"), *(len(c) for c in counts["class"]))
     print(f"\n{'class':<{width}}  {'count':>6}  {'percent':>7}  {'unsure':>6}  {'val recall':>10}")

@@ -115,11 +115,13 @@ class EnsembleResult:
 
 def run_ensemble(exp_dir, *, method: str = "majority", k: int = 4, top_n: int | None = None, weights=None,
                  voting: str | None = None, steps: int = 20, name: str | None = None,
-                 candidates: Candidates | None = None, seed: int = 0) -> EnsembleResult:
-    """Load the runs, fit on validation, evaluate on val and test, write the folder and the row."""
+                 candidates: Candidates | None = None, seed: int = 0, calibrated: bool = False) -> EnsembleResult:
+    """Load the runs, fit on validation, evaluate on val and test, write the folder and the row.
+    ``calibrated``: each candidate's probabilities scaled by its validation temperature first."""
     exp_dir = Path(exp_dir)
     cands = candidates if candidates is not None else load_candidates(exp_dir)
     _check_candidates(cands, exp_dir, method, k, weights)
+    temperatures = calibrate_candidates(cands) if calibrated else None
     est = make_estimator(method, cands.ids, k=k, top_n=top_n, weights=weights, voting=voting, steps=steps, seed=seed)
     val, test = cands.splits["val"], cands.splits["test"]
     try:
@@ -132,6 +134,9 @@ def run_ensemble(exp_dir, *, method: str = "majority", k: int = 4, top_n: int | 
     out_dir = exp_dir / ENSEMBLES_DIR / name
     member_rows = _member_rows(cands, est, exp_dir)
     metrics = _ensemble_metrics(exp_dir, name, method, cands, est, combined, member_rows)
+    metrics["probabilities"] = ("raw" if temperatures is None else
+                                {"calibrated": "each member's temperature, fitted on its validation images",
+                                 "temperatures": dict(zip(cands.ids, temperatures))})
     members = pd.DataFrame(member_rows)
     if method != "greedy":
         members = members.drop(columns="count")
@@ -146,6 +151,23 @@ def run_ensemble(exp_dir, *, method: str = "majority", k: int = 4, top_n: int | 
     board = lb.write_leaderboard(exp_dir)  # the ensemble's row is built from the folder just written
     row = board[(board["kind"] == result_records.KIND_ENSEMBLE) & (board["model"].astype(str) == name)].iloc[0].to_dict()
     return EnsembleResult(name, out_dir, est, metrics, members, row)
+
+
+def calibrate_candidates(cands: Candidates) -> list[float]:
+    """Every candidate's validation and test probabilities scaled (in place) by the temperature its run
+    fitted on its validation images; the temperatures, in candidate order."""
+    from bench.metrics.calibration import apply_temperature
+    from bench.results.confidence import validation_choices
+
+    temperatures = []
+    for i, run_dir in enumerate(cands.run_dirs):
+        chosen = validation_choices(run_dir.root)
+        if chosen is None:
+            raise EnsembleError(f"calibrated=true: {run_dir.root} has no temperature and no validation predictions.")
+        for split in cands.splits.values():
+            split.probs[i] = apply_temperature(split.probs[i], chosen[0])
+        temperatures.append(float(chosen[0]))
+    return temperatures
 
 
 def _check_candidates(cands: Candidates, exp_dir: Path, method: str, k: int, weights) -> None:

@@ -185,6 +185,7 @@ def external_confidence(owner: Path, probs, labels, voting: str) -> dict | None:
     run (or soft-vote ensemble) chose on its validation images; None for a hard vote (a share of votes
     is no probability) or a run whose validation predictions cannot be read."""
     from bench.metrics.calibration import split_confidence
+    from bench.results.confidence import validation_choices
 
     if voting == HARD:
         return None
@@ -194,23 +195,3 @@ def external_confidence(owner: Path, probs, labels, voting: str) -> dict | None:
     temperature, threshold, target = chosen
     return {"temperature": temperature, "referral_threshold": threshold, "target_acc": target,
             **split_confidence(probs, labels, temperature, threshold)}
-
-
-def validation_choices(owner: Path) -> tuple[float, float | None, float] | None:
-    """(temperature, referral threshold, target accuracy) of a run or ensemble: as recorded in its
-    metrics.json, or, for folders written before they were, fitted now on its saved validation
-    predictions (the same rule; never on test)."""
-    from bench.metrics.calibration import DEFAULT_TARGET_ACC, confidence_record
-
-    path = owner / run_files.METRICS_JSON
-    metrics = runs.read_json(path) if path.exists() else {}
-    recorded = metrics.get("calibration")
-    if recorded:
-        return recorded["temperature"], recorded["referral"]["threshold"], recorded["referral"]["target_acc"]
-    classes = metrics.get("classes")
-    val_path = owner / "predictions_val.csv"
-    if not classes or not val_path.exists():
-        return None
-    _, labels, _, probs = run_files.read_predictions(val_path, classes)
-    record = confidence_record({"val": (probs, labels)}, DEFAULT_TARGET_ACC)
-    return record["temperature"], record["referral"]["threshold"], DEFAULT_TARGET_ACC

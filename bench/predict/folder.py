@@ -94,11 +94,15 @@ def run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     probs, readable, reasons = predict_probs(checkpoints, files, batch_size=args.batch_size, device=device)
     seconds = time.perf_counter() - start
+    temperatures = calibrate(probs, paths) if getattr(args, "calibrated", False) else None
     rel = [f.relative_to(args.images_dir).as_posix() for f in files]
     if not readable.any():
         raise PredictError(_nothing_readable(args.images_dir, rel, reasons, skipped))
     ok_paths = [p for p, ok in zip(rel, readable) if ok]
     record = validation_record(list(args.checkpoint), args.ensemble, voting, class_names)
+    if temperatures is not None:  # the validation threshold was chosen on raw probabilities: it does not transfer
+        record.threshold, record.why = None, ("--calibrated: the low-confidence threshold was chosen on the raw "
+                                              "validation probabilities and does not apply to calibrated ones")
     preds, counts = prediction_tables(ok_paths, probs, class_names, voting, weights, record)
     unreadable = pd.DataFrame(
         [(p, r) for p, r in zip(rel, reasons) if r is not None] + skipped, columns=["path", "reason"]
@@ -114,6 +118,8 @@ def run(args: argparse.Namespace) -> dict:
                            if record.threshold is not None else None,
                            "not_flagged_because": record.why},
         "val_recall": record.recall,
+        "probabilities": "raw" if temperatures is None else
+        f"calibrated: each model's temperature fitted on its validation images ({', '.join(f'{t:.3f}' for t in temperatures)})",
         "device": str(device), "seconds": seconds,
     }
     out = args.out
@@ -123,6 +129,23 @@ def run(args: argparse.Namespace) -> dict:
     runs.write_csv_atomic(out / "unreadable.csv", unreadable)
     runs.write_json_atomic(out / "summary.json", summary)
     return {"summary": summary, "counts": counts, "unreadable": unreadable, "predictions": preds}
+
+
+def calibrate(probs, paths) -> list[float]:
+    """Each model's probabilities (``probs[m]``, in place) softened or sharpened by the temperature its run
+    fitted on its validation images; the temperatures. PredictError for a run that has none."""
+    from bench.metrics.calibration import apply_temperature
+    from bench.results.confidence import validation_choices
+
+    temperatures = []
+    for m, path in enumerate(paths):
+        chosen = validation_choices(Path(path).parent)
+        if chosen is None:
+            raise PredictError(f"--calibrated: {Path(path).parent} has no temperature and no validation predictions "
+                               "to fit one on; leave --calibrated out for this model.")
+        probs[m] = apply_temperature(probs[m], chosen[0])
+        temperatures.append(float(chosen[0]))
+    return temperatures
 
 
 def _models_and_voting(args) -> tuple[list[Path], list[float], str]:

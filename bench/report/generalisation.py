@@ -18,7 +18,7 @@ import pandas as pd
 
 from bench.metrics import statistics as stats
 from bench.metrics.calibration import N_BINS, split_confidence
-from bench.predict.external import validation_choices
+from bench.results.confidence import validation_choices
 from bench.report.loading import Entry, ExperimentResults
 from bench.results.records import EXTERNAL_DIR
 from bench.runs import files as run_files

@@ -81,3 +81,28 @@ def test_a_whole_experiment_is_evaluated_once_and_only_new_models_later(tmp_path
     assert {"ext_lab_acc", "ext_lab_balanced_acc", "ext_lab_macro_f1"} <= set(board)
     assert evaluate_main([str(exp_dir), str(lab), "--name", "lab", "--device", "cpu"]) == 0
     assert "(done before)" in capsys.readouterr().out
+
+
+def test_calibrated_predictions_use_each_runs_validation_temperature_and_say_so(tmp_path, trained):
+    import numpy as np
+
+    from bench.cli.predict import main as predict_main
+    from bench.metrics.calibration import apply_temperature
+
+    lab = _lab_folder(tmp_path, trained, {"x": "neutrophil"}, n=4)
+    for flag, out in (([], "raw"), (["--calibrated"], "cal")):
+        assert predict_main([str(lab), "-c", str(trained / "best.pt"), "--out", str(tmp_path / out),
+                             "--device", "cpu", *flag]) == 0
+    raw, cal = (pd_read(tmp_path / o / "predictions.csv") for o in ("raw", "cal"))
+    t = runs.read_json(trained / "metrics.json")["calibration"]["temperature"]
+    probs = [c for c in raw.columns if c.startswith("prob_")]
+    np.testing.assert_allclose(cal[probs].to_numpy(), apply_temperature(raw[probs].to_numpy(), t), atol=2e-6)
+    said = runs.read_json(tmp_path / "cal" / "summary.json")["probabilities"]
+    assert said.startswith("calibrated") and f"{t:.3f}" in said
+    assert runs.read_json(tmp_path / "raw" / "summary.json")["probabilities"] == "raw"
+
+
+def pd_read(path):
+    import pandas as pd
+
+    return pd.read_csv(path).sort_values("path").reset_index(drop=True)
