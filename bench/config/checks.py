@@ -77,6 +77,7 @@ def _check_data_values(c: _Checks, data) -> None:
     for key in ("brightness", "contrast", "saturation"):
         c.number(f"data.augment.{key}", getattr(aug, key), low=0)
     c.number("data.augment.hue", aug.hue, low=0, high=0.5)
+    c.number("data.augment.hed", aug.get("hed", 0.0), low=0, high=1)
     c.number("data.decode_workers", data.decode_workers, low=0, integer=True)
     jitter = data.get("scale_jitter")
     if jitter is not None:

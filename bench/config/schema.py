@@ -39,6 +39,9 @@ class AugmentConfig:
     contrast: float = added_later(0.0)
     saturation: float = added_later(0.0)
     hue: float = added_later(0.0)
+    # Stain jitter in HED space (Tellez et al. 2018, scikit-image's colour deconvolution): haematoxylin,
+    # eosin and DAB densities each scaled by U(1 - hed, 1 + hed) and shifted by U(-hed, hed), per image.
+    hed: float = added_later(0.0)
 
 
 # The options that say which generated or downloaded data a run reads: like data.root, the data, not

@@ -40,6 +40,9 @@ class BatchAugment:
     contrast: float = 0.0
     saturation: float = 0.0
     hue: float = 0.0
+    # Stain jitter in HED space (Tellez et al. 2018): each of the haematoxylin, eosin and DAB densities
+    # scaled by U(1 - hed, 1 + hed) and shifted by U(-hed, hed), per image; 0 = off.
+    hed: float = 0.0
 
     def __post_init__(self):
         if self.interpolation not in INTERPOLATIONS:
@@ -51,7 +54,8 @@ class BatchAugment:
     def from_config(cls, aug) -> "BatchAugment":
         """From ``cfg.data.augment`` (colour keys absent in configs written before they existed)."""
         return cls(aug.hflip, aug.vflip, aug.rotation, aug.interpolation,
-                   **{k: float(getattr(aug, k, 0.0) or 0.0) for k in ("brightness", "contrast", "saturation", "hue")})
+                   **{k: float(getattr(aug, k, 0.0) or 0.0)
+                      for k in ("brightness", "contrast", "saturation", "hue", "hed")})
 
     @property
     def jitter(self) -> bool:
@@ -73,6 +77,9 @@ class BatchAugment:
                 v = getattr(self, key)
                 params[key] = max(0.0, 1.0 - v) + j[:, i] * (1.0 + v - max(0.0, 1.0 - v))
             params["hue"] = (j[:, 3] * 2.0 - 1.0) * self.hue
+        if self.hed:  # drawn last: configs without it replay the draws they made before it existed
+            h = torch.rand(n, 2, 3, generator=generator) * 2.0 - 1.0
+            params["hed_scale"], params["hed_shift"] = 1.0 + h[:, 0] * self.hed, h[:, 1] * self.hed
         return params
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -81,6 +88,8 @@ class BatchAugment:
         colour = {k: params.pop(k) for k in ("brightness", "contrast", "saturation", "hue") if k in params}
         if colour:
             x = color_jitter(x, **colour, bound=255.0)
+        if "hed_scale" in params:
+            x = hed_jitter(x, params.pop("hed_scale"), params.pop("hed_shift"), bound=255.0)
         return apply_augment(x, **params, mode=self.interpolation)
 
 
@@ -169,6 +178,27 @@ def color_jitter(x: torch.Tensor, *, brightness=None, contrast=None, saturation=
         h = torch.remainder(hsv[:, 0] + hue.view(-1, 1, 1), 1.0)
         x = _hsv_to_rgb(torch.cat((h.unsqueeze(1), hsv[:, 1:]), dim=1)) * bound
     return x
+
+
+# --------------------------------------------------------------------------- stain jitter
+# Colour deconvolution into haematoxylin, eosin and DAB optical densities with scikit-image's matrices
+# (Ruifrok & Johnston 2001: skimage.color.hed_from_rgb / rgb_from_hed), written as skimage.color's
+# rgb2hed and hed2rgb compute it, so that a batch is jittered on the device in two matrix products.
+_LOG_EPS = math.log(1e-6)
+
+
+def hed_jitter(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, bound: float = 255.0) -> torch.Tensor:
+    """Each image of ``x`` (N, 3, H, W, values in [0, bound]) in HED space: its three stain densities
+    ``d`` become ``d * scale + shift`` (``scale``, ``shift``: (N, 3)), then back to RGB."""
+    from skimage.color import hed_from_rgb, rgb_from_hed
+
+    to_hed = torch.as_tensor(hed_from_rgb, dtype=x.dtype, device=x.device)
+    to_rgb = torch.as_tensor(rgb_from_hed, dtype=x.dtype, device=x.device)
+    rgb = (x / bound).clamp(min=1e-6).permute(0, 2, 3, 1)  # (N, H, W, 3)
+    stains = ((torch.log(rgb) / _LOG_EPS) @ to_hed).clamp(min=0.0)
+    stains = stains * scale.view(-1, 1, 1, 3) + shift.view(-1, 1, 1, 3)
+    out = torch.exp((stains * _LOG_EPS) @ to_rgb).clamp(0.0, 1.0)
+    return (out * bound).permute(0, 3, 1, 2).contiguous()
 
 
 class Normalize:
