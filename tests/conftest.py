@@ -1,30 +1,19 @@
-"""Shared fixtures: a shrunk config (CPU, tiny images, small synthetic data) for fast runs."""
+"""Shared fixtures: the session cache, the smoke config per test, one detector run and one classifier run for
+the whole session, and the smear fields the chain tests read. Plain helpers are in helpers.py."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from bench.config import compose_config
+from PIL import Image
+
+from tests.helpers import SMALL_DETECTOR, SMOKE_OVERRIDES, compose_cfg
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-# Small enough for seconds per run on 2 cores, big enough that every class reaches all splits.
-SMOKE_OVERRIDES = [
-    "trainer=cpu_smoke",
-    "model=simple_cnn",
-    "model.pretrained=false",
-    "data.image_size=32",
-    "data.synthetic_n_per_class=30",
-    "data.synthetic_size=48",
-    "data.decode_workers=1",
-]
-
-
-def compose_cfg(*overrides: str, return_hydra_config: bool = False):
-    return compose_config(overrides, return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture(scope="session")
@@ -46,13 +35,6 @@ def make_cfg(tmp_path, cache_dir):
         )
 
     return _make
-
-
-# A detector in seconds: Faster R-CNN (MobileNetV3 320) from scratch, 2 epochs on 16 synthetic fields
-# of 96 px, labels platelet / rbc / wbc (experiment=detect_quickstart's label map).
-SMALL_DETECTOR = ["experiment=detect_quickstart", "data.smear_n_fields=16", "data.smear_size=96",
-                  "data.image_size=96", "trainer.epochs=2", "trainer.batch_size=4", "trainer.checkpoint_every_s=0",
-                  "trainer.progress=false", "trainer.device=cpu"]
 
 
 @pytest.fixture(scope="session")
@@ -90,11 +72,35 @@ def classifier_run_copy(classifier_run, tmp_path):
     """This test's own copy of ``classifier_run``'s experiment folder (manifest, run folder, leaderboard),
     for a test that writes into it (an ensemble folder, an external evaluation): the session's run stays
     as it was trained. Its RunDir, in the copy."""
-    import shutil
-
     from bench import runs
 
     exp = classifier_run.root.parents[2]
     copy = tmp_path / "copied" / exp.name
     shutil.copytree(exp, copy)
     return runs.RunDir(copy / classifier_run.root.relative_to(exp))
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    """For the smear chain: six fields the detector never saw (seed 11) and their COCO truth (labels rbc,
+    platelet and the seven white-cell types)."""
+    from bench.cli.smear_fields import main as draw_fields
+
+    root = tmp_path / "fresh"
+    assert draw_fields([str(root), "--n", "6", "--size", "96", "--seed", "11"]) == 0
+    return root / "images", root / "instances.json"
+
+
+@pytest.fixture
+def fields(tmp_path):
+    """For the smear chain: fresh synthetic fields (a seed the detector never trained or validated on: the chain refuses
+    those), a blank field (no cells) and a broken file; the truth json."""
+    from bench.cli.smear_fields import main as draw_fields
+
+    root = tmp_path / "fresh"
+    assert draw_fields([str(root), "--n", "16", "--size", "96", "--seed", "7"]) == 0
+    folder = tmp_path / "fields"
+    shutil.copytree(root / "images", folder)
+    Image.new("RGB", (96, 96), (230, 220, 200)).save(folder / "empty.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    return folder, root / "instances.json"
