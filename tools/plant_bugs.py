@@ -161,8 +161,11 @@ BUGS: dict[str, tuple[str, str, str, str]] = {
 def _copy_project(dest: Path, rev: str | None) -> None:
     """The working tree, or the files of commit ``rev`` (``git archive``: what a clone would hold)."""
     if rev is None:
-        ignore = shutil.ignore_patterns(".venv", ".git", ".cache", "results", "__pycache__", "*.egg-info",
-                                        ".pytest_cache")
+        anywhere = shutil.ignore_patterns(".venv", ".git", ".cache", "__pycache__", "*.egg-info", ".pytest_cache")
+
+        def ignore(folder, names):  # results/ (the runs) only at the top: tests/results/ is the leaderboard's tests
+            return set(anywhere(folder, names)) | ({"results"} & set(names) if Path(folder) == ROOT else set())
+
         shutil.copytree(ROOT, dest, ignore=ignore)
         return
     dest.mkdir(parents=True)
@@ -201,7 +204,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bugs", nargs="*", help="bug ids (default: all)")
     p.add_argument("--list", action="store_true", help="list the bugs and exit")
-    p.add_argument("--pytest", default="", help="extra pytest arguments, e.g. a test path to run instead of all")
+    p.add_argument("--pytest", default="", help="extra pytest arguments, e.g. a folder to run instead of all "
+                   "(tests/metrics) or a marker (-m known_answer)")
     p.add_argument("--rev", default=None, help="plant into this commit's files (git archive) instead of the working "
                                                "tree, e.g. to see which bugs an older suite let through")
     args = p.parse_args(argv)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 # --------------------------------------------------------------------------- CLI defaults
 # The Python API's defaults (bench.metrics.statistics, bench.report, bench.benchmark) are the same numbers;
-# tests/test_package.py checks that they agree.
+# tests/cli/test_package.py checks that they agree.
 REPORT_TOP = 4
 STATS_RESAMPLES = 2000
 STATS_SEED = 0

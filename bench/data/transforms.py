@@ -119,8 +119,8 @@ def apply_augment(x: torch.Tensor, *, hflip: torch.Tensor, vflip: torch.Tensor, 
 
 # --------------------------------------------------------------------------- colour jitter
 # The definitions of torchvision's adjust_brightness / _contrast / _saturation / _hue (checked
-# against them in tests/test_data.py), with one factor per image instead of one per call, so a
-# batch is jittered in a few tensor operations. Applied in that fixed order, before the rotation
+# against them in tests/data/test_augment.py), with one factor per image instead of one per call,
+# so a batch is jittered in a few tensor operations. Applied in that fixed order, before the rotation
 # (so the black fill of a rotated corner stays black).
 _GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, torchvision's rgb_to_grayscale
 
