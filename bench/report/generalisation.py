@@ -185,8 +185,8 @@ def generalisation_markdown(res: ExperimentResults, table: pd.DataFrame, figures
                          f"referred {name} %": _pct(r.get(f"{name}_referred"), 1)})
         verdict = rank_agreement(table, name)["verdict"]
         lines += ["", f"### {name}", "", md_table(pd.DataFrame(rows)), "", f"*Verdict:* {verdict}."]
-    for key, alt in (("reliability", "reliability diagram of the top models on test"),
-                     ("risk_coverage", "risk-coverage curves of the top models on test")):
+    for key, alt in (("travel_reliability", "reliability diagram of the top models on test"),
+                     ("travel_risk_coverage", "risk-coverage curves of the top models on test")):
         if key in figures:
             lines += ["", _link(key, alt)]
     return lines

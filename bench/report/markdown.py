@@ -28,8 +28,8 @@ FIGURES = {
     "curves": "training_curves.png",
     "det_pr": "detection_pr_curves.png",
     "det_fields": "detection_fields.png",
-    "reliability": "reliability_test.png",
-    "risk_coverage": "risk_coverage_test.png",
+    "travel_reliability": "reliability_test.png",
+    "travel_risk_coverage": "risk_coverage_test.png",
 }
 
 
@@ -224,9 +224,10 @@ def _warnings_md(res: ExperimentResults) -> list[str]:
 def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int = DEFAULT_TOP,
                     n_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED,
                     confidence: float = stats.DEFAULT_CONFIDENCE, alpha: float = stats.DEFAULT_ALPHA,
-                    travel: pd.DataFrame | None = None) -> str:
+                    travel: Sequence[str] = ()) -> str:
     """The Markdown text of the report; ``figures`` maps figure keys (:data:`FIGURES`) that were written;
-    ``travel``: the generalisation table (:mod:`bench.report.generalisation`) when external sets were evaluated."""
+    ``travel``: the lines of the generalisation section (:mod:`bench.report.generalisation`), when
+    external sets were evaluated."""
     st = statistics_table(res, n_resamples=n_resamples, seed=seed, confidence=confidence, alpha=alpha)
     lines = _header_md(res)
     if res.runs or res.ensembles:
@@ -240,10 +241,7 @@ def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int
     class_lines, published_in_classes = _class_accuracy_md(res, figures)
     comparison_lines, published_in_comparison = _comparison_md(res, top)
     lines += class_lines + comparison_lines + _figures_md(res, figures, top)
-    if travel is not None:
-        from bench.report.generalisation import generalisation_markdown
-
-        lines += generalisation_markdown(res, travel, figures, confidence)
+    lines += list(travel or [])
     if res.detectors:
         lines += _detection_md(res, figures)
     lines += _warnings_md(res) + _unfinished_md(res)

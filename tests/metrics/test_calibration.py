@@ -13,7 +13,7 @@ from bench.metrics.calibration import (apply_temperature, aurc, calibration_metr
                                        referral_outcome, referral_threshold)
 from bench.metrics.statistics import proportion_interval
 
-# pytestmark = pytest.mark.known_answer  (registered by the tests reorganisation)
+pytestmark = pytest.mark.known_answer
 
 # Four images, two classes. Top-label confidence and whether it is right:
 #   0.9 right, 0.8 wrong, 0.7 right, 0.6 right; each alone in one of the 15 bins of width 1/15.
