@@ -10,7 +10,7 @@ from bench.config.compose import (compose_config, default_experiment_name, proto
 from bench.config.keys import PATH_KEYS, expand_user_paths
 from bench.config.schema import (CLASS_WEIGHTS, DATA_KINDS, DETECTION_KINDS, IMAGENET_MEAN, IMAGENET_STD,
                                  INTERPOLATIONS, LOGGERS, MAX_IMAGE_SIZE, SAMPLERS, SELECT_BY, SPLIT_MODES,
-                                 STORE_MODES, AugmentConfig, BenchConfig, CvConfig, DataConfig, LoggerConfig,
+                                 STORE_MODES, STAIN_METHODS, AugmentConfig, BenchConfig, CvConfig, DataConfig, LoggerConfig,
                                  ModelConfig, PathsConfig, RecipeConfig, ReferralConfig, SvmConfig, TrainerConfig,
                                  TwoLevelConfig)
 
@@ -19,6 +19,6 @@ __all__ = [
     "expand_user_paths", "PATH_KEYS", "CONF_DIR",
     "BenchConfig", "DataConfig", "AugmentConfig", "ModelConfig", "TrainerConfig", "RecipeConfig", "LoggerConfig",
     "PathsConfig", "CvConfig", "TwoLevelConfig", "SvmConfig", "ReferralConfig", "IMAGENET_MEAN", "IMAGENET_STD",
-    "DATA_KINDS", "DETECTION_KINDS", "SPLIT_MODES", "STORE_MODES", "INTERPOLATIONS", "SELECT_BY", "CLASS_WEIGHTS",
+    "DATA_KINDS", "DETECTION_KINDS", "SPLIT_MODES", "STORE_MODES", "STAIN_METHODS", "INTERPOLATIONS", "SELECT_BY", "CLASS_WEIGHTS",
     "SAMPLERS", "LOGGERS", "MAX_IMAGE_SIZE",
 ]

@@ -6,7 +6,7 @@ of typed keys; this catches ranges, choices, contradictions and the free-form op
 from __future__ import annotations
 
 from bench.config import (CLASS_WEIGHTS, DATA_KINDS, DETECTION_KINDS, INTERPOLATIONS, LOGGERS, MAX_IMAGE_SIZE,
-                          SAMPLERS, SELECT_BY, SPLIT_MODES, STORE_MODES)
+                          SAMPLERS, SELECT_BY, SPLIT_MODES, STAIN_METHODS, STORE_MODES)
 
 
 def validate_config(cfg) -> list[str]:
@@ -71,6 +71,11 @@ def _check_data_values(c: _Checks, data) -> None:
     c.choice("data.split_rounding", data.split_rounding, ("round", "ceil"))
     c.choice("data.geometry", data.geometry, ("resize", "resize_crop"))
     c.number("data.crop_fraction", data.crop_fraction, low=0, high=1, low_open=True)
+    stain = data.get("stain", "none")
+    c.choice("data.stain", stain, STAIN_METHODS)
+    c.check(stain == "none" or data.kind not in DETECTION_KINDS, "data.stain", stain,
+            f"stain normalisation is for cell images; data.kind={data.kind} trains a detector on whole fields, "
+            "so set data.stain=none")
     aug = data.augment
     c.choice("data.augment.interpolation", aug.interpolation, INTERPOLATIONS)
     c.number("data.augment.rotation", aug.rotation, low=0, high=180)

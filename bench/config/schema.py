@@ -66,6 +66,9 @@ class DataConfig:
     # CenterCrop(224), the ImageNet protocol)
     geometry: str = added_later("resize")
     crop_fraction: float = added_later(0.875)
+    # Stain normalisation of every image (training and evaluation): none | macenko | reinhard, to a
+    # target fitted on training images only (bench/data/stain.py, torchstain's methods).
+    stain: str = added_later("none")
     # Stratified train / validation / test fractions (the paper's 64/24/12).
     split_fractions: List[float] = field(default_factory=lambda: [0.64, 0.24, 0.12])
     mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
@@ -297,6 +300,7 @@ DATA_KINDS = ("synthetic", "imagefolder", "bloodmnist")
 DETECTION_KINDS = ("coco", "voc", "boxes_csv", "synthetic_smear")
 SPLIT_MODES = ("holdout", "kfold", "montecarlo")
 STORE_MODES = ("auto", "memory", "mmap")
+STAIN_METHODS = ("none", "macenko", "reinhard")
 INTERPOLATIONS = ("nearest", "bilinear")
 SELECT_BY = tuple(_SELECT_BY_RULES)  # the rules themselves are bench.metrics'
 CLASS_WEIGHTS = (None, "balanced")

@@ -28,6 +28,8 @@ class DataBundle:
     excluded: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
     # What the data told us that a user must hear (a class with no readable image, ...).
     warnings: list[str] = field(default_factory=list)
+    # data.stain: the method, its target (fitted on training images) and the images kept as decoded.
+    stain: dict | None = None
 
     @property
     def num_classes(self) -> int:
@@ -59,7 +61,33 @@ def build_data(data_cfg, *, image_size: int, exp_dir: Path, cache_dir: str | Non
     bundle = _build(data_cfg, image_size=image_size, exp_dir=exp_dir, cache_dir=cache_dir)
     bundle = select_classes(bundle, data_cfg.classes, data_cfg.class_map)
     check_splits_not_empty(bundle, data_cfg, exp_dir)
+    if data_cfg.get("stain", "none") != "none":
+        bundle = normalise_stain(bundle, data_cfg.stain, cache_dir)
     return bundle
+
+
+def normalise_stain(bundle: DataBundle, method: str, cache_dir: str | None) -> DataBundle:
+    """Every split normalised to ``method``'s target fitted on the training split (after the class
+    selection: the images this run trains on), never on validation or test images."""
+    from bench.data.stain import fit_target, normalise_images
+
+    normalizer = fit_target(method, bundle.splits["train"].images)
+    splits, kept = {}, {}
+    for split, data in bundle.splits.items():
+        arr, kept[split] = normalise_images(data.images, normalizer, cache_dir, label=split)
+        if isinstance(data.images, MappedImages):
+            splits[split] = SplitData(MappedImages(arr, range(len(arr))), data.labels, data.paths)
+        else:
+            splits[split] = to_split(arr, data.labels.cpu().numpy(), data.paths)
+    warnings = list(bundle.warnings)
+    if any(kept.values()):
+        counts = ", ".join(f"{s} {n}" for s, n in kept.items() if n)
+        warnings.append(f"data.stain={method}: {sum(kept.values())} image(s) could not be normalised (blank or "
+                        f"unstained: {counts}) and were kept as decoded.")
+        log.warning("%s", warnings[-1])
+    log.info("data.stain=%s: target fitted on %d training image(s)", method, normalizer.target["fit_images"])
+    return DataBundle(bundle.class_names, splits, bundle.root, bundle.excluded, warnings,
+                      stain={**normalizer.record, "kept_as_decoded": kept})
 
 
 SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}

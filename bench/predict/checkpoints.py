@@ -13,6 +13,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
+from bench.data.stain import StainNormalizer
 from bench.runs import files as run_files
 from bench.ensemble.folders import MEMBERS_CSV
 
@@ -34,6 +35,7 @@ class LoadedCheckpoint:
     model: torch.nn.Module
     weight: float = 1.0
     geometry: tuple = ("resize",)  # how the run decoded its images (data.geometry, crop_fraction)
+    stain: StainNormalizer | None = None  # the stain target the run normalised its images to (data.stain)
 
     @property
     def decoding(self) -> tuple:
@@ -72,7 +74,8 @@ def load_checkpoint(path, device: torch.device | str = "cpu") -> LoadedCheckpoin
     model.eval().to(device)
     return LoadedCheckpoint(path, name, class_names, int(ckpt["input_size"]), [float(v) for v in ckpt["mean"]],
                             [float(v) for v in ckpt["std"]], model,
-                            geometry=tuple(ckpt.get("geometry") or ("resize",)))
+                            geometry=tuple(ckpt.get("geometry") or ("resize",)),
+                            stain=StainNormalizer.from_record(ckpt.get("stain")))
 
 
 def ensemble_checkpoints(ens_dir) -> tuple[list[Path], list[float], str | None]:

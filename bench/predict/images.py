@@ -74,9 +74,14 @@ def member_probs(checkpoints: Sequence[LoadedCheckpoint], arrays: dict[tuple, li
     ``arrays[c.decoding]`` holds the batch as checkpoint ``c`` decodes it (uint8 HWC)."""
     n = len(next(iter(arrays.values())))
     probs = np.zeros((len(checkpoints), n, len(checkpoints[0].class_names)))
-    batches = {s: _to_batch(a).to(device) for s, a in arrays.items()}
+    batches: dict[tuple, torch.Tensor] = {}
     for m, (ckpt, norm) in enumerate(zip(checkpoints, norms)):
-        out_m = ckpt.model(norm(batches[ckpt.decoding]))
+        # Stain-normalised to the member's own training target (data.stain), once per target.
+        key = (ckpt.decoding, ckpt.stain.key if ckpt.stain else None)
+        if key not in batches:
+            batch = arrays[ckpt.decoding]
+            batches[key] = _to_batch(ckpt.stain.apply_all(batch) if ckpt.stain else batch).to(device)
+        out_m = ckpt.model(norm(batches[key]))
         logits = out_m if isinstance(out_m, torch.Tensor) else tuple(out_m)[0]
         probs[m] = torch.softmax(logits.float(), dim=1).cpu().numpy()
     return probs

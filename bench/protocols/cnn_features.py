@@ -187,6 +187,21 @@ def _announce_extras(name: str, n_extra: int, balance_to: int, done: dict) -> No
              balance_to, n_extra, name, eta)
 
 
+def decoding_meta(cfg, bundle) -> dict:
+    """Images decoded or coloured otherwise give other features: cropped (data.geometry) or stain-normalised
+    images never reuse the features of plain resized ones. The keys appear only when set, so the caches of
+    plain runs stay valid."""
+    from bench.data.build import geometry_of
+    from bench.data.stain import StainNormalizer
+
+    meta = {}
+    if geometry_of(cfg.data)[0] != "resize":
+        meta["geometry"] = list(geometry_of(cfg.data))
+    if bundle.stain:
+        meta["stain"] = StainNormalizer.from_record(bundle.stain).key
+    return meta
+
+
 def compute_features(cfg: DictConfig, exp_dir: Path, name: str, size: int, bundle, device: torch.device
                      ) -> tuple[dict[str, Features], str]:
     """Features of train/val/test (and the balanced extras) of ``name``, from the cache
@@ -199,6 +214,7 @@ def compute_features(cfg: DictConfig, exp_dir: Path, name: str, size: int, bundl
                       tag=cfg.model.get("weights_tag")) + ("" if keep_fc is None else f"-keepfc{int(keep_fc)}")
     base_meta = {"format": FEATURE_FORMAT, "model": name, "weights": tag, "size": int(size),
                  "mean": [float(v) for v in cfg.data.mean], "std": [float(v) for v in cfg.data.std]}
+    base_meta.update(decoding_meta(cfg, bundle))
     norm = Normalize(cfg.data.mean, cfg.data.std, device=device)
     batch = int(cfg.trainer.eval_batch_size)
     extractor: list[nn.Module] = []

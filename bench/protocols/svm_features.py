@@ -97,6 +97,7 @@ def _write_run(cfg, run_dir: runs.RunDir, chash: str, name: str, feature_model: 
         protocol=PROTOCOL,
         calibration=confidence_record({k: (fitted["scored"][k]["probs"], fitted["scored"][k]["labels"])
                                        for k in ("val", "test")}, target_acc_of(cfg)),
+        stain=bundle.stain,  # data.stain: method, target fitted on training images, images kept as decoded
         svm={"feature_model": feature_model, "weights": tag, **summary},
         features={("train_balanced" if k == "extra" else k): {"file": str(Path(f.file).relative_to(exp_dir)) if f.file else None,
                       "cached": f.cached, "seconds": round(f.seconds, 3), "n": len(f.y)}

@@ -178,7 +178,8 @@ def prepare(cfg, run_dir: runs.RunDir, exp_dir: Path, grad_accum: int) -> Sessio
         checkpoint_meta=dict(model_name=cfg.model.name, class_names=bundle.class_names, input_size=image_size,
                              data_cfg=cfg.data, pretrained=bool(cfg.model.pretrained),
                              geometry=list(geometry_of(cfg.data)),  # bench-predict decodes new images alike
-                             head=head_record(cfg.model)),  # the head it trained, to rebuild it
+                             head=head_record(cfg.model),  # the head it trained, to rebuild it
+                             stain=bundle.stain),  # the stain target new images are normalised to
         params_m=params_m, gflops=gflops)
 
 
@@ -274,6 +275,7 @@ def run_metrics(session: Session, progress: Progress, results: dict) -> dict:
                                       target_acc_of(cfg)),
         input_geometry=geometry_text(geometry_of(cfg.data), s.image_size),
         n_train_only_duplicates=bundle.n_train_only,
+        stain=bundle.stain,  # data.stain: method, target fitted on training images, images kept as decoded
     )
 
 
