@@ -5,6 +5,8 @@ of typed keys; this catches ranges, choices, contradictions and the free-form op
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from bench.config import (CLASS_WEIGHTS, DATA_KINDS, DETECTION_KINDS, INTERPOLATIONS, LOGGERS, MAX_IMAGE_SIZE,
                           SAMPLERS, SELECT_BY, SPLIT_MODES, STAIN_METHODS, STORE_MODES)
 
@@ -67,6 +69,19 @@ def _check_data_values(c: _Checks, data) -> None:
     c.check(len(fractions) == 3 and all(isinstance(f, (int, float)) and f > 0 for f in fractions),
             "data.split_fractions", fractions, "three positive fractions (train, val, test), e.g. [0.64,0.24,0.12]")
     c.choice("data.split_mode", data.split_mode, SPLIT_MODES)
+    c.check(data.split_mode != "leave_one_source_out" or data.kind == "multi_source", "data.split_mode",
+            data.split_mode, "holding a source out needs data=multi_source with data.sources={NAME: PATH, ...}")
+    # Maps typed Any in the schema (a {...} override into a null map fails otherwise): their type is checked here.
+    for key, example in (("sources", "{pbc: /data/PBC, tecom: /data/tecom}"),
+                         ("source_maps", "{tecom: segmentation_wbc_dataset1}"),
+                         ("class_map", "{neutrophil: granulocyte}"), ("label_map", "{neutrophil: wbc}")):
+        value = data.get(key)
+        c.check(value is None or isinstance(value, Mapping), f"data.{key}", value, f"a map, e.g. data.{key}={example} "
+                "(quote the whole option for the shell; '++data.KEY={...}' adds to a map an experiment already sets)")
+    if data.kind == "multi_source" and data.split_mode == "leave_one_source_out":
+        names = list(data.get("sources") or {})
+        c.check(data.get("test_source") in names, "data.test_source", data.get("test_source"),
+                f"name the source held out as the test set, one of {', '.join(map(str, names)) or 'data.sources'}")
     c.choice("data.store", data.store, STORE_MODES)
     c.choice("data.split_rounding", data.split_rounding, ("round", "ceil"))
     c.choice("data.geometry", data.geometry, ("resize", "resize_crop"))

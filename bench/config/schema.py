@@ -89,17 +89,27 @@ class DataConfig:
     # holdout: the one split above (manifest.csv). kfold: stratified fold ``fold`` of ``n_folds`` is
     # the test set, validation is carved from the other folds in the train:val ratio of
     # split_fractions. montecarlo: split_fractions drawn afresh for repetition ``fold``.
-    split_mode: str = "holdout"  # holdout | kfold | montecarlo
+    # leave_one_source_out (data=multi_source): every image of data.test_source is the test set, validation
+    # is carved per class from the other sources in the train:val ratio of split_fractions.
+    split_mode: str = "holdout"  # holdout | kfold | montecarlo | leave_one_source_out
     n_folds: Optional[int] = None  # kfold: number of folds
     fold: Optional[int] = not_a_departure(  # kfold: the test fold; montecarlo: the repetition (0-based)
         None, why="which fold or repetition of the recipe's cross-validation: each one is the recipe")
+    # --- data=multi_source (bench/data/sources.py): several labs' class folders, {NAME: PATH}; per source a
+    # preset name of bench/conf/external or a {FOLDER: CLASS} map; the source held out by leave_one_source_out.
+    # Typed Any, not Dict: a {...} override merges into a map, and OmegaConf cannot merge one into a null map
+    # (checked in bench/config/checks.py instead).
+    sources: Any = added_later(None, not_a_departure="which files: the labs' folders, as data.root")
+    source_maps: Any = added_later(None)
+    test_source: Optional[str] = added_later(None)
     # --- Class selection, applied after the split (two-level classifier, transfer to subsets).
     classes: Optional[List[str]] = None  # keep only these classes; the others are excluded (counted)
-    class_map: Optional[Dict[str, str]] = None  # rename classes, e.g. to group labels (merges classes)
+    # class_map, label_map: maps, typed Any so that a {...} override works on a null one (checks.py checks the type)
+    class_map: Any = None  # rename classes, e.g. to group labels (merges classes)
     # --- Detection (bench/detection/): boxes on smear fields.
     annotations: Optional[str] = added_later(  # coco: the JSON; boxes_csv: the CSV (default under data.root)
         None, not_a_departure="which annotation file: a path, as data.root")
-    label_map: Optional[Dict[str, str]] = added_later(None)  # rename / merge box labels, e.g. {neutrophil: wbc}
+    label_map: Any = added_later(None)  # rename / merge box labels, e.g. {neutrophil: wbc}
     coordinates: str = added_later(  # boxes_csv: pixel | fraction | auto (decided from the values, logged)
         "auto", not_a_departure="how the file writes its boxes: a fact about the file, not a choice of method")
     smear_n_fields: int = added_later(120, not_a_departure=_WHICH_DATA)  # synthetic_smear: fields, side in pixels
@@ -296,9 +306,9 @@ class BenchConfig:
 # --------------------------------------------------------------------------- the choices
 # The choices of the string options, defined once; the modules that act on them, and the one
 # validation pass (bench.config.checks), import these.
-DATA_KINDS = ("synthetic", "imagefolder", "bloodmnist")
+DATA_KINDS = ("synthetic", "imagefolder", "bloodmnist", "multi_source")
 DETECTION_KINDS = ("coco", "voc", "boxes_csv", "synthetic_smear")
-SPLIT_MODES = ("holdout", "kfold", "montecarlo")
+SPLIT_MODES = ("holdout", "kfold", "montecarlo", "leave_one_source_out")
 STORE_MODES = ("auto", "memory", "mmap")
 STAIN_METHODS = ("none", "macenko", "reinhard")
 INTERPOLATIONS = ("nearest", "bilinear")

@@ -30,6 +30,8 @@ class DataBundle:
     warnings: list[str] = field(default_factory=list)
     # data.stain: the method, its target (fitted on training images) and the images kept as decoded.
     stain: dict | None = None
+    # data=multi_source: the sources in order (an image's source is the first part of its path).
+    sources: list[str] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -86,7 +88,7 @@ def normalise_stain(bundle: DataBundle, method: str, cache_dir: str | None) -> D
                         f"unstained: {counts}) and were kept as decoded.")
         log.warning("%s", warnings[-1])
     log.info("data.stain=%s: target fitted on %d training image(s)", method, normalizer.target["fit_images"])
-    return DataBundle(bundle.class_names, splits, bundle.root, bundle.excluded, warnings,
+    return DataBundle(bundle.class_names, splits, bundle.root, bundle.excluded, warnings, sources=bundle.sources,
                       stain={**normalizer.record, "kept_as_decoded": kept})
 
 
@@ -103,7 +105,8 @@ def check_splits_not_empty(bundle: DataBundle, data_cfg, exp_dir: Path) -> None:
             source = f"the official split of the BloodMNIST file under {data_cfg.root}"
         else:
             options = dict(split_mode=data_cfg.split_mode, n_folds=data_cfg.n_folds, fold=data_cfg.fold,
-                           rounding=data_cfg.split_rounding, fractions=list(data_cfg.split_fractions))
+                           rounding=data_cfg.split_rounding, fractions=list(data_cfg.split_fractions),
+                           **_test_source(data_cfg))
             source = f"the experiment's split {Path(exp_dir) / manifest_filename(**options)}"
         raise DataError(
             f"the {SPLIT_NAMES[split]} split has no image ({source}"
@@ -136,6 +139,8 @@ def _build(data_cfg, *, image_size: int, exp_dir: Path, cache_dir: str | None) -
             seed=data_cfg.synthetic_seed,
         )
         return _imagefolder(root, data_cfg, image_size, exp_dir, cache_dir)
+    if kind == "multi_source":
+        return _multi_source(data_cfg, image_size, exp_dir, cache_dir)
     if kind == "imagefolder":
         if not data_cfg.root:
             raise DataError("data=imagefolder needs data.root=PATH: a folder with one sub-folder per class.")
@@ -145,7 +150,32 @@ def _build(data_cfg, *, image_size: int, exp_dir: Path, cache_dir: str | None) -
 
 def _imagefolder(root: Path, data_cfg, image_size: int, exp_dir: Path, cache_dir) -> DataBundle:
     records, class_names = scan_imagefolder(root)
-    files = [root / r.path for r in records]
+    table = pd.DataFrame({"path": [r.path for r in records], "label": [r.label for r in records]})
+    from bench.data.imagefolder import class_folders_without_images
+
+    empty = class_folders_without_images(root)
+    warnings = [f"folder(s) {', '.join(repr(e) for e in empty)} under {root} hold no image files and are not "
+                "classes of this run."] if empty else []
+    for w in warnings:
+        log.warning("%s", w)
+    return _from_table(table, [root / r.path for r in records], class_names, str(root), data_cfg, image_size,
+                       exp_dir, cache_dir, warnings=warnings)
+
+
+def _multi_source(data_cfg, image_size: int, exp_dir: Path, cache_dir) -> DataBundle:
+    from bench.data.sources import scan_sources
+
+    table, files, class_names, left_out, warnings = scan_sources(data_cfg)
+    root = "; ".join(f"{k}={v}" for k, v in dict(data_cfg.sources).items())
+    return _from_table(table, files, class_names, root, data_cfg, image_size, exp_dir, cache_dir,
+                       warnings=warnings, excluded=left_out)
+
+
+def _from_table(table: pd.DataFrame, files: list[Path], class_names: list[str], root: str, data_cfg,
+                image_size: int, exp_dir: Path, cache_dir, *, warnings: list[str],
+                excluded: pd.DataFrame | None = None) -> DataBundle:
+    """Decode ``files`` (rows of ``table``: path, label, and source for multi-source data), leave out what
+    cannot be scored, split by the experiment's manifest, and build the splits."""
     mode = choose_store_mode(data_cfg.store, len(files), image_size, have_store_file=bool(cache_dir))
     if mode == "mmap" and not cache_dir:
         raise DataError("data.store=mmap reads the images from the decoded-image store file, which lives under "
@@ -154,41 +184,27 @@ def _imagefolder(root: Path, data_cfg, image_size: int, exp_dir: Path, cache_dir
         files, image_size, Path(cache_dir) if cache_dir else None, workers=data_cfg.decode_workers,
         geometry=geometry_of(data_cfg),
     )
-    table = pd.DataFrame({"path": [r.path for r in records], "label": [r.label for r in records]})
     ok = np.array([r is None for r in reasons])
-    excluded = pd.DataFrame(
-        {"path": table["path"][~ok].tolist(), "reason": [r for r in reasons if r is not None]}
-    )
-    for _, row in excluded.iterrows():
+    failed = pd.DataFrame({"path": table["path"][~ok].tolist(), "reason": [r for r in reasons if r is not None]})
+    for _, row in failed.iterrows():
         log.warning("excluded %s: %s", row.path, row.reason)
-    warnings = _unusable_classes(root, table, ok, class_names)
+    excluded = pd.concat([f for f in (excluded, failed) if f is not None and len(f)] or [failed], ignore_index=True)
+    warnings = warnings + _unusable_classes(table, ok, class_names)
     dead = set(class_names) - set(table["label"][ok])
     class_names = [c for c in class_names if c not in dead]
     if len(class_names) < 2:
-        raise DataError(f"data.root={str(root)!r}: {len(class_names)} class(es) with readable images "
+        raise DataError(f"data.root={root!r}: {len(class_names)} class(es) with readable images "
                         f"({', '.join(class_names) or 'none'}); a classifier needs at least 2. {' '.join(warnings)}")
+    row_of = {p: i for i, p in enumerate(table["path"])}
     table = table[ok].copy()
-    table["sha1"] = file_hashes([root / p for p in table["path"]], cache_dir)
-    conflicts = conflicting_duplicates(table)
-    if len(conflicts):
-        log.warning(
-            "%d file(s) have identical bytes under different labels; kept in train only, never in val/test: %s",
-            len(conflicts),
-            ", ".join(conflicts["path"].head(6)),
-        )
-        excluded = pd.concat(
-            [excluded, pd.DataFrame({"path": conflicts["path"], "reason": "identical bytes under another label: "
-                                     "kept out of validation and test"})],
-            ignore_index=True,
-        )
-    # Holdout: manifest.csv as always. Cross-validation: one manifest file per fold / repetition.
+    table["sha1"] = file_hashes([f for f, good in zip(files, ok) if good], cache_dir)
+    table, excluded = _leave_out_unscorable(table, excluded, data_cfg)
     split_options = dict(split_mode=data_cfg.split_mode, n_folds=data_cfg.n_folds, fold=data_cfg.fold,
-                         rounding=data_cfg.split_rounding)
+                         rounding=data_cfg.split_rounding, **_test_source(data_cfg))
     manifest = load_or_create_manifest(
         Path(exp_dir) / manifest_filename(**split_options, fractions=list(data_cfg.split_fractions)), table,
         seed=data_cfg.split_seed, fractions=data_cfg.split_fractions, **split_options,
     )
-    row_of = {p: i for i, p in enumerate(r.path for r in records)}
     class_index = {c: i for i, c in enumerate(class_names)}
     splits = {}
     for split in SPLITS:
@@ -201,20 +217,53 @@ def _imagefolder(root: Path, data_cfg, image_size: int, exp_dir: Path, cache_dir
             splits[split] = to_split(images[rows], labels, paths)
     if mode == "mmap":
         log.info("images are read from the memory-mapped store batch by batch (data.store=%s)", data_cfg.store)
-    return DataBundle(class_names, splits, str(root), excluded, warnings)
+    sources = list(dict.fromkeys(table["source"])) if "source" in table else None
+    return DataBundle(class_names, splits, root, excluded, warnings, sources=sources)
 
 
-def _unusable_classes(root: Path, table: pd.DataFrame, ok: np.ndarray, class_names: list[str]) -> list[str]:
-    """Warnings (also logged) for class folders that give the run no image: empty folders, which
-    the scan skips, and folders whose every file failed to decode, which are left out of the
+def _test_source(data_cfg) -> dict:
+    """``{"test_source": NAME}`` for leave_one_source_out (it names the manifest), else nothing."""
+    if data_cfg.split_mode != "leave_one_source_out":
+        return {}
+    from bench.data.sources import check_test_source
+
+    check_test_source(list(data_cfg.sources or {}), data_cfg.get("test_source"))
+    return {"test_source": str(data_cfg.test_source)}
+
+
+def _leave_out_unscorable(table: pd.DataFrame, excluded: pd.DataFrame, data_cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Identical bytes under two labels stay in train only (listed); with a source held out, copies of its
+    images in the other sources are left out entirely (trained on, they would be test images in training)."""
+    conflicts = conflicting_duplicates(table)
+    if len(conflicts):
+        log.warning(
+            "%d file(s) have identical bytes under different labels; kept in train only, never in val/test: %s",
+            len(conflicts), ", ".join(conflicts["path"].head(6)),
+        )
+        excluded = pd.concat(
+            [excluded, pd.DataFrame({"path": conflicts["path"], "reason": "identical bytes under another label: "
+                                     "kept out of validation and test"})],
+            ignore_index=True,
+        )
+    if data_cfg.split_mode == "leave_one_source_out":
+        from bench.data.sources import held_out_copies
+
+        copies = held_out_copies(table, str(data_cfg.test_source))
+        if copies.any():
+            log.warning("%d image(s) of the training sources are copies of held-out %s images; left out",
+                        int(copies.sum()), data_cfg.test_source)
+            excluded = pd.concat([excluded, pd.DataFrame({
+                "path": table["path"][copies], "reason": f"identical bytes to an image of the held-out source "
+                                                         f"{data_cfg.test_source}: left out of training"})],
+                ignore_index=True)
+            table = table[~copies]
+    return table, excluded
+
+
+def _unusable_classes(table: pd.DataFrame, ok: np.ndarray, class_names: list[str]) -> list[str]:
+    """Warnings (also logged) for classes whose every file failed to decode: they are left out of the
     classes everywhere (not kept as a class with no images: an extra output with 0.0 accuracy)."""
-    from bench.data.imagefolder import class_folders_without_images
-
     warnings = []
-    empty = class_folders_without_images(root)
-    if empty:
-        warnings.append(f"folder(s) {', '.join(repr(e) for e in empty)} under {root} hold no image files and are "
-                        "not classes of this run.")
     readable = set(table["label"][ok])
     for c in class_names:
         if c not in readable:
@@ -288,4 +337,4 @@ def select_classes(bundle: DataBundle, classes=None, class_map=None) -> DataBund
     excluded = pd.concat(parts, ignore_index=True) if parts else bundle.excluded
     log.info("class selection: %d classes %s, %d image(s) of other classes excluded", len(new_names), new_names,
              len(dropped))
-    return DataBundle(new_names, splits, bundle.root, excluded, bundle.warnings)
+    return DataBundle(new_names, splits, bundle.root, excluded, bundle.warnings, sources=bundle.sources)

@@ -224,10 +224,13 @@ def kfold_split(
     return split
 
 
-def manifest_filename(split_mode: str = "holdout", *, n_folds=None, fold=None, fractions=None, rounding=None) -> str:
-    """``manifest.csv`` for the holdout split; one file per fold / repetition otherwise."""
+def manifest_filename(split_mode: str = "holdout", *, n_folds=None, fold=None, fractions=None, rounding=None,
+                      test_source=None) -> str:
+    """``manifest.csv`` for the holdout split; one file per fold / repetition / held-out source otherwise."""
     if split_mode == "holdout":
         return "manifest.csv"
+    if split_mode == "leave_one_source_out":
+        return f"manifest-loso-{test_source}.csv"
     if split_mode == "kfold":
         return f"manifest-kfold{n_folds}-fold{int(fold):02d}.csv"
     if split_mode == "montecarlo":
@@ -238,19 +241,26 @@ def manifest_filename(split_mode: str = "holdout", *, n_folds=None, fold=None, f
 
 def make_manifest(
     table: pd.DataFrame, *, seed: int, fractions: Sequence[float], split_mode: str = "holdout",
-    n_folds: int | None = None, fold: int | None = None, rounding: str = "round",
+    n_folds: int | None = None, fold: int | None = None, rounding: str = "round", test_source: str | None = None,
 ) -> pd.DataFrame:
     """The split of ``table`` as a manifest (sorted by path); ``attrs["shortfalls"]``: the classes
-    whose shares the groups of identical files could not fill exactly (logged when it is written)."""
+    whose shares the groups of identical files could not fill exactly (logged when it is written).
+
+    A table with a ``source`` column (data=multi_source) is stratified by class within each source: the
+    split rules see ``<source>/<class>`` as the class (so identical bytes in two sources stay in train)."""
     manifest = table[["path", "sha1", "label"]].copy()
-    if split_mode == "kfold":
-        split = kfold_split(manifest, seed=seed, n_folds=n_folds, fold=fold, fractions=fractions)
+    strata = manifest if "source" not in table else manifest.assign(label=table["source"] + "/" + table["label"])
+    if split_mode == "leave_one_source_out":
+        split = leave_one_source_out_split(strata, table["source"], seed=seed, fractions=fractions,
+                                           test_source=test_source)
+    elif split_mode == "kfold":
+        split = kfold_split(strata, seed=seed, n_folds=n_folds, fold=fold, fractions=fractions)
     elif split_mode == "montecarlo":
         if fold is None or fold < 0:
             raise DataError(f"data.fold={fold!r}: Monte Carlo splits need the repetition index (0, 1, ...).")
-        split = stratified_split(manifest, seed=seed, fractions=fractions, stream=(fold,))
+        split = stratified_split(strata, seed=seed, fractions=fractions, stream=(fold,))
     elif split_mode == "holdout":
-        split = stratified_split(manifest, seed=seed, fractions=fractions, rounding=rounding)
+        split = stratified_split(strata, seed=seed, fractions=fractions, rounding=rounding)
     else:
         raise DataError(f"data.split_mode={split_mode!r} is not one of {', '.join(SPLIT_MODES)}.")
     manifest["split"] = split
@@ -266,11 +276,13 @@ def conflicting_duplicates(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def split_settings(*, seed: int, fractions: Sequence[float], split_mode: str = "holdout", n_folds=None,
-                   fold=None, rounding: str = "round") -> dict:
+                   fold=None, rounding: str = "round", test_source=None) -> dict:
     """The settings a manifest was made with, as recorded beside it (``manifest.json``)."""
     settings = {"data.split_seed": int(seed), "data.split_fractions": [float(f) for f in fractions],
                 "data.split_mode": str(split_mode)}
-    if split_mode != "holdout":
+    if split_mode == "leave_one_source_out":
+        settings["data.test_source"] = str(test_source)
+    elif split_mode != "holdout":
         settings.update({"data.n_folds": n_folds, "data.fold": fold})
     settings["data.split_rounding"] = str(rounding)
     return settings
@@ -356,3 +368,23 @@ def _check_same_files(path: Path, manifest: pd.DataFrame, table: pd.DataFrame) -
         "splits across models. Use a new experiment_name=... for the new data, or delete the manifest "
         "(and the experiment's runs) to re-split."
     )
+
+
+# --------------------------------------------------------------------------- leave one source out
+def leave_one_source_out_split(strata: pd.DataFrame, sources: pd.Series, *, seed: int, fractions: Sequence[float],
+                               test_source: str) -> pd.Series:
+    """Every image of ``test_source`` is test; validation is carved from each (source, class) of the
+    other sources in the train:val ratio of ``fractions`` (at least one group where a stratum has two),
+    the rest is train. ``strata``: path, sha1 and ``<source>/<class>`` as label."""
+    f_train, f_val = fractions[0], fractions[1]
+    split = pd.Series("train", index=strata.index, dtype=object)
+    held = sources == test_source
+    split[held] = "test"
+    rest = strata[~held & ~strata["sha1"].isin(conflicting_hashes(strata[~held]))]
+    for label, groups in rest.drop_duplicates("sha1").groupby("label", sort=True):
+        n = len(groups)
+        n_val = min(n - 1, max(1, int(round(n * f_val / (f_train + f_val)))))
+        rng = np.random.default_rng([seed, _label_key(label), _label_key(test_source)])
+        val_hashes = np.sort(groups["sha1"].to_numpy())[rng.permutation(n)][:n_val]
+        split[~held & strata["sha1"].isin(set(val_hashes))] = "val"
+    return split

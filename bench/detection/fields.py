@@ -94,7 +94,8 @@ def rare_labels_message(dset: DetectionSet, rare: dict[str, list[str]], stops: b
     return (f"label(s) on fewer than {MIN_LABEL_FIELDS} fields, "
             + ("too few to split into training, validation and test" if stops else "each a class of its own")
             + f": {'; '.join(parts)}. A typo in a label makes a new class; rename or merge it with "
-            f"data.label_map='{example}' (or correct the annotation files).")
+            f"'++data.label_map={example}' (the quotes for the shell; ++ adds to a map the experiment already "
+            "sets) or correct the annotation files.")
 
 
 def _rarest(dset: DetectionSet) -> list[str]:

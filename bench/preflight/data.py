@@ -34,6 +34,20 @@ def check_data(cfg, report: Report) -> int | None:
             if not path.exists() and not cfg.data.download:
                 raise DataError(f"{path} does not exist; set data.root=... to its folder or data.download=true")
             report.notes.append(f"data: {path}")
+        elif kind == "multi_source":
+            from bench.data.sources import check_test_source, scan_sources
+
+            table, _, classes, left_out, warnings = scan_sources(cfg.data)
+            n_images = len(table)
+            per_source = table.groupby("source").size()
+            report.notes.append(f"data: {n_images} images in {len(classes)} classes from "
+                                + ", ".join(f"{s} ({int(n)})" for s, n in per_source.items()))
+            report.warnings.extend(warnings)
+            if len(left_out):
+                report.warnings.append(f"{len(left_out)} image(s) in folders no class map names are left out "
+                                       f"(e.g. {left_out['path'].iloc[0]}): excluded.csv will list them.")
+            if cfg.data.split_mode == "leave_one_source_out":
+                check_test_source(list(cfg.data.sources), cfg.data.get("test_source"))
         elif kind in DETECTION_KINDS and kind != "synthetic_smear":
             _check_detection_data(cfg, report)
         else:

@@ -64,6 +64,7 @@ def identity(cfg: DictConfig, feature_model: str, kernel: str) -> dict:
 
 def _write_run(cfg, run_dir: runs.RunDir, chash: str, name: str, feature_model: str, tag: str, size: int,
                bundle, feats: dict[str, Features], fitted: dict, device, exp_dir: Path) -> dict:
+    from bench.data.sources import source_metrics
     from bench.metrics import classification_metrics
     from bench.training.device import env_info, peak_memory_mb
 
@@ -98,6 +99,9 @@ def _write_run(cfg, run_dir: runs.RunDir, chash: str, name: str, feature_model: 
         calibration=confidence_record({k: (fitted["scored"][k]["probs"], fitted["scored"][k]["labels"])
                                        for k in ("val", "test")}, target_acc_of(cfg)),
         stain=bundle.stain,  # data.stain: method, target fitted on training images, images kept as decoded
+        by_source=None if not bundle.sources else {
+            k: source_metrics(feats[k].paths, fitted["scored"][k]["labels"], fitted["scored"][k]["preds"], classes)
+            for k in ("val", "test")},
         svm={"feature_model": feature_model, "weights": tag, **summary},
         features={("train_balanced" if k == "extra" else k): {"file": str(Path(f.file).relative_to(exp_dir)) if f.file else None,
                       "cached": f.cached, "seconds": round(f.seconds, 3), "n": len(f.y)}

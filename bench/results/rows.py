@@ -166,6 +166,7 @@ def _model_row(record: RunRecord, classes: Sequence[str], reference: dict[str, f
     row["warnings"] = " ".join(metrics.get("warnings") or []) or None
     if record.root is not None:
         row.update(external_scores(record.root))
+    row.update(source_scores(metrics))
     deviations = metrics.get("protocol_deviations")
     row["protocol"] = protocol_text(deviations)
     if metrics.get("recipe", PROTOCOL_RECIPE) != PROTOCOL_RECIPE:  # another paper's recipe: not Table 2's
@@ -191,6 +192,15 @@ def _detector_fields(row: dict, metrics: dict) -> None:
 
 def _leaderboard_columns(classes: Sequence[str]) -> list[str]:
     return [*LEAD_COLUMNS, *(class_column(c) for c in classes), *TAIL_COLUMNS]
+
+
+def source_scores(metrics: dict) -> dict[str, float]:
+    """``src_<source>_acc`` and ``src_<source>_balanced_acc`` on the test images of each source (data=multi_source)."""
+    out: dict[str, float] = {}
+    for source, scores in ((metrics.get("by_source") or {}).get("test") or {}).items():
+        out[f"src_{source}_acc"] = _round(_num(scores.get("accuracy")))
+        out[f"src_{source}_balanced_acc"] = _round(_num(scores.get("balanced_accuracy")))
+    return out
 
 
 def external_scores(folder: Path) -> dict[str, float]:
@@ -253,7 +263,7 @@ def model_rows_frame(records: Sequence[RunRecord], reference: dict[str, float] |
         if why:
             row["warnings"] = " ".join(w for w in (row.get("warnings"), why) if w)
             row["_off_main"] = True
-    external = sorted({k for row in rows for k in row if k.startswith("ext_")})
+    external = sorted({k for row in rows for k in row if k.startswith(("src_", "ext_"))})
     if any(row.get("kind") == KIND_DETECTOR for row in rows):
         external = [*DETECTION_COLUMNS, *external]
     off_main = [bool(row.get("_off_main")) for row in rows]

@@ -276,7 +276,18 @@ def run_metrics(session: Session, progress: Progress, results: dict) -> dict:
         input_geometry=geometry_text(geometry_of(cfg.data), s.image_size),
         n_train_only_duplicates=bundle.n_train_only,
         stain=bundle.stain,  # data.stain: method, target fitted on training images, images kept as decoded
+        by_source=by_source(bundle, s.splits, results),
     )
+
+
+def by_source(bundle, splits, results: dict) -> dict | None:
+    """data=multi_source: validation and test metrics per source beside the pooled ones (None otherwise)."""
+    if not bundle.sources:
+        return None
+    from bench.data.sources import source_metrics
+
+    return {split: source_metrics(splits[split].paths[: r["n"]], r["labels"], r["preds"], bundle.class_names)
+            for split, r in results.items()}
 
 
 def geometry_text(geometry: tuple, size: int) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 
-from tests.helpers import colour_folders, small_detector_cfg, write_voc
+from tests.helpers import colour_folders, compose_cfg, small_detector_cfg, write_voc
 
 pytestmark = pytest.mark.own_data
 
@@ -22,7 +22,11 @@ def test_a_one_off_label_typo_is_named_with_its_files_and_the_label_map_fix(tmp_
     report = preflight(plan_runs(["experiment=detect_quickstart", *args]))
     problem = " ".join(report.problems)
     assert "'wbc': 1 box(es) on 1 field(s) (JPEGImages/f11.png), like 'WBC'" in problem, report.format()
-    assert "data.label_map='{wbc: WBC}'" in problem
+    assert "'++data.label_map={wbc: WBC}'" in problem
+    # The advised option composes (before, it was quoted inside the value and failed to merge) and is applied.
+    fixed = compose_cfg("experiment=detect_quickstart", *args, "++data.label_map={wbc: WBC}")
+    assert fixed.data.label_map["wbc"] == "WBC" and fixed.data.label_map["lymphocyte"] == "wbc"
+    assert compose_cfg(*args, "data.label_map={wbc: WBC}").data.label_map == {"wbc": "WBC"}
     out = run_training(small_detector_cfg(tmp_path, cache_dir, *args[:2]))
     assert out["status"] == "failed" and "data.label_map" in out["error"] and "remove the folder" not in out["error"]
 
