@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from bench.protocols.compare import find_variants, format_comparison, write_comparison
+from bench.protocols.compare import find_variants, format_comparison, variant_differences, write_comparison
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -24,6 +24,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     path = write_comparison(args.exp_dir, variants)
     print(format_comparison(pd.read_csv(path), variants))
+    differences = variant_differences(args.exp_dir, variants)
+    if differences:
+        print("\nthe variants differ in (" + " | ".join(variants) + "):\n  " + "\n  ".join(differences))
     print(f"\nwrote {path}")
     return 0
 

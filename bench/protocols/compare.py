@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from bench import runs
-from bench.results.rows import DECIMALS
+from bench.results.rows import DECIMALS, external_scores
 from bench.results.records import collect_runs
 
 COMPARISON_CSV = "comparison.csv"
@@ -66,6 +66,10 @@ def comparison_frame(exp_dir, variants: Optional[Sequence[str]] = None) -> pd.Da
                 for c in r.metrics.get("classes") or (r.metrics.get("test") or {}).get("per_class", {}):
                     classes.setdefault(str(c), None)
     models = sorted({r.model for recs in records.values() for r in recs})
+    # External sets (bench-evaluate) every variant was evaluated on: compared variant by variant.
+    found = [{k[4:-len("_balanced_acc")] for r in recs if r.completed and r.root is not None
+              for k in external_scores(r.root) if k.endswith("_balanced_acc")} for recs in records.values()]
+    external = sorted(set.intersection(*found)) if found else []
     rows = []
     for model in models:
         row: dict = {"model": model}
@@ -83,16 +87,26 @@ def comparison_frame(exp_dir, variants: Optional[Sequence[str]] = None) -> pd.Da
                 ])
             for key in RUN_KEYS:
                 row[f"{v}_{key}"] = _mean([_num(r.metrics.get(key)) for r in done])
+            row[f"{v}_test_balanced_acc"] = _mean([_num((r.metrics.get("test") or {}).get("balanced_accuracy"))
+                                                   for r in done])
+            for name in external:
+                row[f"{v}_ext_{name}_balanced_acc"] = _mean([_num(external_scores(r.root).get(
+                    f"ext_{name}_balanced_acc")) for r in done if r.root is not None])
         if len(variants) == 2:
             a, b = variants
             row[f"test_acc_{b}_minus_{a}"] = row[f"{b}_test_acc"] - row[f"{a}_test_acc"]
+            for name in external:  # how the change travels: one number per external set
+                row[f"ext_{name}_balanced_acc_{b}_minus_{a}"] = (row[f"{b}_ext_{name}_balanced_acc"]
+                                                                 - row[f"{a}_ext_{name}_balanced_acc"])
         rows.append(row)
     columns = ["model"]
     for v in variants:
         columns += [f"{v}_status", f"{v}_n_seeds", f"{v}_val_acc", f"{v}_test_acc",
-                    *(f"{v}_{c}" for c in classes), *(f"{v}_{k}" for k in RUN_KEYS)]
+                    *(f"{v}_{c}" for c in classes), *(f"{v}_{k}" for k in RUN_KEYS), f"{v}_test_balanced_acc",
+                    *(f"{v}_ext_{name}_balanced_acc" for name in external)]
     if len(variants) == 2:
         columns.append(f"test_acc_{variants[1]}_minus_{variants[0]}")
+        columns += [f"ext_{name}_balanced_acc_{variants[1]}_minus_{variants[0]}" for name in external]
     frame = pd.DataFrame(rows, columns=columns)
     numeric = frame.select_dtypes("number").columns
     frame[numeric] = frame[numeric].round(DECIMALS)
@@ -107,17 +121,54 @@ def write_comparison(exp_dir, variants: Optional[Sequence[str]] = None) -> Path:
 
 
 def format_comparison(frame: pd.DataFrame, variants: Sequence[str]) -> str:
-    """Model, then test accuracy and training time of each variant, as text."""
-    header = ["model"] + [f"{v} {what}" for v in variants for what in ("test_acc", "time_s")]
+    """Model, then test accuracy and training time of each variant and its balanced accuracy on each
+    external set (bench-evaluate), as text."""
+    external = [c[len(variants[0]) + 5:-len("_balanced_acc")] for c in frame.columns
+                if c.startswith(f"{variants[0]}_ext_") and c.endswith("_balanced_acc")] if variants else []
+    what = [("test_acc", "test_acc", 4), ("time_s", "train_time_s", 1),
+            *((f"{name} bal_acc", f"ext_{name}_balanced_acc", 4) for name in external)]
+    header = ["model"] + [f"{v} {label}" for v in variants for label, _, _ in what]
     body = []
     for row in frame.to_dict("records"):
         cells = [str(row["model"])]
         for v in variants:
-            acc, t = row.get(f"{v}_test_acc"), row.get(f"{v}_train_time_s")
-            cells.append("-" if acc is None or math.isnan(acc) else f"{acc:.4f}")
-            cells.append("-" if t is None or math.isnan(t) else f"{t:.1f}")
+            for _, column, digits in what:
+                value = row.get(f"{v}_{column}")
+                cells.append("-" if value is None or math.isnan(value) else f"{value:.{digits}f}")
         body.append(cells)
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
              for r in [header, ["-" * w for w in widths], *body]]
     return "\n".join(lines if body else [*lines, "(no runs)"])
+
+
+def variant_differences(exp_dir, variants: Sequence[str]) -> list[str]:
+    """The result-changing settings in which the variants' runs differ, as ``key: a | b`` (from each variant's
+    first completed run's config.yaml; the experiment name and paths aside): what a row's difference measures."""
+    from omegaconf import OmegaConf
+
+    from bench.config.compose import result_keys
+
+    flat, changing = [], set()
+    for v in variants:
+        done = [r for r in collect_runs(Path(exp_dir) / v) if r.completed and r.root is not None]
+        config = next((r.root / "config.yaml" for r in done if (r.root / "config.yaml").is_file()), None)
+        if config is None:
+            return []
+        container = OmegaConf.to_container(OmegaConf.load(config), resolve=False)
+        flat.append(_flatten(container))
+        changing |= set(_flatten(result_keys(container)))  # an option at its added-later default is left out
+    from bench.config import BenchConfig
+
+    # A config written before an option existed ran at the option's default.
+    defaults = _flatten(OmegaConf.to_container(OmegaConf.structured(BenchConfig), resolve=False))
+    flat = [{**{k: defaults[k] for k in changing if k in defaults}, **f} for f in flat]
+    keys = sorted(k for k in changing if not k.startswith(("experiment_name", "paths.", "model.name", "recipe.")))
+    return [f"{k}: " + " | ".join(str(f.get(k, "-")) for f in flat) for k in keys
+            if len({repr(f.get(k)) for f in flat}) > 1]
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: value}

@@ -300,3 +300,26 @@ def test_the_svm_features_of_head_keep_fc_1_are_vgg16s_fc6_after_relu():
         got = extractor(x)
     assert got.shape == (2, 4096)
     torch.testing.assert_close(got, expected)
+
+
+def test_two_stain_settings_side_by_side_with_each_external_set_and_what_differs(make_cfg, tmp_path, capsys):
+    """Variants that differ only in data.stain: one line per model, with each variant's balanced accuracy on an
+    external set and the difference, and the setting they differ in named."""
+    from bench.cli.evaluate import main as evaluate
+    from tests.helpers import colour_folders
+
+    lab = colour_folders(tmp_path / "lab2", {"neutrophil": 4, "lymphocyte": 4}, size=20)
+    exp = tmp_path / "results" / "stain"
+    for stain in ("none", "reinhard"):
+        out = train(make_cfg(f"experiment_name=stain/{stain}", f"data.stain={stain}", "trainer.epochs=1",
+                             "trainer.max_batches=2"))
+        assert out["status"] == "completed", out.get("error")
+        assert evaluate([str(exp / stain), str(lab), "--name", "lab2", "--device", "cpu"]) == 0
+    assert compare_cli.main([str(exp), "--variants", "none", "reinhard"]) == 0
+    printed = capsys.readouterr().out
+    assert "data.stain: none | reinhard" in printed and "lab2 bal_acc" in printed
+    row = pd.read_csv(exp / "comparison.csv").iloc[0]
+    ext = {v: runs.read_json(runs.RunDir.for_run(exp / v, "simple_cnn", 0).root / "external" / "lab2" / "metrics.json")
+           ["balanced_accuracy"] for v in ("none", "reinhard")}
+    assert row["none_ext_lab2_balanced_acc"] == pytest.approx(ext["none"], abs=1e-4)
+    assert row["ext_lab2_balanced_acc_reinhard_minus_none"] == pytest.approx(ext["reinhard"] - ext["none"], abs=1e-4)
