@@ -196,3 +196,26 @@ def _arrow(raw, scaled) -> str:
     from bench.report.markdown import _pct
 
     return "-" if raw is None or pd.isna(raw) else f"{_pct(raw)} -> {_pct(scaled)}"
+
+
+def source_markdown(res: ExperimentResults) -> list[str]:
+    """data=multi_source: each run's validation and test balanced accuracy per source (metrics.json
+    ``by_source``), beside the pooled test number; nothing for single-source experiments."""
+    from bench.report.markdown import _pct, md_table
+
+    runs = [e for e in res.runs if e.metrics.get("by_source")]
+    if not runs:
+        return []
+    rows = []
+    for e in runs:
+        row = {"model": e.label, "test bal acc % (pooled)": _pct((e.metrics.get("test") or {}).get("balanced_accuracy"))}
+        for split in ("val", "test"):
+            for source, scores in (e.metrics["by_source"].get(split) or {}).items():
+                row[f"{split} {source} (n={scores['n']}) %"] = _pct(scores.get("balanced_accuracy"))
+        rows.append(row)
+    held = sorted({s for e in runs for s in e.metrics["by_source"].get("test") or {}}
+                  - {s for e in runs for s in e.metrics["by_source"].get("val") or {}})
+    note = (f" The test set is the held-out source ({', '.join(held)}): never seen in training or validation."
+            if held else "")
+    return ["", "## By source", "", "Balanced accuracy of each lab's images (data=multi_source), over the "
+            "classes that lab has." + note, "", md_table(pd.DataFrame(rows).fillna("-"))]

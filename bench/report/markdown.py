@@ -168,6 +168,10 @@ def _data_note(res: ExperimentResults) -> str:
         return (f"Data: the embedded synthetic stand-in (procedurally drawn cells with the PBC class names), "
                 f"not real images; its accuracies are not comparable with published numbers. The class scheme "
                 f"follows the PBC dataset ({PBC_CITATION}).")
+    if kind == "multi_source":
+        return (f"Data: several labs' images (data=multi_source: `{root}`), classes {', '.join(res.classes) or '-'}. "
+                f"Published numbers are for the PBC dataset alone ({PBC_CITATION}): with other labs in training "
+                "or test this is not a replication.")
     if not paper_reference.is_pbc_classes(res.classes):
         return (f"Data: `{root or 'unknown'}`, classes {', '.join(res.classes) or '-'}. The published numbers are "
                 f"for the PBC dataset's eight classes ({PBC_CITATION}), so none is shown next to these.")

@@ -56,12 +56,13 @@ def build_report(exp_dir, out_dir=None, *, top: int = DEFAULT_TOP, n_resamples: 
 def _travel(res: ExperimentResults, figures: dict, top: int, n_resamples: int, seed: int, confidence: float):
     """The generalisation section's lines and its figures, when external sets were evaluated (else None)."""
     from bench.report.generalisation import (external_sets, generalisation_markdown, generalisation_table,
-                                             plot_reliability, plot_risk_coverage)
+                                             plot_reliability, plot_risk_coverage, source_markdown)
 
+    by_source = source_markdown(res)
     if not res.runs or not external_sets(res):
-        return None
+        return by_source or None
     top_entries = res.runs[: min(top, 3)]
     figures["travel_reliability"] = plot_reliability(res, top_entries)
     figures["travel_risk_coverage"] = plot_risk_coverage(res, top_entries)
     table = generalisation_table(res, n_resamples=n_resamples, seed=seed, confidence=confidence)
-    return generalisation_markdown(res, table, {k: FIGURES[k] for k in figures}, confidence)
+    return by_source + generalisation_markdown(res, table, {k: FIGURES[k] for k in figures}, confidence)

@@ -138,3 +138,24 @@ def test_a_map_option_given_something_else_is_named():
 
     problems = validate_config(compose_cfg("data.class_map=granulocyte"))
     assert any(p.startswith("data.class_map='granulocyte' is not valid: a map") for p in problems), problems
+
+
+def test_the_report_scores_each_source_and_says_the_data_is_several_labs(tmp_path, make_cfg):
+    from bench.report import build_report
+    from bench.training import run_training
+
+    labs = two_labs(tmp_path)
+    sources = "{" + ", ".join(f"{k}: '{v}'" for k, v in labs.items()) + "}"
+    out = run_training(make_cfg("data=multi_source", f"data.sources={sources}",
+                                "data.source_maps={b: {Lympho: lymphocyte, Neutro: neutrophil}}",
+                                "trainer.epochs=1", "experiment_name=labs"))
+    assert out["status"] == "completed", out
+    metrics = json.loads((Path(out["run_dir"]) / "metrics.json").read_text())
+    text = build_report(Path(out["run_dir"]).parents[2]).read_text()
+    section = text[text.index("## By source"):]
+    for split in ("val", "test"):  # both labs in both splits (a holdout split within each source)
+        for source in ("a", "b"):
+            scores = metrics["by_source"][split][source]
+            assert f"{split} {source} (n={scores['n']}) %" in section
+            assert f"{100 * scores['balanced_accuracy']:.2f}" in section
+    assert "Data: several labs' images (data=multi_source" in text and "not a replication" in text
