@@ -159,3 +159,17 @@ def test_the_report_scores_each_source_and_says_the_data_is_several_labs(tmp_pat
             assert f"{split} {source} (n={scores['n']}) %" in section
             assert f"{100 * scores['balanced_accuracy']:.2f}" in section
     assert "Data: several labs' images (data=multi_source" in text and "not a replication" in text
+
+
+def test_the_preflight_counts_each_lab_and_names_the_left_out_folders(tmp_path):
+    from bench.preflight import plan_runs, preflight
+
+    labs = two_labs(tmp_path)
+    sources = "{" + ", ".join(f"{k}: '{v}'" for k, v in labs.items()) + "}"
+    report = preflight(plan_runs(["data=multi_source", f"data.sources={sources}",
+                                  "data.source_maps={b: {Lympho: lymphocyte, Neutro: neutrophil}}",
+                                  f"paths.results_dir={tmp_path / 'results'}", "model=simple_cnn",
+                                  "model.pretrained=false"]))
+    text = report.format()
+    assert "80 images in 2 classes from a (40), b (40)" in text, text
+    assert "5 image(s) in folders no class map names are left out" in text
