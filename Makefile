@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bench-installed
 
-.PHONY: setup demo smear-demo test test-fast clean-results
+.PHONY: setup demo smear-demo test test-fast cluster-test clean-results
 
 setup: $(STAMP)
 
@@ -39,6 +39,12 @@ smear-demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The tests marked cluster against a throwaway single-node Slurm cluster started on this machine
+# (tools/local_slurm.py: Debian's slurm-wlm and munge, installed when missing; needs root), stopped by
+# its PIDs afterwards. Without root or the packages it prints why and skips.
+cluster-test: setup
+	$(BIN)/python tools/local_slurm.py -- $(BIN)/python -m pytest -m cluster tests/cluster -p no:cacheprovider
 
 # Everything but the slow end-to-end tests.
 test-fast: setup
