@@ -103,7 +103,7 @@ class RunLifecycle:
             return early
         try:
             metrics = work()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C; a requeue after the scheduler's warning
             self.close()
             raise  # stays "running": the next invocation resumes it
         except Exception as exc:  # a failed model is a row with an error, never a crash of the sweep

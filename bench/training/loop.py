@@ -35,6 +35,7 @@ import torch
 from bench import runs
 from bench.runs import files as run_files
 from bench.training.checkpoints import read_last, save_checkpoint, save_last
+from bench.training.preemption import HeldSignal
 
 log = logging.getLogger("bench.train")
 
@@ -90,16 +91,18 @@ def run_loop(task: Task, run_dir: runs.RunDir, chash: str, threads, tracker) -> 
     validation, write the run folder; returns the metrics.json record."""
     cfg = task.cfg
     progress = resume(task, run_dir, chash)
-    for epoch in range(progress.next_epoch, cfg.trainer.epochs):
-        threads.rebalance()  # jobs that started or ended since: this job's share of the cores
-        # Global RNG (dropout, augmentation draws) seeded per epoch: a resumed epoch replays an uninterrupted one.
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        progress.epoch_lr = task.optimizer.param_groups[0]["lr"]
-        row, score, val = task.epoch(epoch, progress)
-        if not task.per_step:
-            task.scheduler.step()  # once per epoch, after it
-        record_epoch(task, progress, epoch, row, score, val, run_dir, tracker)
-        write_checkpoints(task, progress, epoch, run_dir, chash)
+    with HeldSignal() as warning:  # the scheduler's warning waits for the epoch's end (preemption.py)
+        for epoch in range(progress.next_epoch, cfg.trainer.epochs):
+            threads.rebalance()  # jobs that started or ended since: this job's share of the cores
+            # Global RNG (dropout, augmentation draws) seeded per epoch: a resumed epoch replays an uninterrupted one.
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+            progress.epoch_lr = task.optimizer.param_groups[0]["lr"]
+            row, score, val = task.epoch(epoch, progress)
+            if not task.per_step:
+                task.scheduler.step()  # once per epoch, after it
+            record_epoch(task, progress, epoch, row, score, val, run_dir, tracker)
+            write_checkpoints(task, progress, epoch, run_dir, chash, now=warning.pending is not None)
+            warning.release()  # requeued by the scheduler from here (a no-op without a warning)
     load_best(task, run_dir)
     metrics = task.results(progress, run_dir)
     run_files.write_metrics(run_dir.root, metrics)
@@ -139,12 +142,14 @@ def record_epoch(task: Task, progress: Progress, epoch: int, row: dict, score: f
     runs.write_csv_atomic(run_dir.history, pd.DataFrame(progress.history))
 
 
-def write_checkpoints(task: Task, progress: Progress, epoch: int, run_dir: runs.RunDir, chash: str) -> None:
-    """best.pt (when the best changed) then last.pt: after the last epoch, and otherwise at most every
-    trainer.checkpoint_every_s (a 1 GB VGG checkpoint per 8 s GPU epoch would cost a quarter of the time)."""
+def write_checkpoints(task: Task, progress: Progress, epoch: int, run_dir: runs.RunDir, chash: str, *,
+                      now: bool = False) -> None:
+    """best.pt (when the best changed) then last.pt: after the last epoch, ``now`` (the scheduler's warning
+    came), and otherwise at most every trainer.checkpoint_every_s (a 1 GB VGG checkpoint per 8 s GPU epoch
+    would cost a quarter of the time)."""
     cfg = task.cfg
     final = epoch + 1 == cfg.trainer.epochs
-    if not (final or time.monotonic() - progress.last_write >= cfg.trainer.checkpoint_every_s):
+    if not (final or now or time.monotonic() - progress.last_write >= cfg.trainer.checkpoint_every_s):
         return
     # best.pt first: on resume it is the record of the best epoch (see checkpoints.read_last).
     if progress.best_weights is not None:

@@ -86,3 +86,59 @@ def test_the_quickstart_sweep_runs_as_a_job_array_and_equals_the_local_sweep(tmp
     ensembles = [runs.read_json(tmp_path / exp / "quickstart" / "ensembles" / "majority-k2" / "metrics.json")
                  for exp in ("slurm", "local")]
     assert ensembles[0]["test"] == ensembles[1]["test"]
+
+
+def _job_ids(name: str) -> list[str]:
+    done = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True, timeout=30)
+    return done.stdout.split()
+
+
+def test_a_warned_job_writes_its_epoch_is_requeued_and_ends_as_an_uninterrupted_run(tmp_path):
+    """The scheduler's warning (scancel --signal=USR2, what Slurm sends signal_delay_s before a time limit
+    or on pre-emption) mid-run with no checkpoint due: the epoch finishes and is written, submitit requeues
+    the job (scontrol requeue), the requeued job resumes after that epoch, and the run's numbers equal a
+    run never interrupted."""
+    import time
+
+    from bench.data.synthetic import synthetic_root
+
+    cache = tmp_path / "cache"
+    synthetic_root(cache / "datasets", n_per_class=60, image_size=48, seed=0)
+    common = ["experiment=quickstart", "model=mobilenet_v2_050", "data.synthetic_n_per_class=60",
+              "data.synthetic_size=48", "data.image_size=48", "trainer.epochs=6", "trainer.num_threads=1",
+              "trainer.device=cpu", "data.decode_workers=1", "trainer.progress=false",
+              "trainer.checkpoint_every_s=3600", f"paths.cache_dir={cache}"]
+    script = Path(sys.executable).with_name("bench-train")
+    sweep = subprocess.Popen([str(script), "-m", *common, *SLURM, "hydra.launcher.name=bench-warned",
+                              f"paths.results_dir={tmp_path / 'slurm'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = runs.RunDir.for_run(tmp_path / "slurm" / "quickstart", "mobilenet_v2_050", 0)
+    deadline = time.monotonic() + 300
+    while not (run.history.is_file() and len(pd.read_csv(run.history)) >= 1):  # one epoch done, five to go
+        assert time.monotonic() < deadline and sweep.poll() is None, "the job never finished an epoch"
+        time.sleep(0.2)
+    done_before = len(pd.read_csv(run.history))
+    jobs = _job_ids("bench-warned")
+    assert len(jobs) == 1, jobs
+    subprocess.run(["scancel", "--signal=USR2", jobs[0]], check=True, timeout=30)
+    out, _ = sweep.communicate(timeout=600)
+    assert sweep.returncode == 0, out[-3000:]
+
+    logs = "\n".join(p.read_text(errors="replace") for p in sorted((tmp_path / "sweep" / ".submitit").rglob("*_log.*")))
+    assert "the scheduler's warning" in logs and "Requeued job" in logs, logs[-3000:]
+    import re
+
+    # The requeued job starts after the epoch that was running when the warning came (no write was due).
+    resumed_after = [int(e) for e in re.findall(r"resuming \S+ after epoch (\d+)", logs)]
+    assert len(resumed_after) == 1 and resumed_after[0] in (done_before, done_before + 1), (resumed_after, done_before)
+    history = pd.read_csv(run.history)
+    assert history["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+
+    local = subprocess.run([str(script), "-m", *common, f"paths.results_dir={tmp_path / 'local'}",
+                            f"hydra.sweep.dir={tmp_path / 'sweep-local'}"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=600)
+    assert local.returncode == 0, local.stderr[-3000:]
+    whole = runs.RunDir.for_run(tmp_path / "local" / "quickstart", "mobilenet_v2_050", 0)
+    cols = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"]
+    pd.testing.assert_frame_equal(pd.read_csv(whole.history)[cols], history[cols])
+    assert runs.read_json(whole.metrics)["test"] == runs.read_json(run.metrics)["test"]

@@ -255,3 +255,51 @@ def test_keras_decay_steps_the_learning_rate_every_iteration(make_cfg):
                          "trainer.sched_interval=step", "optim.lr=0.01"))
     history = pd.read_csv(runs.RunDir(Path(out["run_dir"])).history)
     assert history["lr"].tolist() == pytest.approx([0.01, 0.01 / 2, 0.01 / 3])
+
+
+@pytest.mark.reliability
+def test_the_schedulers_warning_mid_epoch_writes_that_epoch_and_hands_on_then_the_resume_equals_a_whole_run(
+        make_cfg, monkeypatch):
+    """SIGUSR2 during epoch 2 with no checkpoint due (cadence of an hour): epoch 2 finishes, best.pt and last.pt
+    are written after it, then the handler it replaced runs (submitit's: requeue and exit; here one that records
+    and exits). The requeued run resumes after epoch 2 and ends as an uninterrupted run does."""
+    import os
+    import signal
+
+    settings = ("trainer.epochs=4", "sched.step_size=3", "optim.lr=0.01")
+    whole = train(make_cfg(*settings, "experiment_name=whole", "trainer.checkpoint_every_s=0"))
+    handed_on = []
+
+    def scheduler_handler(signum, frame):  # what submitit does: requeue, then leave
+        handed_on.append(signum)
+        raise SystemExit(-1)
+
+    real_epoch, calls = train_mod.train_one_epoch, []
+
+    def warned(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGUSR2)  # mid-epoch 2
+        return real_epoch(*a, **k)
+
+    previous = signal.signal(signal.SIGUSR2, scheduler_handler)
+    try:
+        monkeypatch.setattr(train_mod, "train_one_epoch", warned)
+        cfg = make_cfg(*settings, "experiment_name=warned", "trainer.checkpoint_every_s=3600")
+        with pytest.raises(SystemExit):
+            train(cfg)
+        assert signal.getsignal(signal.SIGUSR2) is scheduler_handler  # put back before handing on
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert handed_on == [signal.SIGUSR2] and len(calls) == 2  # epoch 2 finished, epoch 3 never started
+    rd = runs.RunDir.for_run(Path(cfg.paths.results_dir) / "warned", cfg.model.name, cfg.seed)
+    assert torch.load(rd.last_ckpt, weights_only=True)["epoch"] == 2  # written though no write was due
+    assert runs.read_json(rd.status)["status"] == runs.STATUS_RUNNING
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", real_epoch)
+    resumed = train(cfg)
+    _, m_a, h_a = _run_files(whole)
+    _, m_b, h_b = _run_files(resumed)
+    cols = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"]
+    pd.testing.assert_frame_equal(h_a[cols], h_b[cols])
+    assert m_a["test"] == m_b["test"]
