@@ -38,6 +38,7 @@ from typing import Iterator
 # Atomic writes live in bench.atomic; the run contract re-exports them (callers say runs.write_...).
 from bench.runs.atomic import read_json, write_json_atomic, write_text_atomic
 from bench.runs.files import METRICS_JSON, UnreadableMetrics, read_metrics
+from bench.runs.lease import Lease, LeaseBusy
 
 log = logging.getLogger("bench.runs")
 
@@ -133,7 +134,11 @@ class RunDir:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()}".encode(), 0)
             try:
-                yield
+                # flock may not reach across the hosts of a shared filesystem: the lease does (runs/lease.py).
+                with Lease(self.root.parent / f".{self.root.name}.lease"):
+                    yield
+            except LeaseBusy as busy:
+                raise RunBusy(self, busy.holder) from None
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
