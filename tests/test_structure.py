@@ -31,7 +31,7 @@ LAYERS = [
     {"results"},
     {"training"},
     {"ensemble", "predict", "preflight"},
-    {"protocols", "cascade"},
+    {"protocols", "cascade", "sweep"},
     {"report", "benchmark"},
     {"cli"},
 ]

@@ -26,7 +26,8 @@ from typing import Callable, Sequence
 
 import bench
 from bench.cli.parsers import (benchmark_parser, compare_parser, ensemble_parser, evaluate_parser,
-                                   leaderboard_parser, models_parser, overrides_parser, predict_parser, report_parser)
+                                   leaderboard_parser, models_parser, overrides_parser, predict_parser, report_parser,
+                                   sweep_parser)
 
 HELP_FLAGS = ("-h", "--help")
 
@@ -96,6 +97,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
     Command("bench-compare", "bench.cli.compare:main",
             "Side-by-side table of an experiment's variants (e.g. results/scratch_vs_pretrained: scratch vs "
             "frozen), written to <exp_dir>/comparison.csv.", parser=compare_parser),
+    Command("bench-sweep", "bench.cli.sweep:main",
+            "Submit a sweep to Slurm as one job array and exit, then see each run's state beside the scheduler's, "
+            "send again only the runs that failed or were lost, or wait for the end.", parser=sweep_parser),
     Command("bench-benchmark", "bench.cli.benchmark:main",
             "Measure training speed: each model alone (the ceiling), the data path, the harness and a plain "
             "ImageFolder/PIL reference loop, in one run; writes <out>/<name>.csv and .json.",
@@ -221,6 +225,7 @@ predict = _entry("bench-predict")
 evaluate = _entry("bench-evaluate")
 report = _entry("bench-report")
 compare = _entry("bench-compare")
+sweep = _entry("bench-sweep")
 benchmark = _entry("bench-benchmark")
 
 

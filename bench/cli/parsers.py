@@ -212,3 +212,17 @@ def overrides_parser(name: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=name, description=description, add_help=False)
     p.add_argument("overrides", nargs="*", help="bench-train overrides, e.g. experiment=gavas2021 data.root=PATH")
     return p
+
+
+def sweep_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bench-sweep", description=description,
+        epilog="e.g. bench-sweep submit experiment=gavas2021 data.root=/data/PBC hydra.launcher.partition=gpu; "
+               "bench-sweep status results/gavas2021; bench-sweep resubmit results/gavas2021")
+    p.add_argument("action", choices=("submit", "status", "resubmit", "wait"),
+                   help="submit OVERRIDES...: preflight, submit one job array, exit; status EXP: each run's state and "
+                        "the scheduler's; resubmit EXP [hydra.launcher.*=...]: the failed and lost runs again; "
+                        "wait EXP: until every run ended")
+    p.add_argument("target", nargs="+", help="bench-train overrides (submit) or the experiment folder")
+    p.add_argument("--every", type=float, default=30.0, help="wait: seconds between looks (default 30)")
+    return p

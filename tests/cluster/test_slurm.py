@@ -142,3 +142,49 @@ def test_a_warned_job_writes_its_epoch_is_requeued_and_ends_as_an_uninterrupted_
     cols = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"]
     pd.testing.assert_frame_equal(pd.read_csv(whole.history)[cols], history[cols])
     assert runs.read_json(whole.metrics)["test"] == runs.read_json(run.metrics)["test"]
+
+
+def test_submit_and_walk_away_then_status_resubmit_what_was_lost_and_wait(tmp_path):
+    """bench-sweep submit exits while the array runs; status names each run's state; a task killed mid-run
+    (scancel) is 'lost'; resubmit sends that run alone, which resumes; the completed run is never retrained."""
+    import time
+
+    from bench.data.synthetic import synthetic_root
+
+    cache = tmp_path / "cache"
+    synthetic_root(cache / "datasets", n_per_class=60, image_size=48, seed=0)
+    args = ["experiment=quickstart", "model=simple_cnn,mobilenet_v2_050", "data.synthetic_n_per_class=60",
+            "data.synthetic_size=48", "data.image_size=48", "trainer.epochs=6", "trainer.num_threads=1",
+            "trainer.device=cpu", "data.decode_workers=1", "trainer.progress=false", "trainer.checkpoint_every_s=0",
+            f"paths.cache_dir={cache}", f"paths.results_dir={tmp_path / 'results'}",
+            *[a for a in SLURM if a != "hydra/launcher=slurm"]]
+    start = time.monotonic()
+    submitted = bench("sweep", "submit", *args, cwd=tmp_path)
+    exp = tmp_path / "results" / "quickstart"
+    assert "submitted 2 run(s)" in submitted.stdout and time.monotonic() - start < 120
+    status = bench("sweep", "status", str(exp), cwd=tmp_path).stdout
+    assert "simple_cnn/seed0" in status and "mobilenet_v2_050/seed0" in status, status
+
+    slow = runs.RunDir.for_run(exp, "mobilenet_v2_050", 0)
+    deadline = time.monotonic() + 300
+    while not (slow.history.is_file() and len(pd.read_csv(slow.history)) >= 1):
+        assert time.monotonic() < deadline, bench("sweep", "status", str(exp), cwd=tmp_path).stdout
+        time.sleep(0.2)
+    from bench.sweep import sweep_states
+
+    job = next(s.job_id for s in sweep_states(exp) if s.model == "mobilenet_v2_050")
+    subprocess.run(["scancel", job], check=True, timeout=30)
+    waited = subprocess.run([str(Path(sys.executable).with_name("bench-sweep")), "wait", str(exp), "--every", "1"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert waited.returncode == 1, waited.stdout  # one run lost
+    assert "mobilenet_v2_050/seed0" in waited.stdout and " lost " in waited.stdout, waited.stdout
+    assert "next: bench-sweep resubmit" in waited.stdout
+    fast = runs.RunDir.for_run(exp, "simple_cnn", 0)
+    finished = fast.metrics.stat().st_mtime_ns
+
+    again = bench("sweep", "resubmit", str(exp), cwd=tmp_path).stdout
+    assert "resubmitted 1 run(s) (mobilenet_v2_050/seed0)" in again, again
+    final = bench("sweep", "wait", str(exp), "--every", "1", cwd=tmp_path).stdout
+    assert "2 completed" in final, final
+    assert fast.metrics.stat().st_mtime_ns == finished  # never trained again
+    assert pd.read_csv(slow.history)["epoch"].tolist() == [1, 2, 3, 4, 5, 6]  # resumed, each epoch once
