@@ -31,8 +31,8 @@ LAYERS = [
     {"results"},
     {"training"},
     {"ensemble", "predict", "preflight"},
-    {"protocols", "cascade", "sweep"},
-    {"report", "benchmark"},
+    {"protocols", "cascade"},
+    {"report", "benchmark", "sweep"},
     {"cli"},
 ]
 LAYER = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}

@@ -219,8 +219,9 @@ def sweep_parser(description: str) -> argparse.ArgumentParser:
         prog="bench-sweep", description=description,
         epilog="e.g. bench-sweep submit experiment=gavas2021 data.root=/data/PBC hydra.launcher.partition=gpu; "
                "bench-sweep status results/gavas2021; bench-sweep resubmit results/gavas2021")
-    p.add_argument("action", choices=("submit", "status", "resubmit", "wait"),
-                   help="submit OVERRIDES...: preflight, submit one job array, exit; status EXP: each run's state and "
+    p.add_argument("action", choices=("plan", "submit", "status", "resubmit", "wait"),
+                   help="plan OVERRIDES...: each run's measured time and memory, what to ask Slurm for; "
+                        "submit OVERRIDES...: preflight, submit one job array, exit; status EXP: each run's state and "
                         "the scheduler's; resubmit EXP [hydra.launcher.*=...]: the failed and lost runs again; "
                         "wait EXP: until every run ended")
     p.add_argument("target", nargs="+", help="bench-train overrides (submit) or the experiment folder")

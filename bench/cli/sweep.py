@@ -15,14 +15,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     cli = parser("bench-sweep")
     args = cli.parse_args(argv)
-    if not shutil.which("sbatch" if args.action in ("submit", "resubmit") else "squeue"):
+    if args.action != "plan" and not shutil.which("sbatch" if args.action in ("submit", "resubmit") else "squeue"):
         print(f"bench-sweep {args.action}: Slurm's commands are not on PATH (no sbatch/squeue): run it on the "
               "cluster's login node, or try `make cluster-test` for a local one.", file=sys.stderr)
         return 2
     from bench.sweep import SweepError
 
     try:
-        return {"submit": _submit, "status": _status, "resubmit": _resubmit, "wait": _wait}[args.action](args)
+        return {"submit": _submit, "status": _status, "resubmit": _resubmit, "wait": _wait,
+                "plan": _plan}[args.action](args)
     except SweepError as exc:
         print(f"bench-sweep {args.action}: {exc}", file=sys.stderr)
         return 2
@@ -41,7 +42,14 @@ def _submit(args) -> int:
               file=sys.stderr)
         return 2
     exp_dir = runs.experiment_dir(Path(plan.cfg.paths.results_dir).resolve(), plan.cfg.experiment_name)
-    ledger = submit_tasks(tasks, list(args.target), exp_dir)
+    from bench.sweep.plan import planned_resources
+
+    given = {a.split("=", 1)[0] for a in args.target}
+    asks = [f"hydra.launcher.{k}={v}" for k, v in planned_resources(exp_dir).items()
+            if k in ("timeout_min", "mem_gb") and f"hydra.launcher.{k}" not in given]
+    if asks:
+        print(f"from bench-sweep plan ({exp_dir / 'sweeps' / 'plan.json'}): {' '.join(asks)}")
+    ledger = submit_tasks(tasks, [*args.target, *asks], exp_dir)
     from bench.sweep.submit import read_ledger
 
     ids = [t["job_id"] for t in read_ledger(ledger)["tasks"]]
@@ -96,3 +104,25 @@ def _wait(args) -> int:
             states = sweep_states(exp_dir)
     print(format_states(states, exp_dir))
     return 0 if all(s.state == "completed" for s in states) else 1
+
+
+def _plan(args) -> int:
+    from bench import runs
+    from bench.preflight import preflight
+    from bench.sweep import plan_tasks
+    from bench.sweep.plan import format_plan, plan_sweep, write_plan
+
+    tasks, plan = plan_tasks(list(args.target))
+    report = preflight(plan)
+    n_images = report.n_images
+    if report.problems or not n_images:
+        print(report.format())
+        print("bench-sweep plan: " + ("the preflight found problems" if report.problems else
+                                      "the number of images is unknown for this data") + "; nothing was measured.",
+              file=sys.stderr)
+        return 2
+    costs, asks = plan_sweep(tasks, n_images, plan.cfg.trainer.device)
+    exp_dir = runs.experiment_dir(Path(plan.cfg.paths.results_dir).resolve(), plan.cfg.experiment_name)
+    print(format_plan(costs, asks))
+    print(f"wrote {write_plan(exp_dir, costs, asks)}")
+    return 0

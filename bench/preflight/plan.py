@@ -53,8 +53,10 @@ def plan_runs(args: list[str]) -> Plan:
     cfg = compose_config([line for _, line in base], return_hydra_config=True)
     params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
     if multirun:
+        given = {key for key, _ in base}
         for key, text in params.items():
-            swept.setdefault(key, _sweep_values(parser, key, str(text)))
+            if key not in given:  # the command line's value replaces the experiment's sweep (Hydra's BasicSweeper)
+                swept[key] = _sweep_values(parser, key, str(text))
     models = swept.get("model") or swept.get("model.name") or [cfg.model.name]
     seeds = [int(s) for s in swept.get("seed", [cfg.seed])]
     return Plan(cfg=cfg, models=models, seeds=seeds, multirun=multirun, swept=swept,
@@ -93,7 +95,7 @@ def preflight(plan: Plan) -> Report:
 
     if missing_package(cfg.logger.kind):
         report.problems.append(missing_package(cfg.logger.kind))
-    n_images = check_data(cfg, report)
+    n_images = report.n_images = check_data(cfg, report)
     check_split_sweep(plan, report)
     check_models(plan, report, configs)
     check_disk(plan, report)

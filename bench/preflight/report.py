@@ -32,6 +32,7 @@ class Plan:
 class Report:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    n_images: int | None = None  # the data's images, when known cheaply (bench-sweep plan's cost estimate)
     notes: list[str] = field(default_factory=list)
 
     @property

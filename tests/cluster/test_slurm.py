@@ -188,3 +188,22 @@ def test_submit_and_walk_away_then_status_resubmit_what_was_lost_and_wait(tmp_pa
     assert "2 completed" in final, final
     assert fast.metrics.stat().st_mtime_ns == finished  # never trained again
     assert pd.read_csv(slow.history)["epoch"].tolist() == [1, 2, 3, 4, 5, 6]  # resumed, each epoch once
+
+
+def test_submit_asks_slurm_for_what_the_plan_measured(tmp_path):
+    import json
+
+    args = ["experiment=quickstart", "model=simple_cnn", "data.synthetic_n_per_class=30", "data.synthetic_size=48",
+            "data.image_size=32", "trainer.epochs=1", "trainer.max_batches=2", "trainer.num_threads=1",
+            "trainer.device=cpu", "data.decode_workers=1", f"paths.cache_dir={tmp_path / 'cache'}",
+            f"paths.results_dir={tmp_path / 'results'}"]
+    launcher = [a for a in SLURM if a not in ("hydra/launcher=slurm", "hydra.launcher.timeout_min=15",
+                                              "hydra.launcher.mem_gb=2")]
+    exp = tmp_path / "results" / "quickstart"
+    planned = bench("sweep", "plan", *args, cwd=tmp_path).stdout
+    asks = json.loads((exp / "sweeps" / "plan.json").read_text())["resources"]
+    assert f"hydra.launcher.timeout_min={asks['timeout_min']}" in planned
+    bench("sweep", "submit", *args, *launcher, cwd=tmp_path)
+    script = next((exp / "sweeps").glob("*/.submitit/*/*_submission.sh")).read_text()
+    assert f"#SBATCH --time={asks['timeout_min']}" in script and f"#SBATCH --mem={asks['mem_gb']}GB" in script, script
+    assert "1 completed" in bench("sweep", "wait", str(exp), "--every", "1", cwd=tmp_path).stdout

@@ -47,3 +47,15 @@ def test_a_swept_value_that_does_not_compose_is_named_by_the_preflight(tmp_path)
     report = preflight(plan_runs(["-m", "model=simple_cnn", "model.pretrained=false", "trainer.batch_size=32,abc",
                                   f"paths.results_dir={tmp_path}"]))
     assert any("trainer.batch_size=abc" in p and "does not compose" in p for p in report.problems), report.format()
+
+
+def test_a_command_line_value_replaces_the_experiments_sweep_as_hydra_does():
+    """Hydra's BasicSweeper puts the command line after hydra.sweeper.params, so `model=simple_cnn` replaces
+    quickstart's four models: the preflight counts (and bench-sweep submits) one run, not four."""
+    from bench.preflight import plan_runs
+
+    assert plan_runs(["-m", "experiment=quickstart"]).n_runs == 4
+    one = plan_runs(["-m", "experiment=quickstart", "model=simple_cnn"])
+    assert one.n_runs == 1 and one.models == ["simple_cnn"]
+    two = plan_runs(["-m", "experiment=quickstart", "model=simple_cnn,resnet18"])
+    assert two.n_runs == 2 and two.models == ["simple_cnn", "resnet18"]
