@@ -43,8 +43,15 @@ test: setup
 # The tests marked cluster against a throwaway single-node Slurm cluster started on this machine
 # (tools/local_slurm.py: Debian's slurm-wlm and munge, installed when missing; needs root), stopped by
 # its PIDs afterwards. Without root or the packages it prints why and skips.
+# The MLflow tracking server of its tracking test lives in its own environment (.venv-mlflow: the full
+# mlflow package, server and all, which bench itself never needs).
+MLFLOW_VENV ?= .venv-mlflow
 cluster-test: setup
-	$(BIN)/python tools/local_slurm.py -- $(BIN)/python -m pytest -m cluster tests/cluster -p no:cacheprovider
+	@test -x $(MLFLOW_VENV)/bin/mlflow || ($(PYTHON) -m venv $(MLFLOW_VENV) && \
+		$(MLFLOW_VENV)/bin/python -m pip install --quiet --disable-pip-version-check mlflow) || \
+		echo "could not install mlflow in $(MLFLOW_VENV): the tracking-server test will skip"
+	BENCH_MLFLOW=$(abspath $(MLFLOW_VENV))/bin/mlflow $(BIN)/python tools/local_slurm.py -- \
+		$(BIN)/python -m pytest -m cluster tests/cluster -p no:cacheprovider
 
 # Everything but the slow end-to-end tests.
 test-fast: setup

@@ -134,7 +134,15 @@ class MlflowLogger(RunLogger):
 
         self.client = MlflowClient(tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
-        exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        if found is None:
+            try:
+                exp_id = self.client.create_experiment(experiment)
+            except Exception:  # the array's first tasks start together: another one created it just now
+                found = self.client.get_experiment_by_name(experiment)
+                if found is None:
+                    raise
+        if found is not None:
+            exp_id = found.experiment_id
         self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
 
     def params(self, params):

@@ -207,3 +207,60 @@ def test_submit_asks_slurm_for_what_the_plan_measured(tmp_path):
     script = next((exp / "sweeps").glob("*/.submitit/*/*_submission.sh")).read_text()
     assert f"#SBATCH --time={asks['timeout_min']}" in script and f"#SBATCH --mem={asks['mem_gb']}GB" in script, script
     assert "1 completed" in bench("sweep", "wait", str(exp), "--every", "1", cwd=tmp_path).stdout
+
+
+def test_every_array_task_logs_to_one_mlflow_tracking_server(tmp_path):
+    """logger=mlflow with a tracking server: the runs of both array tasks (which start together, so both may
+    create the experiment) arrive with their parameters and final metrics. The server is MLflow's own,
+    from its own environment (make cluster-test installs it in .venv-mlflow), on the loopback address with
+    a SQLite store, stopped by its process group."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    server = os.environ.get("BENCH_MLFLOW")
+    if not server or not Path(server).exists():
+        pytest.skip("no MLflow server (BENCH_MLFLOW names the mlflow executable; make cluster-test installs it)")
+    from mlflow.tracking import MlflowClient
+
+    from bench.data.synthetic import synthetic_root
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "mlflow.log", "wb")
+    proc = subprocess.Popen([server, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                             "--default-artifact-root", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=2).read().strip() == b"OK":
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "mlflow.log").read_text()[-2000:]
+            time.sleep(0.5)
+        cache = tmp_path / "cache"
+        synthetic_root(cache / "datasets", n_per_class=30, image_size=48, seed=0)
+        bench("train", "-m", *SHRUNK, *SLURM, f"paths.cache_dir={cache}", f"paths.results_dir={tmp_path / 'results'}",
+              f"hydra.sweep.dir={tmp_path / 'sweep'}", "logger=mlflow", f"logger.tracking_uri={uri}", cwd=tmp_path)
+        client = MlflowClient(uri)
+        found = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+        assert sorted(r.data.params["model.name"] for r in found) == sorted(MODELS)
+        for r in found:
+            metrics = runs.read_json(runs.RunDir.for_run(tmp_path / "results" / "quickstart",
+                                                         r.data.params["model.name"], 0).metrics)
+            assert r.data.metrics["final_test_acc"] == pytest.approx(metrics["test"]["accuracy"])
+            assert r.info.status == "FINISHED"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
