@@ -79,7 +79,9 @@ def _resubmit(args) -> int:
     if not redo:
         print("nothing to resubmit: every run is completed, pending or running.")
         return 0
-    launcher = [a for a in read_ledger(ledgers(exp_dir)[-1])["args"] if a.startswith("hydra.launcher.")] + extra
+    from bench.sweep.submit import is_launcher_arg
+
+    launcher = [a for a in read_ledger(ledgers(exp_dir)[-1])["args"] if is_launcher_arg(a)] + extra
     tasks = [Task(s.overrides, s.model, s.seed, s.run_dir) for s in redo]
     ledger = submit_tasks(tasks, launcher, exp_dir)
     print(f"resubmitted {len(tasks)} run(s) ({', '.join(f'{s.model}/seed{s.seed}' for s in redo)}); ledger {ledger}")

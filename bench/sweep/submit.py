@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,14 @@ class TrainTask:
         self.overrides = list(overrides)
 
     def __call__(self) -> dict:
+        import logging
+
         from bench.config import compose_config
         from bench.training import run_training
+
+        # What bench-train's Hydra job logging shows, in the task's log (submitit's <job>_<task>_log.out).
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s",
+                            stream=sys.stdout, force=True)
 
         out = run_training(compose_config(self.overrides))
         return {k: out.get(k) for k in ("status", "run_dir", "error")}
@@ -65,7 +72,7 @@ def plan_tasks(args: list[str]) -> tuple[list[Task], object]:
     from bench.preflight import plan_runs
 
     # The launcher's settings are the executor's (executor_for), not a run's.
-    args = [a for a in args if a not in ("-m", "--multirun") and not a.startswith(("hydra.launcher.", "hydra/launcher="))]
+    args = [a for a in args if a not in ("-m", "--multirun") and not is_launcher_arg(a)]
     plan = plan_runs(["-m", *args])
     parser = OverridesParser.create()
     base, elements = [], {}
@@ -88,6 +95,12 @@ def plan_tasks(args: list[str]) -> tuple[list[Task], object]:
     return tasks, plan
 
 
+def is_launcher_arg(arg: str) -> bool:
+    """``hydra.launcher.KEY=...`` (also ``+``/``++`` forms, which add to a map such as
+    additional_parameters) and ``hydra/launcher=...``: the executor's settings, not a run's."""
+    return arg.lstrip("+").startswith(("hydra.launcher.", "hydra/launcher="))
+
+
 def executor_for(args: list[str], folder: Path):
     """A submitit Slurm executor asking for what ``hydra/launcher=slurm`` (with the command line's
     ``hydra.launcher.*`` overrides) asks for."""
@@ -96,7 +109,8 @@ def executor_for(args: list[str], folder: Path):
 
     from bench.config import compose_config
 
-    launcher_args = [a for a in args if a.startswith(("hydra.launcher.", "experiment=", "experiment_name="))]
+    launcher_args = [a for a in args if is_launcher_arg(a) or a.startswith(("experiment=", "experiment_name="))]
+    launcher_args = [a for a in launcher_args if not a.lstrip("+").startswith("hydra/launcher=")]
     cfg = compose_config(["hydra/launcher=slurm", *launcher_args], return_hydra_config=True)
     ln = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
     executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm",

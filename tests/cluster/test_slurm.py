@@ -264,3 +264,40 @@ def test_every_array_task_logs_to_one_mlflow_tracking_server(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+def test_two_jobs_of_the_same_run_train_it_once(tmp_path):
+    """The same sweep submitted twice at once: both jobs start, one holds the run (flock and lease), the other
+    says who trains it and leaves; the run is trained once, each epoch once."""
+    from bench.data.synthetic import synthetic_root
+
+    cache = tmp_path / "cache"
+    synthetic_root(cache / "datasets", n_per_class=60, image_size=48, seed=0)
+    args = ["experiment=quickstart", "model=mobilenet_v2_050", "data.synthetic_n_per_class=60",
+            "data.synthetic_size=48", "data.image_size=48", "trainer.epochs=4", "trainer.num_threads=1",
+            "trainer.device=cpu", "data.decode_workers=1", "trainer.progress=false",
+            f"paths.cache_dir={cache}", f"paths.results_dir={tmp_path / 'results'}",
+            *[a for a in SLURM if a != "hydra/launcher=slurm"]]
+    exp = tmp_path / "results" / "quickstart"
+    held = [*args, "++hydra.launcher.additional_parameters.hold=true"]  # both start at once when released
+    bench("sweep", "submit", *held, cwd=tmp_path)
+    bench("sweep", "submit", *held, cwd=tmp_path)
+    jobs = sorted({t["job_id"] for p in sorted((exp / "sweeps").glob("*/ledger.json"))
+                   for t in runs.read_json(p)["tasks"]})
+    assert len(jobs) == 2, jobs
+    subprocess.run(["scontrol", "release", ",".join(j.split("_")[0] for j in jobs)], check=True, timeout=30)
+    subprocess.run([str(Path(sys.executable).with_name("bench-sweep")), "wait", str(exp), "--every", "1"],
+                   cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    import time
+
+    deadline = time.monotonic() + 120  # the second job may still be saying why it left
+    while any(line for line in subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.splitlines()):
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    logs = [p.read_text(errors="replace") for p in sorted((exp / "sweeps").glob("*/.submitit/*/*_log.out"))]
+    assert len(logs) == 2
+    assert sum("being trained by" in text for text in logs) == 1, logs  # the one that left said why
+    assert sum("epoch 4/4" in text for text in logs) == 1
+    run = runs.RunDir.for_run(exp, "mobilenet_v2_050", 0)
+    assert runs.read_json(run.status)["status"] == runs.STATUS_COMPLETED
+    assert pd.read_csv(run.history)["epoch"].tolist() == [1, 2, 3, 4]
