@@ -32,7 +32,7 @@ LAYERS = [
     {"training"},
     {"ensemble", "predict", "preflight"},
     {"protocols", "cascade"},
-    {"report", "benchmark", "sweep"},
+    {"report", "benchmark", "sweep", "deploy"},
     {"cli"},
 ]
 LAYER = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}

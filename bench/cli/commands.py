@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import bench
 from bench.cli.parsers import (benchmark_parser, compare_parser, ensemble_parser, evaluate_parser,
                                    leaderboard_parser, models_parser, overrides_parser, predict_parser, report_parser,
-                                   sweep_parser)
+                                   sweep_parser, export_parser)
 
 HELP_FLAGS = ("-h", "--help")
 
@@ -100,6 +100,10 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
     Command("bench-sweep", "bench.cli.sweep:main",
             "Submit a sweep to Slurm as one job array and exit, then see each run's state beside the scheduler's, "
             "send again only the runs that failed or were lost, or wait for the end.", parser=sweep_parser),
+    Command("bench-export", "bench.cli.export:main",
+            "Export a run's best.pt to ONNX with model.json (input size, resize, stain target, mean/std, classes, "
+            "temperature, referral threshold), checked against PyTorch on the run's validation images first.",
+            parser=export_parser),
     Command("bench-benchmark", "bench.cli.benchmark:main",
             "Measure training speed: each model alone (the ceiling), the data path, the harness and a plain "
             "ImageFolder/PIL reference loop, in one run; writes <out>/<name>.csv and .json.",
@@ -226,6 +230,7 @@ evaluate = _entry("bench-evaluate")
 report = _entry("bench-report")
 compare = _entry("bench-compare")
 sweep = _entry("bench-sweep")
+export = _entry("bench-export")
 benchmark = _entry("bench-benchmark")
 
 

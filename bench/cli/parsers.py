@@ -227,3 +227,14 @@ def sweep_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("target", nargs="+", help="bench-train overrides (submit) or the experiment folder")
     p.add_argument("--every", type=float, default=30.0, help="wait: seconds between looks (default 30)")
     return p
+
+
+def export_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench-export", description=description,
+                                epilog="e.g. bench-export results/quickstart/runs/resnet18/seed0 --out exports/resnet18")
+    p.add_argument("run", type=Path, help="a run folder (or its best.pt)")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default onnx)")
+    p.add_argument("--out", type=Path, required=True, help="a new folder for model.onnx and model.json")
+    p.add_argument("--check-images", type=Path, default=None,
+                   help="images to check the export on when the run's validation images are not at hand")
+    return p

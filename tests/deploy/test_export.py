@@ -1,0 +1,58 @@
+"""bench-export: the ONNX model gives the run's own validation probabilities (saved by PyTorch when it was
+trained) through ONNX Runtime with model.json's contract; a failed check leaves nothing; model.json
+carries the run's validation choices."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[deploy]')")
+pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install -e '.[deploy]')")
+
+from bench import runs
+from bench.runs import files as run_files
+
+
+def test_the_export_reproduces_the_runs_validation_probabilities_through_onnx_runtime(classifier_run, tmp_path):
+    import onnxruntime as ort
+
+    from bench.cli.export import main as export
+    from bench.data.imagefolder import try_decode
+
+    out = tmp_path / "exported"
+    assert export([str(classifier_run.root), "--out", str(out)]) == 0
+    contract = json.loads((out / "model.json").read_text())
+    metrics = runs.read_json(classifier_run.metrics)
+    paths, _, _, saved = run_files.read_predictions(classifier_run.predictions("val"), metrics["classes"])
+    assert contract["classes"] == metrics["classes"] and contract["input_size"] == metrics["input_size"]
+    # Only model.json's contract and ONNX Runtime: decode, scale to [0, 1], normalise, run, softmax.
+    from pathlib import Path
+
+    images = np.stack([try_decode((str(Path(metrics["data_root"]) / p), contract["input_size"], *contract["geometry"]))[0]
+                       for p in paths]).astype(np.float32) / 255.0
+    x = ((images - np.array(contract["mean"], np.float32)) / np.array(contract["std"], np.float32)).transpose(0, 3, 1, 2)
+    logits = ort.InferenceSession(str(out / contract["file"]), providers=["CPUExecutionProvider"]).run(
+        None, {contract["input"]: np.ascontiguousarray(x, dtype=np.float32)})[0]
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_allclose(probs, saved, atol=1e-4)
+    assert contract["temperature"] == pytest.approx(metrics["calibration"]["temperature"])
+    assert contract["referral_threshold"] == metrics["calibration"]["referral"]["threshold"]
+    assert contract["check"]["images"] == len(paths) and contract["check"]["same_class"] == len(paths)
+
+
+def test_a_failed_check_leaves_nothing_and_an_existing_folder_is_never_overwritten(classifier_run, tmp_path):
+    from bench.deploy import ExportError, export_onnx
+
+    out = tmp_path / "exported"
+    with pytest.raises(ExportError, match="does not give PyTorch's answers.*Nothing was written"):
+        export_onnx(classifier_run.root, out, tolerance=-1.0)  # no difference is small enough
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="exists and is not empty"):
+        export_onnx(classifier_run.root, out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
