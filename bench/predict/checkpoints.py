@@ -44,11 +44,49 @@ class LoadedCheckpoint:
 
 
 
+class OnnxModel:
+    """A model exported by bench-export, behind the call bench-predict makes of a network: a normalised
+    float batch in, logits out (ONNX Runtime on the CPU)."""
+
+    def __init__(self, path: Path):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise PredictError(f"{path} is an ONNX export; running it needs onnxruntime "
+                               "(pip install -e '.[deploy]').") from exc
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"image": x.detach().cpu().float().numpy()})[0])
+
+
+def load_export(folder: Path) -> LoadedCheckpoint:
+    """An export folder (model.json + model.onnx): its contract, the model run by ONNX Runtime. Its path is
+    the source run's best.pt, so what bench-predict reads beside a model (the validation threshold, the
+    temperature) comes from that run when it is at hand."""
+    import json
+
+    try:
+        contract = json.loads((folder / "model.json").read_text())
+        model = OnnxModel(folder / contract["file"])
+        return LoadedCheckpoint(Path(contract["source"]) / "best.pt", str(contract["model"]),
+                                [str(c) for c in contract["classes"]], int(contract["input_size"]),
+                                [float(v) for v in contract["mean"]], [float(v) for v in contract["std"]], model,
+                                geometry=tuple(contract["geometry"]),
+                                stain=StainNormalizer.from_record(contract.get("stain")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PredictError(f"{folder} is not a readable bench-export folder ({type(exc).__name__}: {exc}); "
+                           "export the run again with bench-export.") from exc
+
+
 def load_checkpoint(path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
-    """Rebuild the network of a ``best.pt`` (weights_only load) in eval mode on ``device``."""
+    """Rebuild the network of a ``best.pt`` (weights_only load) in eval mode on ``device``; an export folder
+    (bench-export) runs on ONNX Runtime instead."""
     from bench.training.checkpoints import rebuild_model
 
     path = Path(path)
+    if path.is_dir() and (path / "model.json").is_file():
+        return load_export(path)
     if not path.is_file():
         raise PredictError(f"checkpoint {path} does not exist. Pass a best.pt written by bench-train "
                            "(results/<experiment>/runs/<model>/seed<seed>/best.pt).")

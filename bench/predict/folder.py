@@ -90,6 +90,8 @@ def run(args: argparse.Namespace) -> dict:
     device = prediction_device(args.device)
     checkpoints = [load_checkpoint(p, device) for p in paths]
     class_names = check_same_classes(checkpoints)
+    # An export folder stands for its source run (model.json's source): its validation record and temperature.
+    paths = [c.path for c in checkpoints]
 
     start = time.perf_counter()
     probs, readable, reasons = predict_probs(checkpoints, files, batch_size=args.batch_size, device=device)
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> dict:
     if not readable.any():
         raise PredictError(_nothing_readable(args.images_dir, rel, reasons, skipped))
     ok_paths = [p for p, ok in zip(rel, readable) if ok]
-    record = validation_record(list(args.checkpoint), args.ensemble, voting, class_names)
+    record = validation_record(paths[:len(args.checkpoint)], args.ensemble, voting, class_names)
     if temperatures is not None:  # the validation threshold was chosen on raw probabilities: it does not transfer
         record.threshold, record.why = None, ("--calibrated: the low-confidence threshold was chosen on the raw "
                                               "validation probabilities and does not apply to calibrated ones")

@@ -56,3 +56,26 @@ def test_a_failed_check_leaves_nothing_and_an_existing_folder_is_never_overwritt
     with pytest.raises(ExportError, match="exists and is not empty"):
         export_onnx(classifier_run.root, out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_bench_predict_runs_an_export_folder_with_the_answers_of_its_run(classifier_run, tmp_path):
+    """-c EXPORT (ONNX Runtime) and -c RUN (PyTorch) on the same images: the same classes, counts and
+    low-confidence flags, probabilities within 1e-4."""
+    import pandas as pd
+
+    from bench.cli.export import main as export
+    from bench.cli.predict import main as predict
+
+    metrics = runs.read_json(classifier_run.metrics)
+    from pathlib import Path
+
+    images = Path(metrics["data_root"])
+    assert export([str(classifier_run.root), "--out", str(tmp_path / "exported")]) == 0
+    for name, model in (("torch", classifier_run.root / "best.pt"), ("onnx", tmp_path / "exported")):
+        assert predict([str(images), "-c", str(model), "--out", str(tmp_path / name), "--device", "cpu"]) == 0
+    a, b = (pd.read_csv(tmp_path / name / "predictions.csv") for name in ("torch", "onnx"))
+    assert a["predicted"].tolist() == b["predicted"].tolist() and len(a) == len(list(images.rglob("*.png")))
+    prob_cols = [c for c in a.columns if c.startswith("prob_")]
+    np.testing.assert_allclose(a[prob_cols].to_numpy(), b[prob_cols].to_numpy(), atol=1e-4)
+    assert a["low_confidence"].tolist() == b["low_confidence"].tolist()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "torch" / "counts.csv"), pd.read_csv(tmp_path / "onnx" / "counts.csv"))
