@@ -74,6 +74,10 @@ def run_benchmark(args) -> int:
         from .detection import run_detection_benchmark
 
         return run_detection_benchmark(args)
+    if args.task == "export":
+        from .export import run_export_benchmark
+
+        return run_export_benchmark(args, model_list(args.models))
     import logging
 
     logging.basicConfig(level=logging.WARNING)

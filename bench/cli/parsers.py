@@ -193,8 +193,9 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--ceiling-window", type=float, default=1.0, help="seconds per timing window (best of 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra bench-train override for the harness runs and the sweep, e.g. trainer.amp=true")
-    p.add_argument("--task", choices=("classification", "detection"), default="classification",
-                   help="detection: one detector (--models, default fasterrcnn_mobilenet_v3_large_320_fpn) alone vs "
+    p.add_argument("--task", choices=("classification", "detection", "export"), default="classification",
+                   help="export: PyTorch eager vs ONNX Runtime images/s at batch 1 and 32 (bench.benchmark.export); "
+                        "detection: one detector (--models, default fasterrcnn_mobilenet_v3_large_320_fpn) alone vs "
                         "in the harness, and the smear-field chain's fields/s (bench.benchmark.detection)")
     p.add_argument("--field-size", type=int, default=256, help="--task detection: synthetic field side in pixels")
     p.add_argument("--fields", type=int, default=24, help="--task detection: fields through the chain")

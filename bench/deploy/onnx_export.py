@@ -53,7 +53,7 @@ def export_onnx(run_dir, out_dir, *, images: list[Path] | None = None, tolerance
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        _export(ckpt.model, batch[:2], work / "model.onnx")
+        export_module(ckpt.model, batch[:2], work / "model.onnx")
         check = _check(ckpt.model, work / "model.onnx", batch, tolerance)
         contract = _contract(ckpt, owner, check)
         runs.write_json_atomic(work / "model.json", contract)
@@ -102,7 +102,7 @@ def _decoded(ckpt, files: list[Path]) -> np.ndarray:
     return Normalize(ckpt.mean, ckpt.std)(x).numpy()
 
 
-def _export(model: torch.nn.Module, example: np.ndarray, path: Path) -> None:
+def export_module(model: torch.nn.Module, example: np.ndarray, path: Path) -> None:
     import warnings
 
     batch = torch.export.Dim("batch", min=1, max=65536)

@@ -79,3 +79,18 @@ def test_bench_predict_runs_an_export_folder_with_the_answers_of_its_run(classif
     np.testing.assert_allclose(a[prob_cols].to_numpy(), b[prob_cols].to_numpy(), atol=1e-4)
     assert a["low_confidence"].tolist() == b["low_confidence"].tolist()
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "torch" / "counts.csv"), pd.read_csv(tmp_path / "onnx" / "counts.csv"))
+
+
+def test_the_backend_speed_table_has_both_backends_at_batch_1_and_32(tmp_path):
+    """bench-benchmark --task export on a tiny model: a row per batch size, both backends measured, the
+    exported network giving PyTorch's logits (the speeds themselves are for the table, not for a test)."""
+    import pandas as pd
+
+    from bench.cli.benchmark import main as benchmark
+
+    assert benchmark(["--task", "export", "--models", "simple_cnn", "--image-size", "16", "--ceiling-window", "0.05",
+                      "--out", str(tmp_path), "--name", "t"]) == 0
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert table["batch"].tolist() == [1, 32]
+    assert (table[["torch_img_s", "onnxruntime_img_s"]] > 0).all().all()
+    assert (table["max_abs_logit_diff"] < 1e-4).all()
