@@ -1,4 +1,5 @@
-"""A classifier run as ONNX: ``model.onnx`` (images in, logits out, any batch size) and ``model.json``,
+"""A classifier run as ONNX: ``model.onnx`` (images in, logits out, any batch size), ``MODEL_CARD.md``
+(:mod:`.card`), the run's ``config.yaml``, and ``model.json``,
 the contract a program needs to feed it (input size, how an image is resized or cropped, the stain
 target, mean and std, class order, the temperature and the referral threshold chosen on validation).
 
@@ -57,6 +58,12 @@ def export_onnx(run_dir, out_dir, *, images: list[Path] | None = None, tolerance
         check = _check(ckpt.model, work / "model.onnx", batch, tolerance)
         contract = _contract(ckpt, owner, check)
         runs.write_json_atomic(work / "model.json", contract)
+        if (owner / "metrics.json").exists():
+            from bench.deploy.card import model_card
+
+            runs.write_text_atomic(work / "MODEL_CARD.md", model_card(owner, contract))
+        if (owner / "config.yaml").exists():
+            shutil.copy2(owner / "config.yaml", work / "config.yaml")
         if out_dir.exists():
             out_dir.rmdir()
         work.chmod(0o755)  # mkdtemp's folder is private

@@ -94,3 +94,18 @@ def test_the_backend_speed_table_has_both_backends_at_batch_1_and_32(tmp_path):
     assert table["batch"].tolist() == [1, 32]
     assert (table[["torch_img_s", "onnxruntime_img_s"]] > 0).all().all()
     assert (table["max_abs_logit_diff"] < 1e-4).all()
+
+
+def test_the_model_card_carries_the_runs_own_numbers(classifier_run, tmp_path):
+    from bench.deploy import export_onnx
+
+    export_onnx(classifier_run.root, tmp_path / "exported")
+    card = (tmp_path / "exported" / "MODEL_CARD.md").read_text()
+    m = runs.read_json(classifier_run.metrics)
+    row = (f"| test | {100 * m['test']['accuracy']:.2f} % | {100 * m['test']['balanced_accuracy']:.2f} % | "
+           f"{100 * m['test']['macro']['f1']:.2f} % |")
+    assert row in card
+    assert f"Temperature fitted on validation: {m['calibration']['temperature']:.4f}" in card
+    assert f"config hash {m['config_hash']}" in card and ", ".join(m["classes"]) in card
+    assert "Not evaluated on any other lab's images" in card
+    assert (tmp_path / "exported" / "config.yaml").read_text() == (classifier_run.root / "config.yaml").read_text()
