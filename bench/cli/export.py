@@ -28,7 +28,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from bench.predict.images import list_images
 
         images, _ = list_images(args.check_images)
+    from bench.ensemble.folders import MEMBERS_CSV
+
     try:
+        if (args.run / MEMBERS_CSV).is_file():
+            from bench.deploy import export_ensemble
+
+            contract = export_ensemble(args.run, args.out, images=images)
+            print(f"wrote {args.out}: {len(contract['members'])} member exports (each checked against PyTorch), "
+                  f"members.csv and ensemble.json ({contract['voting']} vote); bench-predict --ensemble {args.out}")
+            return 0
         contract = export_onnx(args.run, args.out, images=images)
     except (ExportError, PredictError) as exc:
         print(f"bench-export: {exc}", file=sys.stderr)

@@ -4,6 +4,6 @@ PyTorch on the run's own validation images before anything is kept, with its pre
 Modules: :mod:`.onnx_export` (``bench-export RUN --format onnx``: the network, ``model.json``, the check).
 """
 
-from bench.deploy.onnx_export import ExportError, export_module, export_onnx, onnx_probs
+from bench.deploy.onnx_export import ExportError, export_ensemble, export_module, export_onnx, onnx_probs
 
-__all__ = ["ExportError", "export_module", "export_onnx", "onnx_probs"]
+__all__ = ["ExportError", "export_ensemble", "export_module", "export_onnx", "onnx_probs"]

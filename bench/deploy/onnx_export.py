@@ -154,3 +154,48 @@ def _contract(ckpt, owner: Path, check: dict) -> dict:
         "referral_threshold": None if chosen is None else chosen[1],
         "source": str(owner), "torch": torch.__version__, "check": check,
     }
+
+
+def export_ensemble(ens_dir, out_dir, *, images: list[Path] | None = None, tolerance: float = TOLERANCE) -> dict:
+    """An ensemble folder (bench-ensemble) exported: each member as its own checked export under
+    ``members/``, ``members.csv`` naming them in rank order with their weights, and the ensemble's
+    metrics.json (its voting and validation threshold), so ``bench-predict --ensemble OUT`` votes as the
+    ensemble does, with bench.ensemble.voting's tie rules. ``ensemble.json`` states the vote for other programs."""
+    import pandas as pd
+
+    from bench.ensemble.folders import MEMBERS_CSV
+    from bench.predict.checkpoints import ensemble_checkpoints
+
+    ens_dir, out_dir = Path(ens_dir), Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ExportError(f"--out {out_dir} exists and is not empty; choose a new folder (nothing is overwritten).")
+    paths, weights, voting = ensemble_checkpoints(ens_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        members = pd.read_csv(ens_dir / MEMBERS_CSV)
+        folders = []
+        for i, path in enumerate(paths):
+            folder = work / "members" / f"{i + 1}-{path.parent.parent.name}-{path.parent.name}"
+            export_onnx(path, folder, images=images, tolerance=tolerance)
+            folders.append(folder)
+        final = [out_dir / f.relative_to(work) for f in folders]
+        members["checkpoint"] = [str(f) for f in final]  # absolute: the folder is moved into place below
+        runs.write_csv_atomic(work / MEMBERS_CSV, members)
+        shutil.copy2(ens_dir / "metrics.json", work / "metrics.json")
+        contract = {"format": "onnx-ensemble", "voting": voting, "weights": weights,
+                    "members": [str(f.relative_to(out_dir)) for f in final], "source": str(ens_dir),
+                    "tie_rules": "bench.ensemble.voting. Hard: most (weighted) votes, then the largest (weighted) "
+                                 "probability sum, then the class of the best-ranked member voting for a tied class, "
+                                 "then the lowest class index. Soft: the largest (weighted) mean probability, then "
+                                 "more votes, then the best-ranked member's vote, then the lowest class index. "
+                                 "Scores within 1e-9 are tied."}
+        runs.write_json_atomic(work / "ensemble.json", contract)
+        work.chmod(0o755)
+        if out_dir.exists():
+            out_dir.rmdir()
+        work.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return contract

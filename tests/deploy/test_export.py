@@ -109,3 +109,31 @@ def test_the_model_card_carries_the_runs_own_numbers(classifier_run, tmp_path):
     assert f"config hash {m['config_hash']}" in card and ", ".join(m["classes"]) in card
     assert "Not evaluated on any other lab's images" in card
     assert (tmp_path / "exported" / "config.yaml").read_text() == (classifier_run.root / "config.yaml").read_text()
+
+
+def test_an_exported_ensemble_votes_as_the_ensemble_does(classifier_run_copy, make_cfg, tmp_path):
+    """Two members by majority vote (ties between them are frequent: one vote each): bench-predict on the
+    exported ensemble gives the ensemble's class for every image, and the same counts."""
+    import pandas as pd
+
+    from bench.cli.ensemble import main as ensemble
+    from bench.cli.export import main as export
+    from bench.cli.predict import main as predict
+    from bench.training import run_training
+    from pathlib import Path
+
+    exp = classifier_run_copy.root.parents[2]
+    second = run_training(make_cfg("trainer.epochs=1", "trainer.max_batches=2", "experiment_name=cells",
+                                   f"paths.results_dir={exp.parent}", "seed=1"))
+    assert second["status"] == "completed", second
+    assert ensemble([str(exp), "k=2", "method=majority"]) == 0
+    ens = exp / "ensembles" / "majority-k2"
+    assert export([str(ens), "--out", str(tmp_path / "exported")]) == 0
+    contract = json.loads((tmp_path / "exported" / "ensemble.json").read_text())
+    assert contract["voting"] == "hard" and len(contract["members"]) == 2
+    images = Path(runs.read_json(classifier_run_copy.metrics)["data_root"])
+    for name, folder in (("torch", ens), ("onnx", tmp_path / "exported")):
+        assert predict([str(images), "--ensemble", str(folder), "--out", str(tmp_path / name), "--device", "cpu"]) == 0
+    a, b = (pd.read_csv(tmp_path / name / "predictions.csv") for name in ("torch", "onnx"))
+    assert a["predicted"].tolist() == b["predicted"].tolist()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "torch" / "counts.csv"), pd.read_csv(tmp_path / "onnx" / "counts.csv"))
