@@ -32,7 +32,7 @@ LAYERS = [
     {"training"},
     {"ensemble", "predict", "preflight"},
     {"protocols", "cascade"},
-    {"report", "benchmark", "sweep", "deploy"},
+    {"report", "benchmark", "sweep", "deploy", "tune"},
     {"cli"},
 ]
 LAYER = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}

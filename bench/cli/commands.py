@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import bench
 from bench.cli.parsers import (benchmark_parser, compare_parser, ensemble_parser, evaluate_parser,
                                    leaderboard_parser, models_parser, overrides_parser, predict_parser, report_parser,
-                                   sweep_parser, export_parser)
+                                   sweep_parser, export_parser, tune_parser)
 
 HELP_FLAGS = ("-h", "--help")
 
@@ -100,6 +100,10 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
     Command("bench-sweep", "bench.cli.sweep:main",
             "Submit a sweep to Slurm as one job array and exit, then see each run's state beside the scheduler's, "
             "send again only the runs that failed or were lost, or wait for the end.", parser=sweep_parser),
+    Command("bench-tune", "bench.cli.tune:main",
+            "Give every architecture the same tuning budget: one Optuna study per model over tune.space, each trial "
+            "a normal run, pruned on validation, continued by running the command again; --final retrains the best.",
+            parser=tune_parser),
     Command("bench-export", "bench.cli.export:main",
             "Export a run's best.pt to ONNX with model.json (input size, resize, stain target, mean/std, classes, "
             "temperature, referral threshold), checked against PyTorch on the run's validation images first.",
@@ -231,6 +235,7 @@ report = _entry("bench-report")
 compare = _entry("bench-compare")
 sweep = _entry("bench-sweep")
 export = _entry("bench-export")
+tune = _entry("bench-tune")
 benchmark = _entry("bench-benchmark")
 
 

@@ -239,3 +239,15 @@ def export_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--check-images", type=Path, default=None,
                    help="images to check the export on when the run's validation images are not at hand")
     return p
+
+
+def tune_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bench-tune", description=description,
+        epilog="e.g. bench-tune model=resnet18,vgg16 tune.space=\"{optim.lr: 'log(1e-4, 1e-1)', "
+               "optim.momentum: [0.8, 0.95]}\" tune.trials=20 tune.workers=2; then the same with --final")
+    p.add_argument("overrides", nargs="*", help="bench-train overrides; model=a,b (one study each), seed=0,1 "
+                                                "(--final), tune.* (space, trials, workers, pruner, seed, storage)")
+    p.add_argument("--final", action="store_true",
+                   help="retrain each model's best configuration (chosen on validation) as <experiment>/tuned")
+    return p

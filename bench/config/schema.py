@@ -283,6 +283,22 @@ class ReferralConfig:
 
 
 @dataclass
+class TuneConfig:
+    """``bench-tune`` (bench/tune/): one Optuna study per architecture, every trial a normal run folder."""
+
+    # KEY: 'log(lo, hi)' | 'uniform(lo, hi)' | 'int(lo, hi)' | [choice, ...], e.g.
+    # tune.space="{optim.lr: 'log(1e-4, 1e-1)', optim.momentum: [0.8, 0.9, 0.95]}". Typed Any: a {...}
+    # override cannot merge into a null map (checked by bench.tune.space).
+    space: Any = None
+    trials: int = 20  # per architecture, across all workers (completed and pruned trials count)
+    workers: int = 1  # local processes asking the study for trials at once
+    seed: int = 0  # the TPE sampler's seed (worker k uses seed + k)
+    pruner: str = "median"  # median | halving | none: stop a trial whose validation number lags
+    startup_trials: int = 3  # trials run whole before the median pruner starts comparing
+    storage: Optional[str] = None  # null: a journal file in results/<experiment>/tuning/; or a database URL
+
+
+@dataclass
 class BenchConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -301,6 +317,7 @@ class BenchConfig:
     referral: ReferralConfig = not_a_result(default_factory=ReferralConfig)
     cv: CvConfig = another_command(default_factory=CvConfig, command="bench-cv")
     two_level: TwoLevelConfig = another_command(default_factory=TwoLevelConfig, command="bench-cv")
+    tune: TuneConfig = another_command(default_factory=TuneConfig, command="bench-tune")
 
 
 # --------------------------------------------------------------------------- the choices

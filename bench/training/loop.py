@@ -53,6 +53,7 @@ class Progress:
     best_weights: dict | None = None  # its weights (a CPU copy) until written to best.pt
     last_write: float = field(default_factory=time.monotonic)
     epoch_lr: float | None = None  # the learning rate the current epoch started with
+    stopped: dict | None = None  # {"after_epoch", "why"} when a hook stopped the run early (bench-tune's pruner)
 
 
 class Task(Protocol):
@@ -101,10 +102,17 @@ def run_loop(task: Task, run_dir: runs.RunDir, chash: str, threads, tracker) -> 
             if not task.per_step:
                 task.scheduler.step()  # once per epoch, after it
             record_epoch(task, progress, epoch, row, score, val, run_dir, tracker)
-            write_checkpoints(task, progress, epoch, run_dir, chash, now=warning.pending is not None)
+            stop = getattr(tracker, "stop_reason", None)  # an epoch hook asked to stop (bench-tune's pruner)
+            write_checkpoints(task, progress, epoch, run_dir, chash, now=warning.pending is not None or bool(stop))
             warning.release()  # requeued by the scheduler from here (a no-op without a warning)
+            if stop:
+                progress.stopped = {"after_epoch": epoch + 1, "why": stop}
+                log.info("%s seed %d: stopped after epoch %d: %s", cfg.model.name, cfg.seed, epoch + 1, stop)
+                break
     load_best(task, run_dir)
     metrics = task.results(progress, run_dir)
+    if progress.stopped:
+        metrics["stopped_early"] = progress.stopped
     run_files.write_metrics(run_dir.root, metrics)
     tracker.final(metrics)
     log.info("%s seed %d: %s -> %s", cfg.model.name, cfg.seed, task.summary(metrics), run_dir.root)

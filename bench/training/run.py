@@ -30,9 +30,11 @@ from bench.training.threads import thread_policy
 log = logging.getLogger("bench.train")
 
 
-def run_training(cfg: DictConfig) -> dict:
+def run_training(cfg: DictConfig, *, epoch_hook=None) -> dict:
     """Train, select by validation, evaluate on test, write the run folder; never raises
-    for a model failure (the returned dict has ``status`` and ``error``)."""
+    for a model failure (the returned dict has ``status`` and ``error``). ``epoch_hook(epoch, numbers)``,
+    called after each epoch with its history row, may return a reason to stop there (bench-tune's
+    pruner): the run then ends as completed with ``stopped_early`` in metrics.json."""
     exp_dir = runs.experiment_dir(cfg.paths.results_dir, cfg.experiment_name)
     model_name, seed = cfg.model.name, int(cfg.seed)
     run_dir = runs.RunDir.for_run(exp_dir, model_name, seed)
@@ -40,12 +42,26 @@ def run_training(cfg: DictConfig) -> dict:
     life = runs.RunLifecycle(run_dir, chash, OmegaConf.to_yaml(container), model=model_name, seed=seed,
                              experiment=cfg.experiment_name, after=lambda: refresh_leaderboard(exp_dir))
     try:
-        return life.run(lambda: fit_with_oom_retry(cfg, run_dir, exp_dir, chash))
+        return life.run(lambda: fit_with_oom_retry(cfg, run_dir, exp_dir, chash, epoch_hook))
     finally:
         release_memory()
 
 
-def fit_with_oom_retry(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str) -> dict:
+class HookedTracker:
+    """The run's tracker, then ``hook(epoch, numbers)`` after each epoch; its reason to stop is kept."""
+
+    def __init__(self, tracker, hook):
+        self.tracker, self.hook, self.stop_reason = tracker, hook, None
+
+    def epoch(self, epoch, numbers):
+        self.tracker.epoch(epoch, numbers)
+        self.stop_reason = self.hook(epoch, numbers) or None
+
+    def __getattr__(self, name):
+        return getattr(self.tracker, name)
+
+
+def fit_with_oom_retry(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str, epoch_hook=None) -> dict:
     """On CUDA out-of-memory, retry once with half the micro-batch and twice the gradient
     accumulation, so the effective batch (and the protocol) stays the same."""
     fit = fitting.fit
@@ -54,6 +70,8 @@ def fit_with_oom_retry(cfg, run_dir: runs.RunDir, exp_dir: Path, chash: str) -> 
     with thread_policy(cfg.trainer.num_threads, cfg.paths.cache_dir) as threads, \
             make_logger(cfg, runs.model_dirname(cfg.model.name), int(cfg.seed)) as tracker:
         tracker.params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        if epoch_hook is not None:
+            tracker = HookedTracker(tracker, epoch_hook)
         try:
             return fit(cfg, run_dir, exp_dir, chash, threads, tracker, grad_accum=cfg.trainer.grad_accum)
         except torch.cuda.OutOfMemoryError as exc:

@@ -1,0 +1,128 @@
+"""bench-tune: the search space's text, pruning on scripted validation numbers, seeded trials, the best
+configuration chosen on validation only, a dead worker's trial retried once, and two worker processes
+sharing one journal with exactly the trials asked for."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna", reason="optuna is not installed (pip install -e '.[tune]')")
+
+from bench import runs
+from bench.tune import SpaceError, parse_space, trial_objective
+
+SPACE = {"optim.lr": "log(1e-4, 1e-1)", "optim.momentum": [0.8, 0.95], "trainer.batch_size": "int(8, 64)"}
+
+
+def test_the_space_is_read_as_written_and_a_bad_one_is_named():
+    assert parse_space(SPACE) == {"optim.lr": ("log", 1e-4, 1e-1), "optim.momentum": ("choice", [0.8, 0.95]),
+                                  "trainer.batch_size": ("int", 8, 64)}
+    with pytest.raises(SpaceError, match=r"tune.space.optim.lr='log\(0, 1\)': needs lo < hi and lo > 0"):
+        parse_space({"optim.lr": "log(0, 1)"})
+    with pytest.raises(SpaceError, match="tune.space is empty"):
+        parse_space(None)
+    with pytest.raises(SpaceError, match=r"tune.space.optim.lr='exp\(1, 2\)' is not log"):
+        parse_space({"optim.lr": "exp(1, 2)"})
+
+
+def scripted(tmp_path, curves: dict[int, list[float]], calls: list):
+    """A stand-in for run_training: trial n's epochs report curves[n]; a stop request ends the run there,
+    written as bench's loop writes it (stopped_early in metrics.json)."""
+    def train(cfg, *, epoch_hook):
+        n = int(cfg.experiment_name.rsplit("trial", 1)[1])
+        run_dir = tmp_path / f"trial{n}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        seen, stopped = [], None
+        for epoch, value in enumerate(curves[n], start=1):
+            seen.append(value)
+            stopped = epoch_hook(epoch, {"val_acc": value, "val_loss": 1.0})
+            if stopped:
+                break
+        calls.append((n, len(seen)))
+        metrics = {"val": {"accuracy": max(seen)}, "test": {"accuracy": 0.0},
+                   **({"stopped_early": {"after_epoch": len(seen), "why": stopped}} if stopped else {})}
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        return {"status": "completed", "run_dir": str(run_dir), "val_score": max(seen)}
+    return train
+
+
+@pytest.mark.known_answer
+def test_a_trial_below_the_median_is_pruned_after_that_epoch_and_is_a_row_not_an_error(tmp_path):
+    # Trial 0 runs whole (startup); trial 1 reports 0.1 at epoch 1 where trial 0 had 0.5: the median pruner
+    # stops it after epoch 1; trial 2 stays above trial 0 and runs whole.
+    curves = {0: [0.5, 0.6, 0.7], 1: [0.1, 0.1, 0.1], 2: [0.9, 0.9, 0.9]}
+    calls = []
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    study.optimize(trial_objective([], "simple_cnn", parse_space(SPACE), "exp", "val_acc",
+                                   train=scripted(tmp_path, curves, calls)), n_trials=3)
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "PRUNED", "COMPLETE"]
+    assert calls == [(0, 3), (1, 1), (2, 3)]
+    assert study.best_trial.number == 2 and study.best_value == 0.9  # the validation number; test is 0.0
+
+
+def test_the_same_seed_draws_the_same_trials(tmp_path):
+    def params(seed):
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+        curves = {n: [0.5] for n in range(6)}
+        study.optimize(trial_objective([], "simple_cnn", parse_space(SPACE), "exp", "val_acc",
+                                       train=scripted(tmp_path / str(seed), curves, [])), n_trials=6)
+        return [t.params for t in study.trials]
+
+    assert params(3) == params(3) and params(3) != params(4)
+
+
+@pytest.mark.reliability
+def test_a_trial_a_dead_worker_left_running_is_failed_and_tried_once_more(tmp_path):
+    from bench.tune.study import RETRIED, prepare_study
+
+    tune = {"storage": None}
+    study = prepare_study("exp", "simple_cnn", tmp_path, tune)
+    trial = study.ask()
+    trial.suggest_float("optim.lr", 1e-4, 1e-1, log=True)  # then its worker dies: the trial stays RUNNING
+    again = prepare_study("exp", "simple_cnn", tmp_path, tune)
+    trials = again.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
+    assert trials[1].system_attrs["fixed_params"] == trials[0].params and trials[1].user_attrs[RETRIED] == 0
+    assert len(prepare_study("exp", "simple_cnn", tmp_path, tune).get_trials(deepcopy=False)) == 2  # once only
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_journal_and_the_study_has_exactly_the_trials_asked_for(tmp_path, cache_dir):
+    from bench.data.synthetic import synthetic_root
+
+    synthetic_root(cache_dir / "datasets", n_per_class=30, image_size=48, seed=0)  # not drawn by two workers at once
+    args = ["experiment=quickstart", "model=simple_cnn", "tune.space={optim.lr: 'log(1e-3, 1e-1)', optim.momentum: [0.8, 0.95]}",
+            "tune.trials=4", "tune.workers=2", "tune.startup_trials=1", "trainer.epochs=2", "data.synthetic_n_per_class=30",
+            "data.image_size=32", "data.synthetic_size=48", "trainer.num_threads=1", "trainer.progress=false",
+            f"paths.results_dir={tmp_path / 'results'}", f"paths.cache_dir={cache_dir}"]
+    script = Path(sys.executable).with_name("bench-tune")
+    done = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    exp = tmp_path / "results" / "quickstart"
+    from bench.tune.study import storage_for, study_name
+
+    study = optuna.load_study(study_name=study_name("quickstart", "simple_cnn"), storage=storage_for(None, exp))
+    counted = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(counted) == 4
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    folders = sorted(p.name for p in (exp / "tuning" / "simple_cnn").glob("trial*"))
+    assert len(folders) == 4 and len({t.params["optim.lr"] for t in counted}) == 4  # no trial run twice
+    best = runs.read_json(exp / "tuning" / "simple_cnn" / "best.json")
+    assert best["value"] == max(t.value for t in counted if t.state.name == "COMPLETE")
+    run = runs.read_json(Path(best["run_dir"]) / "metrics.json")
+    assert best["value"] == pytest.approx(run["val"]["accuracy"])  # chosen on validation
+
+    final = subprocess.run([str(script), "--final", *args], capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    board = (exp / "tuned" / "leaderboard.csv").read_text()
+    assert "simple_cnn" in board
+    tuned = runs.read_json(runs.RunDir.for_run(exp / "tuned", "simple_cnn", 0).metrics)
+    assert any(d.startswith("optim.lr=") for d in tuned["protocol_deviations"]) or best["params"]["optim.lr"] == 0.001
