@@ -167,3 +167,22 @@ def test_stain_options_are_checked_before_anything_runs():
     assert any("data.stain='vahadane'" in p and "macenko" in p for p in bad)
     detector = validate_config(compose_cfg("experiment=detect_quickstart", "data.stain=macenko"))
     assert any("data.stain='macenko'" in p and "detector" in p for p in detector)
+
+
+def test_a_memory_mapped_store_is_normalised_into_a_memory_mapped_file(tmp_path):
+    """data.store=mmap: the normalised splits are read from the stain cache batch by batch, as the store is."""
+    from bench.data.store import MappedImages
+
+    root = stained_folders(tmp_path / "cells")
+    cfg = compose_cfg("data=imagefolder", f"data.root={root}", "data.decode_workers=1", "data.store=mmap")
+    plain = build_data(cfg.data, image_size=24, exp_dir=tmp_path / "exp", cache_dir=str(tmp_path / "cache"))
+    stained = compose_cfg("data=imagefolder", f"data.root={root}", "data.decode_workers=1", "data.store=mmap",
+                          "data.stain=reinhard")
+    bundle = build_data(stained.data, image_size=24, exp_dir=tmp_path / "exp", cache_dir=str(tmp_path / "cache"))
+    assert isinstance(bundle.splits["test"].images, MappedImages)
+    lib = NumpyReinhardNormalizer()
+    lib.target_means = np.asarray(bundle.stain["target"]["means"])
+    lib.target_stds = np.asarray(bundle.stain["target"]["stds"])
+    want = np.stack([lib.normalize(im) for im in hwc(plain.splits["test"].images[np.arange(len(plain.splits["test"]))])])
+    got = hwc(bundle.splits["test"].images[np.arange(len(bundle.splits["test"]))])
+    np.testing.assert_array_equal(got, want)
