@@ -14,6 +14,7 @@ The exporter is torch.onnx's ``dynamo=True`` path (torch.export), with the batch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -27,6 +28,11 @@ from bench import runs
 TOLERANCE = 1e-4  # max |difference| of a probability, PyTorch vs ONNX Runtime
 CHECK_IMAGES = 256  # validation images the check runs (all of them when fewer)
 OPSET = 18
+TIE_RULES = ("bench.ensemble.voting. Hard: most (weighted) votes, then the largest (weighted) "
+             "probability sum, then the class of the best-ranked member voting for a tied class, "
+             "then the lowest class index. Soft: the largest (weighted) mean probability, then "
+             "more votes, then the best-ranked member's vote, then the lowest class index. "
+             "Scores within 1e-9 are tied.")
 
 
 class ExportError(ValueError):
@@ -45,15 +51,12 @@ def export_onnx(run_dir, out_dir, *, images: list[Path] | None = None, tolerance
     from bench.predict import load_checkpoint
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ExportError(f"--out {out_dir} exists and is not empty; choose a new folder (nothing is overwritten).")
+    check_new_folder(out_dir)
     ckpt = load_checkpoint(run_dir / "best.pt" if run_dir.is_dir() else run_dir)
     owner = ckpt.path.parent
     files = images if images is not None else validation_files(owner)
     batch = _decoded(ckpt, files[:CHECK_IMAGES])
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged(out_dir) as work:
         export_module(ckpt.model, batch[:2], work / "model.onnx")
         check = _check(ckpt.model, work / "model.onnx", batch, tolerance)
         contract = _contract(ckpt, owner, check)
@@ -64,6 +67,22 @@ def export_onnx(run_dir, out_dir, *, images: list[Path] | None = None, tolerance
             runs.write_text_atomic(work / "MODEL_CARD.md", model_card(owner, contract))
         if (owner / "config.yaml").exists():
             shutil.copy2(owner / "config.yaml", work / "config.yaml")
+    return contract
+
+
+def check_new_folder(out_dir: Path) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ExportError(f"--out {out_dir} exists and is not empty; choose a new folder (nothing is overwritten).")
+
+
+@contextlib.contextmanager
+def staged(out_dir: Path):
+    """A temporary folder beside ``out_dir`` to write into; moved into place when the block ends without an
+    error, removed otherwise: a failed export leaves nothing behind."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield work
         if out_dir.exists():
             out_dir.rmdir()
         work.chmod(0o755)  # mkdtemp's folder is private
@@ -71,7 +90,6 @@ def export_onnx(run_dir, out_dir, *, images: list[Path] | None = None, tolerance
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return contract
 
 
 def validation_files(owner: Path) -> list[Path]:
@@ -167,12 +185,9 @@ def export_ensemble(ens_dir, out_dir, *, images: list[Path] | None = None, toler
     from bench.predict.checkpoints import ensemble_checkpoints
 
     ens_dir, out_dir = Path(ens_dir), Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ExportError(f"--out {out_dir} exists and is not empty; choose a new folder (nothing is overwritten).")
+    check_new_folder(out_dir)
     paths, weights, voting = ensemble_checkpoints(ens_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged(out_dir) as work:
         members = pd.read_csv(ens_dir / MEMBERS_CSV)
         folders = []
         for i, path in enumerate(paths):
@@ -185,17 +200,6 @@ def export_ensemble(ens_dir, out_dir, *, images: list[Path] | None = None, toler
         shutil.copy2(ens_dir / "metrics.json", work / "metrics.json")
         contract = {"format": "onnx-ensemble", "voting": voting, "weights": weights,
                     "members": [str(f.relative_to(out_dir)) for f in final], "source": str(ens_dir),
-                    "tie_rules": "bench.ensemble.voting. Hard: most (weighted) votes, then the largest (weighted) "
-                                 "probability sum, then the class of the best-ranked member voting for a tied class, "
-                                 "then the lowest class index. Soft: the largest (weighted) mean probability, then "
-                                 "more votes, then the best-ranked member's vote, then the lowest class index. "
-                                 "Scores within 1e-9 are tied."}
+                    "tie_rules": TIE_RULES}
         runs.write_json_atomic(work / "ensemble.json", contract)
-        work.chmod(0o755)
-        if out_dir.exists():
-            out_dir.rmdir()
-        work.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return contract
