@@ -4,13 +4,22 @@ run folders and command lines more than one test module writes. No test module i
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from bench import runs
 from bench.config import compose_config
+from bench.metrics import classification_metrics
+
+# PBC's eight classes in the order bench lists them.
+PBC_ORDER = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
 
 # Small enough for seconds per run on 2 cores, big enough that every class reaches all splits.
 SMOKE_OVERRIDES = [
@@ -137,3 +146,53 @@ def random_stack(rng, m, n, c, skill=1.5):
     logits[:, np.arange(n), y] += rng.uniform(0.5, skill, size=(m, 1))
     p = np.exp(logits)
     return p / p.sum(axis=2, keepdims=True), y
+
+
+def fake_run(exp: Path, model: str, seed: int, y: dict, pred: dict, *, gflops=1.0, train_time=10.0,
+             classes=PBC_ORDER, epochs=3, **recorded) -> None:
+    """A completed run folder as bench.cli.train writes it, from given labels and predictions per split;
+    ``recorded``: more metrics.json keys (recipe, protocol_deviations)."""
+    rd = runs.RunDir.for_run(exp, model, seed)
+    metrics = {"experiment": exp.name, "model": model, "seed": seed, "status": "completed", "classes": classes,
+               "params_m": gflops * 2, "gflops": gflops, "train_time_s": train_time, "epochs": epochs,
+               "best_epoch": epochs, "data_root": "/data/PBC_dataset_normal_DIB", **recorded}
+    for split in ("val", "test"):
+        metrics[split] = classification_metrics(y[split], pred[split], classes)
+        probs = np.full((len(y[split]), len(classes)), 0.01)
+        probs[np.arange(len(y[split])), pred[split]] = 1 - 0.01 * (len(classes) - 1)
+        paths = [f"{i:05d}/{classes[c]}.jpg" for i, c in enumerate(y[split])]  # sorted = index order
+        frame = pd.DataFrame({"path": paths,
+                              "label": [classes[c] for c in y[split]],
+                              "predicted": [classes[c] for c in pred[split]]})
+        for j, c in enumerate(classes):
+            frame[f"prob_{c}"] = probs[:, j]
+        runs.write_csv_atomic(rd.predictions(split), frame)
+    hist = pd.DataFrame({"epoch": range(1, epochs + 1), "lr": 0.01, "train_loss": np.linspace(2, 0.5, epochs),
+                         "train_acc": np.linspace(0.3, 0.9, epochs), "val_loss": np.linspace(2, 0.7, epochs),
+                         "val_acc": np.linspace(0.3, metrics["val"]["accuracy"], epochs), "seconds": 1.0,
+                         "train_img_s": 100.0})
+    runs.write_csv_atomic(rd.history, hist)
+    runs.write_json_atomic(rd.metrics, metrics)
+    rd.write_status(runs.STATUS_COMPLETED, config_hash="0", model=model, seed=seed)
+
+
+def cluster_state() -> str | None:
+    """Why there is no cluster to test against (None: there is one)."""
+    if not os.environ.get("SLURM_CONF"):
+        return "no SLURM_CONF: run `make cluster-test`, which starts a local Slurm cluster"
+    if not shutil.which("sinfo"):
+        return "sinfo is not installed"
+    done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    states = done.stdout.split()
+    if done.returncode or not any(s in ("idle", "mixed", "allocated") for s in states):
+        return f"the cluster of SLURM_CONF={os.environ['SLURM_CONF']} is not up (sinfo: {done.stderr.strip() or states})"
+    return None
+
+
+def bench_command(command: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``bench-<command> args`` from this environment in ``cwd``, which must exit 0 (its output otherwise)."""
+    script = Path(sys.executable).with_name(f"bench-{command}")
+    proc = subprocess.run([str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 0, f"bench-{command} exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc

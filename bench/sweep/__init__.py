@@ -8,7 +8,7 @@ ledger) and :mod:`.status` (each task's state from its run folder and ``squeue``
 """
 
 from bench.sweep.status import TaskState, sweep_states, format_states, ledgers
-from bench.sweep.submit import SweepError, TrainTask, plan_tasks, submit_tasks
+from bench.sweep.submit import SweepError, Task, TrainTask, executor_for, is_launcher_arg, plan_tasks, submit_tasks
 
-__all__ = ["TaskState", "sweep_states", "format_states", "ledgers", "SweepError", "TrainTask", "plan_tasks",
-           "submit_tasks"]
+__all__ = ["TaskState", "sweep_states", "format_states", "ledgers", "SweepError", "Task", "TrainTask", "plan_tasks",
+           "submit_tasks", "executor_for", "is_launcher_arg"]

@@ -3,9 +3,10 @@
 - **A trial is a run.** Trial ``n`` of ``model`` trains with the sampled values as overrides, in the
   experiment ``<experiment>/tuning/<model>/trial<n>``: the run lifecycle, resume and failed rows as for
   any run. Its value is the run's best validation number of ``trainer.select_by``; test is never read.
-- **Workers ask when free.** ``tune.workers`` processes each run ``study.optimize`` on the same study
-  until ``tune.trials`` trials are complete or pruned (Optuna's MaxTrialsCallback): a worker that ends a
-  trial takes the next at once, so no worker waits for the slowest of a batch.
+- **Workers ask when free.** ``tune.workers`` processes (local, or Slurm array tasks: :mod:`.slurm`) each
+  ask the same study for a trial until it has ``tune.trials`` complete or pruned trials: a worker that ends
+  a trial takes the next at once, so no worker waits for the slowest of a batch. A trial two free workers
+  start at once beyond that count is a surplus: told FAILED (user attr ``surplus``) without training.
 - **Storage.** An Optuna journal file, ``<experiment>/tuning/journal.log`` (file locks: a shared
   filesystem is enough, no database server), or ``tune.storage=`` a database URL.
 - **Pruning.** Every epoch reports its validation number; when the pruner (median of the other trials
@@ -29,6 +30,18 @@ log = logging.getLogger("bench.tune")
 
 TUNING_DIR = "tuning"
 RETRIED = "retry_of"  # user attr of a trial enqueued to retry a dead worker's trial
+WORKER = "worker"  # user attr: the host, pid and Slurm job/array task of the process that ran the trial
+TUNED_DIR = "tuned"  # <experiment>/tuned: bench-tune --final's retrains of each best configuration
+
+
+def worker_identity() -> dict:
+    """Host, pid and, in a Slurm job, the job id and array task id of this process."""
+    import os
+    import socket
+
+    slurm = {"slurm_job": os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
+             "slurm_array_task": os.environ.get("SLURM_ARRAY_TASK_ID")}
+    return {"host": socket.gethostname(), "pid": os.getpid(), **{k: v for k, v in slurm.items() if v is not None}}
 
 
 def storage_for(storage: str | None, exp_dir: Path):
@@ -75,8 +88,10 @@ def trial_objective(base: list[str], model: str, space: dict, exp_name: str, sel
                 TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)) if t.number < trial.number]
             if len(before) >= n_trials:
                 trial.set_user_attr("surplus", True)
-                trial.study.stop()
                 raise Surplus(f"trial {trial.number}: the study has its {n_trials} trials")
+        # Which process ran the trial (a Slurm array task, a local worker): how the cluster test sees
+        # that the tasks shared the study, and how a user finds a trial's log.
+        trial.set_user_attr(WORKER, worker_identity())
         values = suggest(trial, space)
         overrides = [*base, f"model={model}", *(f"{k}={v}" for k, v in values.items()),
                      f"experiment_name={exp_name}/{TUNING_DIR}/{model}/trial{trial.number:03d}"]
@@ -116,26 +131,52 @@ def study_name(exp_name: str, model: str) -> str:
 
 def _worker(k: int, base: list[str], model: str, space: dict, exp_name: str, exp_dir: str, tune: dict,
             select_by: str) -> None:
+    """Ask the study for trials until it has ``tune['trials']`` counted ones (or this worker asked that many)."""
     import optuna
-    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=study_name(exp_name, model), storage=storage_for(tune["storage"], Path(exp_dir)),
                               sampler=optuna.samplers.TPESampler(seed=int(tune["seed"]) + k),
                               pruner=make_pruner(tune["pruner"], int(tune["startup_trials"])))
-    done = MaxTrialsCallback(int(tune["trials"]), states=(TrialState.COMPLETE, TrialState.PRUNED))
-    if _counted(study) >= int(tune["trials"]):
-        return
-    study.optimize(trial_objective(base, model, space, exp_name, select_by, n_trials=int(tune["trials"])),
-                   n_trials=int(tune["trials"]),
-                   callbacks=[done], catch=(RuntimeError,))
+    n = int(tune["trials"])
+    objective = trial_objective(base, model, space, exp_name, select_by, n_trials=n)
+    # ask/tell, not study.optimize: optimize logs every exception it catches with its traceback, and a
+    # surplus trial is the normal end of a worker, not an error. At most n asks per worker (as
+    # optimize(n_trials=n)), so a study whose every trial fails still ends.
+    for _ in range(n):
+        if _counted(study) >= n:
+            return
+        trial = study.ask()
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)  # Optuna keeps its last reported value
+        except Surplus:
+            study.tell(trial, state=TrialState.FAIL)
+            log.info("%s: worker %d stops, the study has its %d trials", model, k, n)
+            return
+        except RuntimeError as exc:  # a failed run: its row holds the error; the study goes on
+            study.tell(trial, state=TrialState.FAIL)
+            log.warning("%s", exc)
+        else:
+            study.tell(trial, value)
 
 
 def _counted(study) -> int:
     from optuna.trial import TrialState
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def trial_states(study) -> dict[str, int]:
+    """How many trials of the study are in each state (``complete``, ``pruned``, ``running``, ``fail``,
+    ``surplus (not run)``)."""
+    states: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        state = "surplus (not run)" if t.user_attrs.get("surplus") else t.state.name.lower()
+        states[state] = states.get(state, 0) + 1
+    return states
 
 
 def prepare_study(exp_name: str, model: str, exp_dir: Path, tune: dict):
@@ -181,17 +222,16 @@ def best_trials(models: list[str], exp_name: str, exp_dir: Path, tune: dict, sel
     out = {}
     for model in models:
         study = optuna.load_study(study_name=study_name(exp_name, model), storage=storage_for(tune["storage"], exp_dir))
-        states = {}
-        for t in study.get_trials(deepcopy=False):
-            state = "surplus (not run)" if t.user_attrs.get("surplus") else t.state.name.lower()
-            states[state] = states.get(state, 0) + 1
+        states = trial_states(study)
+        record = {"model": model, "study": study.study_name, "best": None, "trials": states}
         try:
             best = study.best_trial
-        except ValueError:
-            out[model] = {"model": model, "best": None, "trials": states}
-            continue
-        record = {"model": model, "select_by": select_by, "value": best.value, "params": best.params,
-                  "trial": best.number, "run_dir": best.user_attrs.get("run_dir"), "trials": states}
+        except ValueError:  # no completed trial: the counts still say what happened
+            best = None
+        if best is not None:
+            record = {"model": model, "study": study.study_name, "select_by": select_by, "value": best.value,
+                      "params": best.params, "trial": best.number, "run_dir": best.user_attrs.get("run_dir"),
+                      "trials": states}
         runs.write_json_atomic(Path(exp_dir) / TUNING_DIR / runs.model_dirname(model) / "best.json", record)
         out[model] = record
     return out

@@ -8,7 +8,6 @@ Skipped, with the reason, when ``SLURM_CONF`` names no running cluster.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,18 +17,7 @@ import pytest
 
 from bench import runs
 
-
-def cluster_state() -> str | None:
-    """Why there is no cluster to test against (None: there is one)."""
-    if not os.environ.get("SLURM_CONF"):
-        return "no SLURM_CONF: run `make cluster-test`, which starts a local Slurm cluster"
-    if not shutil.which("sinfo"):
-        return "sinfo is not installed"
-    done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    states = done.stdout.split()
-    if done.returncode or not any(s in ("idle", "mixed", "allocated") for s in states):
-        return f"the cluster of SLURM_CONF={os.environ['SLURM_CONF']} is not up (sinfo: {done.stderr.strip() or states})"
-    return None
+from tests.helpers import bench_command as bench, cluster_state
 
 
 pytestmark = [pytest.mark.cluster, pytest.mark.skipif(cluster_state() is not None, reason=str(cluster_state()))]
@@ -42,14 +30,6 @@ SHRUNK = ["experiment=quickstart", f"model={','.join(MODELS)}", "data.synthetic_
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=0",
          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=15",
          "hydra.launcher.array_parallelism=2"]
-
-
-def bench(command: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).with_name(f"bench-{command}")
-    proc = subprocess.run([str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
-    assert proc.returncode == 0, f"bench-{command} exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
 
 
 def test_the_quickstart_sweep_runs_as_a_job_array_and_equals_the_local_sweep(tmp_path):

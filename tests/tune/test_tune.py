@@ -126,3 +126,52 @@ def test_two_workers_share_one_journal_and_the_study_has_exactly_the_trials_aske
     assert "simple_cnn" in board
     tuned = runs.read_json(runs.RunDir.for_run(exp / "tuned", "simple_cnn", 0).metrics)
     assert any(d.startswith("optim.lr=") for d in tuned["protocol_deviations"]) or best["params"]["optim.lr"] == 0.001
+
+
+@pytest.mark.reliability
+def test_a_surplus_trial_ends_its_worker_quietly_without_training_or_a_traceback(tmp_path, capfd):
+    # tune.trials=2: one trial complete and one still running on another worker. A free worker's next
+    # trial is a surplus: told FAILED with the surplus mark, nothing trained, no traceback printed.
+    from bench.tune.study import _worker, prepare_study
+
+    tune = {"storage": None, "seed": 0, "pruner": "none", "startup_trials": 0, "trials": 2}
+    study = prepare_study("exp", "simple_cnn", tmp_path, tune)
+    study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
+    study.ask()  # the other worker's trial, running
+    _worker(0, [], "simple_cnn", parse_space(SPACE), "exp", str(tmp_path), tune, "val_acc")
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "RUNNING", "FAIL"]
+    assert trials[2].user_attrs == {"surplus": True} and trials[2].params == {}
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err and "Surplus" not in out + err
+
+
+def test_slurm_workers_get_the_launcher_options_and_the_trials_never_see_them(tmp_path, monkeypatch, capsys):
+    import bench.tune
+    from bench.cli.tune import main
+
+    assert bench.tune.is_slurm(["hydra/launcher=slurm"]) and bench.tune.is_slurm(["++hydra/launcher=submitit_slurm"])
+    assert not bench.tune.is_slurm(["hydra/launcher=local", "hydra.launcher.partition=gpu"])
+    args = ["model=simple_cnn,resnet18", "tune.space={optim.lr: 'log(1e-3, 1e-1)'}", "tune.workers=3",
+            f"paths.results_dir={tmp_path}"]
+    assert main([*args, "hydra.launcher.partition=gpu"]) == 2  # Slurm options without the Slurm launcher
+    assert "add hydra/launcher=slurm" in capsys.readouterr().err
+
+    sent = {}
+
+    def submit(launcher, models, workers, base, *rest):
+        sent.update(launcher=launcher, models=models, workers=workers, base=base)
+        path = tmp_path / "jobs.json"
+        plan = [(m, k) for m in models for k in range(workers)]
+        runs.write_json_atomic(path, {"jobs": [{"job_id": f"7_{i}", "model": m, "worker": k}
+                                               for i, (m, k) in enumerate(plan)]})
+        return path
+
+    monkeypatch.setattr(bench.tune, "submit_workers", submit)
+    monkeypatch.setattr(bench.tune, "queued_jobs", lambda exp_dir: [])
+    launcher = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "++hydra.launcher.additional_parameters.x=1"]
+    assert main([*args, *launcher]) == 0
+    assert sent["launcher"] == launcher and sent["models"] == ["simple_cnn", "resnet18"] and sent["workers"] == 3
+    assert not [o for o in sent["base"] if "hydra" in o]
+    out = capsys.readouterr().out
+    assert "simple_cnn: 0 of 20 trials counted" in out and "submitted 6 worker(s)" in out and "7_5" in out
