@@ -30,6 +30,7 @@ FIGURES = {
     "det_fields": "detection_fields.png",
     "travel_reliability": "reliability_test.png",
     "travel_risk_coverage": "risk_coverage_test.png",
+    "tuning_history": "tuning_history.png",
 }
 
 
@@ -228,10 +229,10 @@ def _warnings_md(res: ExperimentResults) -> list[str]:
 def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int = DEFAULT_TOP,
                     n_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED,
                     confidence: float = stats.DEFAULT_CONFIDENCE, alpha: float = stats.DEFAULT_ALPHA,
-                    travel: Sequence[str] = ()) -> str:
+                    travel: Sequence[str] = (), tuning: Sequence[str] = ()) -> str:
     """The Markdown text of the report; ``figures`` maps figure keys (:data:`FIGURES`) that were written;
     ``travel``: the lines of the generalisation section (:mod:`bench.report.generalisation`), when
-    external sets were evaluated."""
+    external sets were evaluated; ``tuning``: those of the tuning section (:mod:`bench.report.tuning`)."""
     st = statistics_table(res, n_resamples=n_resamples, seed=seed, confidence=confidence, alpha=alpha)
     lines = _header_md(res)
     if res.runs or res.ensembles:
@@ -245,7 +246,7 @@ def report_markdown(res: ExperimentResults, figures: dict[str, str], *, top: int
     class_lines, published_in_classes = _class_accuracy_md(res, figures)
     comparison_lines, published_in_comparison = _comparison_md(res, top)
     lines += class_lines + comparison_lines + _figures_md(res, figures, top)
-    lines += list(travel or [])
+    lines += list(travel or []) + list(tuning or [])
     if res.detectors:
         lines += _detection_md(res, figures)
     lines += _warnings_md(res) + _unfinished_md(res)

@@ -45,10 +45,12 @@ def build_report(exp_dir, out_dir=None, *, top: int = DEFAULT_TOP, n_resamples: 
         figures["det_pr"] = plot_pr_curves(res.detectors[0])
         figures["det_fields"] = plot_fields(res.detectors[0])
     travel = _travel(res, figures, top, n_resamples, seed, confidence)
+    tuning = _tuning(res, figures, top)
     for key, fig in figures.items():
         runs.write_bytes_atomic(out_dir / FIGURES[key], figure_png(fig))
     text = report_markdown(res, {k: FIGURES[k] for k in figures}, top=top, n_resamples=n_resamples, seed=seed,
-                           confidence=confidence, alpha=alpha, travel=travel)
+                           confidence=confidence, alpha=alpha, travel=travel,
+                           tuning=tuning)
     runs.write_text_atomic(out_dir / REPORT_MD, text)
     return out_dir / REPORT_MD
 
@@ -66,3 +68,18 @@ def _travel(res: ExperimentResults, figures: dict, top: int, n_resamples: int, s
     figures["travel_risk_coverage"] = plot_risk_coverage(res, top_entries)
     table = generalisation_table(res, n_resamples=n_resamples, seed=seed, confidence=confidence)
     return by_source + generalisation_markdown(res, table, {k: FIGURES[k] for k in figures}, confidence)
+
+
+def _tuning(res: ExperimentResults, figures: dict, top: int) -> list[str]:
+    """The tuning section's lines and its figure, when bench-tune left results in the experiment (else [])."""
+    from bench.report.tuning import (has_tuning, plot_tuning_history, ranking_agreement, trial_histories,
+                                     tuning_markdown, tuning_table)
+
+    if not has_tuning(res.exp_dir):
+        return []
+    table = tuning_table(res)
+    histories = trial_histories(res.exp_dir, table, top)
+    why = histories if isinstance(histories, str) else None
+    if not why:
+        figures["tuning_history"] = plot_tuning_history(histories, table.attrs["key"])
+    return tuning_markdown(table, ranking_agreement(table), {k: FIGURES[k] for k in figures}, why)

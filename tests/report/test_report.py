@@ -15,16 +15,13 @@ from scipy.stats import binomtest
 from bench import report, runs
 from bench.cli import report as report_cli
 from bench.ensemble import folders as ens
-from bench.metrics import statistics as stats, classification_metrics
+from bench.metrics import statistics as stats
 from bench.training import run_training as train
 
-from tests.helpers import SMOKE_OVERRIDES, colour_folders, compose_cfg
+from tests.helpers import PBC_ORDER as CLASSES, SMOKE_OVERRIDES, colour_folders, compose_cfg, fake_run
 
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "leaderboard.ipynb"
-
-
-CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
 
 
 SECTIONS = [
@@ -81,8 +78,9 @@ def test_report_from_a_sweep_has_every_section(sweep, tmp_path):
     assert "**" in text.split("## Class-wise test accuracy")[1].split("##")[0]  # best per column marked
     figures = _linked_figures(text)
     # Every classifier figure; the detection figures appear only when the sweep has detectors, those of
-    # "How the models travel" only when external sets were evaluated (tests/report/test_generalisation.py).
-    assert set(figures) == {v for k, v in report.FIGURES.items() if not k.startswith(("det_", "travel_"))}
+    # "How the models travel" only when external sets were evaluated (tests/report/test_generalisation.py), the
+    # tuning history only when bench-tune ran (tests/report/test_tuning.py).
+    assert set(figures) == {v for k, v in report.FIGURES.items() if not k.startswith(("det_", "travel_", "tuning_"))}
     for name in figures:
         assert not Path(name).is_absolute()
         assert (path.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -148,34 +146,6 @@ def test_notebook_runs_top_to_bottom(sweep, monkeypatch):
 
 
 # --------------------------------------------------------------------------- hand-made run folders
-def _fake_run(exp: Path, model: str, seed: int, y: dict, pred: dict, *, gflops=1.0, train_time=10.0,
-              classes=CLASSES, epochs=3, **recorded) -> None:
-    """A completed run folder as bench.cli.train writes it, from given labels and predictions per split;
-    ``recorded``: more metrics.json keys (recipe, protocol_deviations)."""
-    rd = runs.RunDir.for_run(exp, model, seed)
-    metrics = {"experiment": exp.name, "model": model, "seed": seed, "status": "completed", "classes": classes,
-               "params_m": gflops * 2, "gflops": gflops, "train_time_s": train_time, "epochs": epochs,
-               "best_epoch": epochs, "data_root": "/data/PBC_dataset_normal_DIB", **recorded}
-    for split in ("val", "test"):
-        metrics[split] = classification_metrics(y[split], pred[split], classes)
-        probs = np.full((len(y[split]), len(classes)), 0.01)
-        probs[np.arange(len(y[split])), pred[split]] = 1 - 0.01 * (len(classes) - 1)
-        paths = [f"{i:05d}/{classes[c]}.jpg" for i, c in enumerate(y[split])]  # sorted = index order
-        frame = pd.DataFrame({"path": paths,
-                              "label": [classes[c] for c in y[split]],
-                              "predicted": [classes[c] for c in pred[split]]})
-        for j, c in enumerate(classes):
-            frame[f"prob_{c}"] = probs[:, j]
-        runs.write_csv_atomic(rd.predictions(split), frame)
-    hist = pd.DataFrame({"epoch": range(1, epochs + 1), "lr": 0.01, "train_loss": np.linspace(2, 0.5, epochs),
-                         "train_acc": np.linspace(0.3, 0.9, epochs), "val_loss": np.linspace(2, 0.7, epochs),
-                         "val_acc": np.linspace(0.3, metrics["val"]["accuracy"], epochs), "seconds": 1.0,
-                         "train_img_s": 100.0})
-    runs.write_csv_atomic(rd.history, hist)
-    runs.write_json_atomic(rd.metrics, metrics)
-    rd.write_status(runs.STATUS_COMPLETED, config_hash="0", model=model, seed=seed)
-
-
 def _flip(y: np.ndarray, wrong: np.ndarray, n_classes: int) -> np.ndarray:
     out = y.copy()
     out[wrong] = (y[wrong] + 1) % n_classes
@@ -190,11 +160,11 @@ def test_known_answers_on_hand_made_runs(tmp_path):
     y = {"val": rng.integers(0, 8, n), "test": rng.integers(0, 8, n)}
     first40 = np.arange(n) < 40
     # best: best on validation, right everywhere on test.
-    _fake_run(exp, "best_net", 0, y, {"val": y["val"], "test": y["test"]}, gflops=4.0)
+    fake_run(exp, "best_net", 0, y, {"val": y["val"], "test": y["test"]}, gflops=4.0)
     # twin: the same test predictions -> p = 1, not distinguishable.
-    _fake_run(exp, "twin_net", 0, y, {"val": _flip(y["val"], np.arange(n) < 2, 8), "test": y["test"]}, gflops=8.0)
+    fake_run(exp, "twin_net", 0, y, {"val": _flip(y["val"], np.arange(n) < 2, 8), "test": y["test"]}, gflops=8.0)
     # worse: wrong on half the test images where best is right -> tiny p.
-    _fake_run(exp, "worse_net", 0, y, {"val": _flip(y["val"], np.arange(n) < 4, 8),
+    fake_run(exp, "worse_net", 0, y, {"val": _flip(y["val"], np.arange(n) < 4, 8),
                                        "test": _flip(y["test"], first40, 8)}, gflops=1.0)
     res = report.load_results(exp, reference_dir=None)
     st = report.statistics_table(res, n_resamples=500, seed=1).set_index("model")
@@ -242,7 +212,7 @@ def test_thirty_runs_take_seconds(tmp_path):
     for i in range(30):
         err = 0.005 + 0.02 * rng.random()
         pred = {s: _flip(y[s], rng.random(len(y[s])) < err, 8) for s in y}
-        _fake_run(exp, f"net{i:02d}", 0, y, pred, gflops=float(rng.uniform(0.3, 20)),
+        fake_run(exp, f"net{i:02d}", 0, y, pred, gflops=float(rng.uniform(0.3, 20)),
                   train_time=float(rng.uniform(100, 5000)), epochs=25)
     ens.run_ensemble(exp, method="majority", k=4)
     start = time.perf_counter()
@@ -264,7 +234,7 @@ def _runs_of(exp: Path, models: list[str], classes=CLASSES, **recorded) -> None:
     """Runs right on every test image (test accuracy 1), with the given recipe / departures."""
     y = {"val": np.arange(16) % len(classes), "test": np.arange(24) % len(classes)}
     for model in models:
-        _fake_run(exp, model, 0, y, {"val": y["val"], "test": y["test"]}, classes=classes, **recorded)
+        fake_run(exp, model, 0, y, {"val": y["val"], "test": y["test"]}, classes=classes, **recorded)
 
 
 def test_published_gavas_numbers_only_beside_runs_of_its_recipe(tmp_path):
