@@ -12,6 +12,7 @@ and ensembles of an experiment (nothing is trained or evaluated again) and write
         confusion_best.png           counts and row percentages, best single model
         confusion_ensemble.png       the same for the ensemble (if there is one)
         training_curves.png          loss and accuracy per epoch, train and validation, top models
+        tuning_history.png           best-so-far validation value per trial, top models (after bench-tune)
 
 Selection never looks at test data: "best" is the run ranked first by *validation*
 accuracy (the leaderboard's rank, :mod:`bench.results.leaderboard`), "the ensemble" is the
@@ -29,7 +30,10 @@ the object-oriented API on the Agg canvas (no pyplot, no display needed).
 Modules (imports only go down): :mod:`~bench.report.run` (:func:`build_report`; the console
 script is :mod:`bench.cli.report`) -> :mod:`~bench.report.markdown` and :mod:`~bench.report.plots` ->
 :mod:`~bench.report.tables` -> :mod:`~bench.report.loading`. Their public names are
-re-exported here.
+re-exported here. Sections that appear only when their files exist have their own modules:
+:mod:`~bench.report.detection`, :mod:`~bench.report.generalisation` (external sets),
+:mod:`~bench.report.tuning` (bench-tune: default vs tuned); :mod:`~bench.report.cascade` writes the smear
+chain's own report.
 """
 
 from bench.report.run import REPORT_DIR, REPORT_MD, build_report
