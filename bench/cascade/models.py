@@ -21,7 +21,7 @@ from bench.models.detection_zoo import set_max_detections
 from bench.ensemble.voting import HARD, SOFT
 from bench.predict import METHODS
 from bench.predict.checkpoints import (LoadedCheckpoint, PredictError, check_same_classes, ensemble_checkpoints,
-                                       load_checkpoint)
+                                       load_checkpoint, reading_export)
 from bench.predict.tables import ValidationRecord, validation_record
 
 WHITE_CELL_NAMES = ("wbc", "white", "white cell", "white_cell", "white cells", "leukocyte", "leukocytes",
@@ -59,9 +59,17 @@ class Classifier:
 
 
 # --------------------------------------------------------------------------- detector
-def load_detector(source, device, score_threshold: float | None = None) -> LoadedDetector:
-    """A detector run folder (or its best.pt) rebuilt in eval mode; the score thresholds its run
-    chose per label on validation data unless one is given for all."""
+def load_detector(source, device, score_threshold: float | None = None, backend: str | None = None) -> LoadedDetector:
+    """A detector run folder (or its best.pt) rebuilt in eval mode, or its bench-export folder run by
+    ``backend``; the score thresholds its run chose per label on validation data unless one is given for all."""
+    from bench.predict.runtimes import RuntimeMismatch, backend_for, is_export
+
+    if is_export(Path(source)):
+        return load_exported_detector(Path(source), score_threshold, backend)
+    try:
+        backend_for(None, backend, Path(source))
+    except RuntimeMismatch as exc:
+        raise PredictError(str(exc)) from exc
     from bench.training.checkpoints import rebuild_model
 
     source = Path(source)
@@ -114,14 +122,37 @@ def detector_cap(ckpt: dict, path: Path) -> tuple[int, list[str]]:
         "metrics.json to score it at the cap (no epoch is trained again)."]
 
 
+def load_exported_detector(folder: Path, score_threshold: float | None, backend: str | None) -> LoadedDetector:
+    """A detector's bench-export folder: its model.json's labels, thresholds and cap; the model on ``backend``.
+    Its path is the source run's best.pt, so the chain's check of the fields the detector saw still finds
+    that run's experiment when it is at hand."""
+    from bench.predict.runtimes import ExportedDetector, backend_for
+
+    with reading_export(folder, "detector", "export the detector run again with bench-export.") as contract:
+        model = ExportedDetector(folder / contract["file"], backend_for(contract["format"], backend, folder))
+        labels = [str(c) for c in contract["labels"]]
+        if score_threshold is not None:
+            thresholds, why = {lab: float(score_threshold) for lab in labels}, "--score-threshold"
+        else:
+            thresholds = {lab: float(contract["score_thresholds"][lab]) for lab in labels}
+            why = f"{contract['threshold_source']} (carried in {folder / 'model.json'})"
+        return LoadedDetector(Path(contract["source"]) / "best.pt", str(contract["model"]), labels,
+                              int(contract["input_size"]), model, thresholds, why, int(contract["max_detections"]))
+
+
 # --------------------------------------------------------------------------- classifiers
-def load_classifier(source, device, method: str | None = None) -> Classifier:
-    """A best.pt, a run folder holding one, or an ensemble folder (bench-ensemble)."""
+def load_classifier(source, device, method: str | None = None, backend: str | None = None) -> Classifier:
+    """A best.pt, a run folder holding one, an ensemble folder (bench-ensemble), or the export folder of
+    either (bench-export), run by ``backend``."""
+    from bench.predict.runtimes import is_export
+
     source = Path(source)
     weights, voting = None, None
     if source.is_dir() and (source / "members.csv").is_file():
         paths, weights, voting = ensemble_checkpoints(source)
         ensemble_dir = source
+    elif is_export(source):
+        paths, ensemble_dir = [source], None
     elif source.is_dir() and (source / "best.pt").is_file():
         paths, ensemble_dir = [source / "best.pt"], None
     elif source.is_file():
@@ -129,8 +160,9 @@ def load_classifier(source, device, method: str | None = None) -> Classifier:
     else:
         raise PredictError(f"--classifier {source}: not a classifier. Pass a best.pt, a run folder "
                            "(results/<exp>/runs/<model>/seed<seed>) or an ensemble folder (results/<exp>/ensembles/<name>).")
-    checkpoints = [load_checkpoint(p, device) for p in paths]
+    checkpoints = [load_checkpoint(p, device, backend) for p in paths]
     names = check_same_classes(checkpoints)
+    paths = [c.path for c in checkpoints]  # an export stands for its source run (its validation record)
     if method is not None:
         voting = METHODS[method]
     elif voting not in (HARD, SOFT):

@@ -111,9 +111,10 @@ def run(args: argparse.Namespace) -> dict:
 
 def load_models(args: argparse.Namespace, device) -> tuple:
     """The detector, which classifier types each of its labels (and why), and the classes typed."""
-    detector = load_detector(args.detector, device, args.score_threshold)
+    detector = load_detector(args.detector, device, args.score_threshold, getattr(args, "backend", None))
     sources = parse_classifier_args(args.classifier)
-    loaded = {key: load_classifier(path, device, args.method) for key, path in sources.items()}
+    loaded = {key: load_classifier(path, device, args.method, getattr(args, "backend", None))
+              for key, path in sources.items()}
     requested = [s.strip() for s in (args.classify_labels or "").split(",") if s.strip()] or None
     routes, rule = route_labels(detector, loaded, requested)
     classes = list(dict.fromkeys(c for clf in routes.values() for c in clf.class_names))
@@ -156,13 +157,15 @@ def summarise(args, result, detector, routes, rule, classes, counts, warnings, d
         "n_low_confidence": int((result.cells["low_confidence"] == True).sum()),  # noqa: E712 (None = not flagged)
         "detector": {"model": detector.model_name, "path": str(detector.path), "labels": detector.labels,
                      "input_size": detector.input_size, "score_thresholds": detector.score_thresholds,
-                     "threshold_source": detector.threshold_source, "max_detections": detector.max_detections},
+                     "threshold_source": detector.threshold_source, "max_detections": detector.max_detections,
+                     "source": str(args.detector), "backend": getattr(detector.model, "backend", "torch")},
         "fields_at_cap": result.fields_at_cap, "seen_fields": sorted(seen) if seen is not None else None,
         "classify_labels": list(routes), "classify_labels_rule": rule, "margin": args.margin,
         "crop_size": args.crop_size,
         "classifiers": {label: {"source": str(c.source), "models": [k.model_name for k in c.checkpoints],
                                 "classes": c.class_names, "method": "majority" if c.voting == HARD else "soft",
-                                "input_size": c.input_size, "low_confidence_threshold": c.record.threshold,
+                                "input_size": c.input_size, "backends": [k.backend for k in c.checkpoints],
+                                "low_confidence_threshold": c.record.threshold,
                                 "not_flagged_because": c.record.why}
                         for label, c in routes.items()},
         "classes": classes,

@@ -87,11 +87,16 @@ def predict_parser(description: str) -> argparse.ArgumentParser:
                         "soft for one checkpoint, majority for several)")
     p.add_argument("--batch-size", type=int, default=64, help="images (or cell crops) per forward pass")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                   help="what runs the models: torch (a best.pt, or a TorchScript export), onnxruntime (an ONNX "
+                        "export), openvino (an ONNX or OpenVINO export); auto: each model's own (export folders "
+                        "from bench-export run on the CPU)")
     chain = p.add_argument_group("smear fields: detector -> cell classifier (IMAGES_DIR holds whole fields)")
     chain.add_argument("--detector", type=Path, default=None, metavar="DET",
-                       help="a detector run folder (results/<exp>/runs/<detector>/seed<seed>) or its best.pt")
+                       help="a detector run folder (results/<exp>/runs/<detector>/seed<seed>), its best.pt, or its "
+                            "bench-export folder")
     chain.add_argument("--classifier", action="append", default=[], metavar="[LABEL=]CLS",
-                       help="the cell classifier: a best.pt, run folder or ensemble folder; LABEL=CLS (repeatable) "
+                       help="the cell classifier: a best.pt, run folder, ensemble folder or bench-export folder; LABEL=CLS (repeatable) "
                             "types each detector label with its own classifier (e.g. Cheuque 2022's two groups)")
     chain.add_argument("--classify-labels", default=None, metavar="LABEL[,LABEL]",
                        help="detector labels whose boxes are cropped and typed (default: the labels that are "
@@ -194,11 +199,17 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra bench-train override for the harness runs and the sweep, e.g. trainer.amp=true")
     p.add_argument("--task", choices=("classification", "detection", "export"), default="classification",
-                   help="export: PyTorch eager vs ONNX Runtime images/s at batch 1 and 32 (bench.benchmark.export); "
+                   help="export: PyTorch eager vs TorchScript, ONNX Runtime and OpenVINO, classifier images/s at batch 1 "
+                        "and 32 and a detector's fields/s (bench.benchmark.export); "
                         "detection: one detector (--models, default fasterrcnn_mobilenet_v3_large_320_fpn) alone vs "
                         "in the harness, and the smear-field chain's fields/s (bench.benchmark.detection)")
-    p.add_argument("--field-size", type=int, default=256, help="--task detection: synthetic field side in pixels")
-    p.add_argument("--fields", type=int, default=24, help="--task detection: fields through the chain")
+    p.add_argument("--field-size", type=int, default=256,
+                   help="--task detection or export: synthetic field side in pixels")
+    p.add_argument("--fields", type=int, default=24,
+                   help="--task detection: fields through the chain; export: fields per timed call (at most 8)")
+    p.add_argument("--detector-model", default=None,
+                   help="--task export: the detector timed per backend (default fasterrcnn_mobilenet_v3_large_320_fpn)")
+    p.add_argument("--no-detector", action="store_true", help="--task export: time the classifiers only")
     p.add_argument("--synthetic-n-per-class", type=int, default=60)
     p.add_argument("--synthetic-size", type=int, default=96)
     p.add_argument("--protocol-images", type=int, default=17092,
@@ -233,11 +244,15 @@ def sweep_parser(description: str) -> argparse.ArgumentParser:
 def export_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench-export", description=description,
                                 epilog="e.g. bench-export results/quickstart/runs/resnet18/seed0 --out exports/resnet18")
-    p.add_argument("run", type=Path, help="a run folder (or its best.pt)")
-    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default onnx)")
-    p.add_argument("--out", type=Path, required=True, help="a new folder for model.onnx and model.json")
+    p.add_argument("run", type=Path, help="a classifier run folder (or its best.pt), an ensemble folder "
+                                          "(results/<exp>/ensembles/<name>) or a detector run folder")
+    p.add_argument("--format", choices=("onnx", "openvino", "torchscript"), default="onnx",
+                   help="onnx (ONNX Runtime or OpenVINO run it), openvino (model.xml + model.bin) or torchscript "
+                        "(classifiers only: PyTorch runs it without bench); default onnx")
+    p.add_argument("--out", type=Path, required=True, help="a new folder for the model file and model.json")
     p.add_argument("--check-images", type=Path, default=None,
-                   help="images to check the export on when the run's validation images are not at hand")
+                   help="images (or smear fields, for a detector) to check the export on when the run's validation "
+                        "images are not at hand")
     return p
 
 

@@ -24,8 +24,10 @@ def model_card(owner: Path, contract: dict) -> str:
     m = runs.read_json(owner / "metrics.json")
     classes = list(m.get("classes") or contract["classes"])
     lines = [f"# Model card: {m.get('model')} (seed {m.get('seed')}, experiment {m.get('experiment')})", "",
-             f"Exported from `{owner}` by bench-export ({contract['format']}, opset {contract.get('opset')}); the "
-             "preprocessing contract is model.json.", ""]
+             f"Exported from `{owner}` by bench-export ({contract['format']}"
+             + (f", opset {contract['opset']}" if contract.get("opset") else "")
+             + f"; runs on {' or '.join(contract.get('backends') or ['-'])}); the preprocessing contract is "
+             "model.json.", ""]
     lines += ["## Data", "",
               f"- Images: `{m.get('data_root')}`; classes ({len(classes)}): {', '.join(classes)}.",
               f"- Validation images per class: {_support(m.get('val'), classes)}; test: {_support(m.get('test'), classes)}.",

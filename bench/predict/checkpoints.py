@@ -6,6 +6,7 @@ exactly the same class names, so the class order cannot be mixed up.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +37,7 @@ class LoadedCheckpoint:
     weight: float = 1.0
     geometry: tuple = ("resize",)  # how the run decoded its images (data.geometry, crop_fraction)
     stain: StainNormalizer | None = None  # the stain target the run normalised its images to (data.stain)
+    backend: str = "torch"  # what runs it: torch (a best.pt or TorchScript), onnxruntime or openvino
 
     @property
     def decoding(self) -> tuple:
@@ -44,49 +46,57 @@ class LoadedCheckpoint:
 
 
 
-class OnnxModel:
-    """A model exported by bench-export, behind the call bench-predict makes of a network: a normalised
-    float batch in, logits out (ONNX Runtime on the CPU)."""
-
-    def __init__(self, path: Path):
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise PredictError(f"{path} is an ONNX export; running it needs onnxruntime "
-                               "(pip install -e '.[deploy]').") from exc
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {"image": x.detach().cpu().float().numpy()})[0])
-
-
-def load_export(folder: Path) -> LoadedCheckpoint:
-    """An export folder (model.json + model.onnx): its contract, the model run by ONNX Runtime. Its path is
-    the source run's best.pt, so what bench-predict reads beside a model (the validation threshold, the
-    temperature) comes from that run when it is at hand."""
-    import json
+@contextlib.contextmanager
+def reading_export(folder: Path, kind: str, fix: str):
+    """The contract of an export folder of ``kind`` (classifier or detector), with every way of failing to
+    read or run it turned into a PredictError: an unreadable model.json, the other kind of model, a backend
+    that cannot run its format or is not installed."""
+    from bench.predict.runtimes import RuntimeMismatch, read_contract
 
     try:
-        contract = json.loads((folder / "model.json").read_text())
-        model = OnnxModel(folder / contract["file"])
+        contract = read_contract(folder)
+        if contract["kind"] != kind:
+            raise PredictError(f"{folder} is an exported {contract['kind']} ({contract.get('model')}), not a {kind}: "
+                               + ("pass it as --detector with whole smear fields." if kind == "classifier" else
+                                  "pass it as --classifier, and a detector run or its export as --detector."))
+        yield contract
+    except (RuntimeMismatch, ImportError) as exc:
+        raise PredictError(str(exc)) from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, PredictError):
+            raise
+        raise PredictError(f"{folder} is not a readable bench-export folder ({type(exc).__name__}: {exc}); {fix}") from exc
+
+
+def load_export(folder: Path, backend: str | None = None) -> LoadedCheckpoint:
+    """An export folder of a classifier (bench-export: model.json and its model file), run by ``backend``
+    (default: its format's own runtime). Its path is the source run's best.pt, so what bench-predict reads
+    beside a model (the validation threshold, the temperature) comes from that run when it is at hand."""
+    from bench.predict.runtimes import ExportedClassifier, backend_for
+
+    with reading_export(folder, "classifier", "export the run again with bench-export.") as contract:
+        chosen = backend_for(contract["format"], backend, folder)
+        model = ExportedClassifier(folder / contract["file"], chosen)
         return LoadedCheckpoint(Path(contract["source"]) / "best.pt", str(contract["model"]),
                                 [str(c) for c in contract["classes"]], int(contract["input_size"]),
                                 [float(v) for v in contract["mean"]], [float(v) for v in contract["std"]], model,
                                 geometry=tuple(contract["geometry"]),
-                                stain=StainNormalizer.from_record(contract.get("stain")))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise PredictError(f"{folder} is not a readable bench-export folder ({type(exc).__name__}: {exc}); "
-                           "export the run again with bench-export.") from exc
+                                stain=StainNormalizer.from_record(contract.get("stain")), backend=chosen)
 
 
-def load_checkpoint(path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
+def load_checkpoint(path, device: torch.device | str = "cpu", backend: str | None = None) -> LoadedCheckpoint:
     """Rebuild the network of a ``best.pt`` (weights_only load) in eval mode on ``device``; an export folder
-    (bench-export) runs on ONNX Runtime instead."""
+    (bench-export) runs on ``backend`` instead (bench.predict.runtimes), on the CPU."""
+    from bench.predict.runtimes import RuntimeMismatch, backend_for, is_export
     from bench.training.checkpoints import rebuild_model
 
     path = Path(path)
-    if path.is_dir() and (path / "model.json").is_file():
-        return load_export(path)
+    if is_export(path):
+        return load_export(path, backend)
+    try:
+        backend_for(None, backend, path)
+    except RuntimeMismatch as exc:
+        raise PredictError(str(exc)) from exc
     if not path.is_file():
         raise PredictError(f"checkpoint {path} does not exist. Pass a best.pt written by bench-train "
                            "(results/<experiment>/runs/<model>/seed<seed>/best.pt).")

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> dict:
                            f"recursively{f', {len(skipped)} other file(s) skipped' if skipped else ''}); a "
                            "differential count of nothing would read as zero cells. Pass the folder of the images.")
     device = prediction_device(args.device)
-    checkpoints = [load_checkpoint(p, device) for p in paths]
+    checkpoints = [load_checkpoint(p, device, getattr(args, "backend", None)) for p in paths]
     class_names = check_same_classes(checkpoints)
     # An export folder stands for its source run (model.json's source): its validation record and temperature.
     paths = [c.path for c in checkpoints]
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> dict:
         "val_recall": record.recall,
         "probabilities": "raw" if temperatures is None else
         f"calibrated: each model's temperature fitted on its validation images ({', '.join(f'{t:.3f}' for t in temperatures)})",
-        "device": str(device), "seconds": seconds,
+        "device": str(device), "backends": [c.backend for c in checkpoints], "seconds": seconds,
     }
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

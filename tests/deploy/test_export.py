@@ -45,24 +45,30 @@ def test_the_export_reproduces_the_runs_validation_probabilities_through_onnx_ru
 
 
 def test_a_failed_check_leaves_nothing_and_an_existing_folder_is_never_overwritten(classifier_run, tmp_path):
-    from bench.deploy import ExportError, export_onnx
+    from bench.deploy import ExportError, export_run
 
     out = tmp_path / "exported"
     with pytest.raises(ExportError, match="does not give PyTorch's answers.*Nothing was written"):
-        export_onnx(classifier_run.root, out, tolerance=-1.0)  # no difference is small enough
+        export_run(classifier_run.root, out, tolerance=-1.0)  # no difference is small enough
     assert not out.exists() and list(tmp_path.iterdir()) == []
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(ExportError, match="exists and is not empty"):
-        export_onnx(classifier_run.root, out)
+        export_run(classifier_run.root, out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-def test_bench_predict_runs_an_export_folder_with_the_answers_of_its_run(classifier_run, tmp_path):
-    """-c EXPORT (ONNX Runtime) and -c RUN (PyTorch) on the same images: the same classes, counts and
-    low-confidence flags, probabilities within 1e-4."""
+FORMAT_BACKENDS = [("onnx", "onnxruntime"), ("onnx", "openvino"), ("openvino", "openvino"), ("torchscript", "torch")]
+
+
+@pytest.mark.parametrize("fmt,backend", FORMAT_BACKENDS, ids=[f"{f}-{b}" for f, b in FORMAT_BACKENDS])
+def test_bench_predict_runs_an_export_folder_with_the_answers_of_its_run(classifier_run, tmp_path, fmt, backend):
+    """-c EXPORT (each format on each backend that runs it) and -c RUN (PyTorch) on the same images: the same
+    classes, counts and low-confidence flags, probabilities within 1e-4."""
     import pandas as pd
 
+    if backend == "openvino" or fmt == "openvino":
+        pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[deploy]')")
     from bench.cli.export import main as export
     from bench.cli.predict import main as predict
 
@@ -70,36 +76,71 @@ def test_bench_predict_runs_an_export_folder_with_the_answers_of_its_run(classif
     from pathlib import Path
 
     images = Path(metrics["data_root"])
-    assert export([str(classifier_run.root), "--out", str(tmp_path / "exported")]) == 0
-    for name, model in (("torch", classifier_run.root / "best.pt"), ("onnx", tmp_path / "exported")):
-        assert predict([str(images), "-c", str(model), "--out", str(tmp_path / name), "--device", "cpu"]) == 0
-    a, b = (pd.read_csv(tmp_path / name / "predictions.csv") for name in ("torch", "onnx"))
+    assert export([str(classifier_run.root), "--format", fmt, "--out", str(tmp_path / "exported")]) == 0
+    contract = json.loads((tmp_path / "exported" / "model.json").read_text())
+    assert contract["format"] == fmt and backend in contract["check"]["backends"]
+    assert (tmp_path / "exported" / contract["file"]).is_file()
+    assert predict([str(images), "-c", str(classifier_run.root / "best.pt"), "--out", str(tmp_path / "torch"),
+                    "--device", "cpu"]) == 0
+    assert predict([str(images), "-c", str(tmp_path / "exported"), "--backend", backend, "--out",
+                    str(tmp_path / "exported-run"), "--device", "cpu"]) == 0
+    a, b = (pd.read_csv(tmp_path / name / "predictions.csv") for name in ("torch", "exported-run"))
     assert a["predicted"].tolist() == b["predicted"].tolist() and len(a) == len(list(images.rglob("*.png")))
     prob_cols = [c for c in a.columns if c.startswith("prob_")]
     np.testing.assert_allclose(a[prob_cols].to_numpy(), b[prob_cols].to_numpy(), atol=1e-4)
     assert a["low_confidence"].tolist() == b["low_confidence"].tolist()
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "torch" / "counts.csv"), pd.read_csv(tmp_path / "onnx" / "counts.csv"))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "torch" / "counts.csv"),
+                                  pd.read_csv(tmp_path / "exported-run" / "counts.csv"))
+    assert runs.read_json(tmp_path / "exported-run" / "summary.json")["backends"] == [backend]
 
 
-def test_the_backend_speed_table_has_both_backends_at_batch_1_and_32(tmp_path):
-    """bench-benchmark --task export on a tiny model: a row per batch size, both backends measured, the
-    exported network giving PyTorch's logits (the speeds themselves are for the table, not for a test)."""
+def test_a_backend_that_cannot_run_the_model_is_named_with_the_ones_that_can(classifier_run, tmp_path, capsys):
+    from bench.cli.export import main as export
+    from bench.cli.predict import main as predict
+
+    images = runs.read_json(classifier_run.metrics)["data_root"]
+    assert predict([images, "-c", str(classifier_run.root / "best.pt"), "--backend", "onnxruntime", "--out",
+                    str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "--backend onnxruntime cannot run" in err and "a best.pt (eager PyTorch), which runs on torch" in err
+    assert "bench-export RUN --format" in err
+    assert export([str(classifier_run.root), "--out", str(tmp_path / "exported")]) == 0
+    assert predict([images, "-c", str(tmp_path / "exported"), "--backend", "torch", "--out", str(tmp_path / "b")]) == 2
+    assert "it is an ONNX export, which runs on onnxruntime or openvino" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_backend_speed_table_has_every_backend_at_batch_1_and_32_and_the_detector(tmp_path):
+    """bench-benchmark --task export on a tiny classifier and a small detector: a row per batch size, every
+    installed backend measured, the exported networks giving PyTorch's outputs (the speeds themselves are
+    for the table, not for a test)."""
     import pandas as pd
 
     from bench.cli.benchmark import main as benchmark
 
     assert benchmark(["--task", "export", "--models", "simple_cnn", "--image-size", "16", "--ceiling-window", "0.05",
-                      "--out", str(tmp_path), "--name", "t"]) == 0
+                      "--field-size", "64", "--fields", "1", "--out", str(tmp_path), "--name", "t"]) == 0
     table = pd.read_csv(tmp_path / "t.csv")
-    assert table["batch"].tolist() == [1, 32]
-    assert (table[["torch_img_s", "onnxruntime_img_s"]] > 0).all().all()
-    assert (table["max_abs_logit_diff"] < 1e-4).all()
+    assert table["kind"].tolist() == ["classifier", "classifier", "detector"]
+    assert table["batch"].tolist() == [1, 32, 1]
+    backends = ["torch", "torchscript", "onnxruntime"] + (["openvino"] if _has("openvino") else [])
+    classifier = table[table["kind"] == "classifier"]
+    assert (classifier[[f"{b}_per_s" for b in backends]] > 0).all().all()
+    assert (classifier[[f"{b}_max_abs_diff" for b in backends[1:]]] < 1e-4).all().all()
+    detector = table[table["kind"] == "detector"].iloc[0]
+    assert all(detector[f"{b}_per_s"] > 0 for b in backends if b != "torchscript")
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def test_the_model_card_carries_the_runs_own_numbers(classifier_run, tmp_path):
-    from bench.deploy import export_onnx
+    from bench.deploy import export_run
 
-    export_onnx(classifier_run.root, tmp_path / "exported")
+    export_run(classifier_run.root, tmp_path / "exported")
     card = (tmp_path / "exported" / "MODEL_CARD.md").read_text()
     m = runs.read_json(classifier_run.metrics)
     row = (f"| test | {100 * m['test']['accuracy']:.2f} % | {100 * m['test']['balanced_accuracy']:.2f} % | "
@@ -137,3 +178,23 @@ def test_an_exported_ensemble_votes_as_the_ensemble_does(classifier_run_copy, ma
     a, b = (pd.read_csv(tmp_path / name / "predictions.csv") for name in ("torch", "onnx"))
     assert a["predicted"].tolist() == b["predicted"].tolist()
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "torch" / "counts.csv"), pd.read_csv(tmp_path / "onnx" / "counts.csv"))
+    # Known answers for the ties: where the two members vote for different classes (one vote each), the
+    # documented rule gives the class with the larger probability sum of the two; computed here from each
+    # member's own probabilities, not by bench.ensemble.voting.
+    members = [tmp_path / "exported" / m for m in contract["members"]]
+    probs = []
+    for i, member in enumerate(members):
+        assert predict([str(images), "-c", str(member), "--out", str(tmp_path / f"m{i}"), "--device", "cpu"]) == 0
+        table = pd.read_csv(tmp_path / f"m{i}" / "predictions.csv")
+        assert table["path"].tolist() == b["path"].tolist()
+        probs.append(table[[c for c in table.columns if c.startswith("prob_")]].to_numpy())
+    classes = [c.removeprefix("prob_") for c in pd.read_csv(tmp_path / "m0" / "predictions.csv").columns
+               if c.startswith("prob_")]
+    votes = [p.argmax(1) for p in probs]
+    tied = np.flatnonzero(votes[0] != votes[1])
+    assert len(tied) >= 1, "no image where the two members disagree: the tie rule is not exercised"
+    total = probs[0] + probs[1]
+    for i in tied:
+        a_cls, b_cls = votes[0][i], votes[1][i]
+        expected = a_cls if total[i, a_cls] >= total[i, b_cls] else b_cls
+        assert b["predicted"].iloc[i] == classes[expected], (i, total[i, a_cls], total[i, b_cls])
