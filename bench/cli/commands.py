@@ -105,8 +105,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
             "a normal run, pruned on validation, continued by running the command again; --final retrains the best.",
             parser=tune_parser),
     Command("bench-export", "bench.cli.export:main",
-            "Export a run's best.pt to ONNX with model.json (input size, resize, stain target, mean/std, classes, "
-            "temperature, referral threshold), checked against PyTorch on the run's validation images first.",
+            "Export a classifier run, an ensemble or a detector run to ONNX, OpenVINO or TorchScript with model.json "
+            "(input size, resize, stain target, mean/std, classes, temperature, referral threshold), checked "
+            "against PyTorch on the run's validation images first.",
             parser=export_parser),
     Command("bench-benchmark", "bench.cli.benchmark:main",
             "Measure training speed: each model alone (the ceiling), the data path, the harness and a plain "
