@@ -203,6 +203,8 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
                         "and 32 and a detector's fields/s (bench.benchmark.export); "
                         "detection: one detector (--models, default fasterrcnn_mobilenet_v3_large_320_fpn) alone vs "
                         "in the harness, and the smear-field chain's fields/s (bench.benchmark.detection)")
+    p.add_argument("--export", dest="task", action="store_const", const="export", default=argparse.SUPPRESS,
+                   help="the same as --task export")
     p.add_argument("--field-size", type=int, default=256,
                    help="--task detection or export: synthetic field side in pixels")
     p.add_argument("--fields", type=int, default=24,

@@ -30,6 +30,7 @@ def model_card(owner: Path, contract: dict) -> str:
              "model.json.", ""]
     lines += ["## Data", "",
               f"- Images: `{m.get('data_root')}`; classes ({len(classes)}): {', '.join(classes)}.",
+              *_training_counts(owner, classes),
               f"- Validation images per class: {_support(m.get('val'), classes)}; test: {_support(m.get('test'), classes)}.",
               f"- Input: {m.get('input_geometry') or contract['input_size']} px"
               + (f", stain-normalised ({contract['stain']['method']}, target fitted on training images)"
@@ -52,6 +53,21 @@ def model_card(owner: Path, contract: dict) -> str:
               f"on the same images (the split is `data.split_seed`'s) trains it again: the run's identity is config "
               f"hash {m.get('config_hash')}, which bench-train prints and writes in status.json.", ""]
     return "\n".join(lines)
+
+
+def _training_counts(owner: Path, classes) -> list[str]:
+    """Training images per class, from the experiment's manifest (results/<exp>/manifest.csv: the split)."""
+    import pandas as pd
+
+    try:
+        manifest = pd.read_csv(Path(owner).parents[2] / "manifest.csv", dtype=str, keep_default_na=False)
+        train = manifest.loc[manifest["split"] == "train", "label"].value_counts()
+    except (OSError, ValueError, KeyError, IndexError):
+        return []
+    if not set(train.index) <= set(classes):  # folder names mapped to classes (data.class_map): not counted here
+        return []
+    return [f"- Training images per class (the experiment's manifest.csv): "
+            f"{', '.join(f'{c} {int(train.get(c, 0))}' for c in classes)}."]
 
 
 def _support(split: dict | None, classes) -> str:

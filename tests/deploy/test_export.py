@@ -149,6 +149,12 @@ def test_the_model_card_carries_the_runs_own_numbers(classifier_run, tmp_path):
     assert f"Temperature fitted on validation: {m['calibration']['temperature']:.4f}" in card
     assert f"config hash {m['config_hash']}" in card and ", ".join(m["classes"]) in card
     assert "Not evaluated on any other lab's images" in card
+    import pandas as pd
+
+    manifest = pd.read_csv(classifier_run.root.parents[2] / "manifest.csv")
+    train = manifest[manifest["split"] == "train"]["label"].value_counts()
+    assert ("Training images per class (the experiment's manifest.csv): "
+            + ", ".join(f"{c} {train[c]}" for c in m["classes"]) + ".") in card
     assert (tmp_path / "exported" / "config.yaml").read_text() == (classifier_run.root / "config.yaml").read_text()
 
 
