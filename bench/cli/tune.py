@@ -116,8 +116,12 @@ def _submit_workers(job: dict, launcher: list[str], given: list[str]) -> int | N
     short = []
     for model in job["models"]:
         if queued:  # workers at work: read the study, never mark their running trials as dead
-            study = optuna.load_study(study_name=study_name(job["exp_name"], model),
-                                      storage=storage_for(job["tune"]["storage"], job["exp_dir"]))
+            try:
+                study = optuna.load_study(study_name=study_name(job["exp_name"], model),
+                                          storage=storage_for(job["tune"]["storage"], job["exp_dir"]))
+            except KeyError:  # a model added to the command since the workers were sent
+                print(f"{model}: no study yet (sent once the queued workers have ended)")
+                continue
         else:
             study = prepare_study(job["exp_name"], model, job["exp_dir"], job["tune"])
         states = trial_states(study)

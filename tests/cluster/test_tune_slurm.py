@@ -4,7 +4,8 @@ machine: tools/local_slurm.py). Skipped, with the reason, when ``SLURM_CONF`` na
 ``bench-tune ... hydra/launcher=slurm tune.workers=2`` submits two array tasks for the study and exits; the
 tasks share the study through its journal file: the study ends with exactly ``tune.trials`` counted trials,
 no trial number or configuration twice, trials run by both tasks, and no traceback for the surplus trial.
-The same command run again afterwards submits nothing and shows the best configuration.
+The same command run again afterwards submits nothing and shows the best configuration; ``--final`` with
+the same options retrains it as a job array that bench-sweep follows.
 """
 
 from __future__ import annotations
@@ -81,3 +82,13 @@ def test_two_array_tasks_share_one_study_with_exactly_the_trials_asked_for(tmp_p
     assert len(list((exp / "tuning" / "slurm").glob("*/jobs.json"))) == 1
     best = runs.read_json(exp / "tuning" / "simple_cnn" / "best.json")
     assert best["value"] == max(t.value for t in counted if t.state.name == "COMPLETE")
+
+    final = bench("tune", "--final", *args, cwd=tmp_path).stdout
+    assert "submitted 1 retrain(s) as one job array" in final, final
+    waited = bench("sweep", "wait", str(exp / "tuned"), "--every", "1", cwd=tmp_path).stdout
+    assert "1 completed" in waited, waited
+    import yaml
+
+    config = yaml.safe_load(runs.RunDir.for_run(exp / "tuned", "simple_cnn", 0).config.read_text())
+    assert config["optim"]["lr"] == pytest.approx(best["params"]["optim.lr"])  # the best trial's values
+    assert config["optim"]["momentum"] == best["params"]["optim.momentum"]
