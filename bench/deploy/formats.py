@@ -4,7 +4,7 @@
   dimension dynamic. Detectors through the TorchScript-based exporter (``dynamo=False``, opset 17):
   torchvision's detection models are exported and tested that way upstream (their data-dependent
   control flow, NMS and box decoding, is traced for one field; height and width stay free).
-- ``openvino``: the ONNX model converted by OpenVINO (``openvino.convert_model``) and saved as
+- ``openvino``: the ONNX model read by OpenVINO's runtime (``Core.read_model``) and saved as
   model.xml + model.bin in full precision (OpenVINO would halve weights to fp16 by default, which the
   check against PyTorch would then have to tolerate).
 - ``torchscript``: ``torch.jit.trace`` of a classifier on a validation batch: runs with PyTorch alone,
@@ -101,13 +101,16 @@ def write_detector(detector: torch.nn.Module, example: torch.Tensor, folder: Pat
 
 
 def to_openvino(onnx_path: Path, xml_path: Path) -> None:
-    """model.xml + model.bin from an ONNX file (full precision); the ONNX file is removed."""
+    """model.xml + model.bin from an ONNX file (full precision); the ONNX file is removed. Read with the
+    runtime's ONNX reader, not ``openvino.convert_model``: the converter sends usage telemetry unless told not
+    to, from a forked process (which crashed in ld.so here, beside torch's threads), and a lab's export should
+    not phone home."""
     try:
         import openvino as ov
     except ImportError as exc:
         raise ExportError("--format openvino needs the openvino package: pip install -e '.[deploy]'.") from exc
     try:
-        ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+        ov.save_model(ov.Core().read_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
     except Exception as exc:
         raise ExportError(f"OpenVINO could not convert the ONNX model ({type(exc).__name__}: {str(exc)[:300]}).") from exc
     onnx_path.unlink()
