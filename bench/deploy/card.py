@@ -49,9 +49,13 @@ def model_card(owner: Path, contract: dict) -> str:
     lines += ["", _interval(owner, classes)]
     lines += _external(owner) + _confidence(m) + _limits(m, classes, owner)
     lines += ["", "## Reproduce", "",
-              "`config.yaml` beside this card is the run's whole composed config. bench-train with the same options "
-              f"on the same images (the split is `data.split_seed`'s) trains it again: the run's identity is config "
-              f"hash {m.get('config_hash')}, which bench-train prints and writes in status.json.", ""]
+              "`config.yaml` beside this card is the run's whole composed config, and `reproduce.yaml` the same "
+              "values under bench's schema: on the same images,", "",
+              "    bench-train --config-dir THIS_FOLDER --config-name reproduce paths.results_dir=DIR", "",
+              f"trains it again (the split is `data.split_seed`'s). The run's identity is config hash "
+              f"{m.get('config_hash')}: bench-train prints it and writes it in status.json, so any changed value "
+              f"shows. This run read its images from `{m.get('data_root')}`; where they are elsewhere, add "
+              "`data.root=...`, and the hash then differs by that path alone.", ""]
     return "\n".join(lines)
 
 

@@ -13,14 +13,13 @@ the check passes: a failed export leaves nothing behind.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench import runs
-from bench.deploy.folders import ExportError, check_new_folder, staged
+from bench.deploy.folders import ExportError, check_new_folder, copy_config, staged
 from bench.deploy.formats import OPSET, write_classifier
 from bench.predict.runtimes import FORMAT_BACKENDS, ExportedClassifier
 
@@ -49,8 +48,7 @@ def export_run(run_dir, out_dir, *, fmt: str = "onnx", images: list[Path] | None
             from bench.deploy.card import model_card
 
             runs.write_text_atomic(work / "MODEL_CARD.md", model_card(owner, contract))
-        if (owner / "config.yaml").exists():
-            shutil.copy2(owner / "config.yaml", work / "config.yaml")
+        copy_config(owner, work)
     return contract
 
 

@@ -12,7 +12,6 @@ between runtimes without changing a count.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 
 from bench import runs
 from bench.deploy.classifier import runnable
-from bench.deploy.folders import ExportError, check_new_folder, staged
+from bench.deploy.folders import ExportError, check_new_folder, copy_config, staged
 from bench.deploy.formats import DETECTOR_OPSET, write_detector
 from bench.predict.runtimes import FORMAT_BACKENDS, ExportedDetector
 
@@ -57,8 +56,7 @@ def export_detector(run_dir, out_dir, *, fmt: str = "onnx", fields: list[Path] |
             "max_detections": det.max_detections, "source": str(owner), "torch": torch.__version__, "check": check,
         }
         runs.write_json_atomic(work / "model.json", contract)
-        if (owner / "config.yaml").exists():
-            shutil.copy2(owner / "config.yaml", work / "config.yaml")
+        copy_config(owner, work)
     return contract
 
 

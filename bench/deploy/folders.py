@@ -33,3 +33,21 @@ def staged(out_dir: Path):
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+REPRODUCE = "reproduce.yaml"
+
+
+def copy_config(owner: Path, work: Path) -> bool:
+    """The run's ``config.yaml`` beside the export, and ``reproduce.yaml``: the same values under bench's
+    schema, so ``bench-train --config-dir EXPORT --config-name reproduce`` composes the run's config again
+    (the same config hash) on any machine with bench installed. False when the run left no config."""
+    source = Path(owner) / "config.yaml"
+    if not source.is_file():
+        return False
+    shutil.copy2(source, work / "config.yaml")
+    text = source.read_text()
+    (work / REPRODUCE).write_text("# bench-train --config-dir THIS_FOLDER --config-name reproduce [paths.results_dir=DIR]\n"
+                                  "# retrains the exported run: its config.yaml, typed by bench's schema.\n"
+                                  "defaults:\n  - bench_schema\n  - _self_\n\n" + text)
+    return True

@@ -156,6 +156,17 @@ def test_the_model_card_carries_the_runs_own_numbers(classifier_run, tmp_path):
     assert ("Training images per class (the experiment's manifest.csv): "
             + ", ".join(f"{c} {train[c]}" for c in m["classes"]) + ".") in card
     assert (tmp_path / "exported" / "config.yaml").read_text() == (classifier_run.root / "config.yaml").read_text()
+    # The card's command composes the run's own config again: the identity hash training wrote in metrics.json.
+    assert "bench-train --config-dir THIS_FOLDER --config-name reproduce" in card
+    from hydra import compose, initialize_config_dir
+
+    from bench.config import run_identity
+    from bench.config.compose import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(tmp_path / "exported"), version_base="1.3"):
+        cfg = compose(config_name="reproduce")
+    assert run_identity(cfg)[1] == m["config_hash"]
 
 
 def test_an_exported_ensemble_votes_as_the_ensemble_does(classifier_run_copy, make_cfg, tmp_path):
