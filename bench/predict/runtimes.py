@@ -15,6 +15,8 @@ runtime takes a normalised float batch (N, 3, S, S) and gives logits; a detector
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 from pathlib import Path
 from typing import Callable
 
@@ -65,7 +67,8 @@ def open_session(path: Path, backend: str) -> Callable[[list[np.ndarray]], list[
 
             # Full precision: on CPUs with AMX or AVX-512 BF16 OpenVINO computes in bfloat16 by default,
             # which moves probabilities by up to 3e-2 (seen on this machine) and flips borderline cells.
-            compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            with kept_signal_stack():
+                compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
             request = compiled.create_infer_request()
 
             def run_ov(inputs):
@@ -90,6 +93,32 @@ def open_session(path: Path, backend: str) -> Callable[[list[np.ndarray]], list[
         raise ImportError(f"{path} runs on {backend}, which is not installed (pip install -e '.[deploy]' brings "
                           f"onnx, onnxruntime and openvino).", name=exc.name) from exc
     raise RuntimeMismatch(f"unknown backend {backend!r}; one of {', '.join(BACKENDS[1:])}.")
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def kept_signal_stack():
+    """The calling thread's alternate signal stack as it was before the block. OpenVINO's ``compile_model``
+    (2026.4, Linux) replaces it with a 20 KB region of its own that is later unmapped; CPython runs its
+    signal handlers on that stack (SA_ONSTACK), so the next signal it handles (Ctrl-C's SIGINT, Slurm's
+    SIGUSR2) then killed the process with SIGSEGV (seen in the test suite: a training run's SIGUSR2 after
+    a chain on OpenVINO). Where libc has no sigaltstack (Windows) the block runs as it is."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        sigaltstack = libc.sigaltstack
+    except (OSError, AttributeError, TypeError):
+        yield
+        return
+    before = _SignalStack()
+    saved = sigaltstack(None, ctypes.byref(before)) == 0
+    try:
+        yield
+    finally:
+        if saved:
+            sigaltstack(ctypes.byref(before), None)
 
 
 class ExportedClassifier:

@@ -215,3 +215,33 @@ def test_an_exported_ensemble_votes_as_the_ensemble_does(classifier_run_copy, ma
         a_cls, b_cls = votes[0][i], votes[1][i]
         expected = a_cls if total[i, a_cls] >= total[i, b_cls] else b_cls
         assert b["predicted"].iloc[i] == classes[expected], (i, total[i, a_cls], total[i, b_cls])
+
+
+def test_the_threads_signal_stack_is_put_back_after_a_library_swaps_it():
+    """OpenVINO's compile_model swaps the calling thread's alternate signal stack for one it later unmaps; the
+    next signal Python handled (Ctrl-C, Slurm's SIGUSR2) then ended the process with SIGSEGV (the suite crashed
+    so, in a training test after the chain ran on OpenVINO). bench's runtimes compile inside
+    kept_signal_stack; here a swap like OpenVINO's is made by hand inside it, and libc's sigaltstack must
+    read as before afterwards."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "sigaltstack"):
+        pytest.skip("no sigaltstack in this libc")
+    from bench.predict.runtimes import kept_signal_stack
+
+    class Stack(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    def current():
+        s = Stack()
+        assert libc.sigaltstack(None, ctypes.byref(s)) == 0
+        return s.ss_sp, s.ss_flags, s.ss_size
+
+    before = current()
+    other = ctypes.create_string_buffer(65536)
+    with kept_signal_stack():
+        swapped = Stack(ctypes.cast(other, ctypes.c_void_p).value, 0, 65536)
+        assert libc.sigaltstack(ctypes.byref(swapped), None) == 0
+        assert current()[0] == swapped.ss_sp
+    assert current() == before
