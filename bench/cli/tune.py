@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 
@@ -30,9 +29,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "hydra/launcher=slurm to submit the workers as array tasks, or drop them to run the workers here.",
               file=sys.stderr)
         return 2
-    job = _job([o for o in given if not is_launcher_arg(o)])
-    if isinstance(job, int):
-        return job
+    from bench.tune import TuneJobError, plan_job
+
+    try:
+        job = plan_job([o for o in given if not is_launcher_arg(o)])
+    except TuneJobError as exc:
+        print(f"bench-tune: {exc}", file=sys.stderr)
+        return 2
     slurm = launcher if is_slurm(launcher) else None
     if args.final:
         return _final(job, slurm, args.overrides)
@@ -43,63 +46,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         from bench.tune import run_studies
 
-        run_studies(job["base"], job["models"], job["space"], job["exp_name"], job["exp_dir"], job["tune"],
-                    job["select_by"])
+        run_studies(job.base, job.models, job.space, job.exp_name, job.exp_dir, job.tune, job.select_by)
     _print_best(job)
     print(f"next: bench-tune --final {' '.join(map(shlex.quote, args.overrides))}   (retrains each best configuration "
-          f"as {job['exp_name']}/{job['tuned']})")
+          f"as {job.tuned_name})")
     return 0
 
 
-def _job(overrides: list[str]) -> dict | int:
-    """The studies of the command line: base overrides, models, seeds, the parsed space, tune.*; or an exit code."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
-    from bench import runs
-    from bench.config import compose_config
-    from bench.tune import TUNED_DIR, SpaceError, parse_space
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    swept = {o.key_or_group: [str(v) for v in o.sweep_string_iterator()] for o in parsed if o.is_sweep_override()}
-    base = [o.input_line for o in parsed if not o.is_sweep_override()]
-    cfg = compose_config(base)
-    models = swept.pop("model", None) or [cfg.model.name]
-    seeds = swept.pop("seed", None) or [str(cfg.seed)]
-    if swept:
-        print(f"bench-tune: only model= and seed= may take several values here (got {', '.join(swept)}); the search "
-              "space is tune.space.", file=sys.stderr)
-        return 2
-    try:
-        space = parse_space(OmegaConf.to_container(cfg.tune.space) if cfg.tune.space is not None else None)
-    except SpaceError as exc:
-        print(f"bench-tune: {exc}", file=sys.stderr)
-        return 2
-    results = Path(cfg.paths.results_dir).resolve()
-    # Absolute paths: a worker on a compute node may start in another folder.
-    base = [*base, f"paths.results_dir={results}", f"seed={seeds[0]}"]
-    if cfg.paths.cache_dir:
-        base.append(f"paths.cache_dir={Path(cfg.paths.cache_dir).expanduser().resolve()}")
-    return {"base": base, "models": models, "seeds": seeds, "space": space, "exp_name": cfg.experiment_name,
-            "exp_dir": runs.experiment_dir(results, cfg.experiment_name), "tune": OmegaConf.to_container(cfg.tune, resolve=True),
-            "select_by": cfg.trainer.select_by, "tuned": TUNED_DIR}
-
-
-def _print_best(job: dict) -> dict:
+def _print_best(job) -> dict:
     from bench.tune import best_trials
 
-    best = best_trials(job["models"], job["exp_name"], job["exp_dir"], job["tune"], job["select_by"])
+    best = best_trials(job.models, job.exp_name, job.exp_dir, job.tune, job.select_by)
     for model, record in best.items():
         counts = ", ".join(f"{n} {s}" for s, n in sorted(record["trials"].items()))
         if "params" not in record:
             print(f"{model}: no completed trial ({counts})")
             continue
-        print(f"{model}: best {job['select_by']} {record['value']:.4f} (trial {record['trial']}): "
+        print(f"{model}: best {job.select_by} {record['value']:.4f} (trial {record['trial']}): "
               + " ".join(f"{k}={v}" for k, v in record["params"].items()) + f"   [{counts}]")
     return best
 
 
-def _submit_workers(job: dict, launcher: list[str], given: list[str]) -> int | None:
+def _submit_workers(job, launcher: list[str], given: list[str]) -> int | None:
     """Submit tune.workers array tasks per study short of its trials and return 0; None when every study has
     its trials and no worker is queued (the caller shows the best configurations)."""
     import optuna
@@ -109,26 +77,26 @@ def _submit_workers(job: dict, launcher: list[str], given: list[str]) -> int | N
 
     again = f"bench-tune {' '.join(map(shlex.quote, given))}"
     try:
-        queued = queued_jobs(job["exp_dir"])
+        queued = queued_jobs(job.exp_dir)
     except RuntimeError as exc:
         print(f"bench-tune: {exc}", file=sys.stderr)
         return 2
     short = []
-    for model in job["models"]:
+    for model in job.models:
         if queued:  # workers at work: read the study, never mark their running trials as dead
             try:
-                study = optuna.load_study(study_name=study_name(job["exp_name"], model),
-                                          storage=storage_for(job["tune"]["storage"], job["exp_dir"]))
+                study = optuna.load_study(study_name=study_name(job.exp_name, model),
+                                          storage=storage_for(job.tune["storage"], job.exp_dir))
             except KeyError:  # a model added to the command since the workers were sent
                 print(f"{model}: no study yet (sent once the queued workers have ended)")
                 continue
         else:
-            study = prepare_study(job["exp_name"], model, job["exp_dir"], job["tune"])
+            study = prepare_study(job.exp_name, model, job.exp_dir, job.tune)
         states = trial_states(study)
         counted = states.get("complete", 0) + states.get("pruned", 0)
-        print(f"{model}: {counted} of {job['tune']['trials']} trials counted ("
+        print(f"{model}: {counted} of {job.tune['trials']} trials counted ("
               + (", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no trial yet") + ")")
-        short += [model] if counted < int(job["tune"]["trials"]) else []
+        short += [model] if counted < int(job.tune["trials"]) else []
     if queued:
         states = ", ".join(f"{j['job_id']} {j['state']}" for j in queued)
         print(f"{len(queued)} worker job(s) still in the queue ({states}); nothing submitted. Run `{again}` again "
@@ -136,40 +104,31 @@ def _submit_workers(job: dict, launcher: list[str], given: list[str]) -> int | N
         return 0
     if not short:
         return None
-    path = submit_workers(launcher, short, int(job["tune"]["workers"]), job["base"], job["space"], job["exp_name"],
-                          job["exp_dir"], job["tune"], job["select_by"])
+    path = submit_workers(launcher, short, int(job.tune["workers"]), job.base, job.space, job.exp_name, job.exp_dir,
+                          job.tune, job.select_by)
     ids = [j["job_id"] for j in runs.read_json(path)["jobs"]]
-    print(f"submitted {len(ids)} worker(s) ({job['tune']['workers']} per study of {', '.join(short)}): jobs "
+    print(f"submitted {len(ids)} worker(s) ({job.tune['workers']} per study of {', '.join(short)}): jobs "
           f"{', '.join(ids)}; recorded in {path}. Check with `squeue -j {ids[0].split('_')[0]}`, and run `{again}` "
           "again: while they run it says where each study stands, afterwards it shows the best configurations.")
     return 0
 
 
-def _final(job: dict, launcher: list[str] | None, given: list[str]) -> int:
+def _final(job, launcher: list[str] | None, given: list[str]) -> int:
     """Retrain each best configuration with every seed as <experiment>/tuned: here, or as one Slurm job array
     (bench-sweep's tasks and ledger, so bench-sweep status / resubmit / wait work on it)."""
     from bench import runs
     from bench.config import compose_config
     from bench.training import run_training
+    from bench.tune import final_tasks
 
-    best = _print_best(job)
-    tuned_dir = job["exp_dir"] / job["tuned"]
-    tasks = []
-    for model, record in best.items():
-        if "params" not in record:
-            continue
-        for seed in job["seeds"]:
-            overrides = [*[o for o in job["base"] if not o.startswith("seed=")], f"model={model}", f"seed={seed}",
-                         *(f"{k}={v}" for k, v in record["params"].items()),
-                         f"experiment_name={job['exp_name']}/{job['tuned']}"]
-            tasks.append((model, int(seed), overrides))
+    tasks = final_tasks(job, _print_best(job))
     if launcher:
         from bench.sweep import Task, submit_tasks
 
-        ledger = submit_tasks([Task(o, m, s, str(runs.RunDir.for_run(tuned_dir, m, s).root)) for m, s, o in tasks],
-                              [*launcher, f"experiment_name={job['exp_name']}/{job['tuned']}"], tuned_dir)
+        ledger = submit_tasks([Task(o, m, s, str(runs.RunDir.for_run(job.tuned_dir, m, s).root)) for m, s, o in tasks],
+                              [*launcher, f"experiment_name={job.tuned_name}"], job.tuned_dir)
         print(f"submitted {len(tasks)} retrain(s) as one job array, recorded in {ledger}; follow them with "
-              f"`bench-sweep status {tuned_dir}` (or `bench-sweep wait {tuned_dir}`).")
+              f"`bench-sweep status {job.tuned_dir}` (or `bench-sweep wait {job.tuned_dir}`).")
         return 0
     failed = 0
     for model, seed, overrides in tasks:

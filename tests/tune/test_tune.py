@@ -175,3 +175,22 @@ def test_slurm_workers_get_the_launcher_options_and_the_trials_never_see_them(tm
     assert not [o for o in sent["base"] if "hydra" in o]
     out = capsys.readouterr().out
     assert "simple_cnn: 0 of 20 trials counted" in out and "submitted 6 worker(s)" in out and "7_5" in out
+
+
+def test_the_command_line_is_planned_once_and_final_retrains_every_best_configuration_with_every_seed(tmp_path):
+    from bench.tune import TuneJobError, final_tasks, plan_job
+
+    space = "tune.space={optim.lr: 'log(1e-3, 1e-1)'}"
+    job = plan_job(["experiment=quickstart", "model=simple_cnn,resnet18", "seed=0,1", space,
+                    f"paths.results_dir={tmp_path}", "experiment_name=t"])
+    assert job.models == ["simple_cnn", "resnet18"] and job.seeds == ["0", "1"]
+    assert job.space == {"optim.lr": ("log", 1e-3, 1e-1)} and job.tuned_dir == tmp_path / "t" / "tuned"
+    assert f"paths.results_dir={tmp_path}" in job.base and "seed=0" in job.base
+    best = {"simple_cnn": {"params": {"optim.lr": 0.02}}, "resnet18": {"best": None, "trials": {"pruned": 2}}}
+    tasks = final_tasks(job, best)
+    assert [(m, s) for m, s, _ in tasks] == [("simple_cnn", 0), ("simple_cnn", 1)]  # resnet18 has no completed trial
+    for _, seed, overrides in tasks:
+        assert {"model=simple_cnn", f"seed={seed}", "optim.lr=0.02", "experiment_name=t/tuned"} <= set(overrides)
+        assert [o for o in overrides if o.startswith("seed=")] == [f"seed={seed}"]
+    with pytest.raises(TuneJobError, match="only model= and seed= may take several values.*optim.lr"):
+        plan_job(["experiment=quickstart", "optim.lr=0.1,0.01", space])
