@@ -20,8 +20,8 @@ from bench.detection.metrics import class_thresholds
 from bench.models.detection_zoo import set_max_detections
 from bench.ensemble.voting import HARD, SOFT
 from bench.predict import METHODS
-from bench.predict.checkpoints import (LoadedCheckpoint, PredictError, check_same_classes, ensemble_checkpoints,
-                                       load_checkpoint, reading_export)
+from bench.predict.checkpoints import (LoadedCheckpoint, PredictError, check_eager_backend, check_same_classes,
+                                       ensemble_checkpoints, load_checkpoint, reading_export)
 from bench.predict.tables import ValidationRecord, validation_record
 
 WHITE_CELL_NAMES = ("wbc", "white", "white cell", "white_cell", "white cells", "leukocyte", "leukocytes",
@@ -62,14 +62,11 @@ class Classifier:
 def load_detector(source, device, score_threshold: float | None = None, backend: str | None = None) -> LoadedDetector:
     """A detector run folder (or its best.pt) rebuilt in eval mode, or its bench-export folder run by
     ``backend``; the score thresholds its run chose per label on validation data unless one is given for all."""
-    from bench.predict.runtimes import RuntimeMismatch, backend_for, is_export
+    from bench.predict.runtimes import is_export
 
     if is_export(Path(source)):
         return load_exported_detector(Path(source), score_threshold, backend)
-    try:
-        backend_for(None, backend, Path(source))
-    except RuntimeMismatch as exc:
-        raise PredictError(str(exc)) from exc
+    check_eager_backend(backend, Path(source))
     from bench.training.checkpoints import rebuild_model
 
     source = Path(source)

@@ -84,19 +84,26 @@ def load_export(folder: Path, backend: str | None = None) -> LoadedCheckpoint:
                                 stain=StainNormalizer.from_record(contract.get("stain")), backend=chosen)
 
 
+def check_eager_backend(backend: str | None, path: Path) -> None:
+    """A best.pt runs on eager PyTorch only: PredictError naming the export step for any other ``--backend``."""
+    from bench.predict.runtimes import RuntimeMismatch, backend_for
+
+    try:
+        backend_for(None, backend, path)
+    except RuntimeMismatch as exc:
+        raise PredictError(str(exc)) from exc
+
+
 def load_checkpoint(path, device: torch.device | str = "cpu", backend: str | None = None) -> LoadedCheckpoint:
     """Rebuild the network of a ``best.pt`` (weights_only load) in eval mode on ``device``; an export folder
     (bench-export) runs on ``backend`` instead (bench.predict.runtimes), on the CPU."""
-    from bench.predict.runtimes import RuntimeMismatch, backend_for, is_export
+    from bench.predict.runtimes import is_export
     from bench.training.checkpoints import rebuild_model
 
     path = Path(path)
     if is_export(path):
         return load_export(path, backend)
-    try:
-        backend_for(None, backend, path)
-    except RuntimeMismatch as exc:
-        raise PredictError(str(exc)) from exc
+    check_eager_backend(backend, path)
     if not path.is_file():
         raise PredictError(f"checkpoint {path} does not exist. Pass a best.pt written by bench-train "
                            "(results/<experiment>/runs/<model>/seed<seed>/best.pt).")

@@ -160,7 +160,7 @@ def read_contract(folder: Path) -> dict:
     if not isinstance(contract, dict):
         raise ValueError("model.json does not hold an object")
     contract.setdefault("kind", "classifier")  # the first exports (ONNX classifiers) did not say
-    contract["format"] = str(contract.get("format", "onnx")).removesuffix("-ensemble")
+    contract.setdefault("format", "onnx")
     return contract
 
 
